@@ -1,0 +1,3 @@
+// Umbrella header of the C core.
+#include "puna_platform.h"
+#include "puna_quants.h"

@@ -1,0 +1,98 @@
+// What PunaCore needs from the operating system, as plain C: Embedded Swift has no Foundation or
+// Glibc module, so files, clocks, memory figures and CPU features all come through here.
+#ifndef PUNA_PLATFORM_H
+#define PUNA_PLATFORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---- memory-mapped files -------------------------------------------------------------------
+typedef struct {
+    const uint8_t *data;  // read-only mapping of the whole file; NULL for an empty file
+    int64_t size;         // bytes
+    int error;            // errno of the failure, 0 on success
+    int is_directory;     // set when the path names a directory (error is EISDIR)
+} puna_mapping;
+
+// Map a whole file read-only and private. On failure data is NULL and error is set.
+puna_mapping puna_map_file(const char *path);
+void puna_unmap(puna_mapping *m);
+
+enum puna_advice { PUNA_ADVICE_NORMAL = 0, PUNA_ADVICE_SEQUENTIAL = 1, PUNA_ADVICE_RANDOM = 2,
+                   PUNA_ADVICE_WILLNEED = 3, PUNA_ADVICE_DONTNEED = 4 };
+// madvise over [offset, offset+length) of the mapping, page-aligned inward; returns 0 or errno.
+int puna_advise(const puna_mapping *m, int64_t offset, int64_t length, int advice);
+// mlock the whole mapping; returns 0 or errno.
+int puna_lock(const puna_mapping *m);
+
+// Human text of an errno value.
+const char *puna_strerror(int error);
+
+// ---- plain file I/O ------------------------------------------------------------------------
+// Read a whole file into a malloc'ed buffer (caller frees with puna_free). Returns NULL and sets *error.
+uint8_t *puna_read_file(const char *path, int64_t *size, int *error);
+// Open for writing: mode 0 = truncate/create, 1 = append/create. Returns fd or -errno.
+int puna_open_write(const char *path, int mode);
+// Write all bytes; returns 0 or errno.
+int puna_write_all(int fd, const void *bytes, int64_t count);
+int puna_fsync(int fd);
+int puna_close(int fd);
+// Truncate a file to `size` bytes; returns 0 or errno.
+int puna_truncate(const char *path, int64_t size);
+int puna_file_exists(const char *path);
+void puna_free(void *p);
+
+// stdout/stderr, unbuffered from Swift's point of view (each call flushes).
+void puna_write_stdout(const char *bytes, int64_t count);
+void puna_write_stderr(const char *bytes, int64_t count);
+void puna_flush_stdout(void);
+int puna_stdout_is_tty(void);
+int puna_stderr_is_tty(void);
+// Read one line from stdin into buf (without the newline). Returns length, or -1 at end of input.
+int64_t puna_read_line(char *buf, int64_t capacity);
+
+// getenv, NULL when unset
+const char *puna_getenv(const char *name);
+
+// Shortest "%.9g" text of a float, written to buf (at least 32 bytes); returns its length.
+int puna_format_float(float value, char *buf);
+// "%.*f" text of a double.
+int puna_format_double(double value, int decimals, char *buf);
+// Parse a decimal float; returns 1 on success (the whole string must be consumed).
+int puna_parse_double(const char *text, double *out);
+
+// ---- clocks and memory ---------------------------------------------------------------------
+// Monotonic nanoseconds.
+int64_t puna_now_ns(void);
+// Peak resident set size of this process in bytes (VmHWM), 0 if unknown.
+int64_t puna_peak_rss_bytes(void);
+// Current resident set size in bytes (VmRSS), 0 if unknown.
+int64_t puna_current_rss_bytes(void);
+// Physical memory of the machine in bytes.
+int64_t puna_physical_memory_bytes(void);
+// The cgroup memory limit that applies to this process (v2 memory.max or v1 limit_in_bytes), -1 if none.
+int64_t puna_cgroup_memory_limit(void);
+// Online CPU count.
+int puna_cpu_count(void);
+
+// ---- CPU features --------------------------------------------------------------------------
+enum puna_cpu_feature {
+    PUNA_CPU_AVX2 = 1 << 0, PUNA_CPU_FMA = 1 << 1, PUNA_CPU_F16C = 1 << 2,
+    PUNA_CPU_AVX512F = 1 << 3, PUNA_CPU_AVX512BW = 1 << 4, PUNA_CPU_AVX512VNNI = 1 << 5,
+    PUNA_CPU_AVXVNNI = 1 << 6, PUNA_CPU_AVX512BF16 = 1 << 7,
+    PUNA_CPU_NEON = 1 << 16, PUNA_CPU_DOTPROD = 1 << 17, PUNA_CPU_FP16 = 1 << 18,
+    PUNA_CPU_I8MM = 1 << 19, PUNA_CPU_SVE = 1 << 20,
+};
+// Bit set of puna_cpu_feature detected at run time (cpuid/xgetbv on x86, HWCAP on aarch64).
+uint32_t puna_cpu_features(void);
+// Architecture name: "x86_64", "aarch64" or "unknown".
+const char *puna_cpu_arch(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
