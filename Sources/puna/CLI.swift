@@ -1,7 +1,7 @@
 import CPuna
 import PunaCore
 
-@_cdecl("puna_main")
+@_cdecl("puna_cli_main")
 public func punaMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> Int32 {
     var args: [String] = []
     for i in 0..<Int(argc) { if let p = argv[i] { args.append(String(cString: p)) } }
