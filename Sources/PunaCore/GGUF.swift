@@ -211,9 +211,9 @@ public final class GGUFFile {
             guard shape[0] % type.blockSize == 0 else {
                 throw PunaError("\(file.path): tensor '\(name)' row length \(shape[0]) is not a multiple of the \(type.name) block size \(type.blockSize)")
             }
-            let rowBytes = (shape[0] / type.blockSize) * type.bytesPerBlock
+            let (rowBytes, rowOverflow) = (shape[0] / type.blockSize).multipliedReportingOverflow(by: type.bytesPerBlock)
             let (bytes, overflow) = rowBytes.multipliedReportingOverflow(by: shape.dropFirst().reduce(1, *))
-            guard !overflow else { throw PunaError("\(file.path): tensor '\(name)' byte size overflows") }
+            guard !rowOverflow, !overflow else { throw PunaError("\(file.path): tensor '\(name)' byte size overflows") }
             let offset = try r.u64("offset of tensor '\(name)'")
             if index[name] != nil { throw PunaError("\(file.path): duplicate tensor name '\(name)'") }
             index[name] = infos.count

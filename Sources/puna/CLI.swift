@@ -1,16 +1,48 @@
 import CPuna
 import PunaCore
 
+let punaVersion = "0.1.0"
+
+let commandSummaries: [(String, String)] = [
+    ("info", "show a GGUF file's hyperparameters, tensor types and memory estimate"),
+]
+
+func globalHelp() -> String {
+    var s = "puna \(punaVersion): run LLaMA-family GGUF models (and their LoRA adapters) on small devices\n\n"
+    s += "usage: puna COMMAND [options]   (puna COMMAND --help for its options)\n\ncommands:\n"
+    s += table(commandSummaries.map { ("  " + $0.0, $0.1) })
+    return s
+}
+
+/// Run one command line; returns the process exit status. Errors print one line naming the cause.
+func runCLI(_ arguments: [String]) -> Int32 {
+    guard let command = arguments.first else {
+        errLine(globalHelp())
+        return 2
+    }
+    let rest = Array(arguments.dropFirst())
+    do throws(PunaError) {
+        switch command {
+        case "info": return try InfoCommand.run(rest)
+        case "-h", "--help", "help":
+            out(globalHelp())
+            return 0
+        case "--version", "version":
+            outLine("puna \(punaVersion) (\(String(cString: puna_cpu_arch())))")
+            return 0
+        default:
+            throw PunaError("unknown command '\(command)' (see 'puna --help')")
+        }
+    } catch {
+        errLine("puna: error: \(error.message)")
+        return 1
+    }
+}
+
+/// C entry point shared by the SwiftPM build (main.swift) and the Embedded board build (EmbeddedEntry.c).
 @_cdecl("puna_cli_main")
 public func punaMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> Int32 {
     var args: [String] = []
-    for i in 0..<Int(argc) { if let p = argv[i] { args.append(String(cString: p)) } }
-    do {
-        let g = try GGUFFile(path: args.count > 1 ? args[1] : "/nonexistent")
-        print("tensors \(g.tensors.count) keys \(g.keys.count)")
-    } catch {
-        print("error: \(error.message)")
-        return 1
-    }
-    return 0
+    for i in 1..<max(Int(argc), 1) { if let p = argv[i] { args.append(String(cString: p)) } }
+    return runCLI(args)
 }

@@ -1,0 +1,104 @@
+import PunaCore
+
+enum InfoCommand {
+    static let specs: [FlagSpec] = [
+        FlagSpec(names: ["-m", "--model"], value: "FILE", help: "GGUF model (or vocab-only) file"),
+        FlagSpec(names: ["-c", "--ctx", "--ctx-size"], value: "N", help: "context length for the memory estimate (default: min(file's, 4096))"),
+        FlagSpec(names: ["--json"], value: nil, help: "print one JSON object"),
+        helpFlag,
+    ]
+
+    static func run(_ arguments: [String]) throws(PunaError) -> Int32 {
+        let args = try ParsedArguments(command: "info", arguments: arguments, specs: specs)
+        if args.has("-h") {
+            out(helpText(usage: "puna info -m FILE [--ctx N] [--json]",
+                         summary: "Show a GGUF file's architecture, hyperparameters, tokenizer, tensor types and an estimate of the memory a run needs.",
+                         specs: specs))
+            return 0
+        }
+        guard args.positionals.isEmpty else { throw PunaError("'puna info' takes no positional argument '\(args.positionals[0])'") }
+        let path = try args.require("-m")
+        let gguf = try GGUFFile(path: path)
+        let config: LlamaConfig? = gguf.tensors.isEmpty ? (try? LlamaConfig(gguf: gguf)) : try LlamaConfig(gguf: gguf)
+        let requestedContext = try args.int("-c", range: 1...(1 << 24))
+
+        var typeCounts: [String: Int] = [:]
+        for t in gguf.tensors { typeCounts[t.type.name, default: 0] += 1 }
+        let typeNames = typeCounts.keys.sorted()
+        let tokenizerModel = gguf.string("tokenizer.ggml.model")
+        let vocabTokens = gguf["tokenizer.ggml.tokens"]?.arrayValue?.count
+        let context = requestedContext ?? min(config?.contextLength ?? 4096, 4096)
+        let estimate = config.map {
+            MemoryEstimate.llama(config: $0, weightBytes: gguf.tensorBytes, context: context)
+        }
+
+        if args.has("--json") {
+            var j = JSONWriter()
+            j.beginObject()
+            j.field("file", path)
+            j.field("file_bytes", gguf.file.count)
+            j.field("gguf_version", Int(gguf.version))
+            j.key("architecture"); if let a = gguf.architecture { j.value(a) } else { j.null() }
+            j.field("vocab_only", gguf.tensors.isEmpty)
+            if let c = config {
+                j.field("n_layers", c.blockCount)
+                j.field("n_heads", c.headCount)
+                j.field("n_kv_heads", c.headCountKV)
+                j.field("n_embd", c.embeddingLength)
+                j.field("n_ff", c.feedForwardLength)
+                j.field("n_vocab", c.vocabSize)
+                j.field("n_ctx_train", c.contextLength)
+                j.field("n_rot", c.ropeDimensionCount)
+                j.field("rope_freq_base", c.ropeFreqBase)
+                j.field("rms_norm_eps", c.rmsNormEpsilon)
+            }
+            j.key("tokenizer_model"); if let m = tokenizerModel { j.value(m) } else { j.null() }
+            j.key("tokenizer_vocab_size"); if let n = vocabTokens { j.value(n) } else { j.null() }
+            j.field("n_tensors", gguf.tensors.count)
+            j.key("tensor_types")
+            j.beginObject()
+            for name in typeNames { j.field(name, typeCounts[name]!) }
+            j.endObject()
+            j.field("tensor_bytes", gguf.tensorBytes)
+            j.field("context", context)
+            if let e = estimate {
+                j.field("estimated_bytes", e.totalBytes)
+                j.key("estimate")
+                j.beginObject()
+                for item in e.items { j.field(item.key, item.bytes) }
+                j.endObject()
+            }
+            j.endObject()
+            outLine(j.string)
+            return 0
+        }
+
+        var rows: [(String, String)] = [
+            ("file", path),
+            ("file size", "\(formatBytes(gguf.file.count)) (\(gguf.file.count) bytes)"),
+            ("GGUF version", "\(gguf.version)"),
+            ("architecture", gguf.architecture ?? "(none)"),
+        ]
+        if let c = config {
+            rows += [
+                ("layers", "\(c.blockCount)"),
+                ("embedding", "\(c.embeddingLength)"),
+                ("feed-forward", "\(c.feedForwardLength)"),
+                ("heads", "\(c.headCount) (kv \(c.headCountKV), head size \(c.headDimension))"),
+                ("rope", "\(c.ropeDimensionCount) dims, base \(c.ropeFreqBase)"),
+                ("rms norm eps", "\(c.rmsNormEpsilon)"),
+                ("context (trained)", "\(c.contextLength)"),
+                ("vocab", "\(c.vocabSize)"),
+            ]
+        }
+        rows.append(("tokenizer", "\(tokenizerModel ?? "(none)")\(vocabTokens.map { ", \($0) tokens" } ?? "")"))
+        rows.append(("tensors", gguf.tensors.isEmpty ? "none (vocab-only file)" : "\(gguf.tensors.count), \(formatBytes(gguf.tensorBytes))"))
+        for name in typeNames { rows.append(("  " + name, "\(typeCounts[name]!)")) }
+        if let e = estimate {
+            rows.append(("memory at ctx \(context)", formatBytes(e.totalBytes)))
+            for item in e.items { rows.append(("  " + item.name, formatBytes(item.bytes))) }
+        }
+        out(table(rows))
+        return 0
+    }
+}
