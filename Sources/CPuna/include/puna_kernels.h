@@ -1,0 +1,100 @@
+// The compute kernels of the forward pass and the persistent thread pool that runs them.
+//
+// Every kernel here is the portable reference: plain C with fixed accumulation orders, so results
+// are reproducible and independent of the thread count. Faster ISA-specific versions plug in behind
+// the same functions (see "dispatch" in ops.c); puna_kernels_set_reference_only() turns them off so
+// tests can compare the two.
+#ifndef PUNA_KERNELS_H
+#define PUNA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---- thread pool ---------------------------------------------------------------------------
+// n_threads - 1 persistent worker threads plus the calling thread. Idle workers spin briefly and
+// then sleep, so back-to-back runs cost microseconds and an idle pool costs no CPU.
+typedef struct puna_pool puna_pool;
+
+// n_threads < 1 means one per online CPU. Returns NULL when threads or memory cannot be had.
+puna_pool *puna_pool_create(int n_threads);
+// Stops and joins the workers. NULL is ignored. Must not overlap a puna_pool_run.
+void puna_pool_destroy(puna_pool *pool);
+int puna_pool_size(const puna_pool *pool);
+
+// Runs task(ctx, i, n) on every thread i in [0, n) — i == 0 is the caller — and returns when all
+// have finished. Only one thread at a time may call run (or any kernel taking this pool).
+typedef void (*puna_task)(void *ctx, int thread_index, int n_threads);
+void puna_pool_run(puna_pool *pool, puna_task task, void *ctx);
+
+// Per-thread scratch owned by the pool, for kernels: returns a base pointer where thread i owns
+// floats [i * stride, i * stride + floats_per_thread), stride >= floats_per_thread, 64-byte aligned,
+// and writes stride to *stride_out. Grows on demand (call it before puna_pool_run, never from a
+// task); stays valid until the next call or destroy. NULL when memory runs out.
+float *puna_pool_scratch(puna_pool *pool, int64_t floats_per_thread, int64_t *stride_out);
+
+// ---- matrix multiply -----------------------------------------------------------------------
+// y[t][r] = sum_c W[r][c] * x[t][c] for t < n_tokens, r < rows.
+// W: `rows` rows of `cols` weights of GGML type `type` (enum puna_type); each row is
+//    cols / block_size * type_size bytes, rows packed back to back.
+// x: f32 [n_tokens][cols]. y: f32 [n_tokens][rows]; must not overlap x or W.
+// Rows are handed to the threads in chunks; each row is decoded once and dotted with every token,
+// and a row's result does not depend on the thread count.
+// Returns 0, or -1 when the type has no decoder or cols is not a whole number of blocks.
+int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, int64_t cols,
+                const float *x, int64_t n_tokens, float *y);
+
+// Whether puna_matmul can take this weight type.
+int puna_matmul_supports(int type);
+
+// ---- element-wise and per-vector ops (single-threaded: they are O(n) next to the matmuls) ------
+// out[i] = x[i] / sqrt(mean(x^2) + eps) * weight[i]; weight NULL means all ones. out may alias x.
+// The sum of squares is accumulated in double.
+void puna_rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);
+
+// RoPE in GGML's "normal" mode over n_heads heads of head_dim floats, in place: each adjacent pair
+// (x[2i], x[2i+1]) with 2i < rope_dims is rotated by pos * freq_base^(-2i / rope_dims); dims from
+// rope_dims on are untouched. Angles are computed in f32 the way transformers does.
+void puna_rope(float *vec, int n_heads, int head_dim, int rope_dims, int pos, float freq_base);
+// As puna_rope with the angle of pair i divided by freq_factors[i] (rope_dims / 2 entries, the
+// "rope_freqs" tensor of LLaMA 3.1-style scaling); NULL means no factors.
+void puna_rope_factors(float *vec, int n_heads, int head_dim, int rope_dims, int pos, float freq_base,
+                       const float *freq_factors);
+
+// out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)). out may alias gate or up.
+void puna_swiglu(float *out, const float *gate, const float *up, int64_t n);
+// out[i] = a[i] + b[i]. out may alias a or b.
+void puna_add(float *out, const float *a, const float *b, int64_t n);
+// In place: x[i] = exp(x[i] - max) / sum. Sum accumulated in double.
+void puna_softmax(float *x, int64_t n);
+
+// ---- attention -----------------------------------------------------------------------------
+// Causal multi-head attention with grouped-query heads for n_tokens new tokens at positions
+// pos0 .. pos0 + n_tokens - 1.
+// q:   f32 [n_tokens][n_heads * head_dim] (already roped).
+// k_cache, v_cache: one row per position 0 .. pos0 + n_tokens - 1 (already filled), each row
+//      n_kv_heads * head_dim values of kv_type (PUNA_TYPE_F32 or PUNA_TYPE_F16), rows
+//      kv_row_bytes apart (0 means packed: n_kv_heads * head_dim * element size).
+// out: f32 [n_tokens][n_heads * head_dim]; must not overlap q.
+// Query head h reads kv head h / (n_heads / n_kv_heads); scores are scaled by 1/sqrt(head_dim).
+// Work is split over (token, head) pairs. scratch: n_threads * n_ctx floats with
+// n_ctx >= pos0 + n_tokens, or NULL to use the pool's scratch.
+// Returns 0, or -1 for an unsupported kv_type or inconsistent sizes.
+int puna_attention(puna_pool *pool, float *out, const float *q, int kv_type, const void *k_cache,
+                   const void *v_cache, int64_t kv_row_bytes, int n_tokens, int pos0, int n_heads,
+                   int n_kv_heads, int head_dim, float *scratch, int n_ctx);
+
+// ---- dispatch ------------------------------------------------------------------------------
+// When on (non-zero), kernels use the portable reference even where a faster version exists.
+// Global; flip it only while no kernel runs.
+void puna_kernels_set_reference_only(int on);
+// Short name of the implementation puna_matmul picks for a type now, e.g. "reference".
+const char *puna_matmul_kernel_name(int type);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

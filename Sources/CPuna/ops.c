@@ -1,0 +1,405 @@
+// Reference compute kernels of the forward pass (see puna_kernels.h).
+//
+// "Reference" means portable C whose accumulation order is fixed by the source, not by the thread
+// count or the split: every dot product runs over 8 interleaved partial sums combined in a fixed
+// tree, which keeps f32 rounding error low (8 short chains instead of one long one) and lets the
+// compiler vectorise without reassociating. Faster ISA-specific kernels slot in at "dispatch".
+#include "puna_kernels.h"
+#include "puna_quants.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#define LANES 8        // partial sums per dot product
+#define TILE_ROWS 4    // rows dotted together so each activation value is loaded once per 4 rows
+// Decoded rows of one group should stay in L2 while every token passes over them.
+#define GROUP_BYTES (256 * 1024)
+#define MAX_GROUP_ROWS 32
+
+// ---- dot products ----------------------------------------------------------------------------
+
+static inline float combine_lanes(const float acc[LANES]) {
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+static float dot_f32(const float *restrict a, const float *restrict b, int64_t n) {
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += a[i + j] * b[i + j];
+    float tail = 0;
+    for (; i < n; i++) tail += a[i] * b[i];
+    return combine_lanes(acc) + tail;
+}
+
+// Four rows (row_stride floats apart) against one vector; each row's arithmetic is exactly that
+// of dot_f32, so a row's result is the same whichever of the two computes it.
+static void dot_f32_x4(const float *restrict w, int64_t row_stride, const float *restrict x, int64_t n,
+                       float out[TILE_ROWS]) {
+    const float *w0 = w, *w1 = w + row_stride, *w2 = w + 2 * row_stride, *w3 = w + 3 * row_stride;
+    float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        for (int j = 0; j < LANES; j++) {
+            float xv = x[i + j];
+            a0[j] += w0[i + j] * xv;
+            a1[j] += w1[i + j] * xv;
+            a2[j] += w2[i + j] * xv;
+            a3[j] += w3[i + j] * xv;
+        }
+    }
+    float t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+    for (; i < n; i++) {
+        t0 += w0[i] * x[i];
+        t1 += w1[i] * x[i];
+        t2 += w2[i] * x[i];
+        t3 += w3[i] * x[i];
+    }
+    out[0] = combine_lanes(a0) + t0;
+    out[1] = combine_lanes(a1) + t1;
+    out[2] = combine_lanes(a2) + t2;
+    out[3] = combine_lanes(a3) + t3;
+}
+
+// IEEE half to float without branches on the common path: shifting the half's exponent and
+// mantissa into float position and scaling by 2^112 rebiases the exponent, and maps half
+// subnormals exactly onto float normals. Only inf/nan need the separate case.
+static inline float f16_to_f32_inline(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t bits;
+    if ((h & 0x7c00) == 0x7c00) {
+        bits = sign | 0x7f800000u | ((uint32_t)(h & 0x3ff) << 13);
+    } else {
+        uint32_t shifted = (uint32_t)(h & 0x7fff) << 13;
+        float f;
+        memcpy(&f, &shifted, 4);
+        f *= 0x1p112f;
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+static float dot_f32_f16(const float *restrict a, const uint16_t *restrict b, int64_t n) {
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += a[i + j] * f16_to_f32_inline(b[i + j]);
+    float tail = 0;
+    for (; i < n; i++) tail += a[i] * f16_to_f32_inline(b[i]);
+    return combine_lanes(acc) + tail;
+}
+
+// ---- matmul ----------------------------------------------------------------------------------
+
+typedef struct matmul_job matmul_job;
+// Fills y for rows [row_begin, row_end) and every token. row_begin is a multiple of TILE_ROWS.
+// scratch: scratch_floats floats private to the calling thread.
+typedef void (*matmul_rows_fn)(const matmul_job *job, int64_t row_begin, int64_t row_end, float *scratch);
+
+struct matmul_job {
+    const uint8_t *weights;
+    int64_t row_bytes, rows, cols;
+    const float *x;
+    int64_t n_tokens;
+    float *y;
+    puna_decode_fn decode;     // NULL for f32: rows are used in place
+    int64_t group_rows;        // rows decoded at once, multiple of TILE_ROWS
+    int64_t chunk_rows;        // rows claimed at once, multiple of TILE_ROWS
+    int64_t n_chunks;
+    matmul_rows_fn rows_fn;
+    float *scratch;
+    int64_t scratch_stride;
+    _Atomic int64_t next_chunk;
+};
+
+// Reference: decode a group of rows to f32 (f32 weights are used in place), then let every token
+// pass over the group. The tile/tail choice depends only on a row's absolute index (full tiles
+// start at multiples of TILE_ROWS; only the last rows % TILE_ROWS rows go one by one), which is
+// what makes y independent of how rows are split between threads.
+static void matmul_rows_reference(const matmul_job *job, int64_t row_begin, int64_t row_end, float *scratch) {
+    const int64_t cols = job->cols, rows = job->rows;
+    const int64_t full_tiles_end = rows - rows % TILE_ROWS;
+    for (int64_t g0 = row_begin; g0 < row_end; g0 += job->group_rows) {
+        int64_t g1 = g0 + job->group_rows < row_end ? g0 + job->group_rows : row_end;
+        const float *w;
+        if (job->decode) {
+            for (int64_t r = g0; r < g1; r++)
+                job->decode(job->weights + r * job->row_bytes, scratch + (r - g0) * cols, cols);
+            w = scratch;
+        } else {
+            w = (const float *)(job->weights + g0 * job->row_bytes);
+        }
+        for (int64_t t = 0; t < job->n_tokens; t++) {
+            const float *xt = job->x + t * cols;
+            float *yt = job->y + t * rows;
+            int64_t r = g0;
+            for (; r + TILE_ROWS <= g1 && r < full_tiles_end; r += TILE_ROWS)
+                dot_f32_x4(w + (r - g0) * cols, cols, xt, cols, yt + r);
+            for (; r < g1; r++) yt[r] = dot_f32(w + (r - g0) * cols, xt, cols);
+        }
+    }
+}
+
+static void matmul_task(void *ctx, int thread_index, int n_threads) {
+    (void)n_threads;
+    matmul_job *job = ctx;
+    float *scratch = job->scratch ? job->scratch + thread_index * job->scratch_stride : NULL;
+    // Chunks are claimed dynamically: on a shared machine one core may run slower than another.
+    for (;;) {
+        int64_t c = atomic_fetch_add_explicit(&job->next_chunk, 1, memory_order_relaxed);
+        if (c >= job->n_chunks) break;
+        int64_t r0 = c * job->chunk_rows;
+        int64_t r1 = r0 + job->chunk_rows < job->rows ? r0 + job->chunk_rows : job->rows;
+        job->rows_fn(job, r0, r1, scratch);
+    }
+}
+
+// ---- dispatch --------------------------------------------------------------------------------
+// The one place that decides which implementation serves a weight type. A SIMD issue adds its
+// routines (same contract as matmul_rows_fn; move matmul_job to a private header then) and picks
+// them here from puna_cpu_features(), unless reference_only is set.
+
+static int reference_only = 0;
+
+void puna_kernels_set_reference_only(int on) { reference_only = on != 0; }
+
+typedef struct { const char *name; matmul_rows_fn rows; } matmul_kernel;
+
+static int matmul_type_ok(int type) {
+    if (type < 0 || type >= PUNA_TYPE_COUNT) return 0;
+    if (type == PUNA_TYPE_F32) return 1;
+    const puna_type_info *info = &puna_type_table[type];
+    return info->decode != NULL && info->block_size > 0 && info->type_size > 0;
+}
+
+static matmul_kernel select_matmul(int type) {
+    (void)type;
+    (void)reference_only;  // no faster kernels yet
+    matmul_kernel k = { "reference", matmul_rows_reference };
+    return k;
+}
+
+int puna_matmul_supports(int type) { return matmul_type_ok(type); }
+
+const char *puna_matmul_kernel_name(int type) {
+    return matmul_type_ok(type) ? select_matmul(type).name : NULL;
+}
+
+int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, int64_t cols,
+                const float *x, int64_t n_tokens, float *y) {
+    if (!matmul_type_ok(type) || rows < 0 || cols < 0 || n_tokens < 0) return -1;
+    const puna_type_info *info = &puna_type_table[type];
+    if (cols % info->block_size != 0) return -1;
+    if (rows == 0 || n_tokens == 0) return 0;
+    if (cols == 0) {
+        memset(y, 0, (size_t)(rows * n_tokens) * sizeof(float));
+        return 0;
+    }
+    matmul_kernel kernel = select_matmul(type);
+    matmul_job job = {0};
+    job.weights = weights;
+    job.row_bytes = cols / info->block_size * info->type_size;
+    job.rows = rows;
+    job.cols = cols;
+    job.x = x;
+    job.n_tokens = n_tokens;
+    job.y = y;
+    job.decode = type == PUNA_TYPE_F32 ? NULL : info->decode;
+    job.rows_fn = kernel.rows;
+
+    int64_t group = GROUP_BYTES / (cols * (int64_t)sizeof(float));
+    if (group > MAX_GROUP_ROWS) group = MAX_GROUP_ROWS;
+    group -= group % TILE_ROWS;
+    if (group < TILE_ROWS) group = TILE_ROWS;
+    job.group_rows = group;
+
+    int n_threads = puna_pool_size(pool);
+    // About 8 chunks per thread keeps both cores busy even when one is slowed by something else,
+    // and small matrices still split (a chunk can be a single tile).
+    int64_t tiles = (rows + TILE_ROWS - 1) / TILE_ROWS;
+    int64_t chunk_tiles = tiles / ((int64_t)n_threads * 8);
+    if (chunk_tiles < 1) chunk_tiles = 1;
+    job.chunk_rows = chunk_tiles * TILE_ROWS;
+    job.n_chunks = (rows + job.chunk_rows - 1) / job.chunk_rows;
+    atomic_init(&job.next_chunk, 0);
+
+    if (job.decode) {
+        int64_t per_thread = group * cols;
+        job.scratch = puna_pool_scratch(pool, per_thread, &job.scratch_stride);
+        if (!job.scratch) return -1;
+    }
+    if (n_threads == 1 || job.n_chunks == 1) matmul_task(&job, 0, 1);
+    else puna_pool_run(pool, matmul_task, &job);
+    return 0;
+}
+
+// ---- element-wise ops ------------------------------------------------------------------------
+
+void puna_rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps) {
+    if (n <= 0) return;
+    double acc[4] = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++) acc[j] += (double)x[i + j] * (double)x[i + j];
+    for (; i < n; i++) acc[0] += (double)x[i] * (double)x[i];
+    double mean = ((acc[0] + acc[1]) + (acc[2] + acc[3])) / (double)n;
+    float scale = (float)(1.0 / sqrt(mean + (double)eps));
+    // Same order as transformers' LlamaRMSNorm: normalise, then apply the weight.
+    if (weight) for (i = 0; i < n; i++) out[i] = (x[i] * scale) * weight[i];
+    else for (i = 0; i < n; i++) out[i] = x[i] * scale;
+}
+
+void puna_rope_factors(float *vec, int n_heads, int head_dim, int rope_dims, int pos, float freq_base,
+                       const float *freq_factors) {
+    if (rope_dims > head_dim) rope_dims = head_dim;
+    // Angles in f32 step by step as transformers computes them (inv_freq = 1 / base^(2i/d), then
+    // pos * inv_freq), so conformance against it is not limited by a different angle rounding.
+    for (int i = 0; 2 * i + 1 < rope_dims; i++) {
+        float inv_freq = 1.0f / powf(freq_base, (float)(2 * i) / (float)rope_dims);
+        float theta = (float)pos * inv_freq;
+        if (freq_factors) theta /= freq_factors[i];
+        float c = cosf(theta), s = sinf(theta);
+        for (int h = 0; h < n_heads; h++) {
+            float *p = vec + (int64_t)h * head_dim + 2 * i;
+            float x0 = p[0], x1 = p[1];
+            p[0] = x0 * c - x1 * s;
+            p[1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+void puna_rope(float *vec, int n_heads, int head_dim, int rope_dims, int pos, float freq_base) {
+    puna_rope_factors(vec, n_heads, head_dim, rope_dims, pos, freq_base, NULL);
+}
+
+void puna_swiglu(float *out, const float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+void puna_add(float *out, const float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void puna_softmax(float *x, int64_t n) {
+    if (n <= 0) return;
+    float max = x[0];
+    for (int64_t i = 1; i < n; i++) if (x[i] > max) max = x[i];
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+// ---- attention -------------------------------------------------------------------------------
+
+typedef struct {
+    float *out;
+    const float *q;
+    int kv_type;
+    const uint8_t *k, *v;
+    int64_t kv_row_bytes;
+    int n_tokens, pos0, n_heads, head_dim, group;  // group: query heads per kv head
+    float scale;
+    float *scratch;
+    int64_t scratch_stride;
+    _Atomic int next;  // next (token, head) pair, token-major
+} attention_job;
+
+static void attention_one(const attention_job *job, int t, int h, float *scores) {
+    const int hd = job->head_dim, kvh = h / job->group;
+    const int n_pos = job->pos0 + t + 1;  // causal: this token sees positions 0 .. pos0 + t
+    const int64_t q_stride = (int64_t)job->n_heads * hd;
+    const float *qh = job->q + t * q_stride + (int64_t)h * hd;
+    float *oh = job->out + t * q_stride + (int64_t)h * hd;
+
+    if (job->kv_type == PUNA_TYPE_F32) {
+        for (int j = 0; j < n_pos; j++) {
+            const float *kj = (const float *)(job->k + j * job->kv_row_bytes) + (int64_t)kvh * hd;
+            scores[j] = dot_f32(qh, kj, hd) * job->scale;
+        }
+    } else {
+        for (int j = 0; j < n_pos; j++) {
+            const uint16_t *kj = (const uint16_t *)(job->k + j * job->kv_row_bytes) + (int64_t)kvh * hd;
+            scores[j] = dot_f32_f16(qh, kj, hd) * job->scale;
+        }
+    }
+    puna_softmax(scores, n_pos);
+
+    for (int d = 0; d < hd; d++) oh[d] = 0;
+    if (job->kv_type == PUNA_TYPE_F32) {
+        for (int j = 0; j < n_pos; j++) {
+            const float *vj = (const float *)(job->v + j * job->kv_row_bytes) + (int64_t)kvh * hd;
+            float p = scores[j];
+            for (int d = 0; d < hd; d++) oh[d] += p * vj[d];
+        }
+    } else {
+        for (int j = 0; j < n_pos; j++) {
+            const uint16_t *vj = (const uint16_t *)(job->v + j * job->kv_row_bytes) + (int64_t)kvh * hd;
+            float p = scores[j];
+            for (int d = 0; d < hd; d++) oh[d] += p * f16_to_f32_inline(vj[d]);
+        }
+    }
+}
+
+static void attention_task(void *ctx, int thread_index, int n_threads) {
+    (void)n_threads;
+    attention_job *job = ctx;
+    float *scores = job->scratch + thread_index * job->scratch_stride;
+    const int total = job->n_tokens * job->n_heads;
+    // Later tokens see more positions, so pairs are claimed one at a time rather than pre-split.
+    for (;;) {
+        int i = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
+        if (i >= total) break;
+        attention_one(job, i / job->n_heads, i % job->n_heads, scores);
+    }
+}
+
+int puna_attention(puna_pool *pool, float *out, const float *q, int kv_type, const void *k_cache,
+                   const void *v_cache, int64_t kv_row_bytes, int n_tokens, int pos0, int n_heads,
+                   int n_kv_heads, int head_dim, float *scratch, int n_ctx) {
+    if (kv_type != PUNA_TYPE_F32 && kv_type != PUNA_TYPE_F16) return -1;
+    if (n_tokens < 0 || pos0 < 0 || n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0) return -1;
+    if (n_heads % n_kv_heads != 0) return -1;
+    if (n_tokens == 0) return 0;
+    int64_t elem = kv_type == PUNA_TYPE_F32 ? 4 : 2;
+    int64_t packed = (int64_t)n_kv_heads * head_dim * elem;
+    if (kv_row_bytes == 0) kv_row_bytes = packed;
+    if (kv_row_bytes < packed) return -1;
+    int64_t needed = (int64_t)pos0 + n_tokens;
+
+    attention_job job = {0};
+    job.out = out;
+    job.q = q;
+    job.kv_type = kv_type;
+    job.k = k_cache;
+    job.v = v_cache;
+    job.kv_row_bytes = kv_row_bytes;
+    job.n_tokens = n_tokens;
+    job.pos0 = pos0;
+    job.n_heads = n_heads;
+    job.head_dim = head_dim;
+    job.group = n_heads / n_kv_heads;
+    job.scale = 1.0f / sqrtf((float)head_dim);
+    atomic_init(&job.next, 0);
+    if (scratch) {
+        if (n_ctx < needed) return -1;
+        job.scratch = scratch;
+        job.scratch_stride = n_ctx;
+    } else {
+        job.scratch = puna_pool_scratch(pool, needed, &job.scratch_stride);
+        if (!job.scratch) return -1;
+    }
+    if (puna_pool_size(pool) == 1 || (int64_t)n_tokens * n_heads == 1) attention_task(&job, 0, 1);
+    else puna_pool_run(pool, attention_task, &job);
+    return 0;
+}
