@@ -1,3 +1,4 @@
 // Umbrella header of the C core.
 #include "puna_platform.h"
 #include "puna_quants.h"
+#include "puna_kernels.h"
