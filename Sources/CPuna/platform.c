@@ -5,6 +5,7 @@
 #include "puna_platform.h"
 
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,6 +175,16 @@ int puna_parse_double(const char *text, double *out) {
     if (end == text || *end != 0) return 0;
     *out = v;
     return 1;
+}
+
+double puna_exp(double x) { return exp(x); }
+double puna_log(double x) { return log(x); }
+
+double puna_log_probability(const float *row, int64_t n, int64_t target) {
+    double max = -INFINITY, sum = 0;
+    for (int64_t i = 0; i < n; i++) if (row[i] > max) max = row[i];
+    for (int64_t i = 0; i < n; i++) sum += exp((double)row[i] - max);
+    return (double)row[target] - max - log(sum);
 }
 
 int64_t puna_now_ns(void) {

@@ -4,6 +4,11 @@ import PunaCore
 let punaVersion = "0.1.0"
 
 let commandSummaries: [(String, String)] = [
+    ("run", "generate text from a prompt"),
+    ("chat", "chat on the terminal, keeping the conversation in the KV cache"),
+    ("logits", "print the logits of a token sequence (conformance interface)"),
+    ("tokenize", "print the token ids of a text"),
+    ("perplexity", "perplexity of a text file"),
     ("info", "show a GGUF file's hyperparameters, tensor types and memory estimate"),
 ]
 
@@ -24,6 +29,11 @@ func runCLI(_ arguments: [String]) -> Int32 {
     do throws(PunaError) {
         switch command {
         case "info": return try InfoCommand.run(rest)
+        case "run": return try RunCommand.run(rest)
+        case "chat": return try ChatCommand.run(rest)
+        case "logits": return try LogitsCommand.run(rest)
+        case "tokenize": return try TokenizeCommand.run(rest)
+        case "perplexity": return try PerplexityCommand.run(rest)
         case "-h", "--help", "help":
             out(globalHelp())
             return 0

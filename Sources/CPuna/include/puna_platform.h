@@ -65,6 +65,13 @@ int puna_format_double(double value, int decimals, char *buf);
 // Parse a decimal float; returns 1 on success (the whole string must be consumed).
 int puna_parse_double(const char *text, double *out);
 
+// ---- numbers ---------------------------------------------------------------------------------
+// libm's exp and log (Embedded Swift has no Glibc module to reach them).
+double puna_exp(double x);
+double puna_log(double x);
+// log(softmax(row)[target]) over n logits, accumulated in double.
+double puna_log_probability(const float *row, int64_t n, int64_t target);
+
 // ---- clocks and memory ---------------------------------------------------------------------
 // Monotonic nanoseconds.
 int64_t puna_now_ns(void);

@@ -1,0 +1,132 @@
+import CPuna
+import PunaCore
+
+/// Flags shared by the commands that load a model.
+enum CommonFlags {
+    static let model = FlagSpec(names: ["-m", "--model"], value: "FILE", help: "GGUF model file")
+    static let threads = FlagSpec(names: ["-t", "--threads"], value: "N", help: "threads (default: one per CPU)")
+    static let context = FlagSpec(names: ["-c", "--ctx-size"], value: "N", help: "context length (default: the model's, at most 4096)")
+    static let batch = FlagSpec(names: ["-b", "--batch-size"], value: "N", help: "prompt tokens per matrix step (default 256)")
+    static let cacheTypeK = FlagSpec(names: ["-ctk", "--cache-type-k"], value: "TYPE", help: "KV cache type: f16 (default) or f32")
+    static let cacheTypeV = FlagSpec(names: ["-ctv", "--cache-type-v"], value: "TYPE", help: "must equal --cache-type-k for now")
+    static let loading = [model, threads, context, batch, cacheTypeK, cacheTypeV]
+
+    static let sampling: [FlagSpec] = [
+        FlagSpec(names: ["-n", "--n-predict"], value: "N", help: "tokens to generate (default 128, -1 = until EOS or full context)"),
+        FlagSpec(names: ["--temp"], value: "T", help: "temperature (default 0.8; 0 = greedy)"),
+        FlagSpec(names: ["--top-k"], value: "K", help: "top-k (default 40, 0 = off)"),
+        FlagSpec(names: ["--top-p"], value: "P", help: "top-p (default 0.95, 1 = off)"),
+        FlagSpec(names: ["--min-p"], value: "P", help: "min-p (default 0.05, 0 = off)"),
+        FlagSpec(names: ["--repeat-penalty"], value: "R", help: "repetition penalty (default 1.1, 1 = off)"),
+        FlagSpec(names: ["--repeat-last-n"], value: "N", help: "tokens the penalty looks back on (default 64, -1 = context)"),
+        FlagSpec(names: ["-s", "--seed"], value: "S", help: "random seed (default: from the clock)"),
+        FlagSpec(names: ["--stop"], value: "STR", help: "stop before this string (repeatable)", repeatable: true),
+        FlagSpec(names: ["--template"], value: "NAME", help: "prompt template: \(PromptTemplate.names.joined(separator: ", ")) (default raw)"),
+        FlagSpec(names: ["--system"], value: "TEXT", help: "system text for the template"),
+        FlagSpec(names: ["--ignore-eos"], value: nil, help: "keep generating past end-of-sequence"),
+    ]
+
+    static func loadModel(_ args: ParsedArguments) throws(PunaError) -> (LlamaModel, Int64) {
+        let path = try args.require("-m")
+        let threads = try args.int("-t", range: 1...1024) ?? 0
+        let batch = try args.int("-b", range: 1...65536) ?? 256
+        let start = puna_now_ns()
+        let model = try LlamaModel(path: path, options: ModelOptions(threads: threads, batchSize: batch))
+        return (model, puna_now_ns() - start)
+    }
+
+    static func makeCache(_ args: ParsedArguments, model: LlamaModel, defaultContext: Int? = nil,
+                          defaultType: String = "f16") throws(PunaError) -> KVCache {
+        let context = try args.int("-c", range: 1...(1 << 22)) ?? defaultContext ?? min(model.config.contextLength, 4096)
+        let kName = args.string("-ctk") ?? defaultType
+        guard let type = GGMLType(name: kName) else { throw PunaError("flag --cache-type-k: unknown type '\(kName)'") }
+        if let v = args.string("-ctv"), GGMLType(name: v) != type {
+            throw PunaError("flag --cache-type-v: '\(v)' must equal --cache-type-k ('\(kName)') for now")
+        }
+        // Refuse a context the machine cannot hold before allocating it.
+        let estimate = MemoryEstimate.llama(config: model.config, weightBytes: model.gguf.tensorBytes, context: context,
+                                            cacheType: type, batch: model.batchSize, threads: model.threads)
+        let available = availableMemory()
+        if estimate.totalBytes > available {
+            var s = "-c \(context) needs about \(formatBytes(estimate.totalBytes)) but only \(formatBytes(available)) is available:"
+            for item in estimate.items { s += "\n  \(item.name): \(formatBytes(item.bytes))" }
+            s += "\nuse a smaller -c"
+            throw PunaError(s)
+        }
+        return try model.makeCache(contextLength: context, type: type)
+    }
+
+    /// The cgroup limit when one is set, else the machine's physical memory.
+    static func availableMemory() -> Int {
+        let limit = Int(puna_cgroup_memory_limit())
+        let physical = Int(puna_physical_memory_bytes())
+        return limit > 0 ? min(limit, physical > 0 ? physical : limit) : physical
+    }
+
+    static func samplerSettings(_ args: ParsedArguments) throws(PunaError) -> SamplerSettings {
+        var s = SamplerSettings()
+        if let v = try args.float("--temp", range: 0...100) { s.temperature = v }
+        if let v = try args.int("--top-k", range: 0...(1 << 24)) { s.topK = v }
+        if let v = try args.float("--top-p", range: 0...1) { s.topP = v }
+        if let v = try args.float("--min-p", range: 0...1) { s.minP = v }
+        if let v = try args.float("--repeat-penalty", range: 0...100) { s.repeatPenalty = v }
+        if let v = try args.int("--repeat-last-n", range: -1...(1 << 24)) { s.repeatLastN = v }
+        if let seedText = args.string("-s") {
+            guard let seed = UInt64(seedText) else { throw PunaError("flag --seed: '\(seedText)' is not a non-negative integer") }
+            s.seed = seed
+        } else {
+            s.seed = UInt64(truncatingIfNeeded: puna_now_ns())
+        }
+        return s
+    }
+
+    static func template(_ args: ParsedArguments) throws(PunaError) -> PromptTemplate {
+        let name = args.string("--template") ?? "raw"
+        guard let t = PromptTemplate(name: name) else {
+            throw PunaError("flag --template: unknown template '\(name)' (choose from \(PromptTemplate.names.joined(separator: ", ")))")
+        }
+        return t
+    }
+
+    static func generationOptions(_ args: ParsedArguments, template: PromptTemplate) throws(PunaError) -> GenerationOptions {
+        var g = GenerationOptions()
+        g.maxTokens = try args.int("-n", range: -1...(1 << 24)) ?? 128
+        g.sampler = try samplerSettings(args)
+        g.stopStrings = args.strings("--stop") + template.stopStrings
+        g.stopAtEOS = !args.has("--ignore-eos")
+        return g
+    }
+
+    /// "load 12 ms | prompt 16 tok at 1234.5 tok/s | generated 32 tok at 456.7 tok/s | peak RSS 12.3 MiB"
+    static func timingLine(loadNanoseconds: Int64, generator: Generator) -> String {
+        "load \(fixed(Double(loadNanoseconds) / 1e6, 1)) ms | prompt \(generator.promptTokenCount) tok at \(fixed(generator.promptTokensPerSecond, 1)) tok/s"
+            + " | generated \(generator.tokens.count) tok at \(fixed(generator.generationTokensPerSecond, 1)) tok/s"
+            + " | peak RSS \(formatBytes(Int(puna_peak_rss_bytes())))"
+    }
+}
+
+func fixed(_ d: Double, _ decimals: Int) -> String {
+    var j = JSONWriter()
+    j.value(d, decimals: decimals)
+    return j.string
+}
+
+/// Text of -p, or of the file named by -f ("-" reads standard input).
+func promptText(_ args: ParsedArguments) throws(PunaError) -> String? {
+    if let p = args.string("-p") {
+        if args.has("-f") { throw PunaError("give either -p or -f, not both") }
+        return p
+    }
+    guard let path = args.string("-f") else { return nil }
+    return try readTextFile(path == "-" ? "/dev/stdin" : path)
+}
+
+func readTextFile(_ path: String) throws(PunaError) -> String {
+    var size: Int64 = 0
+    var error: Int32 = 0
+    guard let bytes = puna_read_file(path, &size, &error) else {
+        throw PunaError("\(path): cannot read: \(String(cString: puna_strerror(error)))")
+    }
+    defer { puna_free(bytes) }
+    return String(decoding: UnsafeBufferPointer(start: bytes, count: Int(size)), as: UTF8.self)
+}

@@ -1,0 +1,132 @@
+import CPuna
+import PunaCore
+
+enum PerplexityCommand {
+    static let specs: [FlagSpec] = CommonFlags.loading + [
+        FlagSpec(names: ["-f", "--file"], value: "FILE", help: "text to score"),
+        FlagSpec(names: ["--chunks"], value: "N", help: "score at most N chunks"),
+        FlagSpec(names: ["--json"], value: nil, help: "print one JSON object"),
+        helpFlag,
+    ]
+
+    /// Perplexity as llama.cpp's llama-perplexity computes it: the text is cut into chunks of -c
+    /// tokens, each evaluated from an empty cache with BOS in its first position, and only the
+    /// second half of each chunk is scored (so every scored token has at least c/2 of context).
+    static func run(_ arguments: [String]) throws(PunaError) -> Int32 {
+        let args = try ParsedArguments(command: "perplexity", arguments: arguments, specs: specs)
+        if args.has("-h") {
+            out(helpText(usage: "puna perplexity -m MODEL -f TEXT [-c CTX]",
+                         summary: "Perplexity of a text, chunked as llama.cpp's llama-perplexity.", specs: specs))
+            return 0
+        }
+        let path = try args.require("-f")
+        let text = try readTextFile(path)
+        let (model, _) = try CommonFlags.loadModel(args)
+        let cache = try CommonFlags.makeCache(args, model: model)
+        let n = cache.capacity
+        guard n >= 8 else { throw PunaError("-c \(n) is too small for perplexity (at least 8)") }
+        let tokens = model.tokenizer.encode(text, addBOS: model.tokenizer.addsBOS)
+        var chunks = tokens.count / n
+        if let limit = try args.int("--chunks", range: 1...(1 << 30)) { chunks = min(chunks, limit) }
+        guard chunks > 0 else {
+            throw PunaError("\(path): \(tokens.count) tokens are fewer than one chunk of -c \(n) tokens")
+        }
+        let vocab = model.config.vocabSize
+        let first = n / 2
+        var nll = 0.0, nll2 = 0.0
+        var count = 0
+        let start = puna_now_ns()
+        let json = args.has("--json")
+        for chunk in 0..<chunks {
+            var input = Array(tokens[(chunk * n)..<((chunk + 1) * n)])
+            if model.tokenizer.addsBOS { input[0] = model.tokenizer.bosID }
+            cache.reset()
+            let logits = try model.evaluate(input, cache: cache, allLogits: true)
+            for j in first..<(n - 1) {
+                let lp = logits.withUnsafeBufferPointer {
+                    puna_log_probability($0.baseAddress! + j * vocab, Int64(vocab), Int64(tokens[chunk * n + j + 1]))
+                }
+                nll -= lp
+                nll2 += lp * lp
+                count += 1
+            }
+            if !json { out("[\(chunk + 1)]\(fixed(puna_exp(nll / Double(count)), 4)),") }
+        }
+        let mean = nll / Double(count)
+        let ppl = puna_exp(mean)
+        // Standard error of the mean NLL, carried to the perplexity (as llama.cpp reports it).
+        let variance = max(nll2 / Double(count) - mean * mean, 0)
+        let error = count > 1 ? ppl * (variance / Double(count - 1)).squareRoot() : 0
+        let seconds = Double(puna_now_ns() - start) / 1e9
+        if json {
+            var j = JSONWriter()
+            j.beginObject()
+            j.key("perplexity"); j.value(ppl, decimals: 6)
+            j.key("error"); j.value(error, decimals: 6)
+            j.field("chunks", chunks)
+            j.field("ctx", n)
+            j.field("scored_tokens", count)
+            j.key("seconds"); j.value(seconds, decimals: 3)
+            j.endObject()
+            outLine(j.string)
+        } else {
+            outLine("")
+            outLine("PPL = \(fixed(ppl, 4)) +/- \(fixed(error, 4)) (\(chunks) chunks of \(n), \(count) scored tokens, \(fixed(seconds, 2)) s)")
+        }
+        return 0
+    }
+}
+
+enum ChatCommand {
+    static let specs: [FlagSpec] = CommonFlags.loading + CommonFlags.sampling + [helpFlag]
+
+    /// Interactive chat: one user turn per input line; the KV cache keeps the whole conversation, so
+    /// each turn evaluates only its new tokens.
+    static func run(_ arguments: [String]) throws(PunaError) -> Int32 {
+        let args = try ParsedArguments(command: "chat", arguments: arguments, specs: specs)
+        if args.has("-h") {
+            out(helpText(usage: "puna chat -m MODEL --template NAME [options]",
+                         summary: "Chat on the terminal (one line per turn; end with Ctrl-D). The conversation stays in the KV cache between turns.",
+                         specs: specs))
+            return 0
+        }
+        let template = try CommonFlags.template(args)
+        var options = try CommonFlags.generationOptions(args, template: template)
+        if !args.has("-n") { options.maxTokens = 512 }
+        let (model, _) = try CommonFlags.loadModel(args)
+        let cache = try CommonFlags.makeCache(args, model: model)
+        let system = args.string("--system")
+        let interactive = puna_stdout_is_tty() != 0
+        var line = [CChar](repeating: 0, count: 1 << 16)
+        var isFirst = true
+        while true {
+            if interactive { out("> ") }
+            let n = line.withUnsafeMutableBufferPointer { puna_read_line($0.baseAddress, Int64($0.count)) }
+            if n < 0 { break }
+            let user = String(decoding: line[0..<Int(n)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if user.isEmpty { continue }
+            let turn = template.renderTurn(user: user, isFirst: isFirst, system: system)
+            let tokens = model.tokenizer.encode(turn, addBOS: isFirst && model.tokenizer.addsBOS)
+            isFirst = false
+            let generator: Generator
+            do throws(PunaError) {
+                generator = try Generator(model: model, cache: cache, prompt: tokens, options: options)
+            } catch {
+                errLine("puna: \(error.message); conversation reset")
+                cache.reset()
+                isFirst = true
+                continue
+            }
+            for step in generator { out(step.text) }
+            outLine("")
+            // The generator evaluates each token lazily, so the final sampled token may not be in
+            // the cache yet; what matters is that the next turn continues after the reply.
+            if generator.finishReason == .contextFull {
+                errLine("puna: context full; conversation reset")
+                cache.reset()
+                isFirst = true
+            }
+        }
+        return 0
+    }
+}

@@ -1,0 +1,53 @@
+import Foundation
+import XCTest
+
+/// Paths of the committed fixtures and of the built `puna` binary.
+enum Fixtures {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures")
+    static let models = root.appendingPathComponent("models")
+    static let tokenizer = root.appendingPathComponent("tokenizer")
+
+    static func json(_ url: URL) throws -> [String: Any] {
+        let data = try Data(contentsOf: url)
+        return try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+    }
+
+    static func floats(_ url: URL) throws -> [Float] {
+        let data = try Data(contentsOf: url)
+        return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    }
+
+    /// The model manifest written by scripts/fixtures/make_models.py.
+    static func manifest() throws -> [String: Any] { try json(models.appendingPathComponent("manifest.json")) }
+
+    /// The `puna` executable built next to the test bundle.
+    static var punaBinary: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("puna")
+    }
+
+    /// Run puna with arguments; returns (exit status, stdout, stderr).
+    @discardableResult
+    static func runPuna(_ arguments: [String], stdin: String? = nil) throws -> (Int32, String, String) {
+        let p = Process()
+        p.executableURL = punaBinary
+        p.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        let input = Pipe()
+        p.standardInput = input
+        try p.run()
+        if let stdin { input.fileHandleForWriting.write(stdin.data(using: .utf8)!) }
+        try input.fileHandleForWriting.close()
+        // Read both pipes fully before waiting, so a large output cannot deadlock the child.
+        var outData = Data(), errData = Data()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async { errData = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        outData = out.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    }
+}
