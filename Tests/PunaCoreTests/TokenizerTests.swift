@@ -521,6 +521,16 @@ final class TokenizerTests: XCTestCase {
         print(String(format: "encode speed: %d bytes -> %d tokens in %.2f ms (%.2f ms per 2k tokens, %.0f tokens/s)",
                      text.utf8.count, count, best, perTwoK, Double(count) / best * 1000))
         XCTAssertGreaterThan(count, 2000)
+
+        // No quadratic corner: one 20k-character word, and 300 KB of the paragraph.
+        for (name, long) in [("20000 x 'a'", String(repeating: "a", count: 20000)),
+                             ("300 KB text", String(repeating: paragraph, count: 750))] {
+            let start = DispatchTime.now().uptimeNanoseconds
+            let n = t.encode(long, addBOS: false).count
+            let ms = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
+            print(String(format: "encode speed: %@: %d tokens in %.1f ms", name, n, ms))
+            XCTAssertLessThan(ms, 5000)
+        }
         #if DEBUG
         XCTAssertLessThan(perTwoK, 1000, "debug build")
         #else
