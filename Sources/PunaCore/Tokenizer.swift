@@ -40,8 +40,8 @@ public final class Tokenizer {
     private let printedOffsets: [Int32]
     /// Token of each byte value for byte fallback (`<0xNN>`, else the one-byte piece), -1 if none.
     private let byteTokens: [Int32]
-    /// User-defined tokens, then control/unknown ones: cut out of the text before merging,
-    /// longest first (ties by id so the order is reproducible).
+    /// Tokens cut out of the text before merging, longest first (ties by id, so the order is
+    /// reproducible): user-defined ones always, control and unknown ones too with `parseSpecial`.
     private let userDefinedTokens: [Int32]
     private let specialTokens: [Int32]
 
