@@ -11,7 +11,6 @@
 #include "puna_platform.h"
 
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +19,8 @@
 // How long an idle worker spins before it sleeps. Long enough to bridge the Swift glue between the
 // ops of one layer, short enough that an idle pool stops burning CPU almost at once.
 #define SPIN_NS 200000
-// How long the caller spins on stragglers before it starts yielding its core to them.
+// How long the caller spins on stragglers before it sleeps, handing its core to them (on a loaded
+// machine the straggler may be waiting for exactly that core).
 #define WAIT_SPIN_NS 50000
 
 static inline void cpu_relax(void) {
@@ -47,9 +47,11 @@ struct puna_pool {
     _Atomic unsigned generation;
     _Atomic int remaining;  // workers still inside the current run
     _Atomic int stop;
+    _Atomic int caller_sleeping;  // the caller waits on `done`: the last worker must signal it
 
-    pthread_mutex_t lock;   // guards sleeping workers' wait on `wake`
-    pthread_cond_t wake;
+    pthread_mutex_t lock;   // guards the sleeps on `wake` and `done`
+    pthread_cond_t wake;    // workers: a new generation
+    pthread_cond_t done;    // caller: remaining reached zero
 
     float *scratch;         // per-thread kernel scratch (see puna_pool_scratch)
     int64_t scratch_stride; // floats per thread, multiple of 16
@@ -90,7 +92,13 @@ static void *worker_main(void *arg) {
         seen = wait_for_generation(pool, seen);
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
         pool->task(pool->ctx, index, pool->n_threads);
-        atomic_fetch_sub_explicit(&pool->remaining, 1, memory_order_acq_rel);
+        // Sequentially consistent with the caller's store to caller_sleeping and its load of
+        // remaining: either the caller sees zero or this thread sees it sleeping, never neither.
+        if (atomic_fetch_sub(&pool->remaining, 1) == 1 && atomic_load(&pool->caller_sleeping)) {
+            pthread_mutex_lock(&pool->lock);
+            pthread_cond_signal(&pool->done);
+            pthread_mutex_unlock(&pool->lock);
+        }
     }
     return NULL;
 }
@@ -111,8 +119,15 @@ puna_pool *puna_pool_create(int n_threads) {
     atomic_init(&pool->generation, 0);
     atomic_init(&pool->remaining, 0);
     atomic_init(&pool->stop, 0);
+    atomic_init(&pool->caller_sleeping, 0);
     if (pthread_mutex_init(&pool->lock, NULL) != 0) { free(pool); return NULL; }
     if (pthread_cond_init(&pool->wake, NULL) != 0) {
+        pthread_mutex_destroy(&pool->lock);
+        free(pool);
+        return NULL;
+    }
+    if (pthread_cond_init(&pool->done, NULL) != 0) {
+        pthread_cond_destroy(&pool->wake);
         pthread_mutex_destroy(&pool->lock);
         free(pool);
         return NULL;
@@ -146,6 +161,7 @@ void puna_pool_destroy(puna_pool *pool) {
     publish(pool);
     for (int i = 1; i < pool->n_threads; i++) pthread_join(pool->threads[i - 1], NULL);
     pthread_cond_destroy(&pool->wake);
+    pthread_cond_destroy(&pool->done);
     pthread_mutex_destroy(&pool->lock);
     free(pool->threads);
     free(pool->scratch);
@@ -162,15 +178,20 @@ void puna_pool_run(puna_pool *pool, puna_task task, void *ctx) {
     publish(pool);
     task(ctx, 0, pool->n_threads);
     int64_t deadline = 0;
-    for (unsigned spins = 0; atomic_load_explicit(&pool->remaining, memory_order_acquire) != 0; spins++) {
+    for (unsigned spins = 0;; spins++) {
+        if (atomic_load_explicit(&pool->remaining, memory_order_acquire) == 0) return;
         cpu_relax();
         if ((spins & 255) == 255) {
-            // On a loaded machine a straggler may be waiting for this very core.
             int64_t t = now_ns();
             if (deadline == 0) deadline = t + WAIT_SPIN_NS;
-            else if (t > deadline) sched_yield();
+            else if (t > deadline) break;
         }
     }
+    pthread_mutex_lock(&pool->lock);
+    atomic_store(&pool->caller_sleeping, 1);
+    while (atomic_load(&pool->remaining) != 0) pthread_cond_wait(&pool->done, &pool->lock);
+    atomic_store(&pool->caller_sleeping, 0);
+    pthread_mutex_unlock(&pool->lock);
 }
 
 float *puna_pool_scratch(puna_pool *pool, int64_t floats_per_thread, int64_t *stride_out) {
