@@ -15,7 +15,8 @@ public struct ModelOptions {
 
 /// A LLaMA-family model from a GGUF file: weights memory-mapped, tokenizer from the file's
 /// `tokenizer.ggml.*` keys. Evaluate tokens against a `KVCache` to get logits; see `Generator`
-/// for text generation.
+/// for text generation. (Members are internal, not private, so other files of PunaCore — batched
+/// decoding, other backends — can extend the model.)
 public final class LlamaModel {
     public let gguf: GGUFFile
     public let config: LlamaConfig
@@ -23,14 +24,14 @@ public final class LlamaModel {
     public let threads: Int
     public let batchSize: Int
 
-    private let tokenEmbedding: Linear       // [vocab][n_embd]
-    private let layers: [Layer]
-    private let outputNorm: [Float]          // [n_embd]
-    private let output: Linear               // [vocab][n_embd], the embedding itself when tied
-    private let ropeFactors: [Float]?        // [rope_dims/2] from rope_freqs.weight, or linear scaling
-    private let pool: OpaquePointer
+    let tokenEmbedding: Linear       // [vocab][n_embd]
+    let layers: [Layer]
+    let outputNorm: [Float]          // [n_embd]
+    let output: Linear               // [vocab][n_embd], the embedding itself when tied
+    let ropeFactors: [Float]?        // [rope_dims/2] from rope_freqs.weight, or linear scaling
+    let pool: OpaquePointer
 
-    private struct Layer {
+    struct Layer {
         let attentionNorm: [Float]           // [n_embd]
         let q: Linear                        // [n_embd][n_embd]
         let k: Linear                        // [kv_dim][n_embd]
@@ -151,7 +152,7 @@ public final class LlamaModel {
 
     /// One batch of tokens through every layer. Writes logits of all tokens (allLogits) or of the
     /// last one to `logits` when it is not nil.
-    private func forward(_ tokens: [Int32], cache: KVCache, logits: UnsafeMutablePointer<Float>?, allLogits: Bool) {
+    func forward(_ tokens: [Int32], cache: KVCache, logits: UnsafeMutablePointer<Float>?, allLogits: Bool) {
         let c = config
         let n = tokens.count, e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength
         let pos0 = cache.count
@@ -201,7 +202,7 @@ public final class LlamaModel {
         output.forward(pool, xb.p + first * e, logits, nTokens: n - first)
     }
 
-    private func rope(_ vec: UnsafeMutablePointer<Float>, heads: Int, position: Int) {
+    func rope(_ vec: UnsafeMutablePointer<Float>, heads: Int, position: Int) {
         let c = config
         if let factors = ropeFactors {
             puna_rope_factors(vec, Int32(heads), Int32(c.headDimension), Int32(c.ropeDimensionCount), Int32(position), c.ropeFreqBase, factors)

@@ -37,7 +37,7 @@ enum CommonFlags {
 
     static func makeCache(_ args: ParsedArguments, model: LlamaModel, defaultContext: Int? = nil,
                           defaultType: String = "f16") throws(PunaError) -> KVCache {
-        let context = try args.int("-c", range: 1...(1 << 22)) ?? defaultContext ?? min(model.config.contextLength, 4096)
+        let context = try args.int("-c", range: 1...(1 << 30)) ?? defaultContext ?? min(model.config.contextLength, 4096)
         let kName = args.string("-ctk") ?? defaultType
         guard let type = GGMLType(name: kName) else { throw PunaError("flag --cache-type-k: unknown type '\(kName)'") }
         if let v = args.string("-ctv"), GGMLType(name: v) != type {
