@@ -72,6 +72,29 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Runs spaced wider than the workers' spin window (they sleep and must be woken) and workers
+    /// slower than the caller's spin window (the caller sleeps and must be woken).
+    func testPoolSleepingPaths() {
+        for n: Int32 in [2, 3] {
+            let pool = puna_pool_create(n)!
+            let counts = UnsafeMutablePointer<Int64>.allocate(capacity: 4 * 16)
+            counts.initialize(repeating: 0, count: 4 * 16)
+            for run in 1...40 {
+                usleep(run % 2 == 0 ? 1000 : 0)
+                puna_pool_run(pool, { ctx, index, _ in
+                    if index > 0 {
+                        let end = puna_now_ns() + 200_000
+                        while puna_now_ns() < end {}
+                    }
+                    ctx!.assumingMemoryBound(to: Int64.self)[Int(index) * 16] += 1
+                }, counts)
+                for i in 0..<Int(n) { XCTAssertEqual(counts[i * 16], Int64(run), "threads \(n) run \(run) index \(i)") }
+            }
+            counts.deallocate()
+            puna_pool_destroy(pool)
+        }
+    }
+
     func testPoolCreateDestroyWithoutRunsAndDefaultSize() {
         for i in 0..<50 {
             let pool = puna_pool_create(Int32(1 + i % 4))
