@@ -51,6 +51,11 @@ public final class Generator: Sequence, IteratorProtocol {
     private var toEvaluate: Int32? = nil
     private var stream: TextStreamDecoder
     private var held: [UInt8] = []      // decoded text kept back for stop-string matching
+    private var decodedBytes: [Int] = [] // total decoded bytes after each generated token
+    private var releasedBytes = 0       // bytes handed out as text so far
+    /// Generated tokens whose text lies wholly before a stop string (all of them otherwise): a chat
+    /// keeps this many in the cache and drops the stop string's tokens.
+    public private(set) var keptTokenCount = 0
     private let stops: [[UInt8]]
 
     /// Evaluate `prompt` (appended to whatever `cache` already holds) and get ready to sample.
@@ -90,14 +95,19 @@ public final class Generator: Sequence, IteratorProtocol {
         toEvaluate = id
 
         held.append(contentsOf: stream.append(id).utf8)
+        decodedBytes.append(releasedBytes + held.count + stream.pendingByteCount)
+        keptTokenCount = tokens.count
         if let cut = firstStop(in: held) {
             let text = String(decoding: held[0..<cut], as: UTF8.self)
+            releasedBytes += cut
             held = []
             finishReason = .stop
+            keptTokenCount = decodedBytes.prefix { $0 <= releasedBytes }.count
             return GeneratedToken(id: id, text: text)
         }
         let keep = heldSuffixLength(held)
         let text = String(decoding: held[0..<(held.count - keep)], as: UTF8.self)
+        releasedBytes += held.count - keep
         held.removeFirst(held.count - keep)
         return GeneratedToken(id: id, text: text)
     }

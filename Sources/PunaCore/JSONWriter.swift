@@ -44,8 +44,9 @@ public struct JSONWriter {
     public mutating func value(_ d: Double, decimals: Int) {
         separator()
         guard d.isFinite else { bytes.append(contentsOf: "null".utf8); return }
-        var buf = [CChar](repeating: 0, count: 80)
-        let n = buf.withUnsafeMutableBufferPointer { Int(puna_format_double(d, Int32(decimals), $0.baseAddress)) }
+        var buf = [CChar](repeating: 0, count: 64)
+        // puna_format_double writes at most 64 bytes but returns the length it wanted.
+        let n = min(buf.withUnsafeMutableBufferPointer { Int(puna_format_double(d, Int32(decimals), $0.baseAddress)) }, 63)
         for i in 0..<n { bytes.append(UInt8(bitPattern: buf[i])) }
     }
 

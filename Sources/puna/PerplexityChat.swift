@@ -99,6 +99,7 @@ enum ChatCommand {
         let interactive = puna_stdout_is_tty() != 0
         var line = [CChar](repeating: 0, count: 1 << 16)
         var isFirst = true
+        var endedWithEOS = false
         while true {
             if interactive { out("> ") }
             let n = line.withUnsafeMutableBufferPointer { puna_read_line($0.baseAddress, Int64($0.count)) }
@@ -106,8 +107,11 @@ enum ChatCommand {
             let user = String(decoding: line[0..<Int(n)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
             if user.isEmpty { continue }
             let turn = template.renderTurn(user: user, isFirst: isFirst, system: system)
-            let tokens = model.tokenizer.encode(turn, addBOS: isFirst && model.tokenizer.addsBOS)
+            var tokens = model.tokenizer.encode(turn, addBOS: isFirst && model.tokenizer.addsBOS)
+            // Templates whose replies end with EOS (Vicuna) get it back before the next turn.
+            if endedWithEOS && template.endsReplyWithEOS { tokens.insert(model.tokenizer.eosID, at: 0) }
             isFirst = false
+            let turnStart = cache.count
             let generator: Generator
             do throws(PunaError) {
                 generator = try Generator(model: model, cache: cache, prompt: tokens, options: options)
@@ -119,12 +123,14 @@ enum ChatCommand {
             }
             for step in generator { out(step.text) }
             outLine("")
-            // The generator evaluates each token lazily, so the final sampled token may not be in
-            // the cache yet; what matters is that the next turn continues after the reply.
+            endedWithEOS = generator.finishReason == .eos
             if generator.finishReason == .contextFull {
                 errLine("puna: context full; conversation reset")
                 cache.reset()
                 isFirst = true
+            } else {
+                // Keep the reply up to (not including) a stop string, so the next turn's text follows it.
+                cache.truncate(to: turnStart + tokens.count + generator.keptTokenCount)
             }
         }
         return 0
