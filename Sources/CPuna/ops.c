@@ -83,6 +83,12 @@ static inline float f16_to_f32_inline(uint16_t h) {
     return out;
 }
 
+// Same values as the table's f16 decoder (both are exact), without its per-value branches.
+static void decode_f16_rows(const void *blocks, float *out, int64_t n) {
+    const uint16_t *h = blocks;
+    for (int64_t i = 0; i < n; i++) out[i] = f16_to_f32_inline(h[i]);
+}
+
 static float dot_f32_f16(const float *restrict a, const uint16_t *restrict b, int64_t n) {
     float acc[LANES] = {0};
     int64_t i = 0;
@@ -208,7 +214,7 @@ int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, in
     job.x = x;
     job.n_tokens = n_tokens;
     job.y = y;
-    job.decode = type == PUNA_TYPE_F32 ? NULL : info->decode;
+    job.decode = type == PUNA_TYPE_F32 ? NULL : type == PUNA_TYPE_F16 ? decode_f16_rows : info->decode;
     job.rows_fn = kernel.rows;
 
     int64_t group = GROUP_BYTES / (cols * (int64_t)sizeof(float));

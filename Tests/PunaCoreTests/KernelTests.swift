@@ -233,6 +233,24 @@ final class KernelTests: XCTestCase {
         print("matmul tested types: \(tested.joined(separator: " "))")
     }
 
+    /// f16 weights are converted by the matmul's own code: every one of the 65536 halves, as a
+    /// one-column row times 1, must come out as puna_f16_to_f32 says (zero signs aside: 0 + -0 = 0).
+    func testMatmulConvertsEveryHalf() {
+        let pool = puna_pool_create(2)!
+        defer { puna_pool_destroy(pool) }
+        let halves = (0..<65536).map { UInt16($0) }
+        let bytes = halves.withUnsafeBytes { Array($0) }
+        let (rc, y) = runMatmul(pool, type: Int(PUNA_TYPE_F16.rawValue), bytes, rows: 65536, cols: 1, [1], tokens: 1)
+        XCTAssertEqual(rc, 0)
+        for h in halves {
+            let want = puna_f16_to_f32(h), got = y[Int(h)]
+            if !(got == want || (got.isNaN && want.isNaN)) {
+                XCTFail(String(format: "half 0x%04x: %g, want %g", h, got, want))
+                return
+            }
+        }
+    }
+
     func testMatmulRejectsPartialBlocksAndBadTypes() {
         let pool = puna_pool_create(2)!
         defer { puna_pool_destroy(pool) }
