@@ -126,3 +126,56 @@ final class ConformanceTests: XCTestCase {
         for p in [missingTensor, wrongShape, missingKey] { try? FileManager.default.removeItem(atPath: p) }
     }
 }
+
+/// The library API as README shows it: open, tokenize, generate as an iterator, read logits.
+final class LibraryAPITests: XCTestCase {
+    func testReadmeExampleFlow() throws {
+        let model = try LlamaModel(path: Fixtures.models.appendingPathComponent("tiny-gqa-f32.gguf").path,
+                                   options: ModelOptions(threads: 2))
+        let cache = try model.makeCache(contextLength: 128)
+        let prompt = model.tokenizer.encode("You may convey", addBOS: true)
+        var options = GenerationOptions(maxTokens: 20)
+        options.sampler = .greedy
+        options.stopAtEOS = false
+        let generator = try Generator(model: model, cache: cache, prompt: prompt, options: options)
+        var text = ""
+        var ids: [Int32] = []
+        for step in generator {
+            text += step.text
+            if step.id >= 0 { ids.append(step.id) }
+        }
+        XCTAssertEqual(generator.finishReason, .length)
+        XCTAssertEqual(ids.count, 20)
+        XCTAssertEqual(ids, generator.tokens)
+        // Greedy through the iterator equals the transformers reference prefix, and the streamed
+        // text equals decoding the ids.
+        let greedy = try Fixtures.manifest()["greedy"] as! [String: Any]
+        XCTAssertEqual(prompt.map { Int($0) }, greedy["prompt_tokens"] as? [Int])
+        let gqa = (try Fixtures.manifest()["models"] as! [[String: Any]]).first { $0["file"] as? String == "tiny-gqa-f32.gguf" }!
+        let expected = ((gqa["greedy"] as! [String: Any])["tokens"] as! [Int]).prefix(20).map { Int32($0) }
+        XCTAssertEqual(ids, Array(expected))
+        // A continuation keeps its first leading space (decode() would strip it, as llama.cpp does).
+        XCTAssertEqual(text, String(decoding: ids.flatMap { model.tokenizer.pieceBytes($0) }, as: UTF8.self))
+    }
+
+    func testStopStringIsNotPrinted() throws {
+        let model = try LlamaModel(path: Fixtures.models.appendingPathComponent("tiny-gqa-f32.gguf").path)
+        let prompt = model.tokenizer.encode("You may convey", addBOS: true)
+        var options = GenerationOptions(maxTokens: 20, sampler: .greedy, stopAtEOS: false)
+        // Generate once freely, then stop on a piece of that very text.
+        let free = try Generator(model: model, cache: model.makeCache(contextLength: 64), prompt: prompt, options: options)
+        var full = ""
+        for step in free { full += step.text }
+        let chars = Array(full)
+        XCTAssertGreaterThan(chars.count, 12)
+        let stop = String(chars[6..<10])
+        let expectedPrefix = String(full[..<full.range(of: stop)!.lowerBound])
+        options.stopStrings = [stop]
+        let stopped = try Generator(model: model, cache: model.makeCache(contextLength: 64), prompt: prompt, options: options)
+        var text = ""
+        for step in stopped { text += step.text }
+        XCTAssertEqual(stopped.finishReason, .stop)
+        XCTAssertEqual(text, expectedPrefix)
+        XCTAssertLessThanOrEqual(stopped.keptTokenCount, stopped.tokens.count)
+    }
+}
