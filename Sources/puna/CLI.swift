@@ -9,6 +9,7 @@ let commandSummaries: [(String, String)] = [
     ("logits", "print the logits of a token sequence (conformance interface)"),
     ("tokenize", "print the token ids of a text"),
     ("perplexity", "perplexity of a text file"),
+    ("batch", "work through a JSONL file of prompts (batched, resumable, shardable)"),
     ("info", "show a GGUF file's hyperparameters, tensor types and memory estimate"),
 ]
 
@@ -34,6 +35,7 @@ func runCLI(_ arguments: [String]) -> Int32 {
         case "logits": return try LogitsCommand.run(rest)
         case "tokenize": return try TokenizeCommand.run(rest)
         case "perplexity": return try PerplexityCommand.run(rest)
+        case "batch": return try BatchCommand.run(rest)
         case "-h", "--help", "help":
             out(globalHelp())
             return 0

@@ -1,0 +1,258 @@
+import CPuna
+import PunaCore
+
+/// `puna batch`: work through a JSONL file of prompts with continuous batching, resumable after a
+/// crash, one shard of the file per process if asked.
+enum BatchCommand {
+    static let specs: [FlagSpec] = CommonFlags.loading + [
+        FlagSpec(names: ["-i", "--in"], value: "FILE", help: "input JSONL, one request per line ('-' = stdin)"),
+        FlagSpec(names: ["-o", "--out"], value: "FILE", help: "output JSONL; records already in it are skipped (resume)"),
+        FlagSpec(names: ["-np", "--parallel"], value: "N", help: "sequences decoded together (default 4), each with its own -c context"),
+        FlagSpec(names: ["--shard"], value: "K/N", help: "only the records whose 0-based index mod N is K"),
+    ] + CommonFlags.sampling.filter { $0.names[0] != "-s" } + [
+        FlagSpec(names: ["-s", "--seed"], value: "S", help: "seed of records without one (default 0: reruns give the same text)"),
+        FlagSpec(names: ["--progress-interval"], value: "SEC", help: "seconds between progress lines when stderr is not a terminal (default 5, 0 = none)"),
+        helpFlag,
+    ]
+
+    static let summary = """
+        Generate for every line of a JSONL file. A line holds "prompt" (or "instruction" and optional "input", \
+        Alpaca style) and optionally "id", "system", "template", "max_tokens", "temperature", "top_k", "top_p", \
+        "min_p", "repeat_penalty", "repeat_last_n", "seed", "stop" (list), "adapter"; the flags give the defaults. \
+        Each finished record is appended to the output as {"id","text","finish_reason","tokens_in","tokens_out",\
+        "adapter","ms"} (plus "error" when it failed) and synced to disk, so a rerun after a crash skips what is done.
+        """
+
+    static func run(_ arguments: [String]) throws(PunaError) -> Int32 {
+        let args = try ParsedArguments(command: "batch", arguments: arguments, specs: specs)
+        if args.has("-h") {
+            out(helpText(usage: "puna batch -m MODEL -i IN.jsonl -o OUT.jsonl [--parallel N] [--shard K/N] [options]",
+                         summary: summary, specs: specs))
+            return 0
+        }
+        guard args.positionals.isEmpty else { throw PunaError("'puna batch' takes no positional argument '\(args.positionals[0])'") }
+        let inPath = try args.require("-i")
+        let outPath = try args.require("-o")
+        guard inPath != outPath else { throw PunaError("-i and -o name the same file; the input is never modified") }
+        let parallel = try args.int("-np", range: 1...1024) ?? 4
+        let shard = try parseShard(args.string("--shard"))
+        let interval = try args.float("--progress-interval", range: 0...86400) ?? 5
+        let defaults = try batchDefaults(args)
+
+        let records = try BatchInput.read(path: inPath)
+        let output = try BatchOutput(path: outPath)
+        if output.repairedBytes > 0 {
+            errLine("puna batch: \(outPath): removed an unfinished last line (\(output.repairedBytes) bytes) left by an interrupted run")
+        }
+        let mine = records.filter { $0.index % shard.count == shard.index }
+        let pending = mine.filter { !output.doneKeys.contains($0.id.key) }
+        let shardText = shard.count > 1 ? " (shard \(shard.index)/\(shard.count): \(mine.count) of \(records.count))" : ""
+        if mine.count > pending.count {
+            errLine("puna batch: resuming: \(mine.count - pending.count) of \(mine.count) records\(shardText) already in \(outPath)")
+        }
+        let foreign = output.doneKeys.count - (mine.count - pending.count)
+        if foreign > 0 {
+            errLine("puna batch: note: \(outPath) holds \(foreign) records whose ids are not among this run's records (another input or shard?)")
+        }
+        warnUnknownFields(records, source: inPath)
+        guard !pending.isEmpty else {
+            errLine("puna batch: nothing to do: all \(mine.count) records\(shardText) are in \(outPath)")
+            return 0
+        }
+
+        let (model, _) = try CommonFlags.loadModel(args)
+        let adapterNames: [String] = []
+        let context = try args.int("-c", range: 1...(1 << 30)) ?? min(model.config.contextLength, 2048)
+        let cacheType = try checkMemory(args, model: model, context: context, parallel: parallel)
+        let scheduler = try BatchScheduler(model: model, parallel: parallel, contextLength: context, cacheType: cacheType)
+
+        var progress = Progress(total: pending.count, interval: Double(interval))
+        var byKey: [String: (request: BatchRequest, adapter: String?)] = [:]
+        var next = 0
+        let start = puna_now_ns()
+        while true {
+            // Refill free slots at once (continuous batching); bad records are answered on the spot.
+            while scheduler.hasFreeSlot && next < pending.count {
+                let request = pending[next]
+                next += 1
+                do throws(PunaError) {
+                    let (job, adapter) = try request.prepare(defaults: defaults, tokenizer: model.tokenizer, adapters: adapterNames)
+                    if let problem = scheduler.problem(with: job) { throw PunaError(problem) }
+                    try scheduler.admit(job)
+                    byKey[job.key] = (request, adapter)
+                } catch {
+                    try output.append(.failure(request.id, error.message, adapter: request.adapterName))
+                    progress.recordDone(error: true, tokens: 0, scheduler: scheduler)
+                }
+            }
+            if scheduler.isIdle { break }
+            for done in try scheduler.step() {
+                guard let entry = byKey.removeValue(forKey: done.key) else { continue }
+                try output.append(BatchResult(id: entry.request.id, text: done.text,
+                                              finishReason: BatchResult.reasonName(done.finishReason),
+                                              tokensIn: done.promptTokens, tokensOut: done.generatedTokens,
+                                              adapter: entry.adapter, milliseconds: Int(done.nanoseconds / 1_000_000)))
+                progress.recordDone(error: false, tokens: done.generatedTokens, scheduler: scheduler)
+            }
+            progress.tick(scheduler: scheduler)
+        }
+        progress.finish(scheduler: scheduler)
+
+        let seconds = Double(puna_now_ns() - start) / 1e9
+        var line = "puna batch: \(progress.done) records\(shardText), \(progress.errors) errors"
+        line += " | prompt \(scheduler.promptTokensEvaluated) tok, generated \(scheduler.tokensGenerated) tok in \(fixed(seconds, 1)) s"
+        line += " | \(fixed(seconds > 0 ? Double(scheduler.tokensGenerated) / seconds : 0, 2)) tok/s generated overall"
+        let decodeSeconds = Double(scheduler.decodeNanoseconds) / 1e9
+        line += ", \(fixed(decodeSeconds > 0 ? Double(scheduler.decodeTokens) / decodeSeconds : 0, 2)) tok/s decode"
+        line += " | parallel \(parallel), \(scheduler.steps) steps | peak RSS \(formatBytes(Int(puna_peak_rss_bytes())))"
+        errLine(line)
+        return 0
+    }
+
+    static func parseShard(_ text: String?) throws(PunaError) -> (index: Int, count: Int) {
+        guard let text else { return (0, 1) }
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let k = Int(String(parts[0])), let n = Int(String(parts[1])), n >= 1, k >= 0, k < n else {
+            throw PunaError("flag --shard: '\(text)' is not K/N with 0 ≤ K < N (e.g. 0/4)")
+        }
+        return (k, n)
+    }
+
+    static func batchDefaults(_ args: ParsedArguments) throws(PunaError) -> BatchDefaults {
+        var d = BatchDefaults()
+        if let name = args.string("--template") {
+            guard let t = PromptTemplate(name: name) else {
+                throw PunaError("flag --template: unknown template '\(name)' (choose from \(PromptTemplate.names.joined(separator: ", ")))")
+            }
+            d.template = t
+        }
+        d.system = args.string("--system")
+        d.maxTokens = try args.int("-n", range: -1...(1 << 24)) ?? 128
+        var sampler = try CommonFlags.samplerSettings(args)
+        // A batch must give the same text when rerun after a crash, so no clock seed here.
+        if !args.has("-s") { sampler.seed = 0 }
+        d.sampler = sampler
+        d.stopStrings = args.strings("--stop")
+        d.stopAtEOS = !args.has("--ignore-eos")
+        return d
+    }
+
+    /// The KV cache type, after refusing a `--parallel` × `-c` that the machine cannot hold.
+    static func checkMemory(_ args: ParsedArguments, model: LlamaModel, context: Int, parallel: Int) throws(PunaError) -> GGMLType {
+        let kName = args.string("-ctk") ?? "f16"
+        guard let type = GGMLType(name: kName), KVCache.supportedTypes.contains(type) else {
+            throw PunaError("flag --cache-type-k: unknown or unsupported type '\(kName)' (use f16 or f32)")
+        }
+        if let v = args.string("-ctv"), GGMLType(name: v) != type {
+            throw PunaError("flag --cache-type-v: '\(v)' must equal --cache-type-k ('\(kName)') for now")
+        }
+        let single = MemoryEstimate.llama(config: model.config, weightBytes: model.gguf.tensorBytes, context: context,
+                                          cacheType: type, batch: model.batchSize, threads: model.threads)
+        var estimate = MemoryEstimate()
+        for item in single.items {
+            if item.key == "kv_cache" {
+                estimate.add(item.key, "KV caches (\(parallel) × \(type.name), \(context) positions each)", item.bytes * parallel)
+            } else {
+                estimate.add(item.key, item.name, item.bytes)
+            }
+        }
+        let available = CommonFlags.availableMemory()
+        if estimate.totalBytes > available {
+            var s = "--parallel \(parallel) with -c \(context) needs about \(formatBytes(estimate.totalBytes)) but only \(formatBytes(available)) is available:"
+            for item in estimate.items { s += "\n  \(item.name): \(formatBytes(item.bytes))" }
+            s += "\nuse a smaller -c or --parallel"
+            throw PunaError(s)
+        }
+        return type
+    }
+
+    /// One note per unknown field name (a typo like "max_token" would otherwise go unnoticed).
+    static func warnUnknownFields(_ records: [BatchRequest], source: String) {
+        var seen: [String] = []
+        for r in records {
+            guard let keys = r.fields?.keys else { continue }
+            for k in keys where !batchRecordFields.contains(k) && !seen.contains(k) {
+                seen.append(k)
+                errLine("puna batch: \(source): line \(r.line): ignoring field '\(k)' (not a request field)")
+            }
+        }
+    }
+}
+
+/// Progress on stderr: a bar redrawn in place on a terminal, otherwise a plain line every few seconds.
+struct Progress {
+    let total: Int
+    let interval: Double
+    let isTTY: Bool
+    let start: Int64
+    var done = 0
+    var errors = 0
+    var tokens = 0
+    var lastPrint: Int64
+    var drewBar = false
+
+    init(total: Int, interval: Double) {
+        self.total = total
+        self.interval = interval
+        isTTY = puna_stderr_is_tty() != 0
+        start = puna_now_ns()
+        lastPrint = start
+    }
+
+    mutating func recordDone(error: Bool, tokens: Int, scheduler: BatchScheduler) {
+        done += 1
+        if error { errors += 1 }
+        self.tokens += tokens
+    }
+
+    mutating func tick(scheduler: BatchScheduler) {
+        let now = puna_now_ns()
+        if isTTY {
+            // Redraw at most ten times a second.
+            guard now - lastPrint > 100_000_000 || done == total else { return }
+            lastPrint = now
+            drawBar(scheduler: scheduler, now: now)
+        } else if interval > 0 && Double(now - lastPrint) / 1e9 >= interval {
+            lastPrint = now
+            errLine("puna batch: " + status(scheduler: scheduler, now: now))
+        }
+    }
+
+    mutating func finish(scheduler: BatchScheduler) {
+        guard isTTY else { return }
+        drawBar(scheduler: scheduler, now: puna_now_ns())
+        errRaw("\n")
+    }
+
+    func status(scheduler: BatchScheduler, now: Int64) -> String {
+        let seconds = Double(now - start) / 1e9
+        let rate = seconds > 0 ? Double(scheduler.tokensGenerated) / seconds : 0
+        var s = "\(done)/\(total) records, \(errors) errors | \(fixed(rate, 1)) tok/s"
+        if done > 0 && done < total {
+            s += " | ETA " + duration(seconds / Double(done) * Double(total - done))
+        }
+        return s
+    }
+
+    mutating func drawBar(scheduler: BatchScheduler, now: Int64) {
+        let width = 24
+        let filled = total > 0 ? done * width / total : width
+        let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+        errRaw("\r[\(bar)] " + status(scheduler: scheduler, now: now) + "   ")
+        drewBar = true
+    }
+
+    func duration(_ s: Double) -> String {
+        let total = Int(s.rounded())
+        if total >= 3600 { return "\(total / 3600)h\(pad2((total % 3600) / 60))m" }
+        if total >= 60 { return "\(total / 60)m\(pad2(total % 60))s" }
+        return "\(total)s"
+    }
+
+    func pad2(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
+}
+
+func errRaw(_ s: String) {
+    var s = s
+    s.withUTF8 { puna_write_stderr(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), Int64($0.count)) }
+}
