@@ -9,7 +9,15 @@ enum CommonFlags {
     static let batch = FlagSpec(names: ["-b", "--batch-size"], value: "N", help: "prompt tokens per matrix step (default 256)")
     static let cacheTypeK = FlagSpec(names: ["-ctk", "--cache-type-k"], value: "TYPE", help: "KV cache type: f16 (default) or f32")
     static let cacheTypeV = FlagSpec(names: ["-ctv", "--cache-type-v"], value: "TYPE", help: "must equal --cache-type-k for now")
-    static let loading = [model, threads, context, batch, cacheTypeK, cacheTypeV]
+    static let board = FlagSpec(names: ["--board"], value: "NAME|FILE",
+                                help: "board profile, e.g. raspberry-pi-5 (see boards/): its -t, -c, -ctk defaults and memory budget")
+    static let loading = [model, threads, context, batch, cacheTypeK, cacheTypeV, board]
+
+    /// The --board profile, if one was named.
+    static func boardProfile(_ args: ParsedArguments) throws(PunaError) -> BoardProfile? {
+        guard let name = args.string("--board") else { return nil }
+        return try BoardProfile.load(name)
+    }
 
     static let sampling: [FlagSpec] = [
         FlagSpec(names: ["-n", "--n-predict"], value: "N", help: "tokens to generate (default 128, -1 = until EOS or full context)"),
@@ -28,7 +36,12 @@ enum CommonFlags {
 
     static func loadModel(_ args: ParsedArguments) throws(PunaError) -> (LlamaModel, Int64) {
         let path = try args.require("-m")
-        let threads = try args.int("-t", range: 1...1024) ?? 0
+        let board = try boardProfile(args)
+        if let board {
+            let missing = board.missingFeatures(detected: puna_cpu_features(), arch: String(cString: puna_cpu_arch()))
+            if !missing.isEmpty { errLine("puna: note: this CPU lacks \(missing.joined(separator: ", ")), which board \(board.name) has") }
+        }
+        let threads = try args.int("-t", range: 1...1024) ?? board?.threads ?? 0
         let batch = try args.int("-b", range: 1...65536) ?? 256
         let start = puna_now_ns()
         let model = try LlamaModel(path: path, options: ModelOptions(threads: threads, batchSize: batch))
@@ -36,9 +49,12 @@ enum CommonFlags {
     }
 
     static func makeCache(_ args: ParsedArguments, model: LlamaModel, defaultContext: Int? = nil,
-                          defaultType: String = "f16") throws(PunaError) -> KVCache {
-        let context = try args.int("-c", range: 1...(1 << 30)) ?? defaultContext ?? min(model.config.contextLength, 4096)
-        let kName = args.string("-ctk") ?? defaultType
+                          defaultType: String? = nil) throws(PunaError) -> KVCache {
+        // A flag wins, then what the command itself needs, then the --board profile, then the general default.
+        let board = try boardProfile(args)
+        let context = try args.int("-c", range: 1...(1 << 30)) ?? defaultContext
+            ?? min(model.config.contextLength, board?.context ?? 4096)
+        let kName = args.string("-ctk") ?? defaultType ?? board?.cacheType.name ?? "f16"
         guard let type = GGMLType(name: kName) else { throw PunaError("flag --cache-type-k: unknown type '\(kName)'") }
         if let v = args.string("-ctv"), GGMLType(name: v) != type {
             throw PunaError("flag --cache-type-v: '\(v)' must equal --cache-type-k ('\(kName)') for now")
@@ -46,9 +62,11 @@ enum CommonFlags {
         // Refuse a context the machine cannot hold before allocating it.
         let estimate = MemoryEstimate.llama(config: model.config, weightBytes: model.gguf.tensorBytes, context: context,
                                             cacheType: type, batch: model.batchSize, threads: model.threads)
-        let available = availableMemory()
+        let available = availableMemory(board: board)
         if estimate.totalBytes > available {
-            var s = "-c \(context) needs about \(formatBytes(estimate.totalBytes)) but only \(formatBytes(available)) is available:"
+            var s = "-c \(context) needs about \(formatBytes(estimate.totalBytes)) but only \(formatBytes(available)) is available"
+            if let board { s += " (the budget of board \(board.name))" }
+            s += ":"
             for item in estimate.items { s += "\n  \(item.name): \(formatBytes(item.bytes))" }
             s += "\nuse a smaller -c"
             throw PunaError(s)
@@ -56,10 +74,12 @@ enum CommonFlags {
         return try model.makeCache(contextLength: context, type: type)
     }
 
-    /// The cgroup limit when one is set, else the machine's physical memory.
-    static func availableMemory() -> Int {
+    /// The cgroup limit when one is set, else the machine's physical memory; with a board profile,
+    /// its budget (physical memory less the profile's reserve, within the cgroup limit).
+    static func availableMemory(board: BoardProfile? = nil) -> Int {
         let limit = Int(puna_cgroup_memory_limit())
         let physical = Int(puna_physical_memory_bytes())
+        if let board { return board.memoryBudget(physical: physical, cgroupLimit: limit > 0 ? limit : nil) }
         return limit > 0 ? min(limit, physical > 0 ? physical : limit) : physical
     }
 
