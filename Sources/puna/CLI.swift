@@ -10,6 +10,7 @@ let commandSummaries: [(String, String)] = [
     ("tokenize", "print the token ids of a text"),
     ("perplexity", "perplexity of a text file"),
     ("batch", "work through a JSONL file of prompts (batched, resumable, shardable)"),
+    ("bench", "measure prompt and decode speed (like llama-bench)"),
     ("info", "show a GGUF file's hyperparameters, tensor types and memory estimate"),
 ]
 
@@ -36,6 +37,7 @@ func runCLI(_ arguments: [String]) -> Int32 {
         case "tokenize": return try TokenizeCommand.run(rest)
         case "perplexity": return try PerplexityCommand.run(rest)
         case "batch": return try BatchCommand.run(rest)
+        case "bench": return try BenchCommand.run(rest)
         case "-h", "--help", "help":
             out(globalHelp())
             return 0
