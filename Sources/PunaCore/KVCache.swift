@@ -10,6 +10,8 @@ public final class KVCache {
     public let type: GGMLType
     /// Positions filled so far; the next token goes at this position.
     public internal(set) var count = 0
+    /// Keys and values of the layers that run on a Vulkan device (Vulkan.swift).
+    var deviceCache: VulkanKVCache? = nil
 
     let rowBytes: Int
     private let keys: UnsafeMutableRawPointer

@@ -30,6 +30,10 @@ public final class LlamaModel {
     let output: Linear               // [vocab][n_embd], the embedding itself when tied
     let ropeFactors: [Float]?        // [rope_dims/2] from rope_freqs.weight, or linear scaling
     let pool: OpaquePointer
+    var vulkan: VulkanBackend? = nil      // set by useVulkan: the forward pass runs on a Vulkan device (Vulkan.swift)
+    /// What setting up the requested backend had to say: the Vulkan device in use, or why the
+    /// model runs on the CPU instead. nil when the CPU was asked for.
+    public internal(set) var backendNote: String? = nil
 
     struct Layer {
         let attentionNorm: [Float]           // [n_embd]
@@ -138,15 +142,21 @@ public final class LlamaModel {
         let vocab = config.vocabSize
         var logits = [Float](repeating: 0, count: allLogits ? tokens.count * vocab : vocab)
         var start = 0
-        while start < tokens.count {
+        var failure: PunaError? = nil
+        while start < tokens.count && failure == nil {
             let n = min(batchSize, tokens.count - start)
             let isLast = start + n == tokens.count
             logits.withUnsafeMutableBufferPointer { out in
                 let destination: UnsafeMutablePointer<Float>? = allLogits ? out.baseAddress! + start * vocab : (isLast ? out.baseAddress! : nil)
-                forward(Array(tokens[start..<start + n]), cache: cache, logits: destination, allLogits: allLogits)
+                if let vulkan {
+                    failure = vulkan.forward(self, Array(tokens[start..<start + n]), cache: cache, logits: destination, allLogits: allLogits)
+                } else {
+                    forward(Array(tokens[start..<start + n]), cache: cache, logits: destination, allLogits: allLogits)
+                }
             }
             start += n
         }
+        if let failure { throw failure }
         return logits
     }
 

@@ -8,7 +8,7 @@ import PunaCore
 /// repetition and every run does the same work. One untimed warm-up of each test comes first
 /// (it also faults the mapped weights into memory).
 enum BenchCommand {
-    static let backends = ["cpu"]
+    static let backends = ["cpu", "vulkan"]
 
     static let specs: [FlagSpec] = [
         CommonFlags.model,
@@ -20,6 +20,7 @@ enum BenchCommand {
         CommonFlags.cacheTypeK,
         CommonFlags.cacheTypeV,
         FlagSpec(names: ["--backend"], value: "NAME", help: "compute backend: \(backends.joined(separator: ", ")) (default cpu)"),
+        BackendFlags.specs[1], BackendFlags.specs[2],   // --device, --gpu-layers (with --backend vulkan)
         FlagSpec(names: ["--seed"], value: "S", help: "seed of the token ids (default 42)"),
         FlagSpec(names: ["--no-warmup"], value: nil, help: "skip the untimed warm-up runs"),
         FlagSpec(names: ["--json"], value: nil, help: "print one JSON object instead of the table"),
@@ -69,6 +70,14 @@ enum BenchCommand {
 
         let loadStart = puna_now_ns()
         let model = try LlamaModel(path: path, options: ModelOptions(threads: threads, batchSize: batch))
+        if backend == "vulkan" {
+            // A benchmark must not quietly measure the CPU: no fallback here.
+            try model.useVulkan(VulkanOptions(device: try args.int("--device", range: 0...255) ?? -1,
+                                              gpuLayers: try args.int("--gpu-layers", range: 0...100_000) ?? -1, required: true))
+            if let note = model.backendNote { errLine("puna: \(note)") }
+        } else if args.has("--device") || args.has("--gpu-layers") {
+            throw PunaError("flags --device and --gpu-layers need --backend vulkan")
+        }
         let loadNs = puna_now_ns() - loadStart
         // Like llama-bench: a context that holds both tests' tokens.
         let cache = try CommonFlags.makeCache(args, model: model, defaultContext: nPrompt + nGen)

@@ -12,6 +12,7 @@ let commandSummaries: [(String, String)] = [
     ("batch", "work through a JSONL file of prompts (batched, resumable, shardable)"),
     ("bench", "measure prompt and decode speed (like llama-bench)"),
     ("info", "show a GGUF file's hyperparameters, tensor types and memory estimate"),
+    ("devices", "list Vulkan devices (for --backend vulkan --device N)"),
 ]
 
 func globalHelp() -> String {
@@ -31,6 +32,7 @@ func runCLI(_ arguments: [String]) -> Int32 {
     do throws(PunaError) {
         switch command {
         case "info": return try InfoCommand.run(rest)
+        case "devices": return try DevicesCommand.run(rest)
         case "run": return try RunCommand.run(rest)
         case "chat": return try ChatCommand.run(rest)
         case "logits": return try LogitsCommand.run(rest)

@@ -1,0 +1,166 @@
+// Puna's Vulkan compute layer: a small C API over Vulkan for the model code in Swift.
+//
+// libvulkan.so.1 is opened with dlopen at run time (the build includes <vulkan/vulkan.h> with
+// VK_NO_PROTOTYPES and links nothing), so a puna binary on a machine without Vulkan still runs on
+// the CPU and can say why the GPU is not used. Nothing here exposes a Vulkan type: Swift sees plain
+// C integers, pointers and the opaque context.
+//
+// Model flow: puna_vk_create picks a device and a shader tier; weights go up once with
+// puna_vk_upload_matrix (zero-copy import of the memory-mapped file where the driver allows it);
+// each forward pass records ops between puna_vk_begin and puna_vk_submit — one queue submission,
+// waited on with a timeout — and reads results from host-visible buffers.
+#ifndef PUNA_VULKAN_H
+#define PUNA_VULKAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---- loader and devices ------------------------------------------------------------------------
+// 0 when this build had no Vulkan headers (then every call below reports that).
+int puna_vk_compiled_in(void);
+// Open libvulkan and create the instance (once; later calls return the first result). 1 on
+// success; 0 with a reason in puna_vk_load_error().
+int puna_vk_load(void);
+const char *puna_vk_load_error(void);
+
+enum puna_vk_device_type {
+    PUNA_VK_DEVICE_OTHER = 0, PUNA_VK_DEVICE_INTEGRATED = 1, PUNA_VK_DEVICE_DISCRETE = 2,
+    PUNA_VK_DEVICE_VIRTUAL = 3, PUNA_VK_DEVICE_CPU = 4,
+};
+
+#define PUNA_VK_MAX_HEAPS 16
+typedef struct {
+    char name[256];
+    int type;                        // enum puna_vk_device_type
+    uint32_t api_version;            // VK_MAKE_API_VERSION layout: major << 22 | minor << 12 | patch
+    uint32_t driver_version, vendor_id, device_id;
+    uint32_t heap_count;
+    uint64_t heap_size[PUNA_VK_MAX_HEAPS];
+    int heap_device_local[PUNA_VK_MAX_HEAPS];
+    uint32_t subgroup_size;
+    int subgroup_arithmetic;         // subgroup arithmetic ops in compute shaders
+    int shader_float16, shader_int8, integer_dot_product;
+    int storage_buffer_16bit, storage_buffer_8bit;
+    int external_memory_host;        // VK_EXT_external_memory_host
+    uint32_t max_shared_memory, max_workgroup_invocations, max_push_constants;
+    uint64_t max_storage_buffer_range, max_allocation_size;
+    int usable;                      // Vulkan >= 1.1 with a compute queue: Puna can run on it
+} puna_vk_device_info;
+
+// Number of physical devices (0 when none or not loaded).
+int puna_vk_device_count(void);
+// Fills *out for device `index`; 0 on success, -1 for a bad index.
+int puna_vk_device_query(int index, puna_vk_device_info *out);
+// "integrated", "discrete", "virtual", "cpu", "other".
+const char *puna_vk_device_type_name(int type);
+
+// ---- context -----------------------------------------------------------------------------------
+typedef struct puna_vk puna_vk;
+
+enum puna_vk_tier { PUNA_VK_TIER_BASELINE = 0, PUNA_VK_TIER_SUBGROUP = 1 };
+
+// device_index < 0 picks the best usable device (discrete, then integrated, virtual, CPU).
+// force_baseline (or PUNA_VK_BASELINE=1 in the environment) keeps to the baseline tier.
+// NULL on failure with the reason in err.
+puna_vk *puna_vk_create(int device_index, int force_baseline, char *err, size_t err_len);
+void puna_vk_destroy(puna_vk *vk);
+int puna_vk_device_index(const puna_vk *vk);
+const puna_vk_device_info *puna_vk_info(const puna_vk *vk);
+int puna_vk_tier(const puna_vk *vk);
+// The first error since creation ("" when none). Ops record errors here; submit returns them.
+const char *puna_vk_error(const puna_vk *vk);
+
+// ---- memory ------------------------------------------------------------------------------------
+// A range of one of the context's Vulkan buffers.
+typedef struct {
+    uint32_t arena;
+    uint32_t flags;
+    uint64_t offset;
+    uint64_t size;
+} puna_vk_buffer;
+
+enum puna_vk_memory {
+    PUNA_VK_MEMORY_DEVICE = 0,   // device-local on discrete GPUs; host-visible on UMA devices
+    PUNA_VK_MEMORY_HOST = 1,     // host-visible and coherent: inputs and read-back
+};
+
+// Allocates `bytes` (dedicated: its own allocation, which puna_vk_free releases; otherwise carved
+// from a shared block that lives as long as the context). 0 on success.
+int puna_vk_alloc(puna_vk *vk, uint64_t bytes, int memory, int dedicated, puna_vk_buffer *out);
+void puna_vk_free(puna_vk *vk, puna_vk_buffer buffer);
+// Host address of a host-visible buffer, else NULL.
+void *puna_vk_host_pointer(puna_vk *vk, puna_vk_buffer buffer);
+// Copies host bytes into a buffer (directly when mapped, else through a staging buffer). 0 on success.
+int puna_vk_write(puna_vk *vk, puna_vk_buffer dst, uint64_t offset, const void *src, uint64_t bytes);
+
+// Offers a host range (e.g. a whole memory-mapped model file, page-aligned) for zero-copy use
+// through VK_EXT_external_memory_host. Returns 1 when imported, 0 when not (no extension, a
+// discrete GPU, disabled by PUNA_VK_NO_IMPORT=1, or the driver refused); never fatal.
+int puna_vk_import_host(puna_vk *vk, const void *ptr, uint64_t bytes);
+
+// Whether the shaders read GGML type `type` directly (F32, F16, Q4_0, Q8_0, Q4_K, Q6_K).
+int puna_vk_native_type(int type);
+// Makes a weight matrix of `rows` x `cols` of GGML type `type` available to the GPU: native types
+// are used as stored (zero-copy inside an imported range, else copied); others are decoded and
+// re-encoded as F16 (BF16 and wider as F32). *gpu_type gets the type the shaders will read and
+// *zero_copy whether no copy was made. cols must be a multiple of 32 (of 8 for F32/F16). 0 on success.
+int puna_vk_upload_matrix(puna_vk *vk, int type, const void *data, int64_t rows, int64_t cols,
+                          puna_vk_buffer *out, int *gpu_type, int *zero_copy);
+// Bytes of GGML type `type` for rows x cols (0 when cols is not a whole number of blocks).
+uint64_t puna_vk_matrix_bytes(int type, int64_t rows, int64_t cols);
+
+// Largest range one shader binding may cover on this device.
+uint64_t puna_vk_max_binding_bytes(const puna_vk *vk);
+
+// ---- recording ---------------------------------------------------------------------------------
+// All ops between begin and submit go into one command buffer with a barrier after each; submit
+// sends it and waits (PUNA_VK_TIMEOUT_S seconds, default 120, so a hung driver becomes an error).
+// Offsets and strides are in floats. Returns 0, or -1 with puna_vk_error set.
+int puna_vk_begin(puna_vk *vk);
+int puna_vk_submit(puna_vk *vk);
+
+void puna_vk_copy(puna_vk *vk, puna_vk_buffer src, uint64_t src_offset_bytes, puna_vk_buffer dst,
+                  uint64_t dst_offset_bytes, uint64_t bytes);
+// y[t][r] = alpha * W[r] . x[t] (+ y[t][r] when accumulate) for t < n_tokens, r < rows. W is a
+// matrix from puna_vk_upload_matrix (gpu_type) or any buffer holding rows of that type.
+void puna_vk_matmul(puna_vk *vk, int gpu_type, puna_vk_buffer w, uint32_t rows, uint32_t cols,
+                    puna_vk_buffer x, uint32_t x_offset, puna_vk_buffer y, uint32_t y_offset,
+                    uint32_t n_tokens, float alpha, int accumulate);
+// out[t] = rmsnorm(x[t]) * weight over n floats per token.
+void puna_vk_rmsnorm(puna_vk *vk, puna_vk_buffer weight, puna_vk_buffer x, uint32_t x_offset,
+                     puna_vk_buffer out, uint32_t out_offset, uint32_t n, uint32_t n_tokens, float eps);
+// In-place RoPE of n_tokens rows of n_heads * head_dim floats with a (cos, sin) table of
+// [n_tokens][rope_pairs] from puna_vk_rope_table.
+void puna_vk_rope(puna_vk *vk, puna_vk_buffer table, puna_vk_buffer vec, uint32_t n_tokens,
+                  uint32_t n_heads, uint32_t head_dim, uint32_t rope_pairs);
+// Stores n_tokens rows of keys and values (kv_dim floats each) at positions pos0.. of a cache
+// layer (f16: packed halves, else f32).
+void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, puna_vk_buffer k_cache,
+                      puna_vk_buffer v_cache, uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int f16);
+// Causal grouped-query attention of n_tokens queries at positions pos0.. (head_dim <= 256).
+void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer k_cache, puna_vk_buffer v_cache,
+                       puna_vk_buffer out, uint32_t n_tokens, uint32_t pos0, uint32_t n_heads,
+                       uint32_t n_kv_heads, uint32_t head_dim, int f16);
+// gate[i] = silu(gate[i]) * up[i] for i < n.
+void puna_vk_swiglu(puna_vk *vk, puna_vk_buffer gate, puna_vk_buffer up, uint32_t n);
+
+// The (cos, sin) pairs puna_rope_factors uses, computed the same way: out[t][i] for position
+// pos0 + t and pair i < rope_dims / 2. factors may be NULL.
+void puna_vk_rope_table(float *out, int n_tokens, int pos0, int rope_dims, float freq_base,
+                        const float *factors);
+
+// ---- shaders (for tests and `puna devices`) ----------------------------------------------------
+// The embedded SPIR-V modules: name, tier, words.
+int puna_vk_shader_count(void);
+const char *puna_vk_shader_name(int index);
+int puna_vk_shader_tier(int index);
+const uint32_t *puna_vk_shader_code(int index, uint32_t *word_count);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,454 @@
+import CPuna
+import CPunaVulkan
+
+// The Swift side of the Vulkan backend is thin: CPunaVulkan does the Vulkan work (loader, memory,
+// pipelines, recording); this file uploads the model's weights and records the same sequence of
+// ops as `LlamaModel.forward`, one command buffer per batch of tokens.
+
+/// Settings for running a model on a Vulkan device (`LlamaModel.useVulkan`).
+public struct VulkanOptions {
+    /// Device index as `puna devices` lists them; -1 picks the best usable one.
+    public var device: Int
+    /// Layers on the GPU, counted from the first; the rest run on the CPU. -1 = all, and then the
+    /// final norm and output matrix run on the GPU too.
+    public var gpuLayers: Int
+    /// Keep to the baseline shader tier (as PUNA_VK_BASELINE=1 does).
+    public var forceBaseline: Bool
+    /// Throw when the GPU cannot be used, instead of running on the CPU with `LlamaModel.backendNote`.
+    public var required: Bool
+
+    public init(device: Int = -1, gpuLayers: Int = -1, forceBaseline: Bool = false, required: Bool = false) {
+        self.device = device
+        self.gpuLayers = gpuLayers
+        self.forceBaseline = forceBaseline
+        self.required = required
+    }
+}
+
+/// One Vulkan physical device, as `puna devices` lists it.
+public struct VulkanDevice {
+    public let index: Int
+    public let name: String
+    public let type: String               // integrated, discrete, virtual, cpu, other
+    public let apiVersion: String         // "1.3.230"
+    public let heaps: [VulkanHeap]
+    public let subgroupSize: Int
+    public let subgroupArithmetic: Bool
+    public let shaderFloat16: Bool
+    public let shaderInt8: Bool
+    public let integerDotProduct: Bool
+    public let storageBuffer16Bit: Bool
+    public let storageBuffer8Bit: Bool
+    public let externalMemoryHost: Bool
+    public let sharedMemoryBytes: Int
+    public let maxWorkgroupInvocations: Int
+    public let maxStorageBufferRange: Int
+    /// Vulkan 1.1 with a compute queue: Puna can run on it.
+    public let usable: Bool
+
+    /// The shader tier Puna picks on this device unless told to keep to the baseline.
+    public var tier: String { subgroupArithmetic ? "subgroup" : "baseline" }
+
+    /// Every device the Vulkan loader reports. Throws with the reason when Vulkan cannot be loaded
+    /// (no libvulkan, no driver, a build without Vulkan headers).
+    public static func all() throws(PunaError) -> [VulkanDevice] {
+        guard puna_vk_load() != 0 else { throw PunaError("Vulkan is not available: \(String(cString: puna_vk_load_error()))") }
+        var devices: [VulkanDevice] = []
+        for i in 0..<Int(puna_vk_device_count()) {
+            var info = puna_vk_device_info()
+            guard puna_vk_device_query(Int32(i), &info) == 0 else { continue }
+            devices.append(VulkanDevice(index: i, info: info))
+        }
+        return devices
+    }
+
+    init(index: Int, info: puna_vk_device_info) {
+        self.index = index
+        var copy = info
+        name = withUnsafeBytes(of: &copy.name) { String(cString: $0.baseAddress!.assumingMemoryBound(to: CChar.self)) }
+        type = String(cString: puna_vk_device_type_name(info.type))
+        let v = info.api_version
+        apiVersion = "\((v >> 22) & 0x7f).\((v >> 12) & 0x3ff).\(v & 0xfff)"
+        var heaps: [VulkanHeap] = []
+        withUnsafeBytes(of: &copy.heap_size) { sizes in
+            withUnsafeBytes(of: &copy.heap_device_local) { local in
+                for h in 0..<Int(info.heap_count) {
+                    heaps.append(VulkanHeap(bytes: Int(sizes.load(fromByteOffset: h * 8, as: UInt64.self)),
+                                            deviceLocal: local.load(fromByteOffset: h * 4, as: Int32.self) != 0))
+                }
+            }
+        }
+        self.heaps = heaps
+        subgroupSize = Int(info.subgroup_size)
+        subgroupArithmetic = info.subgroup_arithmetic != 0
+        shaderFloat16 = info.shader_float16 != 0
+        shaderInt8 = info.shader_int8 != 0
+        integerDotProduct = info.integer_dot_product != 0
+        storageBuffer16Bit = info.storage_buffer_16bit != 0
+        storageBuffer8Bit = info.storage_buffer_8bit != 0
+        externalMemoryHost = info.external_memory_host != 0
+        sharedMemoryBytes = Int(info.max_shared_memory)
+        maxWorkgroupInvocations = Int(info.max_workgroup_invocations)
+        maxStorageBufferRange = Int(info.max_storage_buffer_range)
+        usable = info.usable != 0
+    }
+}
+
+public struct VulkanHeap {
+    public let bytes: Int
+    public let deviceLocal: Bool
+}
+
+/// Owns a CPunaVulkan context; everything holding GPU buffers keeps one of these alive.
+final class VulkanContext {
+    let vk: OpaquePointer
+
+    init(device: Int, forceBaseline: Bool) throws(PunaError) {
+        var message = [CChar](repeating: 0, count: 512)
+        let created = message.withUnsafeMutableBufferPointer { puna_vk_create(Int32(device), forceBaseline ? 1 : 0, $0.baseAddress, 512) }
+        guard let created else {
+            throw PunaError(message.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+        }
+        vk = created
+    }
+
+    deinit { puna_vk_destroy(vk) }
+
+    var lastError: String { String(cString: puna_vk_error(vk)) }
+
+    func fail(_ what: String) -> PunaError { PunaError("vulkan: \(what): \(lastError)") }
+
+    func alloc(_ bytes: Int, host: Bool = false, dedicated: Bool = false, _ what: String) throws(PunaError) -> puna_vk_buffer {
+        var b = puna_vk_buffer()
+        guard puna_vk_alloc(vk, UInt64(max(bytes, 4)), host ? Int32(PUNA_VK_MEMORY_HOST.rawValue) : Int32(PUNA_VK_MEMORY_DEVICE.rawValue),
+                            dedicated ? 1 : 0, &b) == 0 else { throw fail("allocating \(what) (\(formatBytes(bytes)))") }
+        return b
+    }
+
+    func floats(_ values: [Float], _ what: String) throws(PunaError) -> puna_vk_buffer {
+        let b = try alloc(values.count * 4, what)
+        let rc = values.withUnsafeBytes { puna_vk_write(vk, b, 0, $0.baseAddress, UInt64($0.count)) }
+        guard rc == 0 else { throw fail("uploading \(what)") }
+        return b
+    }
+
+    func hostFloats(_ b: puna_vk_buffer) -> UnsafeMutablePointer<Float> {
+        puna_vk_host_pointer(vk, b)!.assumingMemoryBound(to: Float.self)
+    }
+}
+
+/// One layer's keys and values on the GPU, attached to a `KVCache` (freed with it).
+final class VulkanKVCache {
+    let context: VulkanContext
+    let keys: [puna_vk_buffer]
+    let values: [puna_vk_buffer]
+    let capacity: Int
+    let f16: Bool
+
+    init(context: VulkanContext, layers: Int, capacity: Int, kvDimension: Int, f16: Bool) throws(PunaError) {
+        self.context = context
+        self.capacity = capacity
+        self.f16 = f16
+        let bytes = capacity * kvDimension * (f16 ? 2 : 4)
+        var k: [puna_vk_buffer] = [], v: [puna_vk_buffer] = []
+        for l in 0..<layers {
+            k.append(try context.alloc(bytes, dedicated: true, "the KV cache of layer \(l)"))
+            v.append(try context.alloc(bytes, dedicated: true, "the KV cache of layer \(l)"))
+        }
+        keys = k
+        values = v
+    }
+
+    deinit {
+        for b in keys { puna_vk_free(context.vk, b) }
+        for b in values { puna_vk_free(context.vk, b) }
+    }
+}
+
+/// A weight matrix as the shaders read it.
+struct VulkanMatrix {
+    let buffer: puna_vk_buffer
+    let type: Int32      // GGML type the shader decodes (may differ from the file's)
+    let rows: Int
+    let cols: Int
+}
+
+final class VulkanBackend {
+    let context: VulkanContext
+    let file: MappedFile          // imported memory points into this mapping: keep it alive
+    let gpuLayerCount: Int
+    let maxBatch: Int
+    let description: String
+
+    struct Layer {
+        let attentionNorm, ffnNorm: puna_vk_buffer
+        let q, k, v, o, gate, up, down: VulkanMatrix
+    }
+    let layers: [Layer]
+    let outputNorm: puna_vk_buffer?
+    let output: VulkanMatrix?
+
+    // Activations for up to maxBatch tokens (see LlamaModel.forward for their roles).
+    let x, xb, q, k, v, att, gate, up, logits: puna_vk_buffer
+    let input: puna_vk_buffer        // host: token embeddings in
+    let ropeTable: puna_vk_buffer    // host: (cos, sin) per token and pair
+    let readback: puna_vk_buffer     // host: logits (or the residual stream) out
+
+    init(model m: LlamaModel, options: VulkanOptions) throws(PunaError) {
+        let c = m.config
+        let e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength, vocab = c.vocabSize
+        // Shapes the shaders handle: whole 32-column chunks, even KV rows, head_dim <= 256.
+        guard e % 32 == 0, ff % 32 == 0, kvd % 2 == 0, c.headDimension <= 256, c.headDimension % 2 == 0,
+              c.headCountKV > 0, c.headCount % c.headCountKV == 0, c.ropeDimensionCount <= c.headDimension else {
+            throw PunaError("vulkan: model shape not supported (n_embd \(e), n_ff \(ff), head_dim \(c.headDimension); needs multiples of 32 and head_dim <= 256)")
+        }
+        let ctx = try VulkanContext(device: options.device, forceBaseline: options.forceBaseline)
+        context = ctx
+        file = m.gguf.file
+        let total = c.blockCount
+        gpuLayerCount = options.gpuLayers < 0 ? total : min(options.gpuLayers, total)
+
+        // Zero-copy where the driver imports the file mapping; else weights are copied.
+        let imported = m.gguf.file.baseAddress.map { puna_vk_import_host(ctx.vk, $0, UInt64(m.gguf.file.count)) != 0 } ?? false
+        var zeroCopyBytes = 0, copiedBytes = 0
+        func matrix(_ l: Linear) throws(PunaError) -> VulkanMatrix {
+            var b = puna_vk_buffer()
+            var gpuType: Int32 = 0, zeroCopy: Int32 = 0
+            guard puna_vk_upload_matrix(ctx.vk, Int32(l.type.rawValue), l.weights, Int64(l.rows), Int64(l.cols), &b, &gpuType, &zeroCopy) == 0 else {
+                throw ctx.fail("uploading \(l.name) (\(l.type.name), \(l.rows) x \(l.cols))")
+            }
+            if zeroCopy != 0 { zeroCopyBytes += Int(b.size) } else { copiedBytes += Int(b.size) }
+            return VulkanMatrix(buffer: b, type: gpuType, rows: l.rows, cols: l.cols)
+        }
+        var layers: [Layer] = []
+        for i in 0..<gpuLayerCount {
+            let l = m.layers[i]
+            layers.append(Layer(attentionNorm: try ctx.floats(l.attentionNorm, "blk.\(i).attn_norm"),
+                                ffnNorm: try ctx.floats(l.ffnNorm, "blk.\(i).ffn_norm"),
+                                q: try matrix(l.q), k: try matrix(l.k), v: try matrix(l.v), o: try matrix(l.o),
+                                gate: try matrix(l.gate), up: try matrix(l.up), down: try matrix(l.down)))
+        }
+        self.layers = layers
+        let whole = gpuLayerCount == total
+        outputNorm = whole ? try ctx.floats(m.outputNorm, "output_norm") : nil
+        output = whole ? try matrix(m.output) : nil
+
+        // Batch: the model's, capped so the logits of a batch fit one shader binding.
+        let bindingLimit = Int(puna_vk_max_binding_bytes(ctx.vk))
+        let batch = max(1, min(m.batchSize, bindingLimit / (4 * max(vocab, ff, e))))
+        maxBatch = batch
+        x = try ctx.alloc(batch * e * 4, "activations")
+        xb = try ctx.alloc(batch * e * 4, "activations")
+        q = try ctx.alloc(batch * e * 4, "activations")
+        k = try ctx.alloc(batch * kvd * 4, "activations")
+        v = try ctx.alloc(batch * kvd * 4, "activations")
+        att = try ctx.alloc(batch * e * 4, "activations")
+        gate = try ctx.alloc(batch * ff * 4, "activations")
+        up = try ctx.alloc(batch * ff * 4, "activations")
+        logits = try ctx.alloc((whole ? batch * vocab : 1) * 4, "logits")
+        input = try ctx.alloc(batch * e * 4, host: true, "input")
+        ropeTable = try ctx.alloc(batch * max(c.ropeDimensionCount / 2, 1) * 8, host: true, "RoPE table")
+        readback = try ctx.alloc(batch * max(whole ? vocab : e, 1) * 4, host: true, "read-back")
+
+        let info = puna_vk_info(ctx.vk)!.pointee
+        let device = VulkanDevice(index: Int(puna_vk_device_index(ctx.vk)), info: info)
+        let tier = puna_vk_tier(ctx.vk) == Int32(PUNA_VK_TIER_SUBGROUP.rawValue) ? "subgroup" : "baseline"
+        var d = "vulkan: device \(device.index) \(device.name) (\(device.type), Vulkan \(device.apiVersion)), \(tier) tier"
+        d += ", subgroup \(device.subgroupSize), \(gpuLayerCount)/\(total) layers on the GPU"
+        d += ", weights \(formatBytes(zeroCopyBytes)) zero-copy + \(formatBytes(copiedBytes)) copied"
+        if !imported && device.type != "discrete" { d += " (no host-memory import)" }
+        description = d
+    }
+
+    /// The GPU half of a KV cache, made (or remade) to match `cache`.
+    func deviceCache(for cache: KVCache) throws(PunaError) -> VulkanKVCache {
+        let f16 = cache.type == .f16
+        if let existing = cache.deviceCache, existing.context === context, existing.capacity == cache.capacity,
+           existing.f16 == f16, existing.keys.count == gpuLayerCount {
+            return existing
+        }
+        cache.deviceCache = nil   // free the old one first
+        guard cache.type == .f16 || cache.type == .f32 else {
+            throw PunaError("vulkan: KV cache type \(cache.type.name) is not supported (use f16 or f32)")
+        }
+        let made = try VulkanKVCache(context: context, layers: gpuLayerCount, capacity: cache.capacity,
+                                     kvDimension: cache.kvDimension, f16: f16)
+        cache.deviceCache = made
+        return made
+    }
+
+    /// LlamaModel.forward on the GPU (and the CPU for layers past gpuLayerCount). nil on success.
+    func forward(_ m: LlamaModel, _ tokens: [Int32], cache: KVCache, logits: UnsafeMutablePointer<Float>?,
+                 allLogits: Bool) -> PunaError? {
+        var start = 0
+        while start < tokens.count {
+            let n = min(maxBatch, tokens.count - start)
+            let isLast = start + n == tokens.count
+            let vocab = m.config.vocabSize
+            let destination: UnsafeMutablePointer<Float>? = logits.flatMap { allLogits ? $0 + start * vocab : (isLast ? $0 : nil) }
+            do throws(PunaError) {
+                try forwardBatch(m, Array(tokens[start..<start + n]), cache: cache, logits: destination, allLogits: allLogits)
+            } catch {
+                return error
+            }
+            start += n
+        }
+        return nil
+    }
+
+    private func forwardBatch(_ m: LlamaModel, _ tokens: [Int32], cache: KVCache, logits: UnsafeMutablePointer<Float>?,
+                              allLogits: Bool) throws(PunaError) {
+        let c = m.config
+        let n = tokens.count, e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength, vocab = c.vocabSize
+        let hd = c.headDimension, pairs = c.ropeDimensionCount / 2
+        let pos0 = cache.count
+        guard cache.layers == c.blockCount, cache.kvDimension == kvd else {
+            throw PunaError("vulkan: this KV cache was not made by this model (use model.makeCache)")
+        }
+        let kv = try deviceCache(for: cache)
+        let vk = context.vk
+        let f16: Int32 = kv.f16 ? 1 : 0
+        let eps = c.rmsNormEpsilon
+
+        let embeddings = context.hostFloats(input)
+        for (t, token) in tokens.enumerated() { m.tokenEmbedding.decodeRow(Int(token), into: embeddings + t * e) }
+        if let factors = m.ropeFactors {
+            factors.withUnsafeBufferPointer { puna_vk_rope_table(context.hostFloats(ropeTable), Int32(n), Int32(pos0), Int32(c.ropeDimensionCount), c.ropeFreqBase, $0.baseAddress) }
+        } else {
+            puna_vk_rope_table(context.hostFloats(ropeTable), Int32(n), Int32(pos0), Int32(c.ropeDimensionCount), c.ropeFreqBase, nil)
+        }
+
+        func mm(_ w: VulkanMatrix, _ input: puna_vk_buffer, _ inputOffset: Int, _ out: puna_vk_buffer, tokens: Int, accumulate: Bool) {
+            puna_vk_matmul(vk, w.type, w.buffer, UInt32(w.rows), UInt32(w.cols), input, UInt32(inputOffset), out, 0,
+                           UInt32(tokens), 1, accumulate ? 1 : 0)
+        }
+
+        guard puna_vk_begin(vk) == 0 else { throw context.fail("begin") }
+        puna_vk_copy(vk, input, 0, x, 0, UInt64(n * e * 4))
+        for (l, layer) in layers.enumerated() {
+            // attention
+            puna_vk_rmsnorm(vk, layer.attentionNorm, x, 0, xb, 0, UInt32(e), UInt32(n), eps)
+            mm(layer.q, xb, 0, q, tokens: n, accumulate: false)
+            mm(layer.k, xb, 0, k, tokens: n, accumulate: false)
+            mm(layer.v, xb, 0, v, tokens: n, accumulate: false)
+            puna_vk_rope(vk, ropeTable, q, UInt32(n), UInt32(c.headCount), UInt32(hd), UInt32(pairs))
+            puna_vk_rope(vk, ropeTable, k, UInt32(n), UInt32(c.headCountKV), UInt32(hd), UInt32(pairs))
+            puna_vk_kv_store(vk, k, v, kv.keys[l], kv.values[l], UInt32(n), UInt32(kvd), UInt32(pos0), f16)
+            puna_vk_attention(vk, q, kv.keys[l], kv.values[l], att, UInt32(n), UInt32(pos0), UInt32(c.headCount),
+                              UInt32(c.headCountKV), UInt32(hd), f16)
+            mm(layer.o, att, 0, x, tokens: n, accumulate: true)   // x += o(att)
+            // feed-forward (SwiGLU)
+            puna_vk_rmsnorm(vk, layer.ffnNorm, x, 0, xb, 0, UInt32(e), UInt32(n), eps)
+            mm(layer.gate, xb, 0, gate, tokens: n, accumulate: false)
+            mm(layer.up, xb, 0, up, tokens: n, accumulate: false)
+            puna_vk_swiglu(vk, gate, up, UInt32(n * ff))
+            mm(layer.down, gate, 0, x, tokens: n, accumulate: true)   // x += down(…)
+        }
+        let first = allLogits ? 0 : n - 1
+        if let output, let outputNorm {
+            if logits != nil {
+                puna_vk_rmsnorm(vk, outputNorm, x, UInt32(first * e), xb, 0, UInt32(e), UInt32(n - first), eps)
+                mm(output, xb, 0, self.logits, tokens: n - first, accumulate: false)
+                puna_vk_copy(vk, self.logits, 0, readback, 0, UInt64((n - first) * vocab * 4))
+            }
+        } else {
+            puna_vk_copy(vk, x, 0, readback, 0, UInt64(n * e * 4))
+        }
+        guard puna_vk_submit(vk) == 0 else { throw context.fail("running the model") }
+
+        if output != nil {
+            cache.count = pos0 + n
+            if let logits { logits.update(from: context.hostFloats(readback), count: (n - first) * vocab) }
+            return
+        }
+        // Partial offload: the remaining layers and the output on the CPU, as LlamaModel.forward.
+        let xs = Buffer(n * e)
+        xs.p.update(from: context.hostFloats(readback), count: n * e)
+        m.forwardLayersOnCPU(xs, from: gpuLayerCount, tokens: n, cache: cache, pos0: pos0)
+        cache.count = pos0 + n
+        m.outputOnCPU(xs, tokens: n, logits: logits, allLogits: allLogits)
+    }
+}
+
+extension LlamaModel {
+    /// Layers from `first` on, on the CPU, for n tokens in `x` at positions pos0... Mirrors
+    /// LlamaModel.forward. (The CPU cache keeps room for every layer; the GPU layers' rows are
+    /// never touched, so those pages are never backed by memory.)
+    func forwardLayersOnCPU(_ x: Buffer, from first: Int, tokens n: Int, cache: KVCache, pos0: Int) {
+        let c = config
+        let e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength
+        let xb = Buffer(n * e), q = Buffer(n * e), k = Buffer(n * kvd), v = Buffer(n * kvd), att = Buffer(n * e)
+        let gate = Buffer(n * ff), up = Buffer(n * ff)
+        for l in first..<layers.count {
+            let layer = layers[l]
+            for t in 0..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, layer.attentionNorm, Int64(e), c.rmsNormEpsilon) }
+            layer.q.forward(pool, xb.p, q.p, nTokens: n)
+            layer.k.forward(pool, xb.p, k.p, nTokens: n)
+            layer.v.forward(pool, xb.p, v.p, nTokens: n)
+            for t in 0..<n {
+                rope(q.p + t * e, heads: c.headCount, position: pos0 + t)
+                rope(k.p + t * kvd, heads: c.headCountKV, position: pos0 + t)
+            }
+            cache.store(layer: l, start: pos0, n: n, keys: k.p, values: v.p)
+            _ = puna_attention(pool, att.p, q.p, Int32(cache.type.rawValue),
+                               cache.keyRow(layer: l, position: 0), cache.valueRow(layer: l, position: 0),
+                               Int64(cache.rowBytes), Int32(n), Int32(pos0), Int32(c.headCount),
+                               Int32(c.headCountKV), Int32(c.headDimension), nil, Int32(cache.capacity))
+            layer.o.forward(pool, att.p, xb.p, nTokens: n)
+            puna_add(x.p, x.p, xb.p, Int64(n * e))
+            for t in 0..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, layer.ffnNorm, Int64(e), c.rmsNormEpsilon) }
+            layer.gate.forward(pool, xb.p, gate.p, nTokens: n)
+            layer.up.forward(pool, xb.p, up.p, nTokens: n)
+            puna_swiglu(gate.p, gate.p, up.p, Int64(n * ff))
+            layer.down.forward(pool, gate.p, xb.p, nTokens: n)
+            puna_add(x.p, x.p, xb.p, Int64(n * e))
+        }
+    }
+
+    /// Final norm and output matrix on the CPU for the rows whose logits are wanted.
+    func outputOnCPU(_ x: Buffer, tokens n: Int, logits: UnsafeMutablePointer<Float>?, allLogits: Bool) {
+        guard let logits else { return }
+        let e = config.embeddingLength
+        let xb = Buffer(n * e)
+        let first = allLogits ? 0 : n - 1
+        for t in first..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, outputNorm, Int64(e), config.rmsNormEpsilon) }
+        output.forward(pool, xb.p + first * e, logits, nTokens: n - first)
+    }
+
+    /// Runs the forward pass on a Vulkan device from now on (`evaluate`, and so `Generator`).
+    /// Call it after adapters are merged: weights are uploaded here. A cache's GPU layers keep their
+    /// keys and values on the device (made at the cache's first use). Without `options.required`,
+    /// a failure leaves the model on the CPU and says why in `backendNote`; with it, it is thrown.
+    public func useVulkan(_ options: VulkanOptions) throws(PunaError) {
+        vulkan = nil
+        backendNote = nil
+        guard options.gpuLayers != 0 else { return }
+        do throws(PunaError) {
+            let backend = try VulkanBackend(model: self, options: options)
+            vulkan = backend
+            backendNote = backend.description
+        } catch {
+            if options.required { throw error }
+            backendNote = "\(error.message); running on the CPU"
+        }
+    }
+}
+
+/// A SPIR-V module compiled into this binary by scripts/compile-shaders.
+public struct VulkanShader {
+    public let name: String
+    /// 0: baseline (Vulkan 1.1 core only); 1: needs subgroup arithmetic.
+    public let tier: Int
+    public let words: [UInt32]
+
+    public static var all: [VulkanShader] {
+        var shaders: [VulkanShader] = []
+        for i in 0..<puna_vk_shader_count() {
+            var count: UInt32 = 0
+            guard let code = puna_vk_shader_code(i, &count) else { continue }
+            shaders.append(VulkanShader(name: String(cString: puna_vk_shader_name(i)), tier: Int(puna_vk_shader_tier(i)),
+                                        words: Array(UnsafeBufferPointer(start: code, count: Int(count)))))
+        }
+        return shaders
+    }
+}

@@ -1,0 +1,88 @@
+#version 450
+#extension GL_GOOGLE_include_directive : require
+// Causal attention of one query head of one new token per workgroup over the GPU KV cache, with
+// grouped-query heads (query head h reads KV head h / (n_heads / n_kv_heads)). Positions are
+// visited in chunks of WORKGROUP_SIZE with an online softmax (running max, rescaled sums), so
+// shared memory stays small for any context length: q (head_dim <= 256) plus two chunk arrays.
+// Requires WORKGROUP_SIZE == 64 (4 output dimensions per invocation).
+#include "common.glsl"
+
+layout(std430, binding = 0) readonly buffer Q { float q[]; };
+layout(std430, binding = 1) readonly buffer KC { uint kc[]; };
+layout(std430, binding = 2) readonly buffer VC { uint vc[]; };
+layout(std430, binding = 3) writeonly buffer Out { float o[]; };
+
+layout(push_constant) uniform Params {
+    uint n_tokens, pos0, n_heads, n_kv_heads;
+    uint head_dim, kv_dim, f16;
+    float scale;   // 1 / sqrt(head_dim)
+} p;
+
+const uint MAX_HEAD_DIM = 256u;
+const uint DIMS = 4u;   // MAX_HEAD_DIM / 64
+shared float qs[MAX_HEAD_DIM];
+shared float probs[WORKGROUP_SIZE];
+shared float red[WORKGROUP_SIZE];
+
+float key(uint e) { return p.f16 != 0u ? unpackHalf2x16(kc[e >> 1])[e & 1u] : uintBitsToFloat(kc[e]); }
+float value(uint e) { return p.f16 != 0u ? unpackHalf2x16(vc[e >> 1])[e & 1u] : uintBitsToFloat(vc[e]); }
+
+void main() {
+    uint h = gl_WorkGroupID.x, t = gl_WorkGroupID.y, lid = gl_LocalInvocationID.x;
+    uint kvh = h / (p.n_heads / p.n_kv_heads);
+    uint qb = (t * p.n_heads + h) * p.head_dim;
+    for (uint i = lid; i < p.head_dim; i += WORKGROUP_SIZE) qs[i] = q[qb + i];
+    barrier();
+
+    uint npos = p.pos0 + t + 1u;
+    float m = -3.0e38, l = 0.0;
+    float acc[DIMS];
+    for (uint d = 0u; d < DIMS; d++) acc[d] = 0.0;
+
+    for (uint base = 0u; base < npos; base += WORKGROUP_SIZE) {
+        uint pos = base + lid;
+        float s = -3.0e38;
+        if (pos < npos) {
+            uint kb = pos * p.kv_dim + kvh * p.head_dim;
+            float dotp = 0.0;
+            for (uint i = 0u; i < p.head_dim; i++) dotp += qs[i] * key(kb + i);
+            s = dotp * p.scale;
+        }
+        red[lid] = s;
+        barrier();
+        for (uint w = WORKGROUP_SIZE / 2u; w > 0u; w >>= 1) {
+            if (lid < w) red[lid] = max(red[lid], red[lid + w]);
+            barrier();
+        }
+        float mNew = max(m, red[0]);
+        float f = exp(m - mNew);
+        float pr = pos < npos ? exp(s - mNew) : 0.0;
+        probs[lid] = pr;
+        l = l * f + pr;
+        for (uint d = 0u; d < DIMS; d++) acc[d] *= f;
+        m = mNew;
+        barrier();
+        uint count = min(WORKGROUP_SIZE, npos - base);
+        for (uint d = 0u; d < DIMS; d++) {
+            uint dim = lid + d * WORKGROUP_SIZE;
+            if (dim >= p.head_dim) break;
+            uint vb = base * p.kv_dim + kvh * p.head_dim + dim;
+            float a = acc[d];
+            for (uint j = 0u; j < count; j++) a += probs[j] * value(vb + j * p.kv_dim);
+            acc[d] = a;
+        }
+        barrier();
+    }
+    // Every invocation rescaled its partial sum by the same factors, so they add up directly.
+    red[lid] = l;
+    barrier();
+    for (uint w = WORKGROUP_SIZE / 2u; w > 0u; w >>= 1) {
+        if (lid < w) red[lid] += red[lid + w];
+        barrier();
+    }
+    float total = red[0];
+    for (uint d = 0u; d < DIMS; d++) {
+        uint dim = lid + d * WORKGROUP_SIZE;
+        if (dim < p.head_dim) o[qb + dim] = acc[d] / total;
+    }
+}
