@@ -7,7 +7,11 @@ final class Linear {
     let type: GGMLType
     let rows: Int
     let cols: Int
-    let weights: UnsafeRawPointer
+    /// The mapped tensor, or `ownedWeights` once adapters were merged into it (Merge.swift).
+    var weights: UnsafeRawPointer
+    var ownedWeights: UnsafeMutableRawPointer? = nil
+    /// The model's active LoRA adapters, added on top of W·x in `forward` (LoRA.swift).
+    var adapterState: AdapterState? = nil
 
     init(name: String, type: GGMLType, rows: Int, cols: Int, weights: UnsafeRawPointer) {
         self.name = name
@@ -17,13 +21,18 @@ final class Linear {
         self.weights = weights
     }
 
+    deinit { ownedWeights?.deallocate() }
+
     /// Bytes of one row.
     var rowBytes: Int { (cols / type.blockSize) * type.bytesPerBlock }
 
-    /// y[t][0..<rows] = W · x[t][0..<cols] for t < nTokens.
-    func forward(_ pool: OpaquePointer, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, nTokens: Int) {
+    /// y[t][0..<rows] = W · x[t][0..<cols] for t < nTokens, plus the LoRA adapters' updates: the
+    /// model's active set for every row when `adapters` is nil, else adapters[t] for row t.
+    func forward(_ pool: OpaquePointer, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, nTokens: Int,
+                 adapters: [AdapterSet]? = nil) {
         // Types were checked against puna_matmul_supports at load, so this cannot fail.
         _ = puna_matmul(pool, Int32(type.rawValue), weights, Int64(rows), Int64(cols), x, Int64(nTokens), y)
+        addAdapterDeltas(pool, x, y, nTokens: nTokens, adapters: adapters)
     }
 
     /// Decode row `r` (e.g. one token's embedding) into `out` (cols floats).

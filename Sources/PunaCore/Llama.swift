@@ -27,9 +27,10 @@ public final class LlamaModel {
     let tokenEmbedding: Linear       // [vocab][n_embd]
     let layers: [Layer]
     let outputNorm: [Float]          // [n_embd]
-    let output: Linear               // [vocab][n_embd], the embedding itself when tied
+    let output: Linear               // [vocab][n_embd], reading the embedding's bytes when tied
     let ropeFactors: [Float]?        // [rope_dims/2] from rope_freqs.weight, or linear scaling
     let pool: OpaquePointer
+    let adapterState: AdapterState   // active LoRA adapters, shared with every Linear (LoRA.swift)
     var vulkan: VulkanBackend? = nil      // set by useVulkan: the forward pass runs on a Vulkan device (Vulkan.swift)
     /// What setting up the requested backend had to say: the Vulkan device in use, or why the
     /// model runs on the CPU instead. nil when the CPU was asked for.
@@ -60,6 +61,8 @@ public final class LlamaModel {
             throw PunaError("\(gguf.path): tokenizer has \(tokenizer.vocabSize) tokens but the model's vocabulary is \(c.vocabSize)")
         }
 
+        let adapterState = AdapterState()
+        self.adapterState = adapterState
         func matrix(_ name: String, rows: Int, cols: Int) throws(PunaError) -> Linear {
             guard let t = gguf.tensorInfo(name) else { throw PunaError("\(gguf.path): missing tensor '\(name)'") }
             guard t.shape.count == 2 || (t.shape.count > 2 && t.shape.dropFirst(2).allSatisfy { $0 == 1 }),
@@ -69,7 +72,9 @@ public final class LlamaModel {
             guard puna_matmul_supports(Int32(t.type.rawValue)) != 0, t.type.canDecode else {
                 throw PunaError("\(gguf.path): tensor '\(name)' has type \(t.type.name), which Puna cannot compute with")
             }
-            return Linear(name: name, type: t.type, rows: rows, cols: cols, weights: gguf.data(of: t).baseAddress!)
+            let linear = Linear(name: name, type: t.type, rows: rows, cols: cols, weights: gguf.data(of: t).baseAddress!)
+            linear.adapterState = adapterState
+            return linear
         }
         func vector(_ name: String, _ n: Int) throws(PunaError) -> [Float] {
             guard let t = gguf.tensorInfo(name) else { throw PunaError("\(gguf.path): missing tensor '\(name)'") }
@@ -97,7 +102,14 @@ public final class LlamaModel {
         }
         self.layers = layers
         outputNorm = try vector("output_norm.weight", e)
-        output = gguf.tensorInfo("output.weight") == nil ? tokenEmbedding : try matrix("output.weight", rows: vocab, cols: e)
+        if gguf.tensorInfo("output.weight") == nil {
+            // Tied: the output head reads the embedding's bytes, but is its own matrix so that an
+            // adapter (or a merge) can change one without the other.
+            output = Linear(name: "output.weight", type: tokenEmbedding.type, rows: vocab, cols: e, weights: tokenEmbedding.weights)
+            output.adapterState = adapterState
+        } else {
+            output = try matrix("output.weight", rows: vocab, cols: e)
+        }
 
         let pairs = c.ropeDimensionCount / 2
         if gguf.tensorInfo("rope_freqs.weight") != nil {
@@ -176,6 +188,7 @@ public final class LlamaModel {
         let up = Buffer(n * ff)     // [n][ff]
 
         for (t, token) in tokens.enumerated() { tokenEmbedding.decodeRow(Int(token), into: x.p + t * e) }
+        if !adapterState.active.isEmpty { addEmbeddingAdapterDeltas(tokens, into: x.p, adapters: nil) }
 
         for (l, layer) in layers.enumerated() {
             // attention

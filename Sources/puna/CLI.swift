@@ -11,6 +11,7 @@ let commandSummaries: [(String, String)] = [
     ("perplexity", "perplexity of a text file"),
     ("batch", "work through a JSONL file of prompts (batched, resumable, shardable)"),
     ("bench", "measure prompt and decode speed (like llama-bench)"),
+    ("merge", "write a GGUF with LoRA adapters merged into the weights"),
     ("info", "show a GGUF file's hyperparameters, tensor types and memory estimate"),
     ("devices", "list Vulkan devices (for --backend vulkan --device N)"),
 ]
@@ -32,6 +33,7 @@ func runCLI(_ arguments: [String]) -> Int32 {
     do throws(PunaError) {
         switch command {
         case "info": return try InfoCommand.run(rest)
+        case "merge": return try MergeCommand.run(rest)
         case "devices": return try DevicesCommand.run(rest)
         case "run": return try RunCommand.run(rest)
         case "chat": return try ChatCommand.run(rest)

@@ -5,6 +5,7 @@ enum InfoCommand {
         FlagSpec(names: ["-m", "--model"], value: "FILE", help: "GGUF model (or vocab-only) file"),
         FlagSpec(names: ["-c", "--ctx", "--ctx-size"], value: "N", help: "context length for the memory estimate (default: min(file's, 4096))"),
         FlagSpec(names: ["--json"], value: nil, help: "print one JSON object"),
+        FlagSpec(names: ["--lora"], value: "PATH", help: "describe a LoRA adapter instead (checked against -m when given; repeatable)", repeatable: true),
         helpFlag,
     ]
 
@@ -17,6 +18,7 @@ enum InfoCommand {
             return 0
         }
         guard args.positionals.isEmpty else { throw PunaError("'puna info' takes no positional argument '\(args.positionals[0])'") }
+        if args.has("--lora") { return try AdapterInfo.run(args) }
         let path = try args.require("-m")
         let gguf = try GGUFFile(path: path)
         let config: LlamaConfig? = gguf.tensors.isEmpty ? (try? LlamaConfig(gguf: gguf)) : try LlamaConfig(gguf: gguf)

@@ -11,7 +11,7 @@ enum CommonFlags {
     static let cacheTypeV = FlagSpec(names: ["-ctv", "--cache-type-v"], value: "TYPE", help: "must equal --cache-type-k for now")
     static let board = FlagSpec(names: ["--board"], value: "NAME|FILE",
                                 help: "board profile, e.g. raspberry-pi-5 (see boards/): its -t, -c, -ctk defaults and memory budget")
-    static let loading = [model, threads, context, batch, cacheTypeK, cacheTypeV, board] + BackendFlags.specs
+    static let loading = [model, threads, context, batch, cacheTypeK, cacheTypeV, board] + AdapterFlags.specs + BackendFlags.specs
 
     /// The --board profile, if one was named.
     static func boardProfile(_ args: ParsedArguments) throws(PunaError) -> BoardProfile? {
@@ -45,6 +45,7 @@ enum CommonFlags {
         let batch = try args.int("-b", range: 1...65536) ?? 256
         let start = puna_now_ns()
         let model = try LlamaModel(path: path, options: ModelOptions(threads: threads, batchSize: batch))
+        try AdapterFlags.apply(args, model: model)  // --lora / --lora-scaled / --merge-lora
         try BackendFlags.apply(args, model: model)  // --backend / --device / --gpu-layers (after adapters: uploads weights)
         return (model, puna_now_ns() - start)
     }
