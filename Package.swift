@@ -24,7 +24,10 @@ let package = Package(
         ),
         .target(
             name: "PunaCore",
-            dependencies: ["CPuna", "CPunaVulkan"]
+            dependencies: ["CPuna", "CPunaVulkan"],
+            // Tests reach internals with @testable import, also in the release build the test
+            // command uses; the hot loops are C, so this costs the Swift side next to nothing.
+            swiftSettings: [.unsafeFlags(["-enable-testing"])]
         ),
         .executableTarget(
             name: "puna",
