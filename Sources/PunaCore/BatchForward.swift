@@ -2,16 +2,18 @@ import CPuna
 
 /// One sequence's share of a batched forward step: the new tokens to append to `cache` (one
 /// sampled token while decoding, a chunk of the prompt while prefilling), whether the logits of
-/// its last token are wanted.
+/// its last token are wanted, and the LoRA adapters of this sequence (nil: the model's active set).
 public struct BatchSlice {
     public let cache: KVCache
     public let tokens: [Int32]
     public let wantsLogits: Bool
+    public let adapters: AdapterSet?
 
-    public init(cache: KVCache, tokens: [Int32], wantsLogits: Bool) {
+    public init(cache: KVCache, tokens: [Int32], wantsLogits: Bool, adapters: AdapterSet? = nil) {
         self.cache = cache
         self.tokens = tokens
         self.wantsLogits = wantsLogits
+        self.adapters = adapters
     }
 }
 
@@ -19,7 +21,8 @@ extension LlamaModel {
     /// One forward step over several independent sequences, each with its own KV cache. All new
     /// tokens are stacked into one [rows][n_embd] matrix, so every weight matrix is read once per
     /// step however many sequences take part; only attention runs per sequence, over that
-    /// sequence's rows and cache.
+    /// sequence's rows and cache. Sequences with different adapters share the step: the base
+    /// product is batched and each adapter's low-rank update is added to its own sequences' rows.
     ///
     /// Returns the logits of the last token of each slice that wants them, [wanted][n_vocab] in
     /// slice order. A row's arithmetic does not depend on the other rows of the step (the matmul
@@ -67,6 +70,19 @@ extension LlamaModel {
             for t in 0..<s.tokens.count { positions.append(s.cache.count + t) }
             n += s.tokens.count
         }
+        // Adapters of every row (nil when no row has any, the common case: nothing to add).
+        var rowAdapters: [AdapterSet]? = nil
+        var logitAdapters: [AdapterSet]? = nil
+        if slices.contains(where: { !($0.adapters ?? activeAdapters).isEmpty }) {
+            var rows: [AdapterSet] = [], heads: [AdapterSet] = []
+            for s in slices {
+                let set = s.adapters ?? activeAdapters
+                for _ in 0..<s.tokens.count { rows.append(set) }
+                if s.wantsLogits { heads.append(set) }
+            }
+            rowAdapters = rows
+            logitAdapters = heads
+        }
         var allTokens: [Int32] = []
         for s in slices { allTokens += s.tokens }
 
@@ -80,13 +96,14 @@ extension LlamaModel {
         let up = Buffer(n * ff)     // [n][ff]
 
         for (r, token) in allTokens.enumerated() { tokenEmbedding.decodeRow(Int(token), into: x.p + r * e) }
+        if let rowAdapters { addEmbeddingAdapterDeltas(allTokens, into: x.p, adapters: rowAdapters) }
 
         for (l, layer) in layers.enumerated() {
             // attention: projections over all rows at once, then each sequence against its own cache
             for r in 0..<n { puna_rmsnorm(xb.p + r * e, x.p + r * e, layer.attentionNorm, Int64(e), c.rmsNormEpsilon) }
-            layer.q.forward(pool, xb.p, q.p, nTokens: n)
-            layer.k.forward(pool, xb.p, k.p, nTokens: n)
-            layer.v.forward(pool, xb.p, v.p, nTokens: n)
+            layer.q.forward(pool, xb.p, q.p, nTokens: n, adapters: rowAdapters)
+            layer.k.forward(pool, xb.p, k.p, nTokens: n, adapters: rowAdapters)
+            layer.v.forward(pool, xb.p, v.p, nTokens: n, adapters: rowAdapters)
             for r in 0..<n {
                 rope(q.p + r * e, heads: c.headCount, position: positions[r])
                 rope(k.p + r * kvd, heads: c.headCountKV, position: positions[r])
@@ -100,15 +117,15 @@ extension LlamaModel {
                                    Int64(cache.rowBytes), Int32(count), Int32(pos0), Int32(c.headCount),
                                    Int32(c.headCountKV), Int32(c.headDimension), nil, Int32(cache.capacity))
             }
-            layer.o.forward(pool, att.p, xb.p, nTokens: n)
+            layer.o.forward(pool, att.p, xb.p, nTokens: n, adapters: rowAdapters)
             puna_add(x.p, x.p, xb.p, Int64(n * e))
 
             // feed-forward (SwiGLU)
             for r in 0..<n { puna_rmsnorm(xb.p + r * e, x.p + r * e, layer.ffnNorm, Int64(e), c.rmsNormEpsilon) }
-            layer.gate.forward(pool, xb.p, gate.p, nTokens: n)
-            layer.up.forward(pool, xb.p, up.p, nTokens: n)
+            layer.gate.forward(pool, xb.p, gate.p, nTokens: n, adapters: rowAdapters)
+            layer.up.forward(pool, xb.p, up.p, nTokens: n, adapters: rowAdapters)
             puna_swiglu(gate.p, gate.p, up.p, Int64(n * ff))
-            layer.down.forward(pool, gate.p, xb.p, nTokens: n)
+            layer.down.forward(pool, gate.p, xb.p, nTokens: n, adapters: rowAdapters)
             puna_add(x.p, x.p, xb.p, Int64(n * e))
         }
         for s in slices { s.cache.count += s.tokens.count }
@@ -120,6 +137,6 @@ extension LlamaModel {
             puna_rmsnorm(xb.p + wanted * e, x.p + last * e, outputNorm, Int64(e), c.rmsNormEpsilon)
             wanted += 1
         }
-        if wanted > 0 { output.forward(pool, xb.p, logits, nTokens: wanted) }
+        if wanted > 0 { output.forward(pool, xb.p, logits, nTokens: wanted, adapters: logitAdapters) }
     }
 }

@@ -11,9 +11,12 @@ public struct BatchJob {
     /// Generation stops before the first of these strings; it is not part of the text.
     public var stopStrings: [String]
     public var stopAtEOS: Bool
+    /// LoRA adapters of this job; nil runs the model with its active set (none, in `puna batch`).
+    public var adapters: AdapterSet?
 
     public init(key: String, promptTokens: [Int32], maxTokens: Int, sampler: SamplerSettings,
-                stopStrings: [String], stopAtEOS: Bool = true) {
+                stopStrings: [String], stopAtEOS: Bool = true, adapters: AdapterSet? = nil) {
+        self.adapters = adapters
         self.key = key
         self.promptTokens = promptTokens
         self.maxTokens = maxTokens
@@ -111,7 +114,7 @@ public final class BatchScheduler {
         var hasPromptRows = false
         for i in 0..<slots.count {
             guard let s = slots[i], let token = s.pendingToken else { continue }
-            slices.append(BatchSlice(cache: s.cache, tokens: [token], wantsLogits: true))
+            slices.append(BatchSlice(cache: s.cache, tokens: [token], wantsLogits: true, adapters: s.job.adapters))
             members.append(i)
         }
         var budget = max(model.batchSize, slices.count + 1) - slices.count
@@ -120,7 +123,7 @@ public final class BatchScheduler {
             let remaining = s.job.promptTokens.count - s.promptDone
             let n = min(remaining, budget)
             let chunk = Array(s.job.promptTokens[s.promptDone..<(s.promptDone + n)])
-            slices.append(BatchSlice(cache: s.cache, tokens: chunk, wantsLogits: n == remaining))
+            slices.append(BatchSlice(cache: s.cache, tokens: chunk, wantsLogits: n == remaining, adapters: s.job.adapters))
             members.append(i)
             budget -= n
             hasPromptRows = true

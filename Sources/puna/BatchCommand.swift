@@ -4,10 +4,21 @@ import PunaCore
 /// `puna batch`: work through a JSONL file of prompts with continuous batching, resumable after a
 /// crash, one shard of the file per process if asked.
 enum BatchCommand {
-    static let specs: [FlagSpec] = CommonFlags.loading + [
+    /// Adapters are per record here: named, and chosen by a record's "adapter" field. The canonical
+    /// names differ from the shared --lora flags so that loading the model does not apply them to all.
+    static let adapterFlags: [FlagSpec] = [
+        FlagSpec(names: ["--adapter", "--lora"], value: "NAME=PATH",
+                 help: "LoRA adapter (PEFT folder or GGUF LoRA) that records pick with \"adapter\": \"NAME\" (repeatable)", repeatable: true),
+        FlagSpec(names: ["--adapter-scaled", "--lora-scaled"], value: "NAME=PATH:SCALE",
+                 help: "the same with a user scale (repeatable)", repeatable: true),
+    ]
+
+    static let specs: [FlagSpec] = CommonFlags.loading.filter { spec in
+        !AdapterFlags.specs.contains { $0.names[0] == spec.names[0] }
+    } + adapterFlags + [
         FlagSpec(names: ["-i", "--in"], value: "FILE", help: "input JSONL, one request per line ('-' = stdin)"),
         FlagSpec(names: ["-o", "--out"], value: "FILE", help: "output JSONL; records already in it are skipped (resume)"),
-        FlagSpec(names: ["-np", "--parallel"], value: "N", help: "sequences decoded together (default 4), each with its own -c context"),
+        FlagSpec(names: ["-np", "--parallel"], value: "N", help: "sequences decoded together (default 4), each with a KV cache of -c positions (default here: at most 2048)"),
         FlagSpec(names: ["--shard"], value: "K/N", help: "only the records whose 0-based index mod N is K"),
     ] + CommonFlags.sampling.filter { $0.names[0] != "-s" } + [
         FlagSpec(names: ["-s", "--seed"], value: "S", help: "seed of records without one (default 0: reruns give the same text)"),
@@ -61,9 +72,11 @@ enum BatchCommand {
         }
 
         let (model, _) = try CommonFlags.loadModel(args)
-        let adapterNames: [String] = []
-        let context = try args.int("-c", range: 1...(1 << 30)) ?? min(model.config.contextLength, 2048)
-        let cacheType = try checkMemory(args, model: model, context: context, parallel: parallel)
+        let adapters = try loadAdapters(args, model: model)
+        let adapterNames = adapters.map { $0.name }
+        let board = try CommonFlags.boardProfile(args)
+        let context = try args.int("-c", range: 1...(1 << 30)) ?? min(model.config.contextLength, board?.context ?? 2048)
+        let cacheType = try checkMemory(args, model: model, context: context, parallel: parallel, board: board)
         let scheduler = try BatchScheduler(model: model, parallel: parallel, contextLength: context, cacheType: cacheType)
 
         var progress = Progress(total: pending.count, interval: Double(interval))
@@ -76,7 +89,8 @@ enum BatchCommand {
                 let request = pending[next]
                 next += 1
                 do throws(PunaError) {
-                    let (job, adapter) = try request.prepare(defaults: defaults, tokenizer: model.tokenizer, adapters: adapterNames)
+                    var (job, adapter) = try request.prepare(defaults: defaults, tokenizer: model.tokenizer, adapters: adapterNames)
+                    if let adapter, let entry = adapters.first(where: { $0.name == adapter }) { job.adapters = entry.set }
                     if let problem = scheduler.problem(with: job) { throw PunaError(problem) }
                     try scheduler.admit(job)
                     byKey[job.key] = (request, adapter)
@@ -138,8 +152,9 @@ enum BatchCommand {
     }
 
     /// The KV cache type, after refusing a `--parallel` × `-c` that the machine cannot hold.
-    static func checkMemory(_ args: ParsedArguments, model: LlamaModel, context: Int, parallel: Int) throws(PunaError) -> GGMLType {
-        let kName = args.string("-ctk") ?? "f16"
+    static func checkMemory(_ args: ParsedArguments, model: LlamaModel, context: Int, parallel: Int,
+                            board: BoardProfile?) throws(PunaError) -> GGMLType {
+        let kName = args.string("-ctk") ?? board?.cacheType.name ?? "f16"
         guard let type = GGMLType(name: kName), KVCache.supportedTypes.contains(type) else {
             throw PunaError("flag --cache-type-k: unknown or unsupported type '\(kName)' (use f16 or f32)")
         }
@@ -156,7 +171,7 @@ enum BatchCommand {
                 estimate.add(item.key, item.name, item.bytes)
             }
         }
-        let available = CommonFlags.availableMemory()
+        let available = CommonFlags.availableMemory(board: board)
         if estimate.totalBytes > available {
             var s = "--parallel \(parallel) with -c \(context) needs about \(formatBytes(estimate.totalBytes)) but only \(formatBytes(available)) is available:"
             for item in estimate.items { s += "\n  \(item.name): \(formatBytes(item.bytes))" }
@@ -164,6 +179,39 @@ enum BatchCommand {
             throw PunaError(s)
         }
         return type
+    }
+
+    /// The --lora NAME=PATH and --lora-scaled NAME=PATH:SCALE adapters, loaded for `model`.
+    static func loadAdapters(_ args: ParsedArguments, model: LlamaModel) throws(PunaError) -> [(name: String, set: AdapterSet)] {
+        var requested: [(flag: String, name: String, path: String, scale: Float)] = []
+        for item in args.strings("--adapter") {
+            let (name, path) = try splitName(item, flag: "--lora", form: "NAME=PATH")
+            requested.append(("--lora", name, path, 1))
+        }
+        for item in args.strings("--adapter-scaled") {
+            let (name, rest) = try splitName(item, flag: "--lora-scaled", form: "NAME=PATH:SCALE")
+            // The scale follows the last colon, so paths may contain colons.
+            guard let colon = rest.lastIndex(of: ":"), let scale = parseDouble(String(rest[rest.index(after: colon)...])),
+                  scale.isFinite, !rest[..<colon].isEmpty else {
+                throw PunaError("flag --lora-scaled: '\(item)' is not NAME=PATH:SCALE")
+            }
+            requested.append(("--lora-scaled", name, String(rest[..<colon]), Float(scale)))
+        }
+        var loaded: [(name: String, set: AdapterSet)] = []
+        for r in requested {
+            guard !loaded.contains(where: { $0.name == r.name }) else { throw PunaError("flag \(r.flag): adapter name '\(r.name)' given twice") }
+            let adapter = try LoRAAdapter.load(path: r.path, for: model)
+            for w in adapter.warnings { errLine("puna: warning: \(r.path): \(w)") }
+            loaded.append((r.name, AdapterSet([(adapter, r.scale)])))
+        }
+        return loaded
+    }
+
+    static func splitName(_ item: String, flag: String, form: String) throws(PunaError) -> (String, String) {
+        guard let eq = item.firstIndex(of: "="), eq != item.startIndex, item.index(after: eq) != item.endIndex else {
+            throw PunaError("flag \(flag): '\(item)' is not \(form) (records name the adapter with \"adapter\": \"NAME\")")
+        }
+        return (String(item[..<eq]), String(item[item.index(after: eq)...]))
     }
 
     /// One note per unknown field name (a typo like "max_token" would otherwise go unnoticed).

@@ -145,6 +145,46 @@ final class BatchTests: XCTestCase {
         }
     }
 
+    /// Sequences with different LoRA adapters in one step (base product batched, each delta on its
+    /// own rows) get exactly the logits of running alone with that adapter active.
+    func testBatchedLogitsWithPerSequenceAdaptersEqualSingleSequence() throws {
+        let lora = Fixtures.root.appendingPathComponent("lora")
+        let sequences: [[Int32]] = [[1, 339, 440, 432, 310], [1, 306, 432, 407, 366, 307, 430], [1, 432, 267], [1, 341, 416]]
+        for file in ["tiny-gqa-f32", "tiny-gqa-q4_0", "tiny-gqa-q8_0"] {
+            let single = try LlamaModel(path: model(file + ".gguf"), options: ModelOptions(threads: 1))
+            let batched = try LlamaModel(path: model(file + ".gguf"), options: ModelOptions(threads: 2))
+            func sets(_ m: LlamaModel) throws -> [AdapterSet] {
+                let all = try LoRAAdapter.load(path: lora.appendingPathComponent("gqa-all").path, for: m)
+                let alpaca = try LoRAAdapter.load(path: lora.appendingPathComponent("gqa-alpaca.gguf").path, for: m)
+                return [.none, AdapterSet([(all, 1)]), AdapterSet([(alpaca, 1)]), AdapterSet([(all, 0.5)])]
+            }
+            let singleSets = try sets(single), batchedSets = try sets(batched)
+            let vocab = single.config.vocabSize
+            var reference: [[Float]] = []
+            for (i, s) in sequences.enumerated() {
+                single.activeAdapters = singleSets[i]
+                reference.append(try single.evaluate(s, cache: single.makeCache(contextLength: 16, type: .f32), allLogits: true))
+            }
+            let caches = try sequences.map { _ in try batched.makeCache(contextLength: 16, type: .f32) }
+            // Step 1: all prompts but their last token; step 2: the last tokens, as decode rows.
+            let first = try batched.evaluateBatch(sequences.indices.map {
+                BatchSlice(cache: caches[$0], tokens: Array(sequences[$0].dropLast()), wantsLogits: true, adapters: batchedSets[$0])
+            })
+            let second = try batched.evaluateBatch(sequences.indices.map {
+                BatchSlice(cache: caches[$0], tokens: [sequences[$0].last!], wantsLogits: true, adapters: batchedSets[$0])
+            })
+            for i in sequences.indices {
+                let n = sequences[i].count
+                XCTAssertTrue(Array(first[(i * vocab)..<((i + 1) * vocab)]) == Array(reference[i][((n - 2) * vocab)..<((n - 1) * vocab)]),
+                              "\(file): sequence \(i), prompt step")
+                XCTAssertTrue(Array(second[(i * vocab)..<((i + 1) * vocab)]) == Array(reference[i][((n - 1) * vocab)..<(n * vocab)]),
+                              "\(file): sequence \(i), decode step")
+            }
+            // The adapters do change the logits (or the comparison above would prove nothing).
+            XCTAssertNotEqual(Array(reference[0][0..<vocab]), Array(reference[1][0..<vocab]))
+        }
+    }
+
     func testBatchRefusesBadSlices() throws {
         let m = try LlamaModel(path: model("tiny-mha-q8_0.gguf"), options: ModelOptions(threads: 1))
         let cache = try m.makeCache(contextLength: 4)
@@ -165,13 +205,15 @@ final class BatchTests: XCTestCase {
     // MARK: the command
 
     /// A record's text depends only on the record: --parallel 1 on one thread and --parallel 8 on
-    /// two threads with small prompt chunks (-b 5) give the same records, with mixed seeds and
-    /// templates; records equal `puna run` with the same settings.
+    /// two threads with small prompt chunks (-b 5) give the same records, with mixed seeds,
+    /// templates and adapters; records equal `puna run` with the same settings and adapter.
     func testParallelOneAndEightGiveIdenticalRecords() throws {
-        let input = try write("in.jsonl", mixedInput(count: 20))
+        let input = try write("in.jsonl", mixedInput(count: 20, adapters: ["all", "alpaca"]))
         let out1 = dir.appendingPathComponent("p1.jsonl").path, out8 = dir.appendingPathComponent("p8.jsonl").path
         let m = model("tiny-gqa-q4_0.gguf")
-        let adapters: [String] = []
+        let lora = Fixtures.root.appendingPathComponent("lora")
+        let adapters = ["--lora", "all=" + lora.appendingPathComponent("gqa-all").path,
+                        "--lora", "alpaca=" + lora.appendingPathComponent("gqa-alpaca.gguf").path]
         var (status, _, err) = try Fixtures.runPuna(["batch", "-m", m, "-i", input, "-o", out1, "--parallel", "1", "-t", "1"] + adapters)
         XCTAssertEqual(status, 0, err)
         (status, _, err) = try Fixtures.runPuna(["batch", "-m", m, "-i", input, "-o", out8, "--parallel", "8", "-t", "2", "-b", "5"] + adapters)
@@ -187,16 +229,21 @@ final class BatchTests: XCTestCase {
             reasons.insert(r["finish_reason"] as! String)
         }
         XCTAssertTrue(reasons.isSuperset(of: ["length", "stop"]), "the mix should end records in different ways: \(reasons)")
+        XCTAssertEqual(Set(a.values.map { "\($0["adapter"]!)" }), ["<null>", "all", "alpaca"])
 
-        // Record 2 (guanaco, temperature 0) and record 10 (guanaco, seed 1010, temperature 0.9):
-        // `puna run` with the same settings prints the same text.
+        // Record 2 (guanaco, temperature 0, adapter "alpaca") and record 10 (guanaco, seed 1010, temperature
+        // 0.9, adapter "all"): `puna run` with the same settings prints the same text.
         let r2 = try XCTUnwrap(a["s:rec-2"]), r10 = try XCTUnwrap(a["s:rec-10"])
+        XCTAssertEqual(r2["adapter"] as? String, "alpaca")
+        XCTAssertEqual(r10["adapter"] as? String, "all")
         var run = try Fixtures.runPuna(["run", "-m", m, "-p", String(repeating: "word2 ", count: 3) + "and then",
-                                        "--template", "guanaco", "--temp", "0", "-n", "\(24 - 2)", "-s", "1002"])
+                                        "--template", "guanaco", "--temp", "0", "-n", "\(24 - 2)", "-s", "1002",
+                                        "--lora", lora.appendingPathComponent("gqa-alpaca.gguf").path])
         XCTAssertEqual(run.0, 0, run.2)
         XCTAssertEqual(run.1, (r2["text"] as! String) + "\n")
         run = try Fixtures.runPuna(["run", "-m", m, "-p", String(repeating: "word10 ", count: 5) + "and then",
-                                    "--template", "guanaco", "--temp", "0.9", "-n", "\(24 - 3)", "-s", "1010"])
+                                    "--template", "guanaco", "--temp", "0.9", "-n", "\(24 - 3)", "-s", "1010",
+                                    "--lora", lora.appendingPathComponent("gqa-all").path])
         XCTAssertEqual(run.0, 0, run.2)
         XCTAssertEqual(run.1, (r10["text"] as! String) + "\n")
     }
@@ -223,18 +270,26 @@ final class BatchTests: XCTestCase {
         var rng = SystemRandomNumberGenerator()
         var delays: [Double] = []
         var midRunKills = 0
-        var round = 0
-        while round < 12 && (midRunKills < 4 || round < 5) {
-            round += 1
-            let before = try completeRecords(out).count
-            if before == count { break }
+        var scale = 0.9     // of the time the work left should take; shrinks when a run beats its kill
+        var attempts = 0
+        while midRunKills < 4 && attempts < 30 {
+            attempts += 1
+            var before = try completeRecords(out).count
+            if before == count {
+                // A run finished before its kill: start the file over and aim earlier.
+                try FileManager.default.removeItem(atPath: out)
+                before = 0
+                scale *= 0.5
+            }
             let p = Process()
             p.executableURL = Fixtures.punaBinary
             p.arguments = ["batch", "-m", m, "-i", input, "-o", out, "--parallel", "4", "-t", "2"]
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
             try p.run()
-            let delay = Double.random(in: 0.02...max(0.05, fullRun * 0.5), using: &rng)
+            // Somewhere within the work left (each rerun has fewer records to do).
+            let left = fullRun * Double(count - before) / Double(count)
+            let delay = Double.random(in: 0.01...max(0.02, left * scale), using: &rng)
             delays.append(delay)
             Thread.sleep(forTimeInterval: delay)
             kill(p.processIdentifier, SIGKILL)
