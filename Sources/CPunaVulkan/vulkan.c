@@ -59,6 +59,7 @@ int puna_vk_device_index(const puna_vk *vk) { (void)vk; return -1; }
 const puna_vk_device_info *puna_vk_info(const puna_vk *vk) { (void)vk; return NULL; }
 int puna_vk_tier(const puna_vk *vk) { (void)vk; return 0; }
 const char *puna_vk_error(const puna_vk *vk) { (void)vk; return no_vulkan; }
+int puna_vk_hung(const puna_vk *vk) { (void)vk; return 0; }
 int puna_vk_alloc(puna_vk *vk, uint64_t b, int m, int d, puna_vk_buffer *o) { (void)vk; (void)b; (void)m; (void)d; (void)o; return -1; }
 void puna_vk_free(puna_vk *vk, puna_vk_buffer b) { (void)vk; (void)b; }
 void *puna_vk_host_pointer(puna_vk *vk, puna_vk_buffer b) { (void)vk; (void)b; return NULL; }
@@ -103,6 +104,7 @@ void puna_vk_rope_table(float *out, int n, int p, int d, float b, const float *f
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "puna_quants.h"
 
@@ -343,6 +345,7 @@ struct puna_vk {
     puna_vk_buffer staging;
     uint64_t min_offset_alignment, min_import_alignment;
     uint64_t timeout_ns;
+    int hung;                // a submission outlived the timeout: the device may still be using memory
     int recording;
     char error[512];
 };
@@ -358,10 +361,29 @@ static void set_error(puna_vk *vk, const char *fmt, ...) {
 }
 #define CHECK(vk, call, what) do { VkResult r_ = (call); if (r_ != VK_SUCCESS) { set_error(vk, "%s failed (VkResult %d)", what, (int)r_); return -1; } } while (0)
 
+// After a timeout the driver may still be running the work on its own threads (lavapipe) when the
+// process exits; the libraries' destructors would then pull code and memory from under it. The
+// first hang therefore registers an exit handler (registered last, so it runs first) that ends the
+// process at once with status 1 (an error was reported), output flushed.
+static void exit_before_destructors(void) {
+    fflush(NULL);
+    _exit(1);
+}
+
+static void mark_hung(puna_vk *vk) {
+    static int registered;
+    vk->hung = 1;
+    if (!registered) {
+        registered = 1;
+        atexit(exit_before_destructors);
+    }
+}
+
 int puna_vk_device_index(const puna_vk *vk) { return vk->index; }
 const puna_vk_device_info *puna_vk_info(const puna_vk *vk) { return &vk->info; }
 int puna_vk_tier(const puna_vk *vk) { return vk->tier; }
 const char *puna_vk_error(const puna_vk *vk) { return vk->error; }
+int puna_vk_hung(const puna_vk *vk) { return vk->hung; }
 uint64_t puna_vk_max_binding_bytes(const puna_vk *vk) { return vk->info.max_storage_buffer_range; }
 
 static int env_flag(const char *name) {
@@ -420,7 +442,7 @@ puna_vk *puna_vk_create(int device_index, int force_baseline, char *err, size_t 
                    ? PUNA_VK_TIER_SUBGROUP : PUNA_VK_TIER_BASELINE;
     const char *timeout = getenv("PUNA_VK_TIMEOUT_S");
     double seconds = timeout ? atof(timeout) : 0;
-    vk->timeout_ns = (uint64_t)((seconds > 0 ? seconds : 120.0) * 1e9);
+    vk->timeout_ns = (uint64_t)((seconds > 0 ? seconds : 600.0) * 1e9);
     if (setup(vk) != 0) {
         if (err && err_len) snprintf(err, err_len, "Vulkan device %d (%s): %s", device_index, vk->info.name, vk->error);
         puna_vk_destroy(vk);
@@ -508,7 +530,9 @@ static int setup(puna_vk *vk) {
 
 void puna_vk_destroy(puna_vk *vk) {
     if (!vk) return;
-    if (vk->device) {
+    // After a timeout the device may still run (or be stuck in) that work: waiting could hang for
+    // good and destroying would pull memory from under it, so the Vulkan objects are left alone.
+    if (vk->device && !vk->hung) {
         vk->vkDeviceWaitIdle(vk->device);
         for (uint32_t i = 0; i < vk->pipeline_count; i++) vk->vkDestroyPipeline(vk->device, vk->pipelines[i].pipeline, NULL);
         for (uint32_t i = 0; i < vk->pool_count; i++) vk->vkDestroyDescriptorPool(vk->device, vk->pools[i], NULL);
@@ -635,7 +659,7 @@ static void forget_descriptors(puna_vk *vk) {
 void puna_vk_free(puna_vk *vk, puna_vk_buffer b) {
     if (!vk || b.arena >= vk->arena_count) return;
     arena *a = &vk->arenas[b.arena];
-    if (!a->live || !a->dedicated) return;   // carved buffers live as long as the context
+    if (!a->live || !a->dedicated || vk->hung) return;   // carved buffers live as long as the context
     vk->vkDeviceWaitIdle(vk->device);
     forget_descriptors(vk);
     vk->vkDestroyBuffer(vk->device, a->buffer, NULL);
@@ -659,7 +683,9 @@ static int run_transfer(puna_vk *vk, VkBuffer src, uint64_t src_off, VkBuffer ds
     VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &vk->transfer_cmd};
     CHECK(vk, vk->vkResetFences(vk->device, 1, &vk->fence), "vkResetFences");
     CHECK(vk, vk->vkQueueSubmit(vk->queue, 1, &si, vk->fence), "vkQueueSubmit");
-    CHECK(vk, vk->vkWaitForFences(vk->device, 1, &vk->fence, VK_TRUE, vk->timeout_ns), "vkWaitForFences (upload)");
+    VkResult r = vk->vkWaitForFences(vk->device, 1, &vk->fence, VK_TRUE, vk->timeout_ns);
+    if (r == VK_TIMEOUT) mark_hung(vk);
+    CHECK(vk, r, "vkWaitForFences (upload)");
     return 0;
 }
 
@@ -684,14 +710,30 @@ int puna_vk_write(puna_vk *vk, puna_vk_buffer dst, uint64_t offset, const void *
     return 0;
 }
 
+static int import_range(puna_vk *vk, uintptr_t start, uint64_t size);
+
 int puna_vk_import_host(puna_vk *vk, const void *ptr, uint64_t bytes) {
     if (!vk->import_enabled || !ptr) return 0;
     uint64_t align = vk->min_import_alignment;
     uintptr_t start = ((uintptr_t)ptr + align - 1) & ~(uintptr_t)(align - 1);
     uintptr_t end = ((uintptr_t)ptr + bytes) & ~(uintptr_t)(align - 1);   // stay inside the caller's range
     if (end <= start) return 0;
-    uint64_t size = end - start;
-    if (size > vk->info.max_allocation_size) return 0;
+    // One allocation may not exceed maxMemoryAllocationSize (2 GiB on lavapipe): import in chunks
+    // of at most 1 GiB; the few tensors that straddle a boundary are copied instead.
+    uint64_t chunk = vk->info.max_allocation_size < (1ull << 30) ? vk->info.max_allocation_size : (1ull << 30);
+    chunk &= ~(align - 1);
+    if (chunk == 0) return 0;
+    int imported = 0;
+    for (uintptr_t at = start; at < end; at += chunk) {
+        uint64_t size = end - at < chunk ? end - at : chunk;
+        if (import_range(vk, at, size)) imported = 1;
+        else break;   // the driver refuses this memory: no use trying the rest
+    }
+    return imported;
+}
+
+// Imports [start, start + size) as one allocation with one buffer over it. 1 on success.
+static int import_range(puna_vk *vk, uintptr_t start, uint64_t size) {
     VkMemoryHostPointerPropertiesEXT hp = {.sType = VK_STRUCTURE_TYPE_MEMORY_HOST_POINTER_PROPERTIES_EXT};
     if (vk->vkGetMemoryHostPointerPropertiesEXT(vk->device, VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT,
                                                 (void *)start, &hp) != VK_SUCCESS || hp.memoryTypeBits == 0)
@@ -989,6 +1031,7 @@ int puna_vk_submit(puna_vk *vk) {
     CHECK(vk, vk->vkQueueSubmit(vk->queue, 1, &si, vk->fence), "vkQueueSubmit");
     VkResult r = vk->vkWaitForFences(vk->device, 1, &vk->fence, VK_TRUE, vk->timeout_ns);
     if (r == VK_TIMEOUT) {
+        mark_hung(vk);
         set_error(vk, "the GPU did not finish within %.0f s (driver hang? raise PUNA_VK_TIMEOUT_S)", vk->timeout_ns / 1e9);
         return -1;
     }

@@ -194,6 +194,18 @@ final class VulkanBackend {
     let ropeTable: puna_vk_buffer    // host: (cos, sin) per token and pair
     let readback: puna_vk_buffer     // host: logits (or the residual stream) out
 
+    /// Unmerged LoRA on the GPU: each adapter pair's factors, uploaded the first time the active
+    /// set uses them. A is rank x in; B is out x rank with its rows in the base matrix's order (the
+    /// Q/K rotary reordering applied once here) and the rank padded with zeros to a multiple of 8.
+    struct LoRAPair {
+        let weights: LoRAWeights     // held, so the identifier below cannot be reused
+        let a: VulkanMatrix
+        let b: VulkanMatrix
+    }
+    var loraPairs: [ObjectIdentifier: LoRAPair] = [:]
+    var loraScratch: puna_vk_buffer? = nil    // A·x of a batch
+    var loraScratchFloats = 0
+
     init(model m: LlamaModel, options: VulkanOptions) throws(PunaError) {
         let c = m.config
         let e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength, vocab = c.vocabSize
@@ -260,6 +272,73 @@ final class VulkanBackend {
         description = d
     }
 
+    /// Uploads the factors of every active pair that updates a GPU matrix (before recording: an
+    /// upload may run a transfer) and sizes the scratch for A·x.
+    private func prepareAdapters(_ m: LlamaModel, _ adapters: AdapterSet, tokens: Int) throws(PunaError) {
+        var targets: [Linear] = []
+        for l in m.layers.prefix(gpuLayerCount) { targets += [l.q, l.k, l.v, l.o, l.gate, l.up, l.down] }
+        if output != nil { targets.append(m.output) }
+        var widest = 0
+        for target in targets {
+            for (w, _) in adapters.parts(for: target.name) where w.kind == .linear {
+                let pair = try loraPair(w)
+                widest = max(widest, pair.a.rows)
+            }
+        }
+        if widest * maxBatch > loraScratchFloats {
+            if let old = loraScratch { puna_vk_free(context.vk, old) }
+            loraScratch = nil
+            loraScratch = try context.alloc(widest * maxBatch * 4, dedicated: true, "LoRA scratch")
+            loraScratchFloats = widest * maxBatch
+        }
+    }
+
+    private func loraPair(_ w: LoRAWeights) throws(PunaError) -> LoRAPair {
+        if let p = loraPairs[ObjectIdentifier(w)] { return p }
+        let rank = w.rank, padded = (rank + 7) / 8 * 8
+        let inputs = w.a.cols, outputs = w.b.rows
+        guard w.a.rows == rank, w.b.cols == rank, inputs % 8 == 0 else {
+            throw PunaError("vulkan: LoRA pair \(w.sourceA) has shapes the GPU path cannot take")
+        }
+        var a = [Float](repeating: 0, count: padded * inputs)
+        a.withUnsafeMutableBufferPointer { p in for r in 0..<rank { w.a.decodeRow(r, into: p.baseAddress! + r * inputs) } }
+        var b = [Float](repeating: 0, count: outputs * padded)
+        let row = Buffer(rank)
+        for i in 0..<outputs {
+            w.b.decodeRow(i, into: row.p)
+            let dest = w.outputRows?[i] ?? i
+            for k in 0..<rank { b[dest * padded + k] = row.p[k] }
+        }
+        // F16 factors stay F16 (exactly); anything else goes up as F32.
+        let type: GGMLType = w.a.type == .f16 && w.b.type == .f16 ? .f16 : .f32
+        let pair = LoRAPair(weights: w, a: try uploadFloats(a, type, rows: padded, cols: inputs, w.sourceA),
+                            b: try uploadFloats(b, type, rows: outputs, cols: padded, w.sourceB))
+        loraPairs[ObjectIdentifier(w)] = pair
+        return pair
+    }
+
+    private func uploadFloats(_ values: [Float], _ type: GGMLType, rows: Int, cols: Int, _ what: String) throws(PunaError) -> VulkanMatrix {
+        let bytes: [UInt8]
+        if type == .f16 {
+            bytes = try GGMLType.f16.encode(values)
+        } else {
+            bytes = values.withUnsafeBytes { Array($0) }
+        }
+        var b = puna_vk_buffer()
+        var gpuType: Int32 = 0, zeroCopy: Int32 = 0
+        let rc = bytes.withUnsafeBytes {
+            puna_vk_upload_matrix(context.vk, Int32(type.rawValue), $0.baseAddress, Int64(rows), Int64(cols), &b, &gpuType, &zeroCopy)
+        }
+        guard rc == 0 else { throw context.fail("uploading \(what)") }
+        return VulkanMatrix(buffer: b, type: gpuType, rows: rows, cols: cols)
+    }
+
+    deinit {
+        // Submissions are waited for, so nothing runs now, unless one timed out: then the device
+        // may still read the weights, and the file mapping must outlive this process's use of it.
+        if puna_vk_hung(context.vk) != 0 { _ = Unmanaged.passRetained(file) }
+    }
+
     /// The GPU half of a KV cache, made (or remade) to match `cache`.
     func deviceCache(for cache: KVCache) throws(PunaError) -> VulkanKVCache {
         let f16 = cache.type == .f16
@@ -312,6 +391,9 @@ final class VulkanBackend {
 
         let embeddings = context.hostFloats(input)
         for (t, token) in tokens.enumerated() { m.tokenEmbedding.decodeRow(Int(token), into: embeddings + t * e) }
+        m.addEmbeddingAdapterDeltas(tokens, into: embeddings, adapters: nil)   // embedding LoRA, on the CPU
+        let adapters = m.activeAdapters
+        if !adapters.isEmpty { try prepareAdapters(m, adapters, tokens: n) }
         if let factors = m.ropeFactors {
             factors.withUnsafeBufferPointer { puna_vk_rope_table(context.hostFloats(ropeTable), Int32(n), Int32(pos0), Int32(c.ropeDimensionCount), c.ropeFreqBase, $0.baseAddress) }
         } else {
@@ -322,33 +404,52 @@ final class VulkanBackend {
             puna_vk_matmul(vk, w.type, w.buffer, UInt32(w.rows), UInt32(w.cols), input, UInt32(inputOffset), out, 0,
                            UInt32(tokens), 1, accumulate ? 1 : 0)
         }
+        // out += s·B(A·input) for every pair of the active adapters that updates `target`.
+        func lora(_ target: Linear, _ input: puna_vk_buffer, _ out: puna_vk_buffer, tokens: Int) {
+            guard !adapters.isEmpty, let scratch = loraScratch else { return }
+            for (w, scale) in adapters.parts(for: target.name) where w.kind == .linear {
+                guard let pair = loraPairs[ObjectIdentifier(w)] else { continue }
+                mm(pair.a, input, 0, scratch, tokens: tokens, accumulate: false)
+                puna_vk_matmul(vk, pair.b.type, pair.b.buffer, UInt32(pair.b.rows), UInt32(pair.b.cols), scratch, 0, out, 0,
+                               UInt32(tokens), scale, 1)
+            }
+        }
 
         guard puna_vk_begin(vk) == 0 else { throw context.fail("begin") }
         puna_vk_copy(vk, input, 0, x, 0, UInt64(n * e * 4))
         for (l, layer) in layers.enumerated() {
+            let cpuLayer = m.layers[l]
             // attention
             puna_vk_rmsnorm(vk, layer.attentionNorm, x, 0, xb, 0, UInt32(e), UInt32(n), eps)
             mm(layer.q, xb, 0, q, tokens: n, accumulate: false)
+            lora(cpuLayer.q, xb, q, tokens: n)
             mm(layer.k, xb, 0, k, tokens: n, accumulate: false)
+            lora(cpuLayer.k, xb, k, tokens: n)
             mm(layer.v, xb, 0, v, tokens: n, accumulate: false)
+            lora(cpuLayer.v, xb, v, tokens: n)
             puna_vk_rope(vk, ropeTable, q, UInt32(n), UInt32(c.headCount), UInt32(hd), UInt32(pairs))
             puna_vk_rope(vk, ropeTable, k, UInt32(n), UInt32(c.headCountKV), UInt32(hd), UInt32(pairs))
             puna_vk_kv_store(vk, k, v, kv.keys[l], kv.values[l], UInt32(n), UInt32(kvd), UInt32(pos0), f16)
             puna_vk_attention(vk, q, kv.keys[l], kv.values[l], att, UInt32(n), UInt32(pos0), UInt32(c.headCount),
                               UInt32(c.headCountKV), UInt32(hd), f16)
             mm(layer.o, att, 0, x, tokens: n, accumulate: true)   // x += o(att)
+            lora(cpuLayer.o, att, x, tokens: n)
             // feed-forward (SwiGLU)
             puna_vk_rmsnorm(vk, layer.ffnNorm, x, 0, xb, 0, UInt32(e), UInt32(n), eps)
             mm(layer.gate, xb, 0, gate, tokens: n, accumulate: false)
+            lora(cpuLayer.gate, xb, gate, tokens: n)
             mm(layer.up, xb, 0, up, tokens: n, accumulate: false)
+            lora(cpuLayer.up, xb, up, tokens: n)
             puna_vk_swiglu(vk, gate, up, UInt32(n * ff))
             mm(layer.down, gate, 0, x, tokens: n, accumulate: true)   // x += down(…)
+            lora(cpuLayer.down, gate, x, tokens: n)
         }
         let first = allLogits ? 0 : n - 1
         if let output, let outputNorm {
             if logits != nil {
                 puna_vk_rmsnorm(vk, outputNorm, x, UInt32(first * e), xb, 0, UInt32(e), UInt32(n - first), eps)
                 mm(output, xb, 0, self.logits, tokens: n - first, accumulate: false)
+                lora(m.output, xb, self.logits, tokens: n - first)
                 puna_vk_copy(vk, self.logits, 0, readback, 0, UInt64((n - first) * vocab * 4))
             }
         } else {

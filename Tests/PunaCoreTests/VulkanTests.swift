@@ -237,6 +237,97 @@ final class VulkanTests: XCTestCase {
         XCTAssertEqual(a, b, "imported and copied weights give different logits")
     }
 
+    // MARK: - LoRA
+
+    /// Unmerged adapters on the GPU (PEFT folders and GGUF LoRAs; rank 4 to 16; f32, bf16 and f16
+    /// factors; rsLoRA; one on the output head and the embeddings; two at once; on quantized bases)
+    /// equal the CPU with the same adapters and PEFT's reference; switching adapters off and
+    /// re-scaling them needs no new upload.
+    func testUnmergedAdaptersMatchCPUAndPEFTInBothTiers() throws {
+        let device = try requireDevice()
+        let dir = Fixtures.root.appendingPathComponent("lora")
+        let manifest = try Fixtures.json(dir.appendingPathComponent("manifest.json"))
+        let tokens = try XCTUnwrap(manifest["tokens"] as? [Int]).map { Int32($0) }
+        func p(_ relative: String) -> String { dir.appendingPathComponent(relative).standardized.path }
+        struct Case { let name: String; let base: String; let adapters: [(String, Float)]; let reference: String; let tolerance: Float }
+        var cases: [Case] = []
+        for a in try XCTUnwrap(manifest["adapters"] as? [[String: Any]]) {
+            let name = a["name"] as! String, base = a["base"] as! String, reference = a["peft_logits"] as! String
+            cases.append(Case(name: name + " (PEFT)", base: base, adapters: [(a["peft_folder"] as! String, 1)], reference: reference, tolerance: 1e-3))
+            if let gguf = a["gguf"] as? String {
+                cases.append(Case(name: name + " (GGUF)", base: base, adapters: [(gguf, 1)], reference: reference, tolerance: 1e-3))
+            }
+        }
+        for pair in (manifest["pairs"] as? [[String: Any]]) ?? [] {
+            let list = (pair["adapters"] as! [[String: Any]]).map { ($0["adapter"] as! String, Float($0["scale"] as! Double)) }
+            cases.append(Case(name: pair["name"] as! String, base: pair["base"] as! String, adapters: list,
+                              reference: pair["peft_logits"] as! String, tolerance: 1e-3))
+        }
+        for q in (manifest["quantized"] as? [[String: Any]]) ?? [] {
+            cases.append(Case(name: "\(q["adapter"]!) on \(q["type"]!)", base: q["base"] as! String, adapters: [(q["adapter"] as! String, 1)],
+                              reference: q["peft_logits"] as! String, tolerance: 3e-2))
+        }
+        XCTAssertGreaterThanOrEqual(cases.count, 10)
+        var report: [String] = []
+        for c in cases {
+            func load(_ model: LlamaModel) throws {
+                var set = AdapterSet()
+                for (source, scale) in c.adapters { set.entries.append((try LoRAAdapter.load(path: p(source), for: model), scale)) }
+                model.activeAdapters = set
+            }
+            let expected = try Fixtures.floats(dir.appendingPathComponent(c.reference))
+            let cpu = try LlamaModel(path: p(c.base), options: ModelOptions(threads: 2))
+            let cpuBase = try cpuLogits(cpu, tokens, cacheType: .f32)
+            try load(cpu)
+            let cpuAdapted = try cpuLogits(cpu, tokens, cacheType: .f32)
+            for tier in Tier.allCases {
+                let gpu = try LlamaModel(path: p(c.base), options: ModelOptions(threads: 2))
+                try load(gpu)
+                try useGPU(gpu, tier, device: device)
+                let logits = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: .f32), allLogits: true)
+                let vsCPU = relative(logits, cpuAdapted, scale: cpuAdapted)
+                let vsPEFT = relative(logits, expected, scale: expected)
+                report.append("\(c.name) \(tier.rawValue): vs CPU \(vsCPU), vs PEFT \(vsPEFT)")
+                XCTAssertLessThanOrEqual(vsCPU, c.tolerance, "\(c.name) \(tier)")
+                XCTAssertLessThanOrEqual(vsPEFT, c.tolerance, "\(c.name) \(tier)")
+                if tier == .baseline {
+                    let active = gpu.activeAdapters
+                    gpu.activeAdapters = .none
+                    let off = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: .f32), allLogits: true)
+                    XCTAssertLessThanOrEqual(relative(off, cpuBase, scale: cpuBase), c.tolerance, "\(c.name) switched off")
+                    gpu.activeAdapters = active
+                    let again = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: .f32), allLogits: true)
+                    XCTAssertEqual(again, logits, "\(c.name) switched back on")
+                }
+            }
+        }
+        print("Vulkan with unmerged LoRA, max|diff|/max|logit|:\n" + report.joined(separator: "\n"))
+    }
+
+    func testGreedyGenerationWithAdapterMatchesCPU() throws {
+        let device = try requireDevice()
+        let dir = Fixtures.root.appendingPathComponent("lora")
+        let manifest = try Fixtures.json(dir.appendingPathComponent("manifest.json"))
+        let entry = try XCTUnwrap((manifest["adapters"] as? [[String: Any]])?.first { $0["name"] as? String == "mha-all" })
+        let expected = try XCTUnwrap((entry["greedy"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
+        let prompt = try XCTUnwrap((Fixtures.manifest()["greedy"] as? [String: Any])?["prompt_tokens"] as? [Int]).map { Int32($0) }
+        let base = dir.appendingPathComponent(entry["base"] as! String).standardized.path
+        let folder = dir.appendingPathComponent(entry["peft_folder"] as! String).path
+        let cpu = try LlamaModel(path: base, options: ModelOptions(threads: 2))
+        cpu.activeAdapters = AdapterSet([(try LoRAAdapter.load(path: folder, for: cpu), 1)])
+        puna_kernels_set_reference_only(1)
+        let cpuTokens = try greedyTokens(cpu, prompt: prompt, count: 32)
+        puna_kernels_set_reference_only(0)
+        for tier in Tier.allCases {
+            let gpu = try LlamaModel(path: base, options: ModelOptions(threads: 2))
+            gpu.activeAdapters = AdapterSet([(try LoRAAdapter.load(path: folder, for: gpu), 1)])
+            try useGPU(gpu, tier, device: device)
+            let tokens = try greedyTokens(gpu, prompt: prompt, count: 32)
+            XCTAssertEqual(tokens, cpuTokens, "\(tier)")
+            XCTAssertEqual(tokens, expected, "\(tier) vs PEFT's greedy tokens")
+        }
+    }
+
     // MARK: - CLI
 
     func testCLIBackendFlagsDevicesAndFallback() throws {
@@ -285,6 +376,15 @@ final class VulkanTests: XCTestCase {
             XCTAssertEqual(status, 1, err)
             XCTAssertTrue(err.contains(message), "\(args): \(err)")
         }
+
+        // A submission that outlives PUNA_VK_TIMEOUT_S is an error naming the variable, not a hang
+        // and not a crash while the device may still be reading the weights.
+        setenv("PUNA_VK_TIMEOUT_S", "0.000001", 1)
+        let (timeoutStatus, _, timeoutErr) = try Fixtures.runPuna(["logits", "-m", path("tiny-gqa-q8_0.gguf"), "--tokens",
+                                                                   "1,2,3,4,5,6,7,8", "--backend", "vulkan"])
+        unsetenv("PUNA_VK_TIMEOUT_S")
+        XCTAssertEqual(timeoutStatus, 1, timeoutErr)
+        XCTAssertTrue(timeoutErr.contains("PUNA_VK_TIMEOUT_S"), timeoutErr)
 
         // No driver to be found: the CPU runs it, and says why.
         setenv("VK_ICD_FILENAMES", "/nonexistent/puna-no-driver.json", 1)

@@ -73,6 +73,10 @@ const puna_vk_device_info *puna_vk_info(const puna_vk *vk);
 int puna_vk_tier(const puna_vk *vk);
 // The first error since creation ("" when none). Ops record errors here; submit returns them.
 const char *puna_vk_error(const puna_vk *vk);
+// 1 after a submission outlived the timeout. The device may still read the buffers then, so
+// destroy leaves its Vulkan objects alone and callers must keep imported host memory mapped; and
+// the process, when it exits, exits with status 1 before library destructors run.
+int puna_vk_hung(const puna_vk *vk);
 
 // ---- memory ------------------------------------------------------------------------------------
 // A range of one of the context's Vulkan buffers.
@@ -118,7 +122,7 @@ uint64_t puna_vk_max_binding_bytes(const puna_vk *vk);
 
 // ---- recording ---------------------------------------------------------------------------------
 // All ops between begin and submit go into one command buffer with a barrier after each; submit
-// sends it and waits (PUNA_VK_TIMEOUT_S seconds, default 120, so a hung driver becomes an error).
+// sends it and waits (PUNA_VK_TIMEOUT_S seconds, default 600, so a hung driver becomes an error).
 // Offsets and strides are in floats. Returns 0, or -1 with puna_vk_error set.
 int puna_vk_begin(puna_vk *vk);
 int puna_vk_submit(puna_vk *vk);
