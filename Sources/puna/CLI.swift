@@ -62,5 +62,6 @@ func runCLI(_ arguments: [String]) -> Int32 {
 public func punaMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> Int32 {
     var args: [String] = []
     for i in 1..<max(Int(argc), 1) { if let p = argv[i] { args.append(String(cString: p)) } }
+    if argc > 0, let p = argv[0] { DemoModel.executablePath = String(cString: p) }  // where to look for models/demo
     return runCLI(args)
 }

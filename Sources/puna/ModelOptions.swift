@@ -3,7 +3,7 @@ import PunaCore
 
 /// Flags shared by the commands that load a model.
 enum CommonFlags {
-    static let model = FlagSpec(names: ["-m", "--model"], value: "FILE", help: "GGUF model file")
+    static let model = FlagSpec(names: ["-m", "--model"], value: "FILE", help: "GGUF model file (run, chat: default the bundled demo, models/demo)")
     static let threads = FlagSpec(names: ["-t", "--threads"], value: "N", help: "threads (default: one per CPU)")
     static let context = FlagSpec(names: ["-c", "--ctx-size"], value: "N", help: "context length (default: the model's, at most 4096)")
     static let batch = FlagSpec(names: ["-b", "--batch-size"], value: "N", help: "prompt tokens per matrix step (default 256)")
@@ -35,6 +35,7 @@ enum CommonFlags {
     ]
 
     static func loadModel(_ args: ParsedArguments) throws(PunaError) -> (LlamaModel, Int64) {
+        let args = try DemoModel.resolve(args)  // run/chat without -m, and --lora demo: the bundled demo
         let path = try args.require("-m")
         let board = try boardProfile(args)
         if let board {
@@ -103,7 +104,8 @@ enum CommonFlags {
     }
 
     static func template(_ args: ParsedArguments) throws(PunaError) -> PromptTemplate {
-        let name = args.string("--template") ?? "raw"
+        // Chat on the demo base (no -m) talks in the format its adapter was trained on.
+        let name = args.string("--template") ?? (args.command == "chat" && DemoModel.isDefault(for: args) ? "guanaco" : "raw")
         guard let t = PromptTemplate(name: name) else {
             throw PunaError("flag --template: unknown template '\(name)' (choose from \(PromptTemplate.names.joined(separator: ", ")))")
         }
