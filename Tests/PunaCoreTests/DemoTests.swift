@@ -120,6 +120,49 @@ final class DemoTests: XCTestCase {
         XCTAssertEqual(out, reply + "\n")
     }
 
+    /// README's first command, as written there (minus `swift build`), run with the test build's puna.
+    func testReadmeQuickStartRunsTheDemo() throws {
+        let readme = try String(contentsOf: DemoTests.demo.deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("README.md"), encoding: .utf8)
+        let line = try XCTUnwrap(readme.split(separator: "\n").first { $0.hasPrefix("swift build -c release && ") })
+        let commands = line.components(separatedBy: " && ").dropFirst()
+        XCTAssertEqual(commands.count, 2, String(line))
+        var finishes: [String] = []
+        for command in commands {
+            let words = DemoTests.shellWords(command)
+            XCTAssertEqual(words.first, ".build/release/puna", command)
+            XCTAssertFalse(words.contains("-m"), "the quick start shows the default model: \(command)")
+            let (status, out, err) = try Fixtures.runPuna(Array(words.dropFirst()))
+            XCTAssertEqual(status, 0, err)
+            XCTAssertGreaterThanOrEqual(DemoTests.words(out).count, 3, out)
+            finishes.append(err.range(of: #"stop: \w+"#, options: .regularExpression).map { String(err[$0]) } ?? "")
+        }
+        // The base runs to the token limit; with the adapter the answer ends by itself.
+        XCTAssertEqual(finishes, ["stop: length", "stop: eos"])
+    }
+
+    /// Words of a POSIX shell command line with plain '…' and "…" quoting (enough for README's lines).
+    static func shellWords(_ line: String) -> [String] {
+        var words: [String] = [], current = "", quote: Character? = nil, inWord = false
+        for c in line {
+            if let q = quote {
+                if c == q { quote = nil } else { current.append(c) }
+            } else if c == "'" || c == "\"" {
+                quote = c
+                inWord = true
+            } else if c == " " {
+                if inWord { words.append(current) }
+                current = ""
+                inWord = false
+            } else {
+                current.append(c)
+                inWord = true
+            }
+        }
+        if inWord { words.append(current) }
+        return words
+    }
+
     func testMissingDemoIsAClearError() throws {
         // A copy of the binary away from the checkout, run from an empty folder: nothing to find.
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("puna-demo-missing-\(getpid())")
