@@ -128,8 +128,8 @@ public final class LlamaModel {
             throw PunaError("cannot start \(threads) worker threads")
         }
         self.pool = pool
-        // Weights are read front to back once per token: ask the kernel to read ahead.
-        gguf.file.advise(offset: gguf.dataOffset, count: gguf.tensorBytes, .willNeed)
+        // Weights are read front to back once per token: ask the kernel to read ahead (MemoryEstimate.swift).
+        adviseForLoading()
     }
 
     deinit { puna_pool_destroy(pool) }

@@ -1,5 +1,16 @@
+import CPuna
+
 /// What running a model will cost in memory, broken down so a refusal can say what to change.
-/// Shared by `puna info --ctx N` and the start of every run.
+/// Shared by `puna info --ctx N` and the start of every run (which refuses before loading when the
+/// total exceeds the budget).
+///
+/// Every item follows what the code really allocates (Llama.swift `forward`, KVCache, the thread
+/// pool's buffers in ops.c/threadpool.c, LoRA.swift, Merge.swift); the only approximations are the
+/// Swift-side tables (tokenizer, GGUF metadata) and the program itself, measured on x86_64 Linux.
+/// The KV cache is counted full: its pages are touched as positions fill, so a run that stops
+/// early uses less. The model file is counted whole: its pages are clean and file-backed (the
+/// kernel may drop and re-read them), but a run whose working set does not fit re-reads weights
+/// from disk on every token, so they belong in the budget.
 public struct MemoryEstimate {
     public struct Item {
         /// Machine-readable name (JSON key).
@@ -17,27 +28,461 @@ public struct MemoryEstimate {
 
     public mutating func add(_ key: String, _ name: String, _ bytes: Int) { items.append(Item(key: key, name: name, bytes: bytes)) }
 
+    /// Bytes of the items with this key (0 when absent).
+    public func bytes(_ key: String) -> Int { items.reduce(0) { $0 + ($1.key == key ? $1.bytes : 0) } }
+
     /// Bytes of one K or V cache entry per element for a cache type.
     public static func cacheBytesPerElement(_ type: GGMLType) -> Double {
         Double(type.bytesPerBlock) / Double(max(type.blockSize, 1))
     }
 
-    /// Estimate for a LLaMA model: mapped weights, KV cache of `context` positions, activations for
-    /// a prompt batch of `batch` tokens, and per-thread buffers.
+    // MARK: what a run is set up to do
+
+    /// Everything besides the model file that the memory of a run depends on.
+    public struct Settings {
+        /// KV cache positions.
+        public var context: Int
+        public var keyType: GGMLType
+        public var valueType: GGMLType
+        /// Prompt tokens per forward step (ModelOptions.batchSize).
+        public var batch: Int
+        /// Threads of the pool, the caller included.
+        public var threads: Int
+        /// Sequences with a KV cache each (`puna batch --parallel`).
+        public var sequences: Int
+        /// Rows of logits one evaluation returns (1, or the whole batch for perplexity/logits).
+        public var logitRows: Int
+        /// LoRA adapters to load.
+        public var adapters: [AdapterFootprint]
+        /// Fold the adapters into the weights at load (`--merge-lora`) instead of applying them per token.
+        public var mergeAdapters: Bool
+
+        public init(context: Int, keyType: GGMLType = .f16, valueType: GGMLType? = nil, batch: Int = 256, threads: Int = 1,
+                    sequences: Int = 1, logitRows: Int = 1, adapters: [AdapterFootprint] = [], mergeAdapters: Bool = false) {
+            self.context = context
+            self.keyType = keyType
+            self.valueType = valueType ?? keyType
+            self.batch = batch
+            self.threads = threads
+            self.sequences = sequences
+            self.logitRows = logitRows
+            self.adapters = adapters
+            self.mergeAdapters = mergeAdapters
+        }
+    }
+
+    /// What a LoRA adapter adds: its factors stay in the mapped adapter file.
+    public struct AdapterFootprint {
+        public var name: String
+        /// Bytes of the A and B tensors (read through the mapping on every token).
+        public var mappedBytes: Int
+        /// Largest rank of its pairs.
+        public var rank: Int
+        /// GGUF names of the base tensors it updates.
+        public var targets: [String]
+        /// PEFT adapters keep a row-order table for the Q and K outputs (LoRAWeights.outputRows).
+        public var reordersRotaryRows: Bool
+        /// Type of the A and B factors (F32, F16 or BF16).
+        public var factorType: GGMLType
+
+        public init(name: String, mappedBytes: Int, rank: Int, targets: [String], reordersRotaryRows: Bool, factorType: GGMLType = .f16) {
+            self.name = name
+            self.mappedBytes = mappedBytes
+            self.rank = rank
+            self.targets = targets
+            self.reordersRotaryRows = reordersRotaryRows
+            self.factorType = factorType
+        }
+
+        public init(_ adapter: LoRAAdapter) {
+            self.init(name: adapter.name, mappedBytes: adapter.tensorBytes, rank: adapter.rank, targets: adapter.targets,
+                      reordersRotaryRows: adapter.format == .peft, factorType: adapter.weights.values.first?.a.type ?? .f16)
+        }
+    }
+
+    /// One weight matrix as the estimate needs it.
+    struct Matrix {
+        let name: String
+        let type: GGMLType
+        let rows: Int
+        let cols: Int
+        let bytes: Int
+    }
+
+    // MARK: entry points
+
+    /// Estimate for a model file before loading it: `gguf` only has its header parsed.
+    public static func llama(gguf: GGUFFile, config: LlamaConfig, settings: Settings) -> MemoryEstimate {
+        var matrices: [String: Matrix] = [:]
+        for t in gguf.tensors where t.shape.count >= 2 {
+            matrices[t.name] = Matrix(name: t.name, type: t.type, rows: t.rowCount, cols: t.rowLength, bytes: t.byteCount)
+        }
+        if matrices["output.weight"] == nil, let embedding = matrices["token_embd.weight"] {
+            // Tied: the output head reads the embedding's bytes.
+            matrices["output.weight"] = Matrix(name: "output.weight", type: embedding.type, rows: embedding.rows,
+                                               cols: embedding.cols, bytes: embedding.bytes)
+        }
+        return llama(config: config, fileBytes: gguf.file.count, matrices: matrices, settings: settings)
+    }
+
+    /// Estimate for a model file whose tensors are all of one type `weightType` (when only the
+    /// hyperparameters are known).
+    public static func llama(config c: LlamaConfig, weightBytes: Int, weightType: GGMLType = .q8_0, settings: Settings) -> MemoryEstimate {
+        var matrices: [String: Matrix] = [:]
+        func add(_ name: String, _ rows: Int, _ cols: Int) {
+            matrices[name] = Matrix(name: name, type: weightType, rows: rows, cols: cols, bytes: weightType.rowBytes(cols).map { $0 * rows } ?? 0)
+        }
+        let e = c.embeddingLength, kv = c.kvDimension, ff = c.feedForwardLength
+        add("token_embd.weight", c.vocabSize, e)
+        add("output.weight", c.vocabSize, e)
+        for l in 0..<c.blockCount {
+            let p = "blk.\(l)."
+            add(p + "attn_q.weight", e, e); add(p + "attn_k.weight", kv, e); add(p + "attn_v.weight", kv, e)
+            add(p + "attn_output.weight", e, e); add(p + "ffn_gate.weight", ff, e); add(p + "ffn_up.weight", ff, e)
+            add(p + "ffn_down.weight", e, ff)
+        }
+        return llama(config: c, fileBytes: weightBytes, matrices: matrices, settings: settings)
+    }
+
+    /// The original signature: mapped weights, KV cache of `context` positions, activations for a
+    /// prompt batch of `batch` tokens, and per-thread buffers (tensor types unknown: q8_0 assumed).
     public static func llama(config c: LlamaConfig, weightBytes: Int, context: Int, cacheType: GGMLType = .f16,
                              batch: Int = 512, threads: Int = 4) -> MemoryEstimate {
+        llama(config: c, weightBytes: weightBytes, settings: Settings(context: context, keyType: cacheType, batch: batch, threads: threads))
+    }
+
+    // MARK: the model
+
+    /// Bytes of the program itself (code and data of puna, the Swift runtime and libc, as resident
+    /// after start-up; measured) and of each thread's stack as used.
+    static let programBytes = 10 << 20
+    static let stackBytesPerThread = 128 << 10
+    /// Tokenizer tables and the GGUF metadata kept with the model, per vocabulary entry (measured:
+    /// about 210 bytes with LLaMA's 32000 pieces), and the sampler's per-entry arrays.
+    static let tokenizerBytesPerEntry = 224
+    static let samplerBytesPerEntry = 40
+
+    static func llama(config c: LlamaConfig, fileBytes: Int, matrices: [String: Matrix], settings s: Settings) -> MemoryEstimate {
         var e = MemoryEstimate()
-        e.add("weights", "weights (memory-mapped)", weightBytes)
-        let kvElements = 2 * c.blockCount * context * c.kvDimension
-        e.add("kv_cache", "KV cache (\(cacheType.name), \(context) positions)", Int(Double(kvElements) * cacheBytesPerElement(cacheType)))
-        let b = min(batch, context)
-        // Per token of a batch: residual, normed input, attention output, q, k, v, two FFN halves.
-        let perToken = 3 * c.embeddingLength + c.embeddingLength + 2 * c.kvDimension + 2 * c.feedForwardLength
-        let activations = 4 * (b * perToken + b * c.vocabSize)  // logits of every batch position
-        e.add("activations", "activations (batch \(b))", activations)
-        let widest = max(c.embeddingLength, c.feedForwardLength, c.vocabSize)
-        e.add("thread_buffers", "thread buffers (\(threads) threads)", 4 * threads * (widest + context * 2))
+        // (A context of 0: not known yet, the batch is the bound.)
+        let n = max(1, s.context > 0 ? min(s.batch, s.context) : s.batch)
+        // evaluate returns the logits of every token it was given (or of the last): up to the
+        // context; the output matrix sees at most one step's worth at a time.
+        let allLogitRows = max(1, min(s.logitRows, max(s.context, 1)))
+        let logitRows = min(allLogitRows, n)
+        let threads = max(1, s.threads)
+        let embd = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength, vocab = c.vocabSize
+
+        // Which matrices the adapters touch, and what merging them costs.
+        var adapterTargets: [String: Int] = [:]   // target → sum of ranks
+        for a in s.adapters { for t in a.targets { adapterTargets[t, default: 0] += a.rank } }
+        var mergedBytes = 0, mergedCount = 0, mergeWork = 0
+        if s.mergeAdapters {
+            for (target, k) in adapterTargets {
+                guard let m = matrices[target] else { continue }
+                mergedBytes += m.bytes
+                mergedCount += 1
+                // Merge.swift: ΔW's two f32 factors, and transcodeRows' buffers for ~2^18 weights.
+                let chunk = max(1, min(m.rows, (1 << 18) / max(m.cols, 1)))
+                let rowBytes = m.type.rowBytes(m.cols) ?? m.cols * 4
+                let work = 4 * (m.rows + m.cols) * k + 4 * (2 * chunk * m.cols + m.cols) + chunk * rowBytes
+                mergeWork = max(mergeWork, work)
+            }
+        }
+
+        // 1. weights
+        if mergedCount > 0 {
+            e.add("weights", "model file, memory-mapped (file-backed), less the \(mergedCount) merged tensors", fileBytes - mergedBytes)
+            e.add("merged_weights", "merged tensors (owned copies, \(mergedCount) matrices)", mergedBytes)
+            e.add("merge_work", "merge work buffers (at load)", mergeWork)
+        } else {
+            e.add("weights", "model file, memory-mapped (file-backed)", fileBytes)
+        }
+        if !s.mergeAdapters {
+            for a in s.adapters {
+                var tables = 0
+                if a.reordersRotaryRows {
+                    for t in a.targets where t.hasSuffix(".attn_q.weight") || t.hasSuffix(".attn_k.weight") {
+                        tables += 8 * (matrices[t]?.rows ?? 0)
+                    }
+                }
+                e.add("adapters", "LoRA adapter \(a.name) (memory-mapped, rank \(a.rank), \(a.targets.count) matrices)", a.mappedBytes + tables)
+            }
+        }
+
+        // 2. KV cache: K and V rows of every layer for every position (KVCache).
+        let keyRow = s.keyType.rowBytes(kvd) ?? kvd * 2
+        let valueRow = s.valueType.rowBytes(kvd) ?? kvd * 2
+        let kvBytes = s.sequences * c.blockCount * s.context * (keyRow + valueRow)
+        let types = s.keyType == s.valueType ? s.keyType.name : "K \(s.keyType.name) + V \(s.valueType.name)"
+        let seqs = s.sequences > 1 ? ", \(s.sequences) sequences" : ""
+        e.add("kv_cache", "KV cache (\(types), \(s.context) positions\(seqs))", kvBytes)
+
+        // 3. activations of one forward step of n tokens: x, xb, q, att [n][embd]; k, v [n][kvd];
+        // gate, up [n][ff] (Llama.swift forward), the logits evaluate returns, and the adapters'
+        // A·x and B·(A·x) of the widest matrix they update (LoRA.swift).
+        var activations = 4 * n * (4 * embd + 2 * kvd + 2 * ff) + 4 * allLogitRows * vocab
+        if !s.mergeAdapters && !adapterTargets.isEmpty {
+            var widest = 0
+            for (target, k) in adapterTargets {
+                let rows = target == "token_embd.weight" ? embd : (matrices[target]?.rows ?? 0)
+                widest = max(widest, k + rows)
+            }
+            activations += 4 * n * widest + 12 * n * s.adapters.count
+        }
+        e.add("activations", "activations (batch \(n))", activations)
+
+        // 4. the thread pool's buffers, which grow to the largest request and stay: the quantized
+        // activations of one matmul (puna_pool_buffer), and per-thread scratch for attention scores
+        // (one float per position) or for rows the reference kernel decodes (puna_pool_scratch).
+        // Which kernel serves a type is this CPU's choice (ops.c dispatch).
+        var quantized = 0, scratchFloats = s.context
+        for m in matrices.values where m.name != "token_embd.weight" {
+            let tokens = m.name == "output.weight" ? logitRows : n
+            if usesReferenceKernel(m.type) {
+                if m.type != .f32 { scratchFloats = max(scratchFloats, referenceScratchFloats(cols: m.cols)) }
+            } else if let perToken = quantizedActivationBytes(type: m.type, cols: m.cols) {
+                quantized = max(quantized, perToken * tokens)
+            }
+        }
+        if !s.mergeAdapters {
+            // The factors: A (cols = the matrix's inputs) and B (cols = the rank).
+            for a in s.adapters where usesReferenceKernel(a.factorType) && a.factorType != .f32 {
+                for t in a.targets {
+                    if let m = matrices[t] { scratchFloats = max(scratchFloats, referenceScratchFloats(cols: max(m.cols, a.rank))) }
+                }
+            }
+        }
+        let quantizedBytes = quantized == 0 ? 0 : roundUp(max(quantized, 64), 4096)
+        let scratchBytes = 4 * threads * roundUp(max(scratchFloats, 16), 16)
+        e.add("thread_buffers", "thread pool buffers (\(threads) thread\(threads == 1 ? "" : "s"): quantized activations, scores)",
+              quantizedBytes + scratchBytes)
+
+        // 5. tables the model keeps in Swift: norm weights decoded to f32, RoPE factors, the
+        // tokenizer and GGUF metadata, the sampler's arrays.
+        let norms = 4 * ((2 * c.blockCount + 1) * embd + c.ropeDimensionCount / 2)
+        e.add("tables", "norms, tokenizer, sampler", norms + vocab * (tokenizerBytesPerEntry + samplerBytesPerEntry))
+
+        // 6. the program: code, libraries, thread stacks.
+        e.add("program", "program (code, libraries, \(threads) thread stack\(threads == 1 ? "" : "s"))",
+              programBytes + threads * stackBytesPerThread)
         return e
+    }
+
+    /// Bytes one token's activations take once quantized for a matmul against `type` weights
+    /// (ops.c make_act_layout: 8-bit blocks of 32 for the simple quants, of 256 for the K-quants,
+    /// each part padded to 64 bytes); nil for types multiplied with f32 activations.
+    static func quantizedActivationBytes(type: GGMLType, cols: Int) -> Int? {
+        switch type {
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0:
+            let groups = (cols / 32 + 3) / 4
+            return roundUp(groups * 128, 64) + groups * 64 + roundUp(groups * 64, 64)
+        case .q4_K, .q5_K, .q6_K:
+            let blocks = cols / 256
+            return roundUp(blocks * 256, 64) + roundUp(blocks * 4, 64) + roundUp(blocks * 32, 64)
+        default:
+            return nil
+        }
+    }
+
+    /// Whether puna_matmul multiplies `type` with the portable reference kernel on this CPU (it
+    /// decodes rows to f32 scratch) rather than a kernel family (which quantizes the activations).
+    static func usesReferenceKernel(_ type: GGMLType) -> Bool {
+        guard let name = puna_matmul_kernel_name(Int32(type.rawValue)) else { return true }
+        return String(cString: name) == "reference"
+    }
+
+    /// Floats per thread the reference matmul decodes rows into (ops.c: about 256 KiB of rows,
+    /// at most 32, a multiple of 4).
+    static func referenceScratchFloats(cols: Int) -> Int {
+        var group = min((256 * 1024) / max(cols * 4, 1), 32)
+        group -= group % 4
+        return max(group, 4) * cols
+    }
+
+    static func roundUp(_ n: Int, _ multiple: Int) -> Int { (n + multiple - 1) / multiple * multiple }
+
+    // MARK: budget
+
+    /// Parse a memory size: bytes, or a number with a binary suffix K, M, G, T (also KiB, MB, …:
+    /// all binary), e.g. "4.5G", "4500M", "4718592K". nil when it is not a size.
+    public static func parseSize(_ text: String) -> Int? {
+        var whole = 0.0, fraction = 0.0, scale = 1.0, sawDigit = false, inFraction = false
+        var bytes = Array(text.utf8)[...]
+        while let b = bytes.first, (b >= 48 && b <= 57) || (b == 46 && !inFraction) {
+            if b == 46 {
+                inFraction = true
+            } else {
+                sawDigit = true
+                let d = Double(b - 48)
+                if inFraction { scale /= 10; fraction += d * scale } else { whole = whole * 10 + d }
+            }
+            bytes = bytes.dropFirst()
+        }
+        guard sawDigit else { return nil }
+        // The unit, ASCII case-folded (no Unicode tables in the Embedded build).
+        var unit = bytes.map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 }
+        if unit.count >= 2 && unit.suffix(2) == [73, 66] { unit.removeLast(2) }       // "IB"
+        else if unit.last == 66 { unit.removeLast() }                                // "B"
+        let multiplier: Double
+        switch unit {
+        case []: multiplier = 1
+        case [75]: multiplier = 1024                                                 // K
+        case [77]: multiplier = 1024 * 1024                                          // M
+        case [71]: multiplier = 1024 * 1024 * 1024                                   // G
+        case [84]: multiplier = 1024 * 1024 * 1024 * 1024                            // T
+        default: return nil
+        }
+        let value = (whole + fraction) * multiplier
+        guard value.isFinite, value < 9.0e18 else { return nil }
+        return Int(value)
+    }
+
+    /// Concrete changes that make a run fit in `budget` bytes: each line a flag change and the
+    /// total it gives. `estimate` recomputes the estimate for changed settings;
+    /// `cacheTypes` lists the KV cache types the build supports.
+    public static func advice(settings s: Settings, budget: Int, cacheTypes: [GGMLType],
+                              estimate: (Settings) -> MemoryEstimate) -> [String] {
+        var lines: [String] = []
+        func fits(_ t: Settings) -> Bool { estimate(t).totalBytes <= budget }
+        func total(_ t: Settings) -> String { formatBytes(estimate(t).totalBytes) }
+        /// Largest context that fits with settings `t` (nil when not even 16 positions do).
+        func largestContext(_ t: Settings) -> Int? {
+            var t = t
+            t.context = 16
+            guard fits(t) else { return nil }
+            var lo = 16, hi = s.context
+            while lo < hi {
+                let mid = (lo + hi + 1) / 2
+                t.context = mid
+                if fits(t) { lo = mid } else { hi = mid - 1 }
+            }
+            // A round number reads better than an exact one.
+            return lo >= 512 ? lo / 256 * 256 : lo
+        }
+
+        let base = estimate(s)
+        if let c = largestContext(s), c < s.context {
+            var t = s
+            t.context = c
+            lines.append("-c \(c): the largest context that fits (total \(total(t)))")
+        }
+        // A smaller cache type, smallest first.
+        let current = s.keyType.rowBytes(64).map { $0 + (s.valueType.rowBytes(64) ?? 0) } ?? 0
+        for type in cacheTypes.sorted(by: { ($0.rowBytes(64) ?? 0) < ($1.rowBytes(64) ?? 0) }) {
+            guard let row = type.rowBytes(64), 2 * row < current else { continue }
+            var t = s
+            t.keyType = type
+            t.valueType = type
+            let kv = estimate(t).bytes("kv_cache")
+            if fits(t) {
+                lines.append("-ctk \(type.name) -ctv \(type.name): KV cache \(formatBytes(kv)) instead of \(formatBytes(base.bytes("kv_cache"))) (total \(total(t)))")
+            } else if let c = largestContext(t), c < s.context {
+                t.context = c
+                lines.append("-ctk \(type.name) -ctv \(type.name) -c \(c): total \(total(t))")
+            }
+            break
+        }
+        if !s.adapters.isEmpty {
+            var t = s
+            t.mergeAdapters.toggle()
+            if estimate(t).totalBytes < base.totalBytes {
+                let change = s.mergeAdapters ? "without --merge-lora" : "--merge-lora"
+                let what = s.mergeAdapters ? "adapters applied per token from their mapped files" : "adapters folded into the weights"
+                if fits(t) {
+                    lines.append("\(change): \(what) (total \(total(t)))")
+                } else if let c = largestContext(t), c < s.context {
+                    t.context = c
+                    lines.append("\(change) -c \(c): \(what) (total \(total(t)))")
+                }
+            }
+        }
+        if s.batch > 32 {
+            var t = s
+            t.batch = 32
+            if fits(t) { lines.append("-b 32: smaller prompt steps (total \(total(t)))") }
+        }
+        if s.threads > 1 {
+            var t = s
+            t.threads = 1
+            if fits(t) { lines.append("-t 1: fewer thread buffers (total \(total(t)))") }
+        }
+        let fixed = base.bytes("weights") + base.bytes("merged_weights") + base.bytes("adapters")
+        if fixed > budget {
+            lines.append("the weights alone take \(formatBytes(fixed)): use a smaller quantization or a smaller model")
+        } else if lines.isEmpty {
+            lines.append("raise the budget (--mem) or free memory: nothing else makes this run fit")
+        }
+        return lines
+    }
+}
+
+extension LlamaModel {
+    /// Bytes of the weight matrices merged adapters have replaced with owned copies.
+    public var mergedWeightBytes: Int {
+        var bytes = 0
+        for m in namedMatrices where m.ownedWeights != nil { bytes += m.rowBytes * m.rows }
+        return bytes
+    }
+
+    /// The estimate for this loaded model with its adapters (active or merged), a KV cache of
+    /// `context` positions and the model's thread count and batch size.
+    public func memoryEstimate(context: Int, keyType: GGMLType = .f16, valueType: GGMLType? = nil,
+                               sequences: Int = 1, logitRows: Int = 1) -> MemoryEstimate {
+        var settings = MemoryEstimate.Settings(context: context, keyType: keyType, valueType: valueType, batch: batchSize,
+                                               threads: threads, sequences: sequences, logitRows: logitRows)
+        settings.adapters = activeAdapters.entries.map { MemoryEstimate.AdapterFootprint($0.adapter) }
+        var estimate = MemoryEstimate.llama(gguf: gguf, config: config, settings: settings)
+        let merged = mergedWeightBytes
+        if merged > 0 {
+            // Adapters merged at load: their tensors are owned now, the rest stays mapped.
+            var adjusted = MemoryEstimate()
+            for item in estimate.items {
+                if item.key == "weights" {
+                    adjusted.add("weights", "model file, memory-mapped (file-backed), less the merged tensors", item.bytes - merged)
+                    adjusted.add("merged_weights", "merged tensors (owned copies)", merged)
+                } else {
+                    adjusted.add(item.key, item.name, item.bytes)
+                }
+            }
+            estimate = adjusted
+        }
+        return estimate
+    }
+}
+
+// MARK: - mmap discipline
+
+extension LlamaModel {
+    /// madvise at load. The matrices are read front to back on every token: WILLNEED starts
+    /// reading them all now, in large requests. The token embedding is read one row per token, so
+    /// it gets RANDOM instead (no read-ahead around a row, no pages charged for rows never used),
+    /// unless the output head shares its bytes. During generation the hints stay as they are:
+    /// SEQUENTIAL would let the kernel drop pages right after use (they are needed again for the
+    /// next token), RANDOM would turn re-reads of evicted weights into single-page reads.
+    func adviseForLoading() {
+        let file = gguf.file
+        let dataEnd = file.count
+        guard let embedding = gguf.tensorInfo("token_embd.weight"), gguf.tensorInfo("output.weight") != nil else {
+            file.advise(offset: gguf.dataOffset, count: dataEnd - gguf.dataOffset, .willNeed)
+            return
+        }
+        let start = gguf.dataOffset + embedding.offset, end = start + embedding.byteCount
+        if start > gguf.dataOffset { file.advise(offset: gguf.dataOffset, count: start - gguf.dataOffset, .willNeed) }
+        if end < dataEnd { file.advise(offset: end, count: dataEnd - end, .willNeed) }
+        file.advise(offset: start, count: embedding.byteCount, .random)
+    }
+
+    /// After a merge: the mapped bytes of the replaced matrices are never read again, so their
+    /// pages leave this process (DONTNEED) and become the first the kernel reclaims.
+    public func releaseReplacedWeights() {
+        for m in namedMatrices where m.ownedWeights != nil {
+            // A tied output head's original bytes are the embedding's, still in use unless it was merged too.
+            if m === output, gguf.tensorInfo("output.weight") == nil, tokenEmbedding.ownedWeights == nil { continue }
+            let name = m === output && gguf.tensorInfo("output.weight") == nil ? "token_embd.weight" : m.name
+            guard let t = gguf.tensorInfo(name) else { continue }
+            gguf.file.advise(offset: gguf.dataOffset + t.offset, count: t.byteCount, .dontNeed)
+        }
     }
 }
 

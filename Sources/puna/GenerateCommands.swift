@@ -51,7 +51,7 @@ enum LogitsCommand {
         }
         guard args.positionals.isEmpty else { throw PunaError("'puna logits' takes no positional argument '\(args.positionals[0])'") }
         if args.has("--tokens") == args.has("-p") { throw PunaError("'puna logits' needs exactly one of --tokens or -p") }
-        let (model, _) = try CommonFlags.loadModel(args)
+        let (model, _) = try CommonFlags.loadModel(args, defaultType: "f32", contextDecidedLater: true)
         var tokens: [Int32]
         if let list = args.string("--tokens") {
             tokens = []
@@ -68,7 +68,7 @@ enum LogitsCommand {
         }
         guard !tokens.isEmpty else { throw PunaError("no tokens to evaluate") }
         // This command exists to check numbers: an f32 cache just big enough, unless told otherwise.
-        let cache = try CommonFlags.makeCache(args, model: model, defaultContext: tokens.count, defaultType: "f32")
+        let cache = try CommonFlags.makeCache(args, model: model, defaultContext: tokens.count, defaultType: "f32", logitRows: tokens.count)
         let logits = try model.evaluate(tokens, cache: cache, allLogits: true)
         let vocab = model.config.vocabSize
         if args.has("--json") {

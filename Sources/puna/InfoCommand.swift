@@ -1,3 +1,4 @@
+import CPuna
 import PunaCore
 
 enum InfoCommand {
@@ -5,20 +6,27 @@ enum InfoCommand {
         FlagSpec(names: ["-m", "--model"], value: "FILE", help: "GGUF model (or vocab-only) file"),
         FlagSpec(names: ["-c", "--ctx", "--ctx-size"], value: "N", help: "context length for the memory estimate (default: min(file's, 4096))"),
         FlagSpec(names: ["--json"], value: nil, help: "print one JSON object"),
-        FlagSpec(names: ["--lora"], value: "PATH", help: "describe a LoRA adapter instead (checked against -m when given; repeatable)", repeatable: true),
+        FlagSpec(names: ["--lora"], value: "PATH", help: "describe a LoRA adapter instead (checked against -m when given; repeatable); with -m and any of -c -ctk -ctv -t -b --merge-lora: count it in the memory estimate", repeatable: true),
+        FlagSpec(names: ["--merge-lora"], value: nil, help: "estimate with the adapters merged into the weights"),
+        FlagSpec(names: ["-ctk", "--cache-type-k"], value: "TYPE", help: "KV cache type for the estimate (default f16)"),
+        FlagSpec(names: ["-ctv", "--cache-type-v"], value: "TYPE", help: "KV cache type for values (must equal -ctk)"),
+        FlagSpec(names: ["-t", "--threads"], value: "N", help: "threads for the estimate (default: one per CPU)"),
+        FlagSpec(names: ["-b", "--batch-size"], value: "N", help: "prompt tokens per step for the estimate (default 256)"),
         helpFlag,
     ]
 
     static func run(_ arguments: [String]) throws(PunaError) -> Int32 {
         let args = try ParsedArguments(command: "info", arguments: arguments, specs: specs)
         if args.has("-h") {
-            out(helpText(usage: "puna info -m FILE [--ctx N] [--json]",
+            out(helpText(usage: "puna info -m FILE [--ctx N] [-ctk TYPE] [--lora PATH [--merge-lora]] [--json]",
                          summary: "Show a GGUF file's architecture, hyperparameters, tokenizer, tensor types and an estimate of the memory a run needs.",
                          specs: specs))
             return 0
         }
         guard args.positionals.isEmpty else { throw PunaError("'puna info' takes no positional argument '\(args.positionals[0])'") }
-        if args.has("--lora") { return try AdapterInfo.run(args) }
+        let runFlags = ["-c", "-ctk", "-ctv", "-t", "-b", "--merge-lora"]
+        if args.has("--lora") && !(args.has("-m") && runFlags.contains(where: { args.has($0) })) { return try AdapterInfo.run(args) }
+        if args.has("--merge-lora") && !args.has("--lora") { throw PunaError("flag --merge-lora needs --lora") }
         let path = try args.require("-m")
         let gguf = try GGUFFile(path: path)
         let config: LlamaConfig? = gguf.tensors.isEmpty ? (try? LlamaConfig(gguf: gguf)) : try LlamaConfig(gguf: gguf)
@@ -30,8 +38,16 @@ enum InfoCommand {
         let tokenizerModel = gguf.string("tokenizer.ggml.model")
         let vocabTokens = gguf["tokenizer.ggml.tokens"]?.arrayValue?.count
         let context = requestedContext ?? min(config?.contextLength ?? 4096, 4096)
-        let estimate = config.map {
-            MemoryEstimate.llama(config: $0, weightBytes: gguf.tensorBytes, context: context)
+        // The same estimate a run makes before loading (MemoryFlags.checkBeforeLoading).
+        var estimate: MemoryEstimate? = nil
+        if let config {
+            let cache = try MemoryFlags.cacheSettings(args, trainedContext: config.contextLength, board: nil, defaultContext: context, defaultType: nil)
+            var settings = MemoryEstimate.Settings(context: context, keyType: cache.key, valueType: cache.value,
+                                                   batch: try args.int("-b", range: 1...65536) ?? 256,
+                                                   threads: try args.int("-t", range: 1...1024) ?? Int(puna_cpu_count()))
+            for path in args.strings("--lora") { settings.adapters.append(MemoryEstimate.AdapterFootprint(try LoRAAdapter.inspect(path: path))) }
+            settings.mergeAdapters = args.has("--merge-lora")
+            estimate = MemoryEstimate.llama(gguf: gguf, config: config, settings: settings)
         }
 
         if args.has("--json") {
@@ -67,7 +83,9 @@ enum InfoCommand {
                 j.field("estimated_bytes", e.totalBytes)
                 j.key("estimate")
                 j.beginObject()
-                for item in e.items { j.field(item.key, item.bytes) }
+                var keys: [String] = []  // one field per key (several adapters share one)
+                for item in e.items where !keys.contains(item.key) { keys.append(item.key) }
+                for key in keys { j.field(key, e.bytes(key)) }
                 j.endObject()
             }
             j.endObject()

@@ -7,11 +7,13 @@ enum CommonFlags {
     static let threads = FlagSpec(names: ["-t", "--threads"], value: "N", help: "threads (default: one per CPU)")
     static let context = FlagSpec(names: ["-c", "--ctx-size"], value: "N", help: "context length (default: the model's, at most 4096)")
     static let batch = FlagSpec(names: ["-b", "--batch-size"], value: "N", help: "prompt tokens per matrix step (default 256)")
-    static let cacheTypeK = FlagSpec(names: ["-ctk", "--cache-type-k"], value: "TYPE", help: "KV cache type: f16 (default) or f32")
-    static let cacheTypeV = FlagSpec(names: ["-ctv", "--cache-type-v"], value: "TYPE", help: "must equal --cache-type-k for now")
+    static let cacheTypeK = FlagSpec(names: ["-ctk", "--cache-type-k"], value: "TYPE",
+                                     help: "KV cache type for keys: \(KVCache.supportedTypes.map { $0.name }.joined(separator: ", ")) (default f16)")
+    static let cacheTypeV = FlagSpec(names: ["-ctv", "--cache-type-v"], value: "TYPE", help: "KV cache type for values: must equal -ctk")
     static let board = FlagSpec(names: ["--board"], value: "NAME|FILE",
                                 help: "board profile, e.g. raspberry-pi-5 (see boards/): its -t, -c, -ctk defaults and memory budget")
     static let loading = [model, threads, context, batch, cacheTypeK, cacheTypeV, board] + AdapterFlags.specs + BackendFlags.specs
+        + MemoryFlags.specs
 
     /// The --board profile, if one was named.
     static func boardProfile(_ args: ParsedArguments) throws(PunaError) -> BoardProfile? {
@@ -34,7 +36,12 @@ enum CommonFlags {
         FlagSpec(names: ["--ignore-eos"], value: nil, help: "keep generating past end-of-sequence"),
     ]
 
-    static func loadModel(_ args: ParsedArguments) throws(PunaError) -> (LlamaModel, Int64) {
+    /// Load the model of -m with its adapters, after checking that the run fits the memory budget
+    /// (MemoryFlags). defaultContext/defaultType: the cache the command will ask makeCache for;
+    /// contextDecidedLater: the command only knows its context after loading (checked then);
+    /// logitRows: rows of logits one evaluation returns.
+    static func loadModel(_ args: ParsedArguments, defaultContext: Int? = nil, defaultType: String? = nil,
+                          contextDecidedLater: Bool = false, logitRows: Int = 1) throws(PunaError) -> (LlamaModel, Int64) {
         let args = try DemoModel.resolve(args)  // run/chat without -m, and --lora demo: the bundled demo
         let path = try args.require("-m")
         let board = try boardProfile(args)
@@ -45,35 +52,25 @@ enum CommonFlags {
         let threads = try args.int("-t", range: 1...1024) ?? board?.threads ?? 0
         let batch = try args.int("-b", range: 1...65536) ?? 256
         let start = puna_now_ns()
-        let model = try LlamaModel(path: path, options: ModelOptions(threads: threads, batchSize: batch))
+        // Only the header is read here; the run is refused before the weights are touched.
+        let gguf = try GGUFFile(path: path)
+        try MemoryFlags.checkBeforeLoading(args, gguf: gguf, board: board, threads: threads, batch: batch, defaultContext: defaultContext,
+                                           defaultType: defaultType, contextDecidedLater: contextDecidedLater, logitRows: logitRows)
+        let model = try LlamaModel(gguf: gguf, options: ModelOptions(threads: threads, batchSize: batch))
         try AdapterFlags.apply(args, model: model)  // --lora / --lora-scaled / --merge-lora
         try BackendFlags.apply(args, model: model)  // --backend / --device / --gpu-layers (after adapters: uploads weights)
+        try MemoryFlags.afterLoading(args, model: model)  // merged tensors' mapped pages released; --mlock
         return (model, puna_now_ns() - start)
     }
 
     static func makeCache(_ args: ParsedArguments, model: LlamaModel, defaultContext: Int? = nil,
-                          defaultType: String? = nil) throws(PunaError) -> KVCache {
-        // A flag wins, then what the command itself needs, then the --board profile, then the general default.
+                          defaultType: String? = nil, logitRows: Int = 1) throws(PunaError) -> KVCache {
         let board = try boardProfile(args)
-        let context = try args.int("-c", range: 1...(1 << 30)) ?? defaultContext
-            ?? min(model.config.contextLength, board?.context ?? 4096)
-        let kName = args.string("-ctk") ?? defaultType ?? board?.cacheType.name ?? "f16"
-        guard let type = GGMLType(name: kName) else { throw PunaError("flag --cache-type-k: unknown type '\(kName)'") }
-        if let v = args.string("-ctv"), GGMLType(name: v) != type {
-            throw PunaError("flag --cache-type-v: '\(v)' must equal --cache-type-k ('\(kName)') for now")
-        }
+        let (context, type, valueType) = try MemoryFlags.cacheSettings(args, trainedContext: model.config.contextLength, board: board,
+                                                                       defaultContext: defaultContext, defaultType: defaultType)
         // Refuse a context the machine cannot hold before allocating it.
-        let estimate = MemoryEstimate.llama(config: model.config, weightBytes: model.gguf.tensorBytes, context: context,
-                                            cacheType: type, batch: model.batchSize, threads: model.threads)
-        let available = availableMemory(board: board)
-        if estimate.totalBytes > available {
-            var s = "-c \(context) needs about \(formatBytes(estimate.totalBytes)) but only \(formatBytes(available)) is available"
-            if let board { s += " (the budget of board \(board.name))" }
-            s += ":"
-            for item in estimate.items { s += "\n  \(item.name): \(formatBytes(item.bytes))" }
-            s += "\nuse a smaller -c"
-            throw PunaError(s)
-        }
+        try MemoryFlags.checkBeforeCache(args, model: model, board: board, context: context, key: type, value: valueType,
+                                         logitRows: logitRows)
         return try model.makeCache(contextLength: context, type: type)
     }
 

@@ -21,8 +21,9 @@ enum PerplexityCommand {
         }
         let path = try args.require("-f")
         let text = try readTextFile(path)
-        let (model, _) = try CommonFlags.loadModel(args)
-        let cache = try CommonFlags.makeCache(args, model: model)
+        // Every chunk's logits come back at once: a context's worth of rows.
+        let (model, _) = try CommonFlags.loadModel(args, logitRows: Int.max)
+        let cache = try CommonFlags.makeCache(args, model: model, logitRows: Int.max)
         let n = cache.capacity
         guard n >= 8 else { throw PunaError("-c \(n) is too small for perplexity (at least 8)") }
         let tokens = model.tokenizer.encode(text, addBOS: model.tokenizer.addsBOS)
