@@ -5,7 +5,9 @@
 // tree, which keeps f32 rounding error low (8 short chains instead of one long one) and lets the
 // compiler vectorise without reassociating. Faster ISA-specific kernels slot in at "dispatch".
 #include "puna_kernels.h"
+#include "puna_platform.h"
 #include "puna_quants.h"
+#include "kernels_internal.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -164,16 +166,176 @@ static void matmul_task(void *ctx, int thread_index, int n_threads) {
     }
 }
 
+// ---- quantized-activation matmul (kernels_internal.h) -------------------------------------------
+
+static int64_t round64(int64_t n) { return (n + 63) & ~(int64_t)63; }
+
+static act_layout make_act_layout(int format, int64_t cols) {
+    act_layout l = {0};
+    l.format = format;
+    if (format == ACT_Q8_32) {
+        l.n_blocks = cols / 32;
+        l.n_groups = (l.n_blocks + 3) / 4;
+        l.qs_off = 0;
+        l.d_off = l.n_groups * 256;
+        l.aux_off = l.d_off + l.n_groups * 64;
+        l.token_bytes = l.aux_off + l.n_groups * 64;
+    } else {
+        l.n_blocks = l.n_groups = cols / 256;
+        l.qs_off = 0;
+        l.d_off = l.n_blocks * ACT256_STRIDE;
+        l.aux_off = l.d_off + round64(l.n_blocks * 4);
+        l.token_bytes = l.aux_off + l.n_blocks * 64;
+    }
+    return l;
+}
+
+typedef struct {
+    qmm_args args;
+    qmm_kernel kernel;
+    int64_t chunk_rows, n_chunks;
+    int n_threads;
+    _Atomic int64_t next_chunk;
+} qmm_job;
+
+static void qmm_quantize_task(void *ctx, int thread_index, int n_threads) {
+    qmm_job *job = ctx;
+    const qmm_args *a = &job->args;
+    int64_t per = (a->n_tokens + n_threads - 1) / n_threads;
+    int64_t t0 = per * thread_index, t1 = t0 + per < a->n_tokens ? t0 + per : a->n_tokens;
+    if (t0 < t1) job->kernel.quantize(a->x, a->cols, &a->layout, job->kernel.aux, (uint8_t *)a->act, t0, t1);
+}
+
+static void qmm_rows_task(void *ctx, int thread_index, int n_threads) {
+    (void)thread_index;
+    (void)n_threads;
+    qmm_job *job = ctx;
+    for (;;) {
+        int64_t c = atomic_fetch_add_explicit(&job->next_chunk, 1, memory_order_relaxed);
+        if (c >= job->n_chunks) break;
+        int64_t r0 = c * job->chunk_rows;
+        int64_t r1 = r0 + job->chunk_rows < job->args.rows ? r0 + job->chunk_rows : job->args.rows;
+        job->kernel.rows(&job->args, r0, r1);
+    }
+}
+
+static int run_qmm(puna_pool *pool, const qmm_kernel *kernel, int type, const void *weights, int64_t rows,
+                   int64_t cols, const float *x, int64_t n_tokens, float *y) {
+    const puna_type_info *info = &puna_type_table[type];
+    qmm_job job;
+    memset(&job, 0, sizeof job);
+    job.kernel = *kernel;
+    qmm_args *a = &job.args;
+    a->w = weights;
+    a->row_bytes = type == PUNA_TYPE_F32 ? cols * 4 : cols / info->block_size * info->type_size;
+    a->rows = rows;
+    a->cols = cols;
+    a->x = x;
+    a->n_tokens = n_tokens;
+    a->y = y;
+    int n_threads = puna_pool_size(pool);
+    if (kernel->quantize) {
+        a->layout = make_act_layout(kernel->act_format, cols);
+        uint8_t *act = puna_pool_buffer(pool, (size_t)(a->layout.token_bytes * n_tokens));
+        if (!act) return -1;
+        a->act = act;
+        // A single token's quantization is ~1 µs of work: not worth waking the workers for.
+        if (n_threads == 1 || n_tokens < 4) kernel->quantize(x, cols, &a->layout, kernel->aux, act, 0, n_tokens);
+        else puna_pool_run(pool, qmm_quantize_task, &job);
+    }
+    // About 8 chunks per thread keeps both cores busy even when one is slowed by something else;
+    // chunks are whole row tiles so every row is computed by the same code whatever the split.
+    int64_t tile = kernel->row_tile > 0 ? kernel->row_tile : 1;
+    int64_t tiles = (rows + tile - 1) / tile;
+    int64_t chunk_tiles = tiles / ((int64_t)n_threads * 8);
+    if (chunk_tiles < 1) chunk_tiles = 1;
+    job.chunk_rows = chunk_tiles * tile;
+    job.n_chunks = (rows + job.chunk_rows - 1) / job.chunk_rows;
+    atomic_init(&job.next_chunk, 0);
+    if (n_threads == 1 || job.n_chunks == 1) qmm_rows_task(&job, 0, 1);
+    else puna_pool_run(pool, qmm_rows_task, &job);
+    return 0;
+}
+
 // ---- dispatch --------------------------------------------------------------------------------
-// The one place that decides which implementation serves a weight type. A SIMD issue adds its
-// routines (same contract as matmul_rows_fn; move matmul_job to a private header then) and picks
-// them here from puna_cpu_features(), unless reference_only is set.
+// The one place that decides which implementation serves a weight type: the forced kernel family
+// if one is set (tests, benchmarks), else the best family this CPU runs. A family that lacks a type
+// leaves it to the f32 reference.
 
-static int reference_only = 0;
+static int forced_family = PUNA_KERNELS_AUTO;
 
-void puna_kernels_set_reference_only(int on) { reference_only = on != 0; }
+void puna_kernels_set_reference_only(int on) { forced_family = on ? PUNA_KERNELS_REFERENCE : PUNA_KERNELS_AUTO; }
 
-typedef struct { const char *name; matmul_rows_fn rows; } matmul_kernel;
+static const char *const family_names[] = {
+    [PUNA_KERNELS_AUTO] = "auto", [PUNA_KERNELS_REFERENCE] = "reference", [PUNA_KERNELS_SCALAR] = "scalar-q8",
+    [PUNA_KERNELS_AVX2] = "avx2", [PUNA_KERNELS_AVX2_VNNI] = "avx2-vnni", [PUNA_KERNELS_AVX512] = "avx512-vnni",
+    [PUNA_KERNELS_NEON] = "neon", [PUNA_KERNELS_NEON_DOTPROD] = "neon-dotprod", [PUNA_KERNELS_NEON_I8MM] = "neon-i8mm",
+};
+
+const char *puna_kernels_family_name(int family) {
+    if (family < 0 || family >= PUNA_KERNELS_FAMILY_COUNT) return NULL;
+    return family_names[family];
+}
+
+static int family_get(int family, int type, qmm_kernel *k) {
+    memset(k, 0, sizeof *k);
+    switch (family) {
+    case PUNA_KERNELS_SCALAR: return puna_kernels_scalar_get(type, k);
+    case PUNA_KERNELS_AVX2: return puna_kernels_avx2_get(type, 0, k);
+    case PUNA_KERNELS_AVX2_VNNI: return puna_kernels_avx2_get(type, 1, k);
+    case PUNA_KERNELS_AVX512: return puna_kernels_avx512_get(type, k);
+    case PUNA_KERNELS_NEON: return puna_kernels_neon_get(type, k);
+    case PUNA_KERNELS_NEON_DOTPROD: return puna_kernels_dotprod_get(type, k);
+    case PUNA_KERNELS_NEON_I8MM: return puna_kernels_i8mm_get(type, k);
+    default: return 0;
+    }
+}
+
+int puna_kernels_family_available(int family) {
+    if (family == PUNA_KERNELS_AUTO || family == PUNA_KERNELS_REFERENCE || family == PUNA_KERNELS_SCALAR) return 1;
+    if (family < 0 || family >= PUNA_KERNELS_FAMILY_COUNT) return 0;
+    qmm_kernel k;
+    if (!family_get(family, PUNA_TYPE_Q8_0, &k)) return 0;  // not compiled for this target
+    uint32_t f = puna_cpu_features();
+    switch (family) {
+    case PUNA_KERNELS_AVX2: return (f & PUNA_CPU_AVX2) && (f & PUNA_CPU_FMA) && (f & PUNA_CPU_F16C);
+    case PUNA_KERNELS_AVX2_VNNI:
+        return (f & PUNA_CPU_AVX2) && (f & PUNA_CPU_FMA) && (f & PUNA_CPU_F16C) && (f & PUNA_CPU_AVXVNNI);
+    case PUNA_KERNELS_AVX512:
+        return (f & PUNA_CPU_AVX512F) && (f & PUNA_CPU_AVX512BW) && (f & PUNA_CPU_AVX512VNNI) && (f & PUNA_CPU_FMA) &&
+               (f & PUNA_CPU_F16C);
+    case PUNA_KERNELS_NEON: return (f & PUNA_CPU_NEON) != 0;
+    case PUNA_KERNELS_NEON_DOTPROD: return (f & PUNA_CPU_DOTPROD) != 0;
+    case PUNA_KERNELS_NEON_I8MM: return (f & PUNA_CPU_DOTPROD) && (f & PUNA_CPU_I8MM);
+    default: return 0;
+    }
+}
+
+static int auto_family(void) {
+    static _Atomic int cached = -1;
+    int f = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (f >= 0) return f;
+    static const int order[] = { PUNA_KERNELS_AVX512, PUNA_KERNELS_AVX2_VNNI, PUNA_KERNELS_AVX2,
+                                 PUNA_KERNELS_NEON_I8MM, PUNA_KERNELS_NEON_DOTPROD, PUNA_KERNELS_NEON };
+    f = PUNA_KERNELS_REFERENCE;
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        if (puna_kernels_family_available(order[i])) { f = order[i]; break; }
+    // PUNA_KERNELS=<family name> overrides the detection (benchmarks, debugging).
+    const char *env = puna_getenv("PUNA_KERNELS");
+    if (env)
+        for (int i = PUNA_KERNELS_REFERENCE; i < PUNA_KERNELS_FAMILY_COUNT; i++)
+            if (strcmp(env, family_names[i]) == 0 && puna_kernels_family_available(i)) f = i;
+    atomic_store_explicit(&cached, f, memory_order_relaxed);
+    return f;
+}
+
+int puna_kernels_set_family(int family) {
+    if (!puna_kernels_family_available(family)) return -1;
+    forced_family = family;
+    return 0;
+}
+
+int puna_kernels_family(void) { return forced_family == PUNA_KERNELS_AUTO ? auto_family() : forced_family; }
 
 static int matmul_type_ok(int type) {
     if (type < 0 || type >= PUNA_TYPE_COUNT) return 0;
@@ -182,17 +344,18 @@ static int matmul_type_ok(int type) {
     return info->decode != NULL && info->block_size > 0 && info->type_size > 0;
 }
 
-static matmul_kernel select_matmul(int type) {
-    (void)type;
-    (void)reference_only;  // no faster kernels yet
-    matmul_kernel k = { "reference", matmul_rows_reference };
-    return k;
+// The family that serves `type` now (REFERENCE when the chosen family lacks it) and its kernel.
+static int select_matmul(int type, qmm_kernel *k) {
+    int family = puna_kernels_family();
+    if (family != PUNA_KERNELS_REFERENCE && family_get(family, type, k) && k->rows) return family;
+    return PUNA_KERNELS_REFERENCE;
 }
 
 int puna_matmul_supports(int type) { return matmul_type_ok(type); }
 
 const char *puna_matmul_kernel_name(int type) {
-    return matmul_type_ok(type) ? select_matmul(type).name : NULL;
+    qmm_kernel k;
+    return matmul_type_ok(type) ? family_names[select_matmul(type, &k)] : NULL;
 }
 
 int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, int64_t cols,
@@ -205,7 +368,10 @@ int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, in
         memset(y, 0, (size_t)(rows * n_tokens) * sizeof(float));
         return 0;
     }
-    matmul_kernel kernel = select_matmul(type);
+    qmm_kernel kernel;
+    if (select_matmul(type, &kernel) != PUNA_KERNELS_REFERENCE)
+        return run_qmm(pool, &kernel, type, weights, rows, cols, x, n_tokens, y);
+
     matmul_job job = {0};
     job.weights = weights;
     job.row_bytes = cols / info->block_size * info->type_size;
@@ -215,7 +381,7 @@ int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, in
     job.n_tokens = n_tokens;
     job.y = y;
     job.decode = type == PUNA_TYPE_F32 ? NULL : type == PUNA_TYPE_F16 ? decode_f16_rows : info->decode;
-    job.rows_fn = kernel.rows;
+    job.rows_fn = matmul_rows_reference;
 
     int64_t group = GROUP_BYTES / (cols * (int64_t)sizeof(float));
     if (group > MAX_GROUP_ROWS) group = MAX_GROUP_ROWS;

@@ -9,6 +9,7 @@
 #endif
 #include "puna_kernels.h"
 #include "puna_platform.h"
+#include "kernels_internal.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -55,6 +56,8 @@ struct puna_pool {
 
     float *scratch;         // per-thread kernel scratch (see puna_pool_scratch)
     int64_t scratch_stride; // floats per thread, multiple of 16
+    void *buffer;           // shared kernel buffer (see puna_pool_buffer)
+    size_t buffer_bytes;
 };
 
 struct worker_arg { puna_pool *pool; int index; };
@@ -165,6 +168,7 @@ void puna_pool_destroy(puna_pool *pool) {
     pthread_mutex_destroy(&pool->lock);
     free(pool->threads);
     free(pool->scratch);
+    free(pool->buffer);
     free(pool);
 }
 
@@ -207,4 +211,17 @@ float *puna_pool_scratch(puna_pool *pool, int64_t floats_per_thread, int64_t *st
     }
     if (stride_out) *stride_out = pool->scratch_stride;
     return pool->scratch;
+}
+
+void *puna_pool_buffer(puna_pool *pool, size_t bytes) {
+    if (bytes < 64) bytes = 64;
+    if (bytes > pool->buffer_bytes || !pool->buffer) {
+        bytes = (bytes + 4095) & ~(size_t)4095;
+        void *p = NULL;
+        if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+        free(pool->buffer);
+        pool->buffer = p;
+        pool->buffer_bytes = bytes;
+    }
+    return pool->buffer;
 }

