@@ -437,7 +437,9 @@ puna_vk *puna_vk_create(int device_index, int force_baseline, char *err, size_t 
     vk->index = device_index;
     vk->physical = g_physical[device_index];
     vk->info = g_info[device_index];
-    vk->discrete = vk->info.type == PUNA_VK_DEVICE_DISCRETE;
+    // PUNA_VK_STAGING=1 takes the discrete-GPU memory path anywhere (device memory never mapped,
+    // uploads through the staging buffer, no import), so CI exercises it on lavapipe.
+    vk->discrete = vk->info.type == PUNA_VK_DEVICE_DISCRETE || env_flag("PUNA_VK_STAGING");
     vk->tier = (!force_baseline && !env_flag("PUNA_VK_BASELINE") && vk->info.subgroup_arithmetic)
                    ? PUNA_VK_TIER_SUBGROUP : PUNA_VK_TIER_BASELINE;
     const char *timeout = getenv("PUNA_VK_TIMEOUT_S");
@@ -613,7 +615,8 @@ static int new_arena(puna_vk *vk, uint64_t size, int memory_kind, int dedicated,
         return -1;
     }
     CHECK(vk, vk->vkBindBufferMemory(vk->device, a->buffer, a->memory, 0), "vkBindBufferMemory");
-    if (vk->memory_props.memoryTypes[type].propertyFlags & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT)
+    if ((vk->memory_props.memoryTypes[type].propertyFlags & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) &&
+        (memory_kind == PUNA_VK_MEMORY_HOST || !vk->discrete))
         CHECK(vk, vk->vkMapMemory(vk->device, a->memory, 0, VK_WHOLE_SIZE, 0, &a->mapped), "vkMapMemory");
     a->size = size;
     a->memory_kind = memory_kind;

@@ -194,7 +194,8 @@ final class VulkanTests: XCTestCase {
 
     /// A long sequence in small batches: attention over more positions than one workgroup's
     /// chunk (64), the tiled shader at positions > 0, an f16 cache; then partial offload (one
-    /// layer on the GPU, the other on the CPU) and the copy path without host-memory import.
+    /// layer on the GPU, the other on the CPU), the copy path without host-memory import and the
+    /// discrete-GPU path (staging uploads into unmapped device memory).
     func testLongContextSmallBatchesPartialOffloadAndCopyPath() throws {
         let device = try requireDevice()
         let file = "tiny-gqa-q4_k_m.gguf"
@@ -231,10 +232,18 @@ final class VulkanTests: XCTestCase {
         defer { unsetenv("PUNA_VK_NO_IMPORT") }
         try useGPU(copied, .baseline, device: device)
         XCTAssertTrue(copied.backendNote!.contains("weights 0 B zero-copy"), copied.backendNote!)
+        // The discrete-GPU path: device memory never mapped, weights through the staging buffer.
+        setenv("PUNA_VK_STAGING", "1", 1)
+        let staged = try LlamaModel(path: path(file), options: ModelOptions(threads: 2))
+        defer { unsetenv("PUNA_VK_STAGING") }
+        try useGPU(staged, .baseline, device: device)
+        XCTAssertTrue(staged.backendNote!.contains("weights 0 B zero-copy"), staged.backendNote!)
         let short = Array(tokens.prefix(20))
         let a = try imported.evaluate(short, cache: imported.makeCache(contextLength: 32, type: .f32), allLogits: true)
         let b = try copied.evaluate(short, cache: copied.makeCache(contextLength: 32, type: .f32), allLogits: true)
+        let c = try staged.evaluate(short, cache: staged.makeCache(contextLength: 32, type: .f32), allLogits: true)
         XCTAssertEqual(a, b, "imported and copied weights give different logits")
+        XCTAssertEqual(a, c, "imported and staged weights give different logits")
     }
 
     // MARK: - LoRA
