@@ -114,6 +114,18 @@ int puna_kernels_i8mm_get(int type, qmm_kernel *out);
 struct puna_pool;
 void *puna_pool_buffer(struct puna_pool *pool, size_t bytes);
 
+// Attention primitives over one row of a KV cache of kv_type (f32, f16 or q8_0), elements
+// [first, first + n) of the row (q8_0: blocks of 32 along the whole row, so a head may start
+// inside a block). Families provide faster versions; results agree with the scalar ones within f32
+// rounding, and each family's are fixed by the source (no dependence on threads or batch).
+typedef float (*attn_dot_fn)(const float *q, const uint8_t *row, int64_t first, int n);
+typedef void (*attn_axpy_fn)(float *out, float p, const uint8_t *row, int64_t first, int n);
+typedef struct { attn_dot_fn dot; attn_axpy_fn axpy; } attn_ops;
+// Fill `out` for kv_type and return 1, or return 0 when not compiled for this target.
+int puna_attn_ops_avx512(int kv_type, attn_ops *out);
+int puna_attn_ops_avx2(int kv_type, attn_ops *out);
+int puna_attn_ops_neon(int kv_type, attn_ops *out);
+
 // Scalar activation quantizer: the definition every SIMD quantizer must match byte for byte.
 void puna_act_quantize_scalar(const float *x, int64_t cols, const act_layout *l, int aux, uint8_t *act,
                               int64_t t0, int64_t t1);

@@ -267,7 +267,9 @@ INL __m512 simple_step(__m512 acc, const sgroup *w, const uint8_t *x, const act_
     return acc;
 }
 
-// R rows x T tokens over whole rows; with prefetch, the next R rows are pulled in meanwhile.
+// R rows x T tokens over whole rows; with prefetch, the rows two tiles ahead are pulled in meanwhile
+// (one tile ahead left the stream short of data on this 2-core machine; two reached ~85% of a plain
+// read loop's bandwidth).
 #define SIMPLE_TILE(name, GROUP_BYTES, MODE)                                                                   \
     INL void name##_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch) {   \
         const act_layout *L = &a->layout;                                                                      \
@@ -280,7 +282,7 @@ INL __m512 simple_step(__m512 acc, const sgroup *w, const uint8_t *x, const act_
         const uint8_t *x0 = a->act + t * tb;                                                                   \
         for (int64_t g = 0; g < nfull; g++) {                                                                  \
             if (prefetch) {                                                                                    \
-                const uint8_t *pf = w + R * rb + g * (GROUP_BYTES) * R;                                        \
+                const uint8_t *pf = w + 2 * R * rb + g * (GROUP_BYTES) * R;                                    \
                 UNROLL for (int i = 0; i < (R * (GROUP_BYTES) + 63) / 64 + 1; i++)                             \
                     _mm_prefetch((const char *)pf + 64 * i, _MM_HINT_T0);                                      \
             }                                                                                                  \
@@ -432,7 +434,7 @@ INL void k_tile_impl(const qmm_args *a, int64_t r, int64_t t, const int R, const
     const uint8_t *w = a->w + r * rb, *x0 = a->act + t * tb;
     for (int64_t b = 0; b < nb; b++) {
         if (prefetch) {
-            const uint8_t *pf = w + R * rb + b * bytes * R;
+            const uint8_t *pf = w + 2 * R * rb + b * bytes * R;
             UNROLL for (int i = 0; i < (R * (int)bytes + 63) / 64 + 1; i++) _mm_prefetch((const char *)pf + 64 * i, _MM_HINT_T0);
         }
         __m512i ia[16], mb[16];
@@ -575,6 +577,110 @@ TILE_FNS(f32, 4, 4)
 TILE_FNS(f16, 4, 4)
 TILE_FNS(bf16, 4, 4)
 
+// ---- attention rows ------------------------------------------------------------------------------
+// Masked loads suppress faults, so row and head tails need no scalar code.
+
+INL __mmask16 lanes_below(int64_t n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
+
+static T512 float attn512_dot_f32(const float *q, const uint8_t *row, int64_t first, int n) {
+    const float *k = (const float *)row + first;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(k + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), _mm512_loadu_ps(k + i + 16), a1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = lanes_below(n - i);
+        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), _mm512_maskz_loadu_ps(m, k + i), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+static T512 void attn512_axpy_f32(float *out, float p, const uint8_t *row, int64_t first, int n) {
+    const float *v = (const float *)row + first;
+    const __m512 pv = _mm512_set1_ps(p);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = lanes_below(n - i);
+        _mm512_mask_storeu_ps(out + i, m, _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v + i), _mm512_maskz_loadu_ps(m, out + i)));
+    }
+}
+
+static T512 float attn512_dot_f16(const float *q, const uint8_t *row, int64_t first, int n) {
+    const uint16_t *k = (const uint16_t *)row + first;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + i))), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(k + i + 16))), a1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = lanes_below(n - i);
+        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, k + i)), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+static T512 void attn512_axpy_f16(float *out, float p, const uint8_t *row, int64_t first, int n) {
+    const uint16_t *v = (const uint16_t *)row + first;
+    const __m512 pv = _mm512_set1_ps(p);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = lanes_below(n - i);
+        __m512 vv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, v + i));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_fmadd_ps(pv, vv, _mm512_maskz_loadu_ps(m, out + i)));
+    }
+}
+
+// q8_0: one block at a time; lanes of the block outside [first, first + n) are masked off, and the
+// q / out addresses of masked lanes (which may lie before the buffer) are never touched.
+INL void q8_block(const uint8_t *row, int64_t b, __m512 *lo, __m512 *hi, float *d) {
+    const puna_block_q8_0 *blk = (const puna_block_q8_0 *)row + b;
+    *d = _cvtsh_ss(blk->d);
+    __m128i q0 = _mm_loadu_si128((const __m128i *)blk->qs), q1 = _mm_loadu_si128((const __m128i *)(blk->qs + 16));
+    *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0));
+    *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1));
+}
+
+static T512 float attn512_dot_q8_0(const float *q, const uint8_t *row, int64_t first, int n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = first / 32; b * 32 < first + n; b++) {
+        int64_t lo_first = first - b * 32, lo_end = first + n - b * 32;  // valid lanes [lo_first, lo_end)
+        __mmask16 m0 = lanes_below(lo_end) & (__mmask16)~lanes_below(lo_first);
+        __mmask16 m1 = lanes_below(lo_end - 16) & (__mmask16)~lanes_below(lo_first - 16);
+        const float *qb = (const float *)((uintptr_t)q + (uintptr_t)((b * 32 - first) * 4));
+        __m512 k0, k1;
+        float d;
+        q8_block(row, b, &k0, &k1, &d);
+        __m512 t = _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, qb), k0);
+        t = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, qb + 16), k1, t);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static T512 void attn512_axpy_q8_0(float *out, float p, const uint8_t *row, int64_t first, int n) {
+    for (int64_t b = first / 32; b * 32 < first + n; b++) {
+        int64_t lo_first = first - b * 32, lo_end = first + n - b * 32;
+        __mmask16 m0 = lanes_below(lo_end) & (__mmask16)~lanes_below(lo_first);
+        __mmask16 m1 = lanes_below(lo_end - 16) & (__mmask16)~lanes_below(lo_first - 16);
+        float *ob = (float *)((uintptr_t)out + (uintptr_t)((b * 32 - first) * 4));
+        __m512 k0, k1;
+        float d;
+        q8_block(row, b, &k0, &k1, &d);
+        const __m512 s = _mm512_set1_ps(p * d);
+        _mm512_mask_storeu_ps(ob, m0, _mm512_fmadd_ps(s, k0, _mm512_maskz_loadu_ps(m0, ob)));
+        _mm512_mask_storeu_ps(ob + 16, m1, _mm512_fmadd_ps(s, k1, _mm512_maskz_loadu_ps(m1, ob + 16)));
+    }
+}
+
+int puna_attn_ops_avx512(int kv_type, attn_ops *out) {
+    if (kv_type == PUNA_TYPE_F32) { out->dot = attn512_dot_f32; out->axpy = attn512_axpy_f32; }
+    else if (kv_type == PUNA_TYPE_F16) { out->dot = attn512_dot_f16; out->axpy = attn512_axpy_f16; }
+    else if (kv_type == PUNA_TYPE_Q8_0) { out->dot = attn512_dot_q8_0; out->axpy = attn512_axpy_q8_0; }
+    else return 0;
+    return 1;
+}
+
 int puna_kernels_avx512_get(int type, qmm_kernel *out) {
     qmm_kernel k = {0};
     k.quantize = quantize_avx512;
@@ -601,6 +707,11 @@ int puna_kernels_avx512_get(int type, qmm_kernel *out) {
 #else
 int puna_kernels_avx512_get(int type, qmm_kernel *out) {
     (void)type;
+    (void)out;
+    return 0;
+}
+int puna_attn_ops_avx512(int kv_type, attn_ops *out) {
+    (void)kv_type;
     (void)out;
     return 0;
 }

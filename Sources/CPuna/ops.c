@@ -473,11 +473,64 @@ void puna_softmax(float *x, int64_t n) {
 }
 
 // ---- attention -------------------------------------------------------------------------------
+// Scores, softmax and the weighted sum of values run over one KV row at a time through attn_ops:
+// the scalar versions below, or the family's SIMD ones (kernels_internal.h).
+
+static float attn_dot_f32(const float *q, const uint8_t *row, int64_t first, int n) {
+    return dot_f32(q, (const float *)row + first, n);
+}
+static void attn_axpy_f32(float *out, float p, const uint8_t *row, int64_t first, int n) {
+    const float *v = (const float *)row + first;
+    for (int d = 0; d < n; d++) out[d] += p * v[d];
+}
+static float attn_dot_f16(const float *q, const uint8_t *row, int64_t first, int n) {
+    return dot_f32_f16(q, (const uint16_t *)row + first, n);
+}
+static void attn_axpy_f16(float *out, float p, const uint8_t *row, int64_t first, int n) {
+    const uint16_t *v = (const uint16_t *)row + first;
+    for (int d = 0; d < n; d++) out[d] += p * f16_to_f32_inline(v[d]);
+}
+// q8_0 rows: element i is d[i / 32] * q[i % 32]; a head may begin and end inside a block.
+static float attn_dot_q8_0(const float *q, const uint8_t *row, int64_t first, int n) {
+    float acc = 0;
+    for (int64_t i = first; i < first + n;) {
+        const puna_block_q8_0 *b = (const puna_block_q8_0 *)row + i / 32;
+        int64_t end = (i / 32 + 1) * 32 < first + n ? (i / 32 + 1) * 32 : first + n;
+        float part = 0;
+        for (int64_t e = i; e < end; e++) part += q[e - first] * (float)b->qs[e % 32];
+        acc += part * f16_to_f32_inline(b->d);
+        i = end;
+    }
+    return acc;
+}
+static void attn_axpy_q8_0(float *out, float p, const uint8_t *row, int64_t first, int n) {
+    for (int64_t i = first; i < first + n;) {
+        const puna_block_q8_0 *b = (const puna_block_q8_0 *)row + i / 32;
+        int64_t end = (i / 32 + 1) * 32 < first + n ? (i / 32 + 1) * 32 : first + n;
+        float s = p * f16_to_f32_inline(b->d);
+        for (int64_t e = i; e < end; e++) out[e - first] += s * (float)b->qs[e % 32];
+        i = end;
+    }
+}
+
+static attn_ops select_attention(int kv_type) {
+    attn_ops ops = {0};
+    int family = puna_kernels_family();
+    int ok = 0;
+    if (family == PUNA_KERNELS_AVX512) ok = puna_attn_ops_avx512(kv_type, &ops);
+    else if (family == PUNA_KERNELS_AVX2 || family == PUNA_KERNELS_AVX2_VNNI) ok = puna_attn_ops_avx2(kv_type, &ops);
+    else if (family >= PUNA_KERNELS_NEON && family <= PUNA_KERNELS_NEON_I8MM) ok = puna_attn_ops_neon(kv_type, &ops);
+    if (ok && ops.dot && ops.axpy) return ops;
+    if (kv_type == PUNA_TYPE_F32) { ops.dot = attn_dot_f32; ops.axpy = attn_axpy_f32; }
+    else if (kv_type == PUNA_TYPE_F16) { ops.dot = attn_dot_f16; ops.axpy = attn_axpy_f16; }
+    else { ops.dot = attn_dot_q8_0; ops.axpy = attn_axpy_q8_0; }
+    return ops;
+}
 
 typedef struct {
     float *out;
     const float *q;
-    int kv_type;
+    attn_ops ops;
     const uint8_t *k, *v;
     int64_t kv_row_bytes;
     int n_tokens, pos0, n_heads, head_dim, group;  // group: query heads per kv head
@@ -490,37 +543,13 @@ typedef struct {
 static void attention_one(const attention_job *job, int t, int h, float *scores) {
     const int hd = job->head_dim, kvh = h / job->group;
     const int n_pos = job->pos0 + t + 1;  // causal: this token sees positions 0 .. pos0 + t
-    const int64_t q_stride = (int64_t)job->n_heads * hd;
+    const int64_t q_stride = (int64_t)job->n_heads * hd, first = (int64_t)kvh * hd;
     const float *qh = job->q + t * q_stride + (int64_t)h * hd;
     float *oh = job->out + t * q_stride + (int64_t)h * hd;
-
-    if (job->kv_type == PUNA_TYPE_F32) {
-        for (int j = 0; j < n_pos; j++) {
-            const float *kj = (const float *)(job->k + j * job->kv_row_bytes) + (int64_t)kvh * hd;
-            scores[j] = dot_f32(qh, kj, hd) * job->scale;
-        }
-    } else {
-        for (int j = 0; j < n_pos; j++) {
-            const uint16_t *kj = (const uint16_t *)(job->k + j * job->kv_row_bytes) + (int64_t)kvh * hd;
-            scores[j] = dot_f32_f16(qh, kj, hd) * job->scale;
-        }
-    }
+    for (int j = 0; j < n_pos; j++) scores[j] = job->ops.dot(qh, job->k + j * job->kv_row_bytes, first, hd) * job->scale;
     puna_softmax(scores, n_pos);
-
     for (int d = 0; d < hd; d++) oh[d] = 0;
-    if (job->kv_type == PUNA_TYPE_F32) {
-        for (int j = 0; j < n_pos; j++) {
-            const float *vj = (const float *)(job->v + j * job->kv_row_bytes) + (int64_t)kvh * hd;
-            float p = scores[j];
-            for (int d = 0; d < hd; d++) oh[d] += p * vj[d];
-        }
-    } else {
-        for (int j = 0; j < n_pos; j++) {
-            const uint16_t *vj = (const uint16_t *)(job->v + j * job->kv_row_bytes) + (int64_t)kvh * hd;
-            float p = scores[j];
-            for (int d = 0; d < hd; d++) oh[d] += p * f16_to_f32_inline(vj[d]);
-        }
-    }
+    for (int j = 0; j < n_pos; j++) job->ops.axpy(oh, scores[j], job->v + j * job->kv_row_bytes, first, hd);
 }
 
 static void attention_task(void *ctx, int thread_index, int n_threads) {
@@ -539,12 +568,13 @@ static void attention_task(void *ctx, int thread_index, int n_threads) {
 int puna_attention(puna_pool *pool, float *out, const float *q, int kv_type, const void *k_cache,
                    const void *v_cache, int64_t kv_row_bytes, int n_tokens, int pos0, int n_heads,
                    int n_kv_heads, int head_dim, float *scratch, int n_ctx) {
-    if (kv_type != PUNA_TYPE_F32 && kv_type != PUNA_TYPE_F16) return -1;
+    if (kv_type != PUNA_TYPE_F32 && kv_type != PUNA_TYPE_F16 && kv_type != PUNA_TYPE_Q8_0) return -1;
     if (n_tokens < 0 || pos0 < 0 || n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0) return -1;
     if (n_heads % n_kv_heads != 0) return -1;
     if (n_tokens == 0) return 0;
-    int64_t elem = kv_type == PUNA_TYPE_F32 ? 4 : 2;
-    int64_t packed = (int64_t)n_kv_heads * head_dim * elem;
+    int64_t width = (int64_t)n_kv_heads * head_dim;
+    if (kv_type == PUNA_TYPE_Q8_0 && width % 32 != 0) return -1;
+    int64_t packed = kv_type == PUNA_TYPE_F32 ? width * 4 : kv_type == PUNA_TYPE_F16 ? width * 2 : width / 32 * 34;
     if (kv_row_bytes == 0) kv_row_bytes = packed;
     if (kv_row_bytes < packed) return -1;
     int64_t needed = (int64_t)pos0 + n_tokens;
@@ -552,7 +582,7 @@ int puna_attention(puna_pool *pool, float *out, const float *q, int kv_type, con
     attention_job job = {0};
     job.out = out;
     job.q = q;
-    job.kv_type = kv_type;
+    job.ops = select_attention(kv_type);
     job.k = k_cache;
     job.v = v_cache;
     job.kv_row_bytes = kv_row_bytes;

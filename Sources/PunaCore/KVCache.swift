@@ -17,7 +17,7 @@ public final class KVCache {
     private let keys: UnsafeMutableRawPointer
     private let values: UnsafeMutableRawPointer
 
-    public static let supportedTypes: [GGMLType] = [.f32, .f16]
+    public static let supportedTypes: [GGMLType] = [.f32, .f16, .q8_0]
 
     public init(layers: Int, capacity: Int, kvDimension: Int, type: GGMLType) throws(PunaError) {
         guard KVCache.supportedTypes.contains(type) else {

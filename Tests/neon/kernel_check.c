@@ -147,6 +147,57 @@ static void check_case(puna_pool **pools, int n_pools, int family, int type, int
     free(w); free(x); free(want); free(got); free(one);
 }
 
+// puna_attention with f32, f16 and q8_0 caches: the family's row primitives against the scalar
+// ones (the reference family), within 1e-5 of the output scale; heads of 16 and 24 dims make q8_0
+// heads start inside blocks.
+static void check_attention(puna_pool *pool, int family) {
+    static const int cases[][5] = { {1, 0, 4, 4, 16}, {3, 5, 6, 2, 24}, {2, 40, 8, 4, 32}, {5, 7, 4, 1, 64}, {1, 100, 2, 2, 128} };
+    static const int kv_types[] = { PUNA_TYPE_F32, PUNA_TYPE_F16, PUNA_TYPE_Q8_0 };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int n_tokens = cases[c][0], pos0 = cases[c][1], heads = cases[c][2], kv_heads = cases[c][3], hd = cases[c][4];
+        int positions = pos0 + n_tokens, width = kv_heads * hd;
+        float *q = malloc(sizeof(float) * n_tokens * heads * hd), *kf = malloc(sizeof(float) * positions * width);
+        float *vf = malloc(sizeof(float) * positions * width);
+        for (int i = 0; i < n_tokens * heads * hd; i++) q[i] = uniform() * 2;
+        for (int i = 0; i < positions * width; i++) { kf[i] = uniform() * 2; vf[i] = uniform(); }
+        for (size_t ti = 0; ti < 3; ti++) {
+            int kv = kv_types[ti];
+            if (kv == PUNA_TYPE_Q8_0 && width % 32 != 0) continue;
+            int64_t row = kv == PUNA_TYPE_F32 ? width * 4 : kv == PUNA_TYPE_F16 ? width * 2 : width / 32 * 34;
+            uint8_t *k = malloc((size_t)(row * positions)), *v = malloc((size_t)(row * positions));
+            for (int j = 0; j < positions; j++) {
+                if (kv == PUNA_TYPE_F32) { memcpy(k + j * row, kf + j * width, (size_t)row); memcpy(v + j * row, vf + j * width, (size_t)row); }
+                else if (kv == PUNA_TYPE_F16) {
+                    for (int e = 0; e < width; e++) {
+                        ((uint16_t *)(k + j * row))[e] = puna_f32_to_f16(kf[j * width + e]);
+                        ((uint16_t *)(v + j * row))[e] = puna_f32_to_f16(vf[j * width + e]);
+                    }
+                } else {
+                    puna_type_table[PUNA_TYPE_Q8_0].encode(kf + j * width, k + j * row, width);
+                    puna_type_table[PUNA_TYPE_Q8_0].encode(vf + j * width, v + j * row, width);
+                }
+            }
+            int n_out = n_tokens * heads * hd;
+            float *want = malloc(sizeof(float) * n_out), *got = malloc(sizeof(float) * n_out);
+            puna_kernels_set_family(PUNA_KERNELS_REFERENCE);
+            int rc1 = puna_attention(pool, want, q, kv, k, v, 0, n_tokens, pos0, heads, kv_heads, hd, NULL, 0);
+            puna_kernels_set_family(family);
+            int rc2 = puna_attention(pool, got, q, kv, k, v, 0, n_tokens, pos0, heads, kv_heads, hd, NULL, 0);
+            checks++;
+            int bad = rc1 != 0 || rc2 != 0;
+            for (int i = 0; i < n_out && !bad; i++)
+                if (!(fabsf(got[i] - want[i]) <= 1e-5f)) {
+                    printf("FAIL %s attention %s case %zu: out[%d] %.9g vs %.9g\n", puna_kernels_family_name(family),
+                           puna_type_table[kv].name, c, i, got[i], want[i]);
+                    bad = 1;
+                }
+            failures += bad;
+            free(k); free(v); free(want); free(got);
+        }
+        free(q); free(kf); free(vf);
+    }
+}
+
 int main(int argc, char **argv) {
     static const int types[] = { PUNA_TYPE_Q4_0, PUNA_TYPE_Q4_1, PUNA_TYPE_Q5_0, PUNA_TYPE_Q5_1, PUNA_TYPE_Q8_0,
                                  PUNA_TYPE_Q4_K, PUNA_TYPE_Q5_K, PUNA_TYPE_Q6_K, PUNA_TYPE_F16, PUNA_TYPE_BF16, PUNA_TYPE_F32 };
@@ -182,6 +233,7 @@ int main(int argc, char **argv) {
                 if (block > 1) check_case(pools, 1, family, type, rows, cols, n, 1);
             }
         }
+        check_attention(pools[1], family);
         printf("family %s checked\n", puna_kernels_family_name(family));
     }
     for (int i = 0; i < 3; i++) puna_pool_destroy(pools[i]);

@@ -76,8 +76,9 @@ void puna_softmax(float *x, int64_t n);
 // pos0 .. pos0 + n_tokens - 1.
 // q:   f32 [n_tokens][n_heads * head_dim] (already roped).
 // k_cache, v_cache: one row per position 0 .. pos0 + n_tokens - 1 (already filled), each row
-//      n_kv_heads * head_dim values of kv_type (PUNA_TYPE_F32 or PUNA_TYPE_F16), rows
-//      kv_row_bytes apart (0 means packed: n_kv_heads * head_dim * element size).
+//      n_kv_heads * head_dim values of kv_type (PUNA_TYPE_F32, PUNA_TYPE_F16, or PUNA_TYPE_Q8_0
+//      with the row a whole number of blocks of 32, which may straddle heads), rows kv_row_bytes
+//      apart (0 means packed: the row's size).
 // out: f32 [n_tokens][n_heads * head_dim]; must not overlap q.
 // Query head h reads kv head h / (n_heads / n_kv_heads); scores are scaled by 1/sqrt(head_dim).
 // Work is split over (token, head) pairs. scratch: n_threads * n_ctx floats with
