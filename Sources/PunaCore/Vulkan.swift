@@ -341,15 +341,17 @@ final class VulkanBackend {
 
     /// The GPU half of a KV cache, made (or remade) to match `cache`.
     func deviceCache(for cache: KVCache) throws(PunaError) -> VulkanKVCache {
-        let f16 = cache.type == .f16
+        // The shaders keep keys and values as f32 or f16; a q8_0 cache keeps f16 for the GPU
+        // layers (its CPU layers, with --gpu-layers, stay q8_0).
+        guard cache.type == .f16 || cache.type == .f32 || cache.type == .q8_0 else {
+            throw PunaError("vulkan: KV cache type \(cache.type.name) is not supported (use f16, f32 or q8_0)")
+        }
+        let f16 = cache.type != .f32
         if let existing = cache.deviceCache, existing.context === context, existing.capacity == cache.capacity,
            existing.f16 == f16, existing.keys.count == gpuLayerCount {
             return existing
         }
         cache.deviceCache = nil   // free the old one first
-        guard cache.type == .f16 || cache.type == .f32 else {
-            throw PunaError("vulkan: KV cache type \(cache.type.name) is not supported (use f16 or f32)")
-        }
         let made = try VulkanKVCache(context: context, layers: gpuLayerCount, capacity: cache.capacity,
                                      kvDimension: cache.kvDimension, f16: f16)
         cache.deviceCache = made
@@ -515,6 +517,9 @@ extension LlamaModel {
         for t in first..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, outputNorm, Int64(e), config.rmsNormEpsilon) }
         output.forward(pool, xb.p + first * e, logits, nTokens: n - first)
     }
+
+    /// Whether the forward pass runs on a Vulkan device (useVulkan succeeded).
+    public var usesVulkan: Bool { vulkan != nil }
 
     /// Runs the forward pass on a Vulkan device from now on (`evaluate`, and so `Generator`).
     /// Call it after adapters are merged: weights are uploaded here. A cache's GPU layers keep their
