@@ -543,8 +543,18 @@ FLOAT_TILE(bf16, load_w_bf16)
 
 #define BLOCK_ROWS 64
 
+// A decoding chunk starts cold: the tiles' own prefetching covers from the third tile on, so the
+// first PF_TILES tiles are requested up front (and the last tiles prefetch nothing past the chunk,
+// which another thread may own).
+static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) {
+    int64_t end = r0 + PF_TILES * DEC_R < r1 ? r0 + PF_TILES * DEC_R : r1;
+    const uint8_t *p = a->w + r0 * a->row_bytes, *e = a->w + end * a->row_bytes;
+    for (; p < e; p += 64) _mm_prefetch((const char *)p, PF_HINT);
+}
+
 #define TILE_FNS(name, BR, BT)                                                                          \
     static T512 void name##_dec4(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 1); } \
+    static T512 void name##_dec4_last(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 0); } \
     static T512 void name##_dec1(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, 1, 1, 0); }    \
     static T512 void name##_full(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, BT, 0); } \
     static T512 void name##_rowtail(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, BT, 0); } \
@@ -553,7 +563,9 @@ FLOAT_TILE(bf16, load_w_bf16)
     static void name##_rows(const qmm_args *a, int64_t r0, int64_t r1) {                              \
         if (a->n_tokens == 1) {                                                                         \
             int64_t r = r0;                                                                             \
-            for (; r + DEC_R <= r1; r += DEC_R) name##_dec4(a, r);                                      \
+            prefetch_rows(a, r0, r1);                                                                   \
+            for (; r + (PF_TILES + 1) * DEC_R <= r1; r += DEC_R) name##_dec4(a, r);                     \
+            for (; r + DEC_R <= r1; r += DEC_R) name##_dec4_last(a, r);                                 \
             for (; r < r1; r++) name##_dec1(a, r);                                                      \
             return;                                                                                     \
         }                                                                                               \
