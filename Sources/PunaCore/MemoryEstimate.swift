@@ -155,7 +155,7 @@ public struct MemoryEstimate {
 
     /// Bytes of the program itself (code and data of puna, the Swift runtime and libc, as resident
     /// after start-up; measured) and of each thread's stack as used.
-    static let programBytes = 10 << 20
+    static let programBytes = 21 << 19  // 10.5 MiB
     static let stackBytesPerThread = 128 << 10
     /// Tokenizer tables and the GGUF metadata kept with the model, per vocabulary entry (measured:
     /// about 210 bytes with LLaMA's 32000 pieces), and the sampler's per-entry arrays.

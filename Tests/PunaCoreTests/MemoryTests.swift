@@ -202,6 +202,17 @@ final class MemoryTests: XCTestCase {
         }
     }
 
+    /// --mlock locks the mapped weights, or says why it cannot (no root, small ulimit -l).
+    func testMlock() throws {
+        let (status, out, err) = try Fixtures.runPuna(["run", "-m", model("tiny-gqa-q8_0.gguf"), "-p", "The licensee may", "-n", "4",
+                                                       "--temp", "0", "--mlock"])
+        if status == 0 {
+            XCTAssertFalse(out.isEmpty)
+        } else {
+            XCTAssertTrue(err.contains("flag --mlock:") && err.contains("ulimit -l"), err)
+        }
+    }
+
     /// scripts/mem-check (needs root and a cgroup memory controller; skipped otherwise): a tiny model
     /// passes under 64 MiB with its peak and tok/s reported; a command that needs more is OOM-killed
     /// and reported as such; Puna under a limit below its estimate refuses instead of being killed.
