@@ -12,6 +12,8 @@ final class Linear {
     var ownedWeights: UnsafeMutableRawPointer? = nil
     /// The model's active LoRA adapters, added on top of W·x in `forward` (LoRA.swift).
     var adapterState: AdapterState? = nil
+    /// This matrix's pairs of the active set, ready for the LoRA kernel (LoRA.swift).
+    var adapterCache: LinearAdapterCache? = nil
 
     init(name: String, type: GGMLType, rows: Int, cols: Int, weights: UnsafeRawPointer) {
         self.name = name

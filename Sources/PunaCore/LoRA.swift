@@ -59,9 +59,16 @@ final class LoRAWeights {
     /// Names of the two tensors in the adapter file, for messages.
     let sourceA: String
     let sourceB: String
+    /// The mapped file B lies in (nil when B was copied out of it), whose pages of B are dropped
+    /// once the transposed copy exists.
+    let bFile: MappedFile?
+    /// B transposed (rank × outputCount, B's type), rows already in the base's row order: owned,
+    /// built by `prepareTransposedB` for the CPU kernel (puna_lora_apply). `b` itself stays mapped
+    /// for the merge and the Vulkan upload.
+    private(set) var transposedB: UnsafeMutableRawPointer? = nil
 
     init(target: String, kind: Kind, a: LoRAMatrix, aRowPerToken: Bool, b: LoRAMatrix, rank: Int, scale: Float,
-         outputRows: [Int]?, sourceA: String, sourceB: String) {
+         outputRows: [Int]?, sourceA: String, sourceB: String, bFile: MappedFile? = nil) {
         self.target = target
         self.kind = kind
         self.a = a
@@ -72,6 +79,49 @@ final class LoRAWeights {
         self.outputRows = outputRows
         self.sourceA = sourceA
         self.sourceB = sourceB
+        self.bFile = bFile
+    }
+
+    deinit { transposedB?.deallocate() }
+
+    /// Whether puna_lora_apply computes this pair (a linear pair with F32/F16/BF16 factors; others,
+    /// e.g. quantized factors of a GGUF LoRA, go through puna_matmul).
+    var usesLoRAKernel: Bool {
+        kind == .linear && puna_lora_supports(Int32(a.type.rawValue)) != 0 && puna_lora_supports(Int32(b.type.rawValue)) != 0
+    }
+
+    /// Build Bᵀ once (no-op when built or when the kernel does not take this pair), then drop B's
+    /// mapped pages from this process: they are read again only by a merge or a GPU upload.
+    func prepareTransposedB() {
+        guard transposedB == nil, usesLoRAKernel else { return }
+        let out = b.rows, r = rank, size = b.type.bytesPerBlock
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: max(out * r * size, 1), alignment: 64)
+        // Rows of B in blocks, so the scattered writes of a block stay within few pages at a time.
+        var i0 = 0
+        while i0 < out {
+            let i1 = min(out, i0 + 64)
+            for k in 0..<r {
+                for i in i0..<i1 {
+                    let o = outputRows?[i] ?? i
+                    switch size {
+                    case 2: copy.storeBytes(of: b.data.load(fromByteOffset: (i * r + k) * 2, as: UInt16.self), toByteOffset: (k * out + o) * 2, as: UInt16.self)
+                    default: copy.storeBytes(of: b.data.load(fromByteOffset: (i * r + k) * 4, as: UInt32.self), toByteOffset: (k * out + o) * 4, as: UInt32.self)
+                    }
+                }
+            }
+            i0 = i1
+        }
+        transposedB = copy
+        if let file = bFile, let base = file.baseAddress {
+            let offset = b.data - base
+            if offset >= 0 && offset + b.byteCount <= file.count { file.advise(offset: offset, count: b.byteCount, .dontNeed) }
+        }
+    }
+
+    /// The factors as puna_lora_apply takes them (after prepareTransposedB).
+    var kernelFactors: puna_lora_factors {
+        puna_lora_factors(a_type: Int32(a.type.rawValue), bt_type: Int32(b.type.rawValue), a: a.data,
+                          bt: UnsafeRawPointer(transposedB), rank: Int64(rank), cols: Int64(a.cols), outputs: Int64(b.rows))
     }
 
     /// Rows of the base matrix this pair updates (B's rows).
@@ -120,6 +170,20 @@ public final class LoRAAdapter {
     private let ownedCopies: [UnsafeMutableRawPointer]
 
     deinit { for p in ownedCopies { p.deallocate() } }
+
+    /// Get the adapter ready to be applied per token on the CPU: B of every linear pair transposed
+    /// into owned memory (LoRAWeights.prepareTransposedB). Setting `activeAdapters` does it; sets
+    /// given per row (batching) are prepared on first use.
+    public func prepareForUnmergedUse() {
+        for w in weights.values { w.prepareTransposedB() }
+    }
+
+    /// Bytes of the transposed copies of B built so far (owned memory).
+    public var transposedBytes: Int {
+        var n = 0
+        for w in weights.values where w.transposedB != nil { n += w.b.byteCount }
+        return n
+    }
 
     /// Load an adapter (a PEFT folder, its adapter_model.safetensors, or a GGUF LoRA file) for
     /// `model`: every factor's shape is checked against the base matrix it updates.
@@ -232,7 +296,8 @@ public final class LoRAAdapter {
             }
             weights[raw.target] = LoRAWeights(target: raw.target, kind: raw.kind, a: a, aRowPerToken: raw.aRowPerToken, b: b,
                                               rank: rank, scale: scale, outputRows: outputRows,
-                                              sourceA: raw.aName, sourceB: raw.bName)
+                                              sourceA: raw.aName, sourceB: raw.bName,
+                                              bFile: parsed.safetensors?.file ?? parsed.gguf?.file)
             bytes += raw.a.byteCount + raw.b.byteCount
         }
         if let model = base {
@@ -675,7 +740,11 @@ public struct AdapterSet {
 
 /// The model's active adapters, shared with its matrices (a Linear reads it in `forward`).
 final class AdapterState {
-    var active = AdapterSet()
+    var active = AdapterSet() {
+        didSet { generation &+= 1 }
+    }
+    /// Changes with every assignment of `active`: matrices rebuild their cached pairs when it moved.
+    private(set) var generation = 0
 }
 
 extension LlamaModel {
@@ -684,7 +753,10 @@ extension LlamaModel {
     /// `LoRAAdapter.load(path:for:)` for this model.
     public var activeAdapters: AdapterSet {
         get { adapterState.active }
-        set { adapterState.active = newValue }
+        set {
+            for e in newValue.entries where e.adapter.isBound { e.adapter.prepareForUnmergedUse() }
+            adapterState.active = newValue
+        }
     }
 
     /// Every matrix of the model with its GGUF tensor name (the tied output head under "output.weight").
@@ -779,41 +851,135 @@ func adapterGroups(target: String, nTokens: Int, adapters: [AdapterSet]?, state:
     return groups
 }
 
+/// A matrix's pairs of the model's active adapter set, ready for puna_lora_apply: rebuilt when
+/// the set changes (AdapterState.generation), so a token costs no allocation or lookup.
+final class LinearAdapterCache {
+    var generation = -1
+    /// `count` factor descriptions with their total scales.
+    private(set) var factors: UnsafeMutablePointer<puna_lora_factors>? = nil
+    private(set) var scales: UnsafeMutablePointer<Float>? = nil
+    private(set) var count = 0
+    /// Pairs the kernel does not take (quantized factors), applied through puna_matmul.
+    private(set) var others: [(weights: LoRAWeights, scale: Float)] = []
+    /// Keeps the pairs (and their Bᵀ) alive as long as the pointers above are used.
+    private var held: [LoRAWeights] = []
+
+    deinit { release() }
+
+    private func release() {
+        factors?.deallocate()
+        scales?.deallocate()
+        factors = nil
+        scales = nil
+        count = 0
+    }
+
+    func rebuild(_ parts: [(weights: LoRAWeights, scale: Float)], generation: Int) {
+        release()
+        var fast: [(weights: LoRAWeights, scale: Float)] = []
+        others = []
+        for p in parts where p.weights.kind == .linear {
+            if p.weights.usesLoRAKernel {
+                p.weights.prepareTransposedB()
+                fast.append(p)
+            } else {
+                others.append(p)
+            }
+        }
+        if !fast.isEmpty {
+            let f = UnsafeMutablePointer<puna_lora_factors>.allocate(capacity: fast.count)
+            let s = UnsafeMutablePointer<Float>.allocate(capacity: fast.count)
+            for (i, p) in fast.enumerated() {
+                (f + i).initialize(to: p.weights.kernelFactors)
+                s[i] = p.scale
+            }
+            factors = f
+            scales = s
+            count = fast.count
+        }
+        held = fast.map { $0.weights }
+        self.generation = generation
+    }
+}
+
 extension Linear {
     /// y[t] += s·B(A·x[t]) for every adapter pair that updates this matrix: the active set of the
     /// model for every row (adapters nil), or adapters[t] for row t. Rows sharing a pair go through
-    /// its two small matmuls together.
+    /// one puna_lora_apply (no gathering: it takes the row indices).
     func addAdapterDeltas(_ pool: OpaquePointer, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                           nTokens: Int, adapters: [AdapterSet]?) {
-        if adapters == nil && (adapterState?.active.isEmpty ?? true) { return }
-        let groups = adapterGroups(target: name, nTokens: nTokens, adapters: adapters, state: adapterState)
-        for g in groups where g.weights.kind == .linear {
-            let w = g.weights, m = g.rows.count, r = w.rank, out = w.b.rows
-            // Rows 0..<n in order can be read in place; otherwise gather them.
-            var input = x
-            var gathered: Buffer? = nil
-            if m != nTokens {
-                let buffer = Buffer(m * cols)
-                for (i, t) in g.rows.enumerated() { buffer.p.advanced(by: i * cols).update(from: x + t * cols, count: cols) }
-                gathered = buffer
-                input = UnsafePointer(buffer.p)
+        guard let adapters else {
+            // The hot path (every token of run/chat/perplexity): the cached pairs.
+            guard let state = adapterState else { return }
+            if state.active.isEmpty {
+                if adapterCache != nil { adapterCache = nil }  // let go of the last set's pairs
+                return
             }
-            let ax = Buffer(m * r), delta = Buffer(m * out)
-            _ = puna_matmul(pool, Int32(w.a.type.rawValue), w.a.data, Int64(r), Int64(cols), input, Int64(m), ax.p)
-            for i in 0..<m {
-                let s = g.scales[i]
-                for k in 0..<r { ax.p[i * r + k] *= s }
+            let cache: LinearAdapterCache
+            if let c = adapterCache {
+                cache = c
+            } else {
+                cache = LinearAdapterCache()
+                adapterCache = cache
             }
-            _ = puna_matmul(pool, Int32(w.b.type.rawValue), w.b.data, Int64(out), Int64(r), ax.p, Int64(m), delta.p)
-            for (i, t) in g.rows.enumerated() {
-                let row = y + t * rows, d = delta.p + i * out
-                if let order = w.outputRows {
-                    for o in 0..<out { row[order[o]] += d[o] }
-                } else {
-                    puna_add(row, row, d, Int64(out))
+            if cache.generation != state.generation { cache.rebuild(state.active.parts(for: name), generation: state.generation) }
+            if let factors = cache.factors, let scales = cache.scales {
+                for i in 0..<cache.count {
+                    _ = puna_lora_apply(pool, factors + i, x, y, Int64(rows), Int64(nTokens), nil, nil, scales[i])
                 }
             }
-            _ = gathered
+            for (w, s) in cache.others {
+                addDeltaThroughMatmul(pool, w, x, y, nTokens: nTokens, rowList: Array(0..<nTokens), scales: [Float](repeating: s, count: nTokens))
+            }
+            return
         }
+        let groups = adapterGroups(target: name, nTokens: nTokens, adapters: adapters, state: adapterState)
+        for g in groups where g.weights.kind == .linear {
+            let w = g.weights
+            guard w.usesLoRAKernel else {
+                addDeltaThroughMatmul(pool, w, x, y, nTokens: nTokens, rowList: g.rows, scales: g.scales)
+                continue
+            }
+            w.prepareTransposedB()
+            var factors = w.kernelFactors
+            let rowIndices = g.rows.map { Int32(truncatingIfNeeded: $0) }
+            rowIndices.withUnsafeBufferPointer { r in
+                g.scales.withUnsafeBufferPointer { s in
+                    _ = puna_lora_apply(pool, &factors, x, y, Int64(rows), Int64(g.rows.count), r.baseAddress, s.baseAddress, 0)
+                }
+            }
+        }
+    }
+
+    /// The general path for pairs puna_lora_apply does not take: A·x and B·(A·x) through
+    /// puna_matmul for the rows in `rowList`, each scaled by its entry of `scales`.
+    private func addDeltaThroughMatmul(_ pool: OpaquePointer, _ w: LoRAWeights, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                       nTokens: Int, rowList: [Int], scales: [Float]) {
+        let m = rowList.count, r = w.rank, out = w.b.rows
+        // Rows 0..<n in order can be read in place; otherwise gather them.
+        var input = x
+        var gathered: Buffer? = nil
+        if m != nTokens {
+            let buffer = Buffer(m * cols)
+            for (i, t) in rowList.enumerated() { buffer.p.advanced(by: i * cols).update(from: x + t * cols, count: cols) }
+            gathered = buffer
+            input = UnsafePointer(buffer.p)
+        }
+        let ax = Buffer(m * r), delta = Buffer(m * out)
+        _ = puna_matmul(pool, Int32(w.a.type.rawValue), w.a.data, Int64(r), Int64(cols), input, Int64(m), ax.p)
+        for i in 0..<m {
+            let s = scales[i]
+            for k in 0..<r { ax.p[i * r + k] *= s }
+        }
+        _ = puna_matmul(pool, Int32(w.b.type.rawValue), w.b.data, Int64(out), Int64(r), ax.p, Int64(m), delta.p)
+        for (i, t) in rowList.enumerated() {
+            let row = y + t * rows, d = delta.p + i * out
+            if let order = w.outputRows {
+                for o in 0..<out { row[order[o]] += d[o] }
+            } else {
+                puna_add(row, row, d, Int64(out))
+            }
+        }
+        _ = gathered
     }
 }

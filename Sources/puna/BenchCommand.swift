@@ -19,8 +19,10 @@ enum BenchCommand {
         FlagSpec(names: ["-b", "--batch-size"], value: "N", help: "prompt tokens per matrix step (default: -p, one batch)"),
         CommonFlags.cacheTypeK,
         CommonFlags.cacheTypeV,
+        CommonFlags.activationLevels,
         FlagSpec(names: ["--backend"], value: "NAME", help: "compute backend: \(backends.joined(separator: ", ")) (default cpu)"),
         BackendFlags.specs[1], BackendFlags.specs[2],   // --device, --gpu-layers (with --backend vulkan)
+        AdapterFlags.lora, AdapterFlags.loraScaled, AdapterFlags.mergeLoRA,
         FlagSpec(names: ["--seed"], value: "S", help: "seed of the token ids (default 42)"),
         FlagSpec(names: ["--no-warmup"], value: nil, help: "skip the untimed warm-up runs"),
         FlagSpec(names: ["--json"], value: nil, help: "print one JSON object instead of the table"),
@@ -43,7 +45,7 @@ enum BenchCommand {
     static func run(_ arguments: [String]) throws(PunaError) -> Int32 {
         let args = try ParsedArguments(command: "bench", arguments: arguments, specs: specs)
         if args.has("-h") {
-            out(helpText(usage: "puna bench -m MODEL [-p 512] [-n 128] [-t N] [-r 5] [--backend cpu] [--json]",
+            out(helpText(usage: "puna bench -m MODEL [-p 512] [-n 128] [-t N] [-r 5] [--lora ADAPTER] [--backend cpu] [--json]",
                          summary: "Measure prompt (pp) and decode (tg) speed like llama-bench: each test starts from an empty cache, "
                              + "runs once untimed, then -r timed repetitions; prints the median tokens/s with min, max and standard deviation.",
                          specs: specs))
@@ -56,6 +58,7 @@ enum BenchCommand {
         guard nPrompt + nGen > 0 else { throw PunaError("nothing to measure: -p and -n are both 0") }
         let reps = try args.int("-r", range: 1...100_000) ?? 5
         let threads = try args.int("-t", range: 1...1024) ?? 0
+        try CommonFlags.applyActivationLevels(args)
         let batch = try args.int("-b", range: 1...(1 << 20)) ?? max(nPrompt, 1)
         let backend = args.string("--backend") ?? "cpu"
         guard backends.contains(backend) else {
@@ -70,6 +73,7 @@ enum BenchCommand {
 
         let loadStart = puna_now_ns()
         let model = try LlamaModel(path: path, options: ModelOptions(threads: threads, batchSize: batch))
+        try AdapterFlags.apply(args, model: model)  // --lora / --lora-scaled, applied per token unless --merge-lora
         if backend == "vulkan" {
             // A benchmark must not quietly measure the CPU: no fallback here.
             try model.useVulkan(VulkanOptions(device: try args.int("--device", range: 0...255) ?? -1,
@@ -151,6 +155,8 @@ enum BenchCommand {
             j.field("reps", reps)
             j.field("warmup", warmup)
             j.field("seed", Int(truncatingIfNeeded: seed))
+            j.key("adapters"); j.beginArray(); for p in try AdapterFlags.requested(args) { j.value(p.path) }; j.endArray()
+            j.field("merged_adapters", args.has("--merge-lora"))
             j.key("prompt_tokens_per_s"); if let pp { j.value(pp.median, decimals: 3) } else { j.null() }
             j.key("decode_tokens_per_s"); if let tg { j.value(tg.median, decimals: 3) } else { j.null() }
             j.key("prompt"); if let pp { write(pp, to: &j) } else { j.null() }
@@ -170,6 +176,10 @@ enum BenchCommand {
         }
         out(markdownTable(rows, rightAligned: [2, 4, 6, 7, 8, 9]))
         outLine("")
+        let adapterPaths = try AdapterFlags.requested(args).map { $0.path }
+        if !adapterPaths.isEmpty {
+            outLine("LoRA \(args.has("--merge-lora") ? "merged at load" : "unmerged (per token)"): \(adapterPaths.joined(separator: ", "))")
+        }
         outLine("\(reps) repetitions\(warmup ? " after a warm-up" : ""); batch \(model.batchSize); KV cache \(cache.type.name), "
                 + "\(cache.capacity) positions (\(formatBytes(cache.byteCount))); load \(fixed(Double(loadNs) / 1e6, 0)) ms; "
                 + "peak RSS \(formatBytes(peakRSS)) (file \(formatBytes(gguf.file.count)))")

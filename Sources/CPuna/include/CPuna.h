@@ -2,3 +2,4 @@
 #include "puna_platform.h"
 #include "puna_quants.h"
 #include "puna_kernels.h"
+#include "puna_lora.h"
