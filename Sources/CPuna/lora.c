@@ -8,6 +8,8 @@
 #include "puna_platform.h"
 #include "puna_quants.h"
 
+#include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -19,21 +21,20 @@
 #include <arm_neon.h>
 #endif
 
-// Outputs one thread adds at a time: accumulators for a tile stay in L1 (4 tokens × 1024 floats).
-#define LORA_TILE 1024
-#define LORA_TOKENS 4
-// Output chunks handed to threads are multiples of this, so only the last columns of the matrix
-// ever take a SIMD path's scalar tail, whatever the thread count.
-#define LORA_ALIGN 16
+// Bᵀ is stored in tiles of LORA_TILE outputs: tile j holds rows k = 0..rank-1 of outputs
+// [64j, 64j + 64) back to back (the last tile zero-padded), so adding one tile's update streams a
+// contiguous rank × 64 block and its 64 sums stay in registers.
+#define LORA_TILE 64
 
-// One implementation: the dot product of a factor row with f32 inputs, and the accumulation
-// acc[j][0..w) = Σ_k u[j][k] · Bᵀ[k][o0 .. o0+w) for nt ≤ LORA_TOKENS tokens (k in order).
+static inline size_t type_bytes(int type) { return type == PUNA_TYPE_F32 ? 4 : 2; }
+
+// One implementation: the dot product of a factor row with f32 inputs, and the update of one tile,
+// y[l] += Σ_k u[k] · T[k][l] for l < w (k in order, then one add into y).
 typedef float (*lora_dot_fn)(int type, const void *row, const float *x, int64_t n);
-typedef void (*lora_accumulate_fn)(int type, const void *bt, int64_t outputs, int64_t rank, const float *u, int nt,
-                                   int64_t o0, int64_t w, float *acc);
+typedef void (*lora_tile_fn)(int type, const void *tile, int64_t rank, const float *u, float *y, int w);
 typedef struct {
     lora_dot_fn dot;
-    lora_accumulate_fn accumulate;
+    lora_tile_fn tile_add;
     const char *name;
 } lora_impl;
 
@@ -58,19 +59,15 @@ static float portable_dot(int type, const void *row, const float *x, int64_t n) 
     return s;
 }
 
-static void portable_accumulate(int type, const void *bt, int64_t outputs, int64_t rank, const float *u, int nt,
-                                int64_t o0, int64_t w, float *acc) {
-    memset(acc, 0, sizeof(float) * (size_t)(nt * LORA_TILE));
+static void portable_tile_add(int type, const void *tile, int64_t rank, const float *u, float *y, int w) {
+    float acc[LORA_TILE] = {0};
     for (int64_t k = 0; k < rank; k++) {
-        for (int j = 0; j < nt; j++) {
-            float uk = u[j * rank + k];
-            float *a = acc + j * LORA_TILE;
-            for (int64_t o = 0; o < w; o++) a[o] += uk * load_one(type, bt, k * outputs + o0 + o);
-        }
+        for (int l = 0; l < LORA_TILE; l++) acc[l] += u[k] * load_one(type, tile, k * LORA_TILE + l);
     }
+    for (int l = 0; l < w; l++) y[l] += acc[l];
 }
 
-static const lora_impl portable_impl = {portable_dot, portable_accumulate, "portable"};
+static const lora_impl portable_impl = {portable_dot, portable_tile_add, "portable"};
 
 // ---- x86: AVX-512 (masked tails) and AVX2 + F16C -------------------------------------------
 
@@ -123,55 +120,35 @@ static T512 float l512_dot(int type, const void *row, const float *x, int64_t n)
     }
 }
 
-INLINE T512 void l512_accumulate_typed(int type, const void *bt, int64_t outputs, int64_t rank, const float *u, int nt,
-                                       int64_t o0, int64_t w, float *acc) {
-    int64_t whole = w & ~(int64_t)15;
-    __mmask16 tail = (__mmask16)((1u << (w - whole)) - 1);
-    for (int j = 0; j < nt; j++) {
-        for (int64_t o = 0; o < w; o += 16) _mm512_storeu_ps(acc + j * LORA_TILE + o, _mm512_setzero_ps());
-    }
-    size_t esize = type == PUNA_TYPE_F32 ? 4 : 2;
+INLINE T512 void l512_tile_add_typed(int type, const void *tile, int64_t rank, const float *u, float *y, int w) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t k = 0; k < rank; k++) {
-        const void *row = (const char *)bt + (size_t)(k * outputs + o0) * esize;
-        if (nt == 1) {
-            __m512 uk = _mm512_set1_ps(u[k]);
-            int64_t o = 0;
-            for (; o + 64 <= whole; o += 64) {
-                for (int q = 0; q < 64; q += 16) {
-                    float *a = acc + o + q;
-                    _mm512_storeu_ps(a, _mm512_fmadd_ps(uk, l512_load(type, row, o + q), _mm512_loadu_ps(a)));
-                }
-            }
-            for (; o < whole; o += 16) {
-                _mm512_storeu_ps(acc + o, _mm512_fmadd_ps(uk, l512_load(type, row, o), _mm512_loadu_ps(acc + o)));
-            }
-            if (tail) {
-                _mm512_storeu_ps(acc + whole, _mm512_fmadd_ps(uk, l512_load_masked(type, row, whole, tail), _mm512_loadu_ps(acc + whole)));
-            }
-            continue;
-        }
-        __m512 uk[LORA_TOKENS];
-        for (int j = 0; j < nt; j++) uk[j] = _mm512_set1_ps(u[j * rank + k]);
-        for (int64_t o = 0; o < w; o += 16) {
-            __m512 b = o < whole ? l512_load(type, row, o) : l512_load_masked(type, row, o, tail);
-            for (int j = 0; j < nt; j++) {
-                float *a = acc + j * LORA_TILE + o;
-                _mm512_storeu_ps(a, _mm512_fmadd_ps(uk[j], b, _mm512_loadu_ps(a)));
-            }
-        }
+        __m512 uk = _mm512_set1_ps(u[k]);
+        int64_t at = k * LORA_TILE;
+        a0 = _mm512_fmadd_ps(uk, l512_load(type, tile, at), a0);
+        a1 = _mm512_fmadd_ps(uk, l512_load(type, tile, at + 16), a1);
+        a2 = _mm512_fmadd_ps(uk, l512_load(type, tile, at + 32), a2);
+        a3 = _mm512_fmadd_ps(uk, l512_load(type, tile, at + 48), a3);
+    }
+    __m512 acc[4] = {a0, a1, a2, a3};
+    for (int q = 0; q < 4; q++) {
+        int left = w - 16 * q;
+        if (left <= 0) break;
+        __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        float *yq = y + 16 * q;
+        _mm512_mask_storeu_ps(yq, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, yq), acc[q]));
     }
 }
 
-static T512 void l512_accumulate(int type, const void *bt, int64_t outputs, int64_t rank, const float *u, int nt,
-                                 int64_t o0, int64_t w, float *acc) {
+static T512 void l512_tile_add(int type, const void *tile, int64_t rank, const float *u, float *y, int w) {
     switch (type) {
-    case PUNA_TYPE_F16: l512_accumulate_typed(PUNA_TYPE_F16, bt, outputs, rank, u, nt, o0, w, acc); break;
-    case PUNA_TYPE_BF16: l512_accumulate_typed(PUNA_TYPE_BF16, bt, outputs, rank, u, nt, o0, w, acc); break;
-    default: l512_accumulate_typed(PUNA_TYPE_F32, bt, outputs, rank, u, nt, o0, w, acc); break;
+    case PUNA_TYPE_F16: l512_tile_add_typed(PUNA_TYPE_F16, tile, rank, u, y, w); break;
+    case PUNA_TYPE_BF16: l512_tile_add_typed(PUNA_TYPE_BF16, tile, rank, u, y, w); break;
+    default: l512_tile_add_typed(PUNA_TYPE_F32, tile, rank, u, y, w); break;
     }
 }
 
-static const lora_impl avx512_impl = {l512_dot, l512_accumulate, "avx512"};
+static const lora_impl avx512_impl = {l512_dot, l512_tile_add, "avx512"};
 
 INLINE T256 __m256 l256_load(int type, const void *p, int64_t i) {
     switch (type) {
@@ -210,35 +187,31 @@ static T256 float l256_dot(int type, const void *row, const float *x, int64_t n)
     }
 }
 
-INLINE T256 void l256_accumulate_typed(int type, const void *bt, int64_t outputs, int64_t rank, const float *u, int nt,
-                                       int64_t o0, int64_t w, float *acc) {
-    int64_t whole = w & ~(int64_t)7;
-    for (int j = 0; j < nt; j++) memset(acc + j * LORA_TILE, 0, sizeof(float) * (size_t)w);
-    size_t esize = type == PUNA_TYPE_F32 ? 4 : 2;
+INLINE T256 void l256_tile_add_typed(int type, const void *tile, int64_t rank, const float *u, float *y, int w) {
+    __m256 a[8];
+    for (int q = 0; q < 8; q++) a[q] = _mm256_setzero_ps();
     for (int64_t k = 0; k < rank; k++) {
-        const void *row = (const char *)bt + (size_t)(k * outputs + o0) * esize;
-        for (int j = 0; j < nt; j++) {
-            float ukf = u[j * rank + k];
-            __m256 uk = _mm256_set1_ps(ukf);
-            float *a = acc + j * LORA_TILE;
-            for (int64_t o = 0; o < whole; o += 8) {
-                _mm256_storeu_ps(a + o, _mm256_fmadd_ps(uk, l256_load(type, row, o), _mm256_loadu_ps(a + o)));
-            }
-            for (int64_t o = whole; o < w; o++) a[o] = __builtin_fmaf(ukf, load_one(type, row, o), a[o]);
-        }
+        __m256 uk = _mm256_set1_ps(u[k]);
+        for (int q = 0; q < 8; q++) a[q] = _mm256_fmadd_ps(uk, l256_load(type, tile, k * LORA_TILE + 8 * q), a[q]);
     }
+    if (w == LORA_TILE) {
+        for (int q = 0; q < 8; q++) _mm256_storeu_ps(y + 8 * q, _mm256_add_ps(_mm256_loadu_ps(y + 8 * q), a[q]));
+        return;
+    }
+    float acc[LORA_TILE];
+    for (int q = 0; q < 8; q++) _mm256_storeu_ps(acc + 8 * q, a[q]);
+    for (int l = 0; l < w; l++) y[l] += acc[l];
 }
 
-static T256 void l256_accumulate(int type, const void *bt, int64_t outputs, int64_t rank, const float *u, int nt,
-                                 int64_t o0, int64_t w, float *acc) {
+static T256 void l256_tile_add(int type, const void *tile, int64_t rank, const float *u, float *y, int w) {
     switch (type) {
-    case PUNA_TYPE_F16: l256_accumulate_typed(PUNA_TYPE_F16, bt, outputs, rank, u, nt, o0, w, acc); break;
-    case PUNA_TYPE_BF16: l256_accumulate_typed(PUNA_TYPE_BF16, bt, outputs, rank, u, nt, o0, w, acc); break;
-    default: l256_accumulate_typed(PUNA_TYPE_F32, bt, outputs, rank, u, nt, o0, w, acc); break;
+    case PUNA_TYPE_F16: l256_tile_add_typed(PUNA_TYPE_F16, tile, rank, u, y, w); break;
+    case PUNA_TYPE_BF16: l256_tile_add_typed(PUNA_TYPE_BF16, tile, rank, u, y, w); break;
+    default: l256_tile_add_typed(PUNA_TYPE_F32, tile, rank, u, y, w); break;
     }
 }
 
-static const lora_impl avx2_impl = {l256_dot, l256_accumulate, "avx2"};
+static const lora_impl avx2_impl = {l256_dot, l256_tile_add, "avx2"};
 #endif  // LORA_X86
 
 // ---- AArch64 NEON (f16 → f32 conversion is part of the base ISA) ---------------------------
@@ -275,32 +248,31 @@ static float neon_dot(int type, const void *row, const float *x, int64_t n) {
     }
 }
 
-static inline __attribute__((always_inline)) void neon_accumulate_typed(int type, const void *bt, int64_t outputs, int64_t rank,
-                                                                        const float *u, int nt, int64_t o0, int64_t w, float *acc) {
-    int64_t whole = w & ~(int64_t)3;
-    for (int j = 0; j < nt; j++) memset(acc + j * LORA_TILE, 0, sizeof(float) * (size_t)w);
-    size_t esize = type == PUNA_TYPE_F32 ? 4 : 2;
-    for (int64_t k = 0; k < rank; k++) {
-        const void *row = (const char *)bt + (size_t)(k * outputs + o0) * esize;
-        for (int j = 0; j < nt; j++) {
-            float ukf = u[j * rank + k];
-            float *a = acc + j * LORA_TILE;
-            for (int64_t o = 0; o < whole; o += 4) vst1q_f32(a + o, vfmaq_n_f32(vld1q_f32(a + o), neon_load(type, row, o), ukf));
-            for (int64_t o = whole; o < w; o++) a[o] = __builtin_fmaf(ukf, load_one(type, row, o), a[o]);
+// 64 sums in 16 registers: two passes of 32 outputs keep the register file from spilling.
+static inline __attribute__((always_inline)) void neon_tile_add_typed(int type, const void *tile, int64_t rank, const float *u,
+                                                                      float *y, int w) {
+    for (int half = 0; half < 2; half++) {
+        float32x4_t a[8];
+        for (int q = 0; q < 8; q++) a[q] = vdupq_n_f32(0);
+        for (int64_t k = 0; k < rank; k++) {
+            float uk = u[k];
+            for (int q = 0; q < 8; q++) a[q] = vfmaq_n_f32(a[q], neon_load(type, tile, k * LORA_TILE + 32 * half + 4 * q), uk);
         }
+        float acc[32];
+        for (int q = 0; q < 8; q++) vst1q_f32(acc + 4 * q, a[q]);
+        for (int l = 0; l < 32 && 32 * half + l < w; l++) y[32 * half + l] += acc[l];
     }
 }
 
-static void neon_accumulate(int type, const void *bt, int64_t outputs, int64_t rank, const float *u, int nt,
-                            int64_t o0, int64_t w, float *acc) {
+static void neon_tile_add(int type, const void *tile, int64_t rank, const float *u, float *y, int w) {
     switch (type) {
-    case PUNA_TYPE_F16: neon_accumulate_typed(PUNA_TYPE_F16, bt, outputs, rank, u, nt, o0, w, acc); break;
-    case PUNA_TYPE_BF16: neon_accumulate_typed(PUNA_TYPE_BF16, bt, outputs, rank, u, nt, o0, w, acc); break;
-    default: neon_accumulate_typed(PUNA_TYPE_F32, bt, outputs, rank, u, nt, o0, w, acc); break;
+    case PUNA_TYPE_F16: neon_tile_add_typed(PUNA_TYPE_F16, tile, rank, u, y, w); break;
+    case PUNA_TYPE_BF16: neon_tile_add_typed(PUNA_TYPE_BF16, tile, rank, u, y, w); break;
+    default: neon_tile_add_typed(PUNA_TYPE_F32, tile, rank, u, y, w); break;
     }
 }
 
-static const lora_impl neon_impl = {neon_dot, neon_accumulate, "neon"};
+static const lora_impl neon_impl = {neon_dot, neon_tile_add, "neon"};
 #endif  // LORA_NEON
 
 // ---- dispatch ------------------------------------------------------------------------------
@@ -340,7 +312,32 @@ int puna_lora_supports(int type) {
     return type == PUNA_TYPE_F32 || type == PUNA_TYPE_F16 || type == PUNA_TYPE_BF16;
 }
 
-// ---- the two phases ------------------------------------------------------------------------
+// ---- Bᵀ layout -------------------------------------------------------------------------------
+
+int64_t puna_lora_bt_bytes(int type, int64_t outputs, int64_t rank) {
+    if (!puna_lora_supports(type) || outputs <= 0 || rank <= 0) return 0;
+    return (outputs + LORA_TILE - 1) / LORA_TILE * rank * LORA_TILE * (int64_t)type_bytes(type);
+}
+
+int puna_lora_pack_bt(int type, const void *b, int64_t outputs, int64_t rank, const int64_t *output_rows, void *bt) {
+    if (!puna_lora_supports(type) || outputs <= 0 || rank <= 0) return -1;
+    size_t size = type_bytes(type);
+    memset(bt, 0, (size_t)puna_lora_bt_bytes(type, outputs, rank));
+    for (int64_t i = 0; i < outputs; i++) {
+        int64_t o = output_rows ? output_rows[i] : i;
+        if (o < 0 || o >= outputs) return -1;
+        char *dest = (char *)bt + ((size_t)(o / LORA_TILE) * (size_t)rank * LORA_TILE + (size_t)(o % LORA_TILE)) * size;
+        const char *src = (const char *)b + (size_t)i * (size_t)rank * size;
+        for (int64_t k = 0; k < rank; k++) memcpy(dest + (size_t)k * LORA_TILE * size, src + (size_t)k * size, size);
+    }
+    return 0;
+}
+
+static inline const void *bt_tile(const puna_lora_factors *f, int64_t tile) {
+    return (const char *)f->bt + (size_t)tile * (size_t)f->rank * LORA_TILE * type_bytes(f->bt_type);
+}
+
+// ---- the general entry: any number of tokens, two pool runs --------------------------------
 
 typedef struct {
     const lora_impl *impl;
@@ -353,7 +350,6 @@ typedef struct {
     const float *scales;
     float scale;
     float *u;            // [n_tokens][rank]
-    int64_t out_chunk;   // outputs per thread, a multiple of LORA_ALIGN
 } lora_job;
 
 static inline int64_t token_row(const lora_job *job, int64_t i) { return job->token_rows ? job->token_rows[i] : i; }
@@ -364,7 +360,7 @@ static void lora_down_task(void *ctx, int thread, int n_threads) {
     const puna_lora_factors *f = job->f;
     int64_t per = (f->rank + n_threads - 1) / n_threads;
     int64_t k0 = (int64_t)thread * per, k1 = k0 + per < f->rank ? k0 + per : f->rank;
-    size_t row_bytes = (size_t)f->cols * (f->a_type == PUNA_TYPE_F32 ? 4 : 2);
+    size_t row_bytes = (size_t)f->cols * type_bytes(f->a_type);
     for (int64_t k = k0; k < k1; k++) {
         const void *row = (const char *)f->a + (size_t)k * row_bytes;
         for (int64_t i = 0; i < job->n_tokens; i++) {
@@ -374,45 +370,187 @@ static void lora_down_task(void *ctx, int thread, int n_threads) {
     }
 }
 
-// y[t_i][o] += Σ_k u[i][k] · Bᵀ[k][o] for this thread's output columns, tile by tile, up to
-// LORA_TOKENS tokens sharing each pass over a tile of Bᵀ.
+// y[t_i][o] += Σ_k u[i][k] · Bᵀ[k][o] over this thread's tiles; a tile serves every token while in L1.
 static void lora_up_task(void *ctx, int thread, int n_threads) {
-    (void)n_threads;
     const lora_job *job = ctx;
     const puna_lora_factors *f = job->f;
-    int64_t o_begin = (int64_t)thread * job->out_chunk;
-    int64_t o_end = o_begin + job->out_chunk < f->outputs ? o_begin + job->out_chunk : f->outputs;
-    float acc[LORA_TOKENS * LORA_TILE] __attribute__((aligned(64)));
-    for (int64_t o0 = o_begin; o0 < o_end; o0 += LORA_TILE) {
-        int64_t w = o_end - o0 < LORA_TILE ? o_end - o0 : LORA_TILE;
-        for (int64_t i0 = 0; i0 < job->n_tokens; i0 += LORA_TOKENS) {
-            int nt = job->n_tokens - i0 < LORA_TOKENS ? (int)(job->n_tokens - i0) : LORA_TOKENS;
-            job->impl->accumulate(f->bt_type, f->bt, f->outputs, f->rank, job->u + i0 * f->rank, nt, o0, w, acc);
-            for (int j = 0; j < nt; j++) {
-                float *yrow = job->y + token_row(job, i0 + j) * job->y_stride + o0;
-                const float *a = acc + j * LORA_TILE;
-                for (int64_t o = 0; o < w; o++) yrow[o] += a[o];
-            }
+    int64_t tiles = (f->outputs + LORA_TILE - 1) / LORA_TILE;
+    int64_t per = (tiles + n_threads - 1) / n_threads;
+    int64_t j0 = (int64_t)thread * per, j1 = j0 + per < tiles ? j0 + per : tiles;
+    for (int64_t j = j0; j < j1; j++) {
+        int64_t o0 = j * LORA_TILE;
+        int w = f->outputs - o0 < LORA_TILE ? (int)(f->outputs - o0) : LORA_TILE;
+        const void *tile = bt_tile(f, j);
+        for (int64_t i = 0; i < job->n_tokens; i++) {
+            job->impl->tile_add(f->bt_type, tile, f->rank, job->u + i * f->rank, job->y + token_row(job, i) * job->y_stride + o0, w);
         }
     }
 }
 
+static int factors_ok(const puna_lora_factors *f) {
+    return f && puna_lora_supports(f->a_type) && puna_lora_supports(f->bt_type) && f->rank > 0 && f->cols > 0 && f->outputs > 0;
+}
+
 int puna_lora_apply(puna_pool *pool, const puna_lora_factors *f, const float *x, float *y, int64_t y_stride,
                     int64_t n_tokens, const int32_t *token_rows, const float *scales, float scale) {
-    if (!f || !puna_lora_supports(f->a_type) || !puna_lora_supports(f->bt_type)) return -1;
-    if (f->rank <= 0 || f->cols <= 0 || f->outputs <= 0 || n_tokens < 0 || y_stride < f->outputs) return -1;
+    if (!factors_ok(f) || n_tokens < 0 || y_stride < f->outputs) return -1;
     if (n_tokens == 0) return 0;
     int n_threads = puna_pool_size(pool);
-    if (n_threads < 1) n_threads = 1;
-    // u for all tokens, in the pool's scratch (its per-thread rows taken as one block).
     int64_t total = n_tokens * f->rank;
-    int64_t stride = 0;
-    float *u = puna_pool_scratch(pool, (total + n_threads - 1) / n_threads, &stride);
+    // u for all tokens, in the pool's scratch (its per-thread rows taken as one block).
+    float *u = puna_pool_scratch(pool, (total + n_threads - 1) / n_threads, NULL);
     if (!u) return -1;
-    int64_t chunk = (f->outputs + n_threads - 1) / n_threads;
-    chunk = (chunk + LORA_ALIGN - 1) / LORA_ALIGN * LORA_ALIGN;
-    lora_job job = {best_impl(), f, x, y, y_stride, n_tokens, token_rows, scales, scale, u, chunk};
+    lora_job job = {best_impl(), f, x, y, y_stride, n_tokens, token_rows, scales, scale, u};
     puna_pool_run(pool, lora_down_task, &job);
     puna_pool_run(pool, lora_up_task, &job);
     return 0;
+}
+
+// ---- one token: the base product and the deltas in one pool run ----------------------------
+
+struct puna_lora_workspace {
+    int n_threads;
+    puna_pool **pools;   // a one-thread pool per thread: puna_matmul inside a task without waking anyone
+};
+
+puna_lora_workspace *puna_lora_workspace_create(int n_threads) {
+    if (n_threads < 1) return NULL;
+    puna_lora_workspace *ws = calloc(1, sizeof *ws);
+    if (!ws) return NULL;
+    ws->pools = calloc((size_t)n_threads, sizeof *ws->pools);
+    if (!ws->pools) { free(ws); return NULL; }
+    ws->n_threads = n_threads;
+    for (int i = 0; i < n_threads; i++) {
+        ws->pools[i] = puna_pool_create(1);
+        if (!ws->pools[i]) { puna_lora_workspace_destroy(ws); return NULL; }
+    }
+    return ws;
+}
+
+void puna_lora_workspace_destroy(puna_lora_workspace *ws) {
+    if (!ws) return;
+    for (int i = 0; i < ws->n_threads; i++) puna_pool_destroy(ws->pools[i]);
+    free(ws->pools);
+    free(ws);
+}
+
+// Chunks of base rows per thread: a few, so a thread slowed by something else is made up for, but
+// not many: every chunk is its own puna_matmul, which quantizes x again.
+#define FUSED_CHUNKS_PER_THREAD 3
+
+typedef struct {
+    const lora_impl *impl;
+    puna_lora_workspace *ws;
+    int type;
+    const char *weights;
+    size_t row_bytes;
+    int64_t rows, cols;
+    const float *x;
+    float *y;
+    const puna_lora_factors *pairs;
+    const float *scales;
+    int n_pairs;
+    int64_t total_rank;
+    float *u;              // total_rank floats: the pairs' u one after another
+    int64_t chunk_rows;    // a multiple of LORA_TILE
+    int64_t n_chunks;
+    int next_chunk;        // atomic
+    int u_done;            // atomic: threads that finished their share of u
+    int failed;            // atomic
+} fused_job;
+
+static void fused_task(void *ctx, int thread, int n_threads) {
+    fused_job *job = ctx;
+    // 1. This thread's share of u (rank rows of all pairs, in order), before any base rows, so the
+    //    others rarely wait for it.
+    int64_t per = (job->total_rank + n_threads - 1) / n_threads;
+    int64_t g0 = (int64_t)thread * per, g1 = g0 + per < job->total_rank ? g0 + per : job->total_rank;
+    int64_t offset = 0;
+    for (int p = 0; p < job->n_pairs && g0 < g1; p++) {
+        const puna_lora_factors *f = &job->pairs[p];
+        size_t row_bytes = (size_t)f->cols * type_bytes(f->a_type);
+        for (int64_t k = 0; k < f->rank; k++) {
+            int64_t g = offset + k;
+            if (g < g0 || g >= g1) continue;
+            job->u[g] = job->scales[p] * job->impl->dot(f->a_type, (const char *)f->a + (size_t)k * row_bytes, job->x, f->cols);
+        }
+        offset += f->rank;
+    }
+    __atomic_add_fetch(&job->u_done, 1, __ATOMIC_RELEASE);
+    // 2. Chunks of rows: the base product, then every pair's update of the same rows.
+    int u_ready = 0;
+    for (;;) {
+        int64_t c = __atomic_fetch_add(&job->next_chunk, 1, __ATOMIC_RELAXED);
+        if (c >= job->n_chunks) break;
+        int64_t r0 = c * job->chunk_rows;
+        int64_t r1 = r0 + job->chunk_rows < job->rows ? r0 + job->chunk_rows : job->rows;
+        if (puna_matmul(job->ws->pools[thread], job->type, job->weights + (size_t)r0 * job->row_bytes, r1 - r0, job->cols,
+                        job->x, 1, job->y + r0) != 0) {
+            __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+        }
+        if (!u_ready) {
+            for (unsigned spins = 1; __atomic_load_n(&job->u_done, __ATOMIC_ACQUIRE) < n_threads; spins++) {
+#ifdef LORA_X86
+                _mm_pause();
+#endif
+                if ((spins & 1023) == 0) sched_yield();  // the straggler may need this core
+            }
+            u_ready = 1;
+        }
+        int64_t offset_u = 0;
+        for (int p = 0; p < job->n_pairs; p++) {
+            const puna_lora_factors *f = &job->pairs[p];
+            for (int64_t j = r0 / LORA_TILE; j * LORA_TILE < r1; j++) {
+                int64_t o0 = j * LORA_TILE;
+                int w = r1 - o0 < LORA_TILE ? (int)(r1 - o0) : LORA_TILE;
+                job->impl->tile_add(f->bt_type, bt_tile(f, j), f->rank, job->u + offset_u, job->y + o0, w);
+            }
+            offset_u += f->rank;
+        }
+    }
+}
+
+int puna_lora_matmul1(puna_pool *pool, puna_lora_workspace *ws, int type, const void *weights, int64_t rows, int64_t cols,
+                      const float *x, float *y, const puna_lora_factors *pairs, const float *scales, int n_pairs) {
+    if (type < 0 || type >= PUNA_TYPE_COUNT || !puna_matmul_supports(type) || rows <= 0 || cols <= 0 || n_pairs < 0) return -1;
+    const puna_type_info *info = &puna_type_table[type];
+    if (info->block_size <= 0 || cols % info->block_size != 0) return -1;
+    int64_t total_rank = 0;
+    for (int p = 0; p < n_pairs; p++) {
+        if (!factors_ok(&pairs[p]) || pairs[p].outputs != rows || pairs[p].cols != cols) return -1;
+        total_rank += pairs[p].rank;
+    }
+    int n_threads = puna_pool_size(pool);
+    if (!ws || ws->n_threads != n_threads || n_threads == 1) {
+        // Nothing to save: the plain sequence.
+        if (puna_matmul(pool, type, weights, rows, cols, x, 1, y) != 0) return -1;
+        for (int p = 0; p < n_pairs; p++) {
+            if (puna_lora_apply(pool, &pairs[p], x, y, rows, 1, NULL, NULL, scales[p]) != 0) return -1;
+        }
+        return 0;
+    }
+    float *u = puna_pool_scratch(pool, total_rank > 0 ? total_rank : 1, NULL);
+    if (!u) return -1;
+    int64_t tiles = (rows + LORA_TILE - 1) / LORA_TILE;
+    int64_t chunk_tiles = tiles / ((int64_t)n_threads * FUSED_CHUNKS_PER_THREAD);
+    if (chunk_tiles < 1) chunk_tiles = 1;
+    fused_job job = {0};
+    job.impl = best_impl();
+    job.ws = ws;
+    job.type = type;
+    job.weights = weights;
+    job.row_bytes = (size_t)(cols / info->block_size) * (size_t)info->type_size;
+    job.rows = rows;
+    job.cols = cols;
+    job.x = x;
+    job.y = y;
+    job.pairs = pairs;
+    job.scales = scales;
+    job.n_pairs = n_pairs;
+    job.total_rank = total_rank;
+    job.u = u;
+    job.chunk_rows = chunk_tiles * LORA_TILE;
+    job.n_chunks = (rows + job.chunk_rows - 1) / job.chunk_rows;
+    puna_pool_run(pool, fused_task, &job);
+    return job.failed ? -1 : 0;
 }

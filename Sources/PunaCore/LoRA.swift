@@ -62,9 +62,9 @@ final class LoRAWeights {
     /// The mapped file B lies in (nil when B was copied out of it), whose pages of B are dropped
     /// once the transposed copy exists.
     let bFile: MappedFile?
-    /// B transposed (rank × outputCount, B's type), rows already in the base's row order: owned,
-    /// built by `prepareTransposedB` for the CPU kernel (puna_lora_apply). `b` itself stays mapped
-    /// for the merge and the Vulkan upload.
+    /// B transposed (B's type, rows in the base's row order, in puna_lora_pack_bt's tiles of 64
+    /// outputs): owned, built by `prepareTransposedB` for the CPU kernels (puna_lora.h). `b`
+    /// itself stays mapped for the merge and the Vulkan upload.
     private(set) var transposedB: UnsafeMutableRawPointer? = nil
 
     init(target: String, kind: Kind, a: LoRAMatrix, aRowPerToken: Bool, b: LoRAMatrix, rank: Int, scale: Float,
@@ -94,29 +94,27 @@ final class LoRAWeights {
     /// mapped pages from this process: they are read again only by a merge or a GPU upload.
     func prepareTransposedB() {
         guard transposedB == nil, usesLoRAKernel else { return }
-        let out = b.rows, r = rank, size = b.type.bytesPerBlock
-        let copy = UnsafeMutableRawPointer.allocate(byteCount: max(out * r * size, 1), alignment: 64)
-        // Rows of B in blocks, so the scattered writes of a block stay within few pages at a time.
-        var i0 = 0
-        while i0 < out {
-            let i1 = min(out, i0 + 64)
-            for k in 0..<r {
-                for i in i0..<i1 {
-                    let o = outputRows?[i] ?? i
-                    switch size {
-                    case 2: copy.storeBytes(of: b.data.load(fromByteOffset: (i * r + k) * 2, as: UInt16.self), toByteOffset: (k * out + o) * 2, as: UInt16.self)
-                    default: copy.storeBytes(of: b.data.load(fromByteOffset: (i * r + k) * 4, as: UInt32.self), toByteOffset: (k * out + o) * 4, as: UInt32.self)
-                    }
-                }
+        let type = Int32(b.type.rawValue)
+        let bytes = Int(puna_lora_bt_bytes(type, Int64(b.rows), Int64(rank)))
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 1), alignment: 64)
+        let status: Int32
+        if let order = outputRows {
+            status = order.withUnsafeBufferPointer { p in
+                puna_lora_pack_bt(type, b.data, Int64(b.rows), Int64(rank), UnsafeRawPointer(p.baseAddress!).assumingMemoryBound(to: Int64.self), copy)
             }
-            i0 = i1
+        } else {
+            status = puna_lora_pack_bt(type, b.data, Int64(b.rows), Int64(rank), nil, copy)
         }
+        guard status == 0 else { copy.deallocate(); return }  // cannot happen: rows were checked at load
         transposedB = copy
         if let file = bFile, let base = file.baseAddress {
             let offset = b.data - base
             if offset >= 0 && offset + b.byteCount <= file.count { file.advise(offset: offset, count: b.byteCount, .dontNeed) }
         }
     }
+
+    /// Bytes of the transposed copy (tiles padded to 64 outputs).
+    var transposedBytes: Int { usesLoRAKernel ? Int(puna_lora_bt_bytes(Int32(b.type.rawValue), Int64(b.rows), Int64(rank))) : 0 }
 
     /// The factors as puna_lora_apply takes them (after prepareTransposedB).
     var kernelFactors: puna_lora_factors {
@@ -181,7 +179,7 @@ public final class LoRAAdapter {
     /// Bytes of the transposed copies of B built so far (owned memory).
     public var transposedBytes: Int {
         var n = 0
-        for w in weights.values where w.transposedB != nil { n += w.b.byteCount }
+        for w in weights.values where w.transposedB != nil { n += w.transposedBytes }
         return n
     }
 
@@ -745,6 +743,20 @@ final class AdapterState {
     }
     /// Changes with every assignment of `active`: matrices rebuild their cached pairs when it moved.
     private(set) var generation = 0
+    /// Per-thread one-thread pools for puna_lora_matmul1, made on first use for the model's pool.
+    private var workspace: OpaquePointer? = nil
+    private var workspaceThreads = 0
+
+    deinit { puna_lora_workspace_destroy(workspace) }
+
+    func workspace(threads: Int) -> OpaquePointer? {
+        if workspace == nil || workspaceThreads != threads {
+            puna_lora_workspace_destroy(workspace)
+            workspace = puna_lora_workspace_create(Int32(threads))
+            workspaceThreads = threads
+        }
+        return workspace
+    }
 }
 
 extension LlamaModel {
@@ -879,8 +891,8 @@ final class LinearAdapterCache {
         var fast: [(weights: LoRAWeights, scale: Float)] = []
         others = []
         for p in parts where p.weights.kind == .linear {
-            if p.weights.usesLoRAKernel {
-                p.weights.prepareTransposedB()
+            p.weights.prepareTransposedB()
+            if p.weights.transposedB != nil {
                 fast.append(p)
             } else {
                 others.append(p)
@@ -903,6 +915,35 @@ final class LinearAdapterCache {
 }
 
 extension Linear {
+    /// The model's active pairs for this matrix, rebuilt when the set changed; nil when none.
+    private func activeAdapterCache() -> LinearAdapterCache? {
+        guard let state = adapterState else { return nil }
+        if state.active.isEmpty {
+            if adapterCache != nil { adapterCache = nil }  // let go of the last set's pairs
+            return nil
+        }
+        let cache: LinearAdapterCache
+        if let c = adapterCache {
+            cache = c
+        } else {
+            cache = LinearAdapterCache()
+            adapterCache = cache
+        }
+        if cache.generation != state.generation { cache.rebuild(state.active.parts(for: name), generation: state.generation) }
+        return cache
+    }
+
+    /// One token with the active adapters: W·x and the deltas in one pool run (puna_lora_matmul1).
+    /// false when there is nothing to fuse (no active pairs for this matrix, or pairs the kernel
+    /// does not take): the caller then does puna_matmul and addAdapterDeltas.
+    func forwardOneTokenWithAdapters(_ pool: OpaquePointer, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) -> Bool {
+        guard let cache = activeAdapterCache(), cache.count > 0, cache.others.isEmpty,
+              let factors = cache.factors, let scales = cache.scales, let state = adapterState else { return false }
+        let workspace = state.workspace(threads: Int(puna_pool_size(pool)))
+        return puna_lora_matmul1(pool, workspace, Int32(type.rawValue), weights, Int64(rows), Int64(cols), x, y,
+                                 factors, scales, Int32(cache.count)) == 0
+    }
+
     /// y[t] += s·B(A·x[t]) for every adapter pair that updates this matrix: the active set of the
     /// model for every row (adapters nil), or adapters[t] for row t. Rows sharing a pair go through
     /// one puna_lora_apply (no gathering: it takes the row indices).
@@ -910,19 +951,7 @@ extension Linear {
                           nTokens: Int, adapters: [AdapterSet]?) {
         guard let adapters else {
             // The hot path (every token of run/chat/perplexity): the cached pairs.
-            guard let state = adapterState else { return }
-            if state.active.isEmpty {
-                if adapterCache != nil { adapterCache = nil }  // let go of the last set's pairs
-                return
-            }
-            let cache: LinearAdapterCache
-            if let c = adapterCache {
-                cache = c
-            } else {
-                cache = LinearAdapterCache()
-                adapterCache = cache
-            }
-            if cache.generation != state.generation { cache.rebuild(state.active.parts(for: name), generation: state.generation) }
+            guard let cache = activeAdapterCache() else { return }
             if let factors = cache.factors, let scales = cache.scales {
                 for i in 0..<cache.count {
                     _ = puna_lora_apply(pool, factors + i, x, y, Int64(rows), Int64(nTokens), nil, nil, scales[i])
@@ -936,11 +965,11 @@ extension Linear {
         let groups = adapterGroups(target: name, nTokens: nTokens, adapters: adapters, state: adapterState)
         for g in groups where g.weights.kind == .linear {
             let w = g.weights
-            guard w.usesLoRAKernel else {
+            w.prepareTransposedB()
+            guard w.transposedB != nil else {
                 addDeltaThroughMatmul(pool, w, x, y, nTokens: nTokens, rowList: g.rows, scales: g.scales)
                 continue
             }
-            w.prepareTransposedB()
             var factors = w.kernelFactors
             let rowIndices = g.rows.map { Int32(truncatingIfNeeded: $0) }
             rowIndices.withUnsafeBufferPointer { r in

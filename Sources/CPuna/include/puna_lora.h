@@ -12,27 +12,50 @@ extern "C" {
 #endif
 
 // The two factors of one pair. Types: PUNA_TYPE_F32, PUNA_TYPE_F16 or PUNA_TYPE_BF16 (each
-// factor its own). Rows are packed: A's row k is cols elements, Bᵀ's row k is outputs elements.
+// factor its own). A: rank rows of cols elements, packed. Bᵀ: as puna_lora_pack_bt lays it out.
 typedef struct puna_lora_factors {
     int a_type;
     int bt_type;
     const void *a;      // rank × cols
-    const void *bt;     // rank × outputs: bt[k][o] = B[o][k]
+    const void *bt;     // B transposed, in tiles (puna_lora_pack_bt)
     int64_t rank;
     int64_t cols;
     int64_t outputs;
 } puna_lora_factors;
+
+// Bᵀ is kept in tiles of 64 outputs: tile j holds Bᵀ[k][64j .. 64j+63] for k = 0..rank-1, back to
+// back, the last tile zero-padded, so one tile's update reads one contiguous block.
+// Bytes of that layout (0 for an unsupported type or empty sizes).
+int64_t puna_lora_bt_bytes(int type, int64_t outputs, int64_t rank);
+// Lay out B (outputs × rank, row-major, of `type`) as tiled Bᵀ into bt (puna_lora_bt_bytes bytes),
+// B's row i going to output output_rows[i] (NULL: i), elements copied bit for bit.
+// Returns 0, or -1 for an unsupported type or an output row out of range.
+int puna_lora_pack_bt(int type, const void *b, int64_t outputs, int64_t rank, const int64_t *output_rows, void *bt);
 
 // For i < n_tokens, with t = token_rows ? token_rows[i] : i and s = scales ? scales[i] : scale:
 //   u[k]      = s · Σ_c A[k][c] · x[t·cols + c]            (k < rank)
 //   y[t·y_stride + o] += Σ_k u[k] · Bᵀ[k][o]               (o < outputs, k summed in order)
 // The arithmetic of one token does not depend on the thread count, on n_tokens, or on which other
 // tokens share the call, so batched and single-token results are equal bit for bit.
-// Work: one pool run over rank rows (A), one over output columns in 16-aligned chunks (Bᵀ).
+// Work: one pool run over rank rows (A), one over Bᵀ's tiles.
 // Scratch: the pool's (puna_pool_scratch), n_tokens · rank floats in all.
 // Returns 0, or -1 for an unsupported type, inconsistent sizes or no scratch memory.
 int puna_lora_apply(puna_pool *pool, const puna_lora_factors *factors, const float *x, float *y, int64_t y_stride,
                     int64_t n_tokens, const int32_t *token_rows, const float *scales, float scale);
+
+// One token through a matrix with adapters: y = W·x (as puna_matmul computes it) and then, for each
+// pair p in order, y += scales[p] · Bᵀ_p(A_p·x), in ONE pool run instead of one plus two per pair:
+// each thread first computes its share of the A products, then takes chunks of rows, multiplying
+// them by W (puna_matmul on the thread's own one-thread pool from `ws`) and adding the pairs'
+// updates of the same rows. The bits equal puna_matmul followed by puna_lora_apply per pair.
+// Every pair must have outputs == rows and cols == cols. ws: from puna_lora_workspace_create with
+// the pool's thread count (otherwise, or on one thread, the calls are simply made in sequence).
+// Returns 0, or -1 for unsupported types or inconsistent sizes.
+typedef struct puna_lora_workspace puna_lora_workspace;
+puna_lora_workspace *puna_lora_workspace_create(int n_threads);
+void puna_lora_workspace_destroy(puna_lora_workspace *ws);
+int puna_lora_matmul1(puna_pool *pool, puna_lora_workspace *ws, int type, const void *weights, int64_t rows, int64_t cols,
+                      const float *x, float *y, const puna_lora_factors *pairs, const float *scales, int n_pairs);
 
 // Whether a factor type is one puna_lora_apply takes.
 int puna_lora_supports(int type);
