@@ -552,4 +552,202 @@ final class LoRATests: XCTestCase {
         XCTAssertEqual(s3, 1)
         XCTAssertTrue(e3.contains("overwrite"), e3)
     }
+
+    // MARK: the LoRA kernels (puna_lora.h)
+
+    /// Random factors of one type with a plain Double reference of what they hold.
+    struct RandomFactor {
+        let type: GGMLType
+        let bytes: [UInt8]
+        let values: [Double]
+
+        init(type: GGMLType, count: Int, rng: inout SystemRandomNumberGenerator) {
+            self.type = type
+            var bytes: [UInt8] = [], values: [Double] = []
+            for _ in 0..<count {
+                let f = Float.random(in: -1...1, using: &rng)
+                switch type {
+                case .f16:
+                    // A random normal half: sign, exponent 2^-6 … 2^0, mantissa.
+                    let bits = UInt16.random(in: 0...1, using: &rng) << 15 | UInt16.random(in: 9...15, using: &rng) << 10
+                        | UInt16.random(in: 0..<1024, using: &rng)
+                    bytes += [UInt8(bits & 0xff), UInt8(bits >> 8)]
+                    values.append(Double(puna_f16_to_f32(bits)))
+                case .bf16:
+                    let bits = UInt16(truncatingIfNeeded: f.bitPattern >> 16)
+                    bytes += [UInt8(bits & 0xff), UInt8(bits >> 8)]
+                    values.append(Double(Float(bitPattern: UInt32(bits) << 16)))
+                default:
+                    withUnsafeBytes(of: f.bitPattern.littleEndian) { bytes += $0 }
+                    values.append(Double(f))
+                }
+            }
+            self.bytes = bytes
+            self.values = values
+        }
+    }
+
+    /// One pair with its tiled Bᵀ, kept alive for the kernel.
+    final class KernelPair {
+        let a: RandomFactor, b: RandomFactor
+        let rank: Int, cols: Int, outputs: Int
+        let order: [Int]?
+        let bt: UnsafeMutableRawPointer
+        var factors: puna_lora_factors
+
+        init(aType: GGMLType, bType: GGMLType, rank: Int, cols: Int, outputs: Int, permuted: Bool, rng: inout SystemRandomNumberGenerator) {
+            a = RandomFactor(type: aType, count: rank * cols, rng: &rng)
+            b = RandomFactor(type: bType, count: outputs * rank, rng: &rng)
+            self.rank = rank
+            self.cols = cols
+            self.outputs = outputs
+            let order: [Int]? = permuted ? Array((0..<outputs).reversed()) : nil
+            self.order = order
+            let bytes = Int(puna_lora_bt_bytes(Int32(bType.rawValue), Int64(outputs), Int64(rank)))
+            let bt = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+            self.bt = bt
+            let status = b.bytes.withUnsafeBytes { src -> Int32 in
+                if let order {
+                    let o = order.map { Int64($0) }
+                    return o.withUnsafeBufferPointer { puna_lora_pack_bt(Int32(bType.rawValue), src.baseAddress, Int64(outputs), Int64(rank), $0.baseAddress, bt) }
+                }
+                return puna_lora_pack_bt(Int32(bType.rawValue), src.baseAddress, Int64(outputs), Int64(rank), nil, bt)
+            }
+            precondition(status == 0)
+            factors = puna_lora_factors(a_type: Int32(aType.rawValue), bt_type: Int32(bType.rawValue), a: nil, bt: UnsafeRawPointer(bt),
+                                        rank: Int64(rank), cols: Int64(cols), outputs: Int64(outputs))
+        }
+
+        deinit { bt.deallocate() }
+
+        /// Runs puna_lora_apply with A's bytes in place.
+        func apply(_ pool: OpaquePointer, x: [Float], y: inout [Float], yStride: Int, n: Int, rows: [Int32]?, scales: [Float]?, scale: Float) -> Int32 {
+            var f = factors
+            return a.bytes.withUnsafeBytes { abuf in
+                f.a = abuf.baseAddress
+                return y.withUnsafeMutableBufferPointer { yp in
+                    x.withUnsafeBufferPointer { xp in
+                        puna_lora_apply(pool, &f, xp.baseAddress, yp.baseAddress, Int64(yStride), Int64(n), rows, scales, scale)
+                    }
+                }
+            }
+        }
+
+        /// Σ_k s·B[i][k]·(A[k]·x) for base output o (B row i with order[i] == o), in Double.
+        func reference(x: ArraySlice<Double>, scale: Double) -> [Double] {
+            var u = [Double](repeating: 0, count: rank)
+            for k in 0..<rank {
+                var s = 0.0
+                for c in 0..<cols { s += a.values[k * cols + c] * x[x.startIndex + c] }
+                u[k] = scale * s
+            }
+            var out = [Double](repeating: 0, count: outputs)
+            for i in 0..<outputs {
+                var s = 0.0
+                for k in 0..<rank { s += b.values[i * rank + k] * u[k] }
+                out[order?[i] ?? i] = s
+            }
+            return out
+        }
+    }
+
+    /// puna_lora_apply against a Double reference on random F16/F32/BF16 factors of odd sizes, on
+    /// the SIMD and portable paths, and bit-identical for 1, 2 and 3 threads and whatever tokens
+    /// share the call (batched decode must equal one-at-a-time decode).
+    func testLoRAKernelMatchesDoubleReferenceAndIsIndependentOfThreadsAndBatch() throws {
+        var rng = SystemRandomNumberGenerator()
+        let pools = [1, 2, 3].map { puna_pool_create(Int32($0))! }
+        defer { pools.forEach { puna_pool_destroy($0) }; _ = puna_lora_set_path(Int32(PUNA_LORA_AUTO.rawValue)) }
+        let shapes: [(rank: Int, cols: Int, outputs: Int)] = [(5, 37, 77), (16, 130, 64), (3, 8, 200), (64, 96, 129)]
+        let types: [(GGMLType, GGMLType)] = [(.f16, .f16), (.f32, .f32), (.bf16, .bf16), (.f16, .f32), (.bf16, .f16)]
+        for path in [PUNA_LORA_AUTO, PUNA_LORA_PORTABLE] {
+            XCTAssertEqual(puna_lora_set_path(Int32(path.rawValue)), 0)
+            let pathName = String(cString: puna_lora_path_name())
+            for (shapeIndex, shape) in shapes.enumerated() {
+                for (aType, bType) in types {
+                    let pair = KernelPair(aType: aType, bType: bType, rank: shape.rank, cols: shape.cols, outputs: shape.outputs,
+                                          permuted: shapeIndex % 2 == 1, rng: &rng)
+                    let label = "\(pathName) \(aType.name)/\(bType.name) r\(shape.rank) \(shape.cols)→\(shape.outputs)"
+                    let n = 7, stride = shape.outputs + 3  // y rows wider than the outputs: the stride is honoured
+                    let x = (0..<(n * shape.cols)).map { _ in Float.random(in: -2...2, using: &rng) }
+                    let y0 = (0..<(n * stride)).map { _ in Float.random(in: -1...1, using: &rng) }
+                    let scales = (0..<n).map { _ in Float.random(in: 0.25...2, using: &rng) }
+
+                    // All tokens at once on one thread, checked against Double.
+                    var batched = y0
+                    XCTAssertEqual(pair.apply(pools[0], x: x, y: &batched, yStride: stride, n: n, rows: nil, scales: scales, scale: 0), 0)
+                    var worst = 0.0, size = 0.0
+                    for t in 0..<n {
+                        let want = pair.reference(x: x[(t * shape.cols)..<((t + 1) * shape.cols)].map { Double($0) }[...], scale: Double(scales[t]))
+                        for o in 0..<shape.outputs {
+                            worst = max(worst, abs(Double(batched[t * stride + o] - y0[t * stride + o]) - want[o]))
+                            size = max(size, abs(want[o]))
+                        }
+                        for o in shape.outputs..<stride { XCTAssertEqual(batched[t * stride + o], y0[t * stride + o], "\(label): padding touched") }
+                    }
+                    XCTAssertLessThan(worst / size, 1e-5, label)
+
+                    // Other thread counts, one token at a time, and a subset of rows in another order: same bits.
+                    for pool in pools.dropFirst() {
+                        var again = y0
+                        XCTAssertEqual(pair.apply(pool, x: x, y: &again, yStride: stride, n: n, rows: nil, scales: scales, scale: 0), 0)
+                        XCTAssertEqual(again, batched, "\(label): threads \(puna_pool_size(pool))")
+                    }
+                    for pool in pools {
+                        var single = y0
+                        for t in 0..<n {
+                            XCTAssertEqual(pair.apply(pool, x: x, y: &single, yStride: stride, n: 1, rows: [Int32(t)], scales: nil, scale: scales[t]), 0)
+                        }
+                        XCTAssertEqual(single, batched, "\(label): one token at a time, threads \(puna_pool_size(pool))")
+                        var subset = y0
+                        let rows: [Int32] = [5, 1, 6]
+                        XCTAssertEqual(pair.apply(pool, x: x, y: &subset, yStride: stride, n: rows.count, rows: rows, scales: rows.map { scales[Int($0)] }, scale: 0), 0)
+                        for t in 0..<n {
+                            let row = Array((rows.contains(Int32(t)) ? batched : y0)[(t * stride)..<((t + 1) * stride)])
+                            XCTAssertEqual(Array(subset[(t * stride)..<((t + 1) * stride)]), row, "\(label): row subset, token \(t)")
+                        }
+                    }
+                }
+            }
+        }
+        // Types the kernel does not take are refused.
+        XCTAssertEqual(puna_lora_supports(Int32(GGMLType.q8_0.rawValue)), 0)
+        XCTAssertEqual(puna_lora_bt_bytes(Int32(GGMLType.q4_0.rawValue), 64, 8), 0)
+    }
+
+    /// puna_lora_matmul1 (one pool run) gives the bits of puna_matmul followed by puna_lora_apply per
+    /// pair, for float and quantized base types, row counts off the tile size, and 1–3 threads.
+    func testFusedOneTokenProductEqualsMatmulThenDeltas() throws {
+        var rng = SystemRandomNumberGenerator()
+        for type in [GGMLType.f32, .f16, .q8_0, .q4_0, .q4_K] {
+            let rows = 200, cols = 256
+            let w = try type.encode((0..<(rows * cols)).map { _ in Float.random(in: -1...1, using: &rng) })
+            let x = (0..<cols).map { _ in Float.random(in: -1...1, using: &rng) }
+            let pairs = [KernelPair(aType: .f16, bType: .f16, rank: 8, cols: cols, outputs: rows, permuted: true, rng: &rng),
+                         KernelPair(aType: .f32, bType: .bf16, rank: 3, cols: cols, outputs: rows, permuted: false, rng: &rng)]
+            let scales: [Float] = [0.5, 1.75]
+            for threads in [1, 2, 3] {
+                let pool = puna_pool_create(Int32(threads))!
+                let workspace = puna_lora_workspace_create(Int32(threads))
+                defer { puna_pool_destroy(pool); puna_lora_workspace_destroy(workspace) }
+                var expected = [Float](repeating: 0, count: rows)
+                XCTAssertEqual(w.withUnsafeBytes { puna_matmul(pool, Int32(type.rawValue), $0.baseAddress, Int64(rows), Int64(cols), x, 1, &expected) }, 0)
+                for (p, s) in zip(pairs, scales) { XCTAssertEqual(p.apply(pool, x: x, y: &expected, yStride: rows, n: 1, rows: nil, scales: nil, scale: s), 0) }
+
+                var fused = [Float](repeating: .nan, count: rows)
+                let status: Int32 = pairs[0].a.bytes.withUnsafeBytes { a0 in
+                    pairs[1].a.bytes.withUnsafeBytes { a1 in
+                        var f = [pairs[0].factors, pairs[1].factors]
+                        f[0].a = a0.baseAddress
+                        f[1].a = a1.baseAddress
+                        return w.withUnsafeBytes {
+                            puna_lora_matmul1(pool, workspace, Int32(type.rawValue), $0.baseAddress, Int64(rows), Int64(cols), x, &fused, f, scales, 2)
+                        }
+                    }
+                }
+                XCTAssertEqual(status, 0)
+                XCTAssertEqual(fused, expected, "\(type.name), \(threads) threads")
+            }
+        }
+    }
 }
