@@ -22,13 +22,13 @@
 
 NK_INL int32x4_t nk_clamp(int32x4_t v, int m) { return vminq_s32(vmaxq_s32(v, vdupq_n_s32(-m)), vdupq_n_s32(m)); }
 
-// 4 floats -> the two levels as quantize_one in kernels_scalar.c (fcvtns rounds half to even like
+// 4 floats -> the levels as quantize_one in kernels_scalar.c (fcvtns rounds half to even like
 // rintf), and X = 256 q1 + q2.
-NK_INL void nk_quantize4(float32x4_t x, float id, float id256, int32x4_t *q1, int32x4_t *q2, int32x4_t *X) {
+NK_INL void nk_quantize4(float32x4_t x, float id, float id256, int levels, int32x4_t *q1, int32x4_t *q2, int32x4_t *X) {
     int32x4_t a = nk_clamp(vcvtnq_s32_f32(vmulq_n_f32(x, id)), 127);
     int32x4_t w = nk_clamp(vcvtnq_s32_f32(vmulq_n_f32(x, id256)), 65536);
     int32x4_t a256 = vshlq_n_s32(a, 8);
-    int32x4_t r = nk_clamp(vsubq_s32(w, a256), 127);
+    int32x4_t r = levels == 1 ? vdupq_n_s32(0) : nk_clamp(vsubq_s32(w, a256), 127);
     *q1 = a;
     *q2 = r;
     *X = vaddq_s32(a256, r);
@@ -46,9 +46,9 @@ NK_INL float nk_amax(const float *x, int n) {
 }
 
 // 16 values: q1 and q2 bytes, X in 4 vectors.
-NK_INL void nk_quantize16(const float *x, float id, float id256, int8x16_t *q1, int8x16_t *q2, int32x4_t X[4]) {
+NK_INL void nk_quantize16(const float *x, float id, float id256, int levels, int8x16_t *q1, int8x16_t *q2, int32x4_t X[4]) {
     int32x4_t a[4], r[4];
-    for (int i = 0; i < 4; i++) nk_quantize4(vld1q_f32(x + 4 * i), id, id256, &a[i], &r[i], &X[i]);
+    for (int i = 0; i < 4; i++) nk_quantize4(vld1q_f32(x + 4 * i), id, id256, levels, &a[i], &r[i], &X[i]);
     *q1 = nk_narrow16(a);
     *q2 = nk_narrow16(r);
 }
@@ -73,8 +73,8 @@ static void NK_NAME(quantize)(const float *x, int64_t cols, const act_layout *l,
                     float amax = nk_amax(xb, 32);
                     float id = amax > 0 ? 127.0f / amax : 0.0f;
                     db = amax / 127.0f / 256.0f;
-                    nk_quantize16(xb, id, id * 256.0f, &a0, &r0, X0);
-                    nk_quantize16(xb + 16, id, id * 256.0f, &a1, &r1, X1);
+                    nk_quantize16(xb, id, id * 256.0f, l->levels, &a0, &r0, X0);
+                    nk_quantize16(xb + 16, id, id * 256.0f, l->levels, &a1, &r1, X1);
                 }
                 vst1q_s8(lo, a0);
                 vst1q_s8(lo + 64, a1);
@@ -100,7 +100,7 @@ static void NK_NAME(quantize)(const float *x, int64_t cols, const act_layout *l,
                 for (int i = 0; i < 16; i++) {
                     int8x16_t q1, q2;
                     int32x4_t X[4];
-                    nk_quantize16(xb + 16 * i, id, id * 256.0f, &q1, &q2, X);
+                    nk_quantize16(xb + 16 * i, id, id * 256.0f, l->levels, &q1, &q2, X);
                     vst1q_s8(qs + ACT256_STRIDE * b + 16 * i, q1);
                     vst1q_s8(qs + ACT256_STRIDE * b + 256 + 16 * i, q2);
                     int16_t *x16 = (int16_t *)(qs + ACT256_STRIDE * b + ACT256_X16) + 16 * i;

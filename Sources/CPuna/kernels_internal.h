@@ -4,14 +4,17 @@
 // 8-bit blocks. Every ISA must produce the same bits as the scalar int8 reference
 // (kernels_scalar.c), so the arithmetic is pinned down here, not left to each kernel.
 //
-// Activations are quantized in two 8-bit levels, so 8-bit dot products carry ~16-bit precision
-// (one level alone costs up to 5% of max|logit| on the conformance models; two levels cost a second
-// integer dot product and no extra float work):
+// Activations are quantized to one or two 8-bit levels (act_layout.levels, chosen per process with
+// puna_kernels_set_activation_levels). One level is what llama.cpp does and costs up to a few % of
+// max|logit|; two levels carry ~16-bit precision for a second integer dot product (no extra float
+// work), which the prompt-sized matmuls feel and decoding mostly does not:
 //   per block (32 values, or 256 for the K-quant format): amax = max |x_i|, d = amax / 127,
 //   id = 127 / amax (0 when amax = 0); q1_i = clamp(rint(x_i * id)), and with the exact scaling
 //   id256 = id * 256: q2_i = clamp(rint(x_i * id256) - 256 * q1_i), clamp to [-127, 127], rint
-//   rounding half to even. The block's value is x_i ~ (d / 256) * X_i with X_i = 256 q1_i + q2_i,
-//   and d / 256 is what is stored (as "dx").
+//   rounding half to even; with one level q2_i = 0. The block's value is x_i ~ (d / 256) * X_i with
+//   X_i = 256 q1_i + q2_i, and d / 256 is what is stored (as "dx"). Every kernel computes the same
+//   integers either way (q2 is stored, as zeros, in both), so a kernel may skip the q2 products
+//   when levels == 1 and still give the same bits.
 //
 // Format ACT_Q8_32 (for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), per token, in groups of 4 blocks of 256 bytes:
 //   [q1 low halves | q1 high halves | q2 low halves | q2 high halves], 64 bytes each, where the low
@@ -61,6 +64,7 @@ enum act_format { ACT_F32 = 0, ACT_Q8_32 = 1, ACT_Q8_256 = 2 };
 // token_bytes are multiples of 64, so every token row starts cache-line aligned.
 typedef struct {
     int format;
+    int levels;           // 1: q2 is all zero (kernels may skip it); 2: full two-level values
     int64_t n_blocks;     // ACT_Q8_32: blocks of 32; ACT_Q8_256: super-blocks
     int64_t n_groups;     // ACT_Q8_32: groups of 4 blocks (padded); ACT_Q8_256: = n_blocks
     int64_t qs_off;       // int8 q1 and q2 (ACT_Q8_32: 256 bytes per group; ACT_Q8_256: 512 per super-block)
@@ -120,7 +124,12 @@ void *puna_pool_buffer(struct puna_pool *pool, size_t bytes);
 // rounding, and each family's are fixed by the source (no dependence on threads or batch).
 typedef float (*attn_dot_fn)(const float *q, const uint8_t *row, int64_t first, int n);
 typedef void (*attn_axpy_fn)(float *out, float p, const uint8_t *row, int64_t first, int n);
-typedef struct { attn_dot_fn dot; attn_axpy_fn axpy; } attn_ops;
+// Optional: out[0, n) = sum over positions j < n_pos of p[j] * row_j[first, first + n), rows
+// row_bytes apart from v, with the same per-element sequence of fmas as n_pos axpy calls on a zeroed
+// out (so the same bits), but with out held in registers.
+typedef void (*attn_wsum_fn)(float *out, const float *p, const uint8_t *v, int64_t row_bytes, int64_t first, int n,
+                             int n_pos);
+typedef struct { attn_dot_fn dot; attn_axpy_fn axpy; attn_wsum_fn wsum; } attn_ops;
 // Fill `out` for kv_type and return 1, or return 0 when not compiled for this target.
 int puna_attn_ops_avx512(int kv_type, attn_ops *out);
 int puna_attn_ops_avx2(int kv_type, attn_ops *out);

@@ -17,10 +17,15 @@ static inline int32_t round_clamp(float v) {
     return (int32_t)r;
 }
 
-// The two levels of one value (kernels_internal.h). x * id256 is 256 * (x * id) exactly, so
-// q2 is the rounded residual without a float subtraction a compiler could fuse.
-static inline void quantize_one(float x, float id, int8_t *q1, int8_t *q2) {
+// The levels of one value (kernels_internal.h). x * id256 is 256 * (x * id) exactly, so q2 is
+// the rounded residual without a float subtraction a compiler could fuse; one level leaves it 0.
+static inline void quantize_one(float x, float id, int levels, int8_t *q1, int8_t *q2) {
     int32_t a = round_clamp(x * id);
+    if (levels == 1) {
+        *q1 = (int8_t)a;
+        *q2 = 0;
+        return;
+    }
     float wide = rintf(x * (id * 256.0f));
     int32_t b = !(wide >= -65536.0f) ? -65536 : wide > 65536.0f ? 65536 : (int32_t)wide;
     int32_t r = b - 256 * a;
@@ -56,7 +61,7 @@ void puna_act_quantize_scalar(const float *x, int64_t cols, const act_layout *l,
                     float amax = block_amax(xb, 32);
                     float id = amax > 0 ? 127.0f / amax : 0.0f;
                     db = amax / 127.0f / 256.0f;
-                    for (int i = 0; i < 32; i++) quantize_one(xb[i], id, &q1[i], &q2[i]);
+                    for (int i = 0; i < 32; i++) quantize_one(xb[i], id, l->levels, &q1[i], &q2[i]);
                 }
                 for (int j = 0; j < 4; j++) d[4 * b + j] = db;
                 memcpy(lo, q1, 16);
@@ -85,7 +90,7 @@ void puna_act_quantize_scalar(const float *x, int64_t cols, const act_layout *l,
                 d[b] = amax / 127.0f / 256.0f;
                 int16_t *x16 = (int16_t *)(q1 + ACT256_X16);
                 for (int i = 0; i < 256; i++) {
-                    quantize_one(xb[i], id, &q1[i], &q2[i]);
+                    quantize_one(xb[i], id, l->levels, &q1[i], &q2[i]);
                     x16[i] = (int16_t)(256 * q1[i] + q2[i]);
                 }
                 for (int s = 0; s < 16; s++) {

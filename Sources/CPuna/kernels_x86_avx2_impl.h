@@ -55,15 +55,15 @@ AV_INL __m128i AV_NAME(pack16)(__m256i a, __m256i b) {
     return _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
 }
 
-// 16 floats -> the two levels, as quantize_one in kernels_scalar.c; X = 256 q1 + q2 (two ymm).
-AV_INL void AV_NAME(quantize16)(const float *x, __m256 id, __m256 id256, __m128i *q1, __m128i *q2, __m256i X[2]) {
+// 16 floats -> the levels, as quantize_one in kernels_scalar.c; X = 256 q1 + q2 (two ymm).
+AV_INL void AV_NAME(quantize16)(const float *x, __m256 id, __m256 id256, int levels, __m128i *q1, __m128i *q2, __m256i X[2]) {
     __m256i a[2], r[2];
     for (int h = 0; h < 2; h++) {
         __m256 v = _mm256_loadu_ps(x + 8 * h);
         a[h] = AV_NAME(clamp)(_mm256_cvtps_epi32(_mm256_mul_ps(v, id)), 127);
         __m256i w = AV_NAME(clamp)(_mm256_cvtps_epi32(_mm256_mul_ps(v, id256)), 65536);
         __m256i a256 = _mm256_slli_epi32(a[h], 8);
-        r[h] = AV_NAME(clamp)(_mm256_sub_epi32(w, a256), 127);
+        r[h] = levels == 1 ? _mm256_setzero_si256() : AV_NAME(clamp)(_mm256_sub_epi32(w, a256), 127);
         X[h] = _mm256_add_epi32(a256, r[h]);
     }
     *q1 = AV_NAME(pack16)(a[0], a[1]);
@@ -103,8 +103,8 @@ static AV_TARGET void AV_NAME(quantize)(const float *x, int64_t cols, const act_
                     float id = amax > 0 ? 127.0f / amax : 0.0f;
                     db = amax / 127.0f / 256.0f;
                     __m256 vid = _mm256_set1_ps(id), vid256 = _mm256_set1_ps(id * 256.0f);
-                    AV_NAME(quantize16)(xt + 32 * b, vid, vid256, &a0, &r0, X0);
-                    AV_NAME(quantize16)(xt + 32 * b + 16, vid, vid256, &a1, &r1, X1);
+                    AV_NAME(quantize16)(xt + 32 * b, vid, vid256, l->levels, &a0, &r0, X0);
+                    AV_NAME(quantize16)(xt + 32 * b + 16, vid, vid256, l->levels, &a1, &r1, X1);
                 }
                 _mm_storeu_si128((__m128i *)lo, a0);
                 _mm_storeu_si128((__m128i *)(lo + 64), a1);
@@ -133,7 +133,7 @@ static AV_TARGET void AV_NAME(quantize)(const float *x, int64_t cols, const act_
                 for (int i = 0; i < 16; i++) {
                     __m128i q1, q2;
                     __m256i X[2];
-                    AV_NAME(quantize16)(xb + 16 * i, vid, vid256, &q1, &q2, X);
+                    AV_NAME(quantize16)(xb + 16 * i, vid, vid256, l->levels, &q1, &q2, X);
                     _mm_storeu_si128((__m128i *)(qs + ACT256_STRIDE * b + 16 * i), q1);
                     _mm_storeu_si128((__m128i *)(qs + ACT256_STRIDE * b + 256 + 16 * i), q2);
                     __m256i x16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(X[0], X[1]), 0xd8);

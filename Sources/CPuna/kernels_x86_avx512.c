@@ -3,9 +3,9 @@
 //
 // Layout of the work: a "tile" is R weight rows x T tokens held in registers for the whole row
 // (R*T f32 accumulators); each weight block is unpacked once per tile and each activation vector
-// loaded once per row of the tile. Decoding (one token) streams R = 4 rows at a time and prefetches
-// the next tile, since it is bound by memory bandwidth; batches walk L2-sized row blocks so the
-// weights come from DRAM once per block of tokens.
+// loaded once per row of the tile. Decoding (one token) streams DEC_R = 4 rows at a time and
+// prefetches PF_TILES = 2 tiles ahead, since it is bound by memory bandwidth; batches walk row blocks
+// that stay in L2 while every token passes over them, so the weights come from DRAM once.
 #include "kernels_internal.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -41,10 +41,10 @@ INL __m512i load_zext64(const uint8_t *p) { return _mm512_zextsi128_si512(_mm_lo
 
 // ---- activation quantization ------------------------------------------------------------------
 
-// 16 floats -> the two levels q1, q2 exactly as quantize_one in kernels_scalar.c (round half even,
+// 16 floats -> the levels q1, q2 exactly as quantize_one in kernels_scalar.c (round half even,
 // clamp; nan gives INT_MIN from the conversion and so the scalar code's clamped values), and
 // X = 256 q1 + q2 for the sums.
-INL void quantize16(__m512 x, __m512 id, __m512 id256, __m128i *q1, __m128i *q2, __m512i *X) {
+INL void quantize16(__m512 x, __m512 id, __m512 id256, int levels, __m128i *q1, __m128i *q2, __m512i *X) {
     const __m512i c127 = _mm512_set1_epi32(127), c65536 = _mm512_set1_epi32(65536);
     __m512i a = _mm512_cvtps_epi32(_mm512_mul_ps(x, id));
     a = _mm512_min_epi32(_mm512_max_epi32(a, _mm512_sub_epi32(_mm512_setzero_si512(), c127)), c127);
@@ -53,6 +53,7 @@ INL void quantize16(__m512 x, __m512 id, __m512 id256, __m128i *q1, __m128i *q2,
     __m512i a256 = _mm512_slli_epi32(a, 8);
     __m512i r = _mm512_sub_epi32(w, a256);
     r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_sub_epi32(_mm512_setzero_si512(), c127)), c127);
+    if (levels == 1) r = _mm512_setzero_si512();
     *q1 = _mm512_cvtepi32_epi8(a);
     *q2 = _mm512_cvtepi32_epi8(r);
     *X = _mm512_add_epi32(a256, r);
@@ -83,8 +84,8 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
                     float id = amax > 0 ? 127.0f / amax : 0.0f;
                     db = amax / 127.0f / 256.0f;
                     __m512 vid = _mm512_set1_ps(id), vid256 = _mm512_set1_ps(id * 256.0f);
-                    quantize16(x0, vid, vid256, &a0, &r0, &X0);
-                    quantize16(x1, vid, vid256, &a1, &r1, &X1);
+                    quantize16(x0, vid, vid256, l->levels, &a0, &r0, &X0);
+                    quantize16(x1, vid, vid256, l->levels, &a1, &r1, &X1);
                 }
                 _mm_storeu_si128((__m128i *)lo, a0);
                 _mm_storeu_si128((__m128i *)(lo + 64), a1);
@@ -114,7 +115,7 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
                 for (int i = 0; i < 16; i++) {
                     __m128i q1, q2;
                     __m512i X;
-                    quantize16(_mm512_loadu_ps(xb + 16 * i), vid, vid256, &q1, &q2, &X);
+                    quantize16(_mm512_loadu_ps(xb + 16 * i), vid, vid256, l->levels, &q1, &q2, &X);
                     _mm_storeu_si128((__m128i *)(qs + ACT256_STRIDE * b + 16 * i), q1);
                     _mm_storeu_si128((__m128i *)(qs + ACT256_STRIDE * b + 256 + 16 * i), q2);
                     _mm256_storeu_si256((__m256i *)(qs + ACT256_STRIDE * b + ACT256_X16 + 32 * i), _mm512_cvtepi32_epi16(X));
@@ -125,6 +126,9 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
     }
 }
 
+// Decode tuning (overridable with -D for experiments): rows per decode tile, how many tiles ahead
+// to prefetch, and the prefetch hint. On the 2-core Zen 5 development machine 4 rows beat 2 and 8,
+// and 2 tiles ahead beat 1 and 4 (none at all halved the bandwidth); the hint made no difference.
 #ifndef PF_TILES
 #define PF_TILES 2
 #endif
@@ -252,23 +256,40 @@ enum { STEP_AUX_INT, STEP_MIN, STEP_SIGNED };
 
 // The canonical lane arithmetic of one (row, token) pair over one group: p = 256 * (w . q1) +
 // (w . q2) (+ the code offset, which the quantizer folded into aux), then the f32 steps.
-INL __m512 simple_step(__m512 acc, const sgroup *w, const uint8_t *x, const act_layout *L, int64_t g, int mode) {
+// With one level (ONE), q2 is zero and its two products are skipped: same integers, same bits.
+INL __m512 simple_step(__m512 acc, const sgroup *w, const uint8_t *x, const act_layout *L, int64_t g, int mode,
+                       const int ONE) {
     const uint8_t *xq = x + L->qs_off + 256 * g;
     __m512i x1l = _mm512_load_si512(xq), x1h = _mm512_load_si512(xq + 64);
-    __m512i x2l = _mm512_load_si512(xq + 128), x2h = _mm512_load_si512(xq + 192);
     const __m512 dx = _mm512_load_ps((const float *)(x + L->d_off) + 16 * g);
     const __m512i zero = _mm512_setzero_si512();
     if (mode == STEP_SIGNED) {
         x1l = _mm512_mask_sub_epi8(x1l, w->neg_lo, zero, x1l);
-        x2l = _mm512_mask_sub_epi8(x2l, w->neg_lo, zero, x2l);
         x1h = _mm512_mask_sub_epi8(x1h, w->neg_hi, zero, x1h);
-        x2h = _mm512_mask_sub_epi8(x2h, w->neg_hi, zero, x2h);
+    }
+    if (ONE) {
+        // The aux words are multiples of 256 here (sums of X = 256 q1), so they can seed the
+        // accumulator as aux / 256: the same integer ia, one addition fewer.
+        __m512i i1 = mode == STEP_AUX_INT ? _mm512_srai_epi32(_mm512_load_si512(x + L->aux_off + 64 * g), 8) : zero;
+        i1 = _mm512_dpbusd_epi32(i1, w->lo, x1l);
+        i1 = _mm512_dpbusd_epi32(i1, w->hi, x1h);
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(w->dw, dx), _mm512_cvtepi32_ps(_mm512_slli_epi32(i1, 8)), acc);
+        if (mode == STEP_MIN)
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(w->mw, dx), _mm512_load_ps((const float *)(x + L->aux_off) + 16 * g), acc);
+        return acc;
     }
     __m512i i1 = _mm512_dpbusd_epi32(zero, w->lo, x1l);
     i1 = _mm512_dpbusd_epi32(i1, w->hi, x1h);
     __m512i i2 = mode == STEP_AUX_INT ? _mm512_load_si512(x + L->aux_off + 64 * g) : zero;
-    i2 = _mm512_dpbusd_epi32(i2, w->lo, x2l);
-    i2 = _mm512_dpbusd_epi32(i2, w->hi, x2h);
+    {
+        __m512i x2l = _mm512_load_si512(xq + 128), x2h = _mm512_load_si512(xq + 192);
+        if (mode == STEP_SIGNED) {
+            x2l = _mm512_mask_sub_epi8(x2l, w->neg_lo, zero, x2l);
+            x2h = _mm512_mask_sub_epi8(x2h, w->neg_hi, zero, x2h);
+        }
+        i2 = _mm512_dpbusd_epi32(i2, w->lo, x2l);
+        i2 = _mm512_dpbusd_epi32(i2, w->hi, x2h);
+    }
     __m512i ia = _mm512_add_epi32(_mm512_slli_epi32(i1, 8), i2);
     acc = _mm512_fmadd_ps(_mm512_mul_ps(w->dw, dx), _mm512_cvtepi32_ps(ia), acc);
     if (mode == STEP_MIN)
@@ -280,7 +301,8 @@ INL __m512 simple_step(__m512 acc, const sgroup *w, const uint8_t *x, const act_
 // (one tile ahead left the stream short of data on this 2-core machine; two reached ~85% of a plain
 // read loop's bandwidth).
 #define SIMPLE_TILE(name, GROUP_BYTES, MODE)                                                                   \
-    INL void name##_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch) {   \
+    INL void name##_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch,     \
+                         const int ONE) {                                                                      \
         const act_layout *L = &a->layout;                                                                      \
         const int64_t nb = a->cols / 32, nfull = nb / 4;                                                       \
         const int rem = (int)(nb % 4);                                                                         \
@@ -298,14 +320,14 @@ INL __m512 simple_step(__m512 acc, const sgroup *w, const uint8_t *x, const act_
             UNROLL for (int i = 0; i < R; i++) {                                                               \
                 sgroup wg;                                                                                     \
                 unpack_##name(w + i * rb + (GROUP_BYTES) * g, 4, &wg);                                         \
-                UNROLL for (int j = 0; j < T; j++) acc[i][j] = simple_step(acc[i][j], &wg, x0 + j * tb, L, g, MODE); \
+                UNROLL for (int j = 0; j < T; j++) acc[i][j] = simple_step(acc[i][j], &wg, x0 + j * tb, L, g, MODE, ONE); \
             }                                                                                                  \
         }                                                                                                      \
         if (rem) {                                                                                             \
             UNROLL for (int i = 0; i < R; i++) {                                                               \
                 sgroup wg;                                                                                     \
                 unpack_##name(w + i * rb + (GROUP_BYTES) * nfull, rem, &wg);                                   \
-                UNROLL for (int j = 0; j < T; j++) acc[i][j] = simple_step(acc[i][j], &wg, x0 + j * tb, L, nfull, MODE); \
+                UNROLL for (int j = 0; j < T; j++) acc[i][j] = simple_step(acc[i][j], &wg, x0 + j * tb, L, nfull, MODE, ONE); \
             }                                                                                                  \
         }                                                                                                      \
         UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < T; j++)                                  \
@@ -442,8 +464,8 @@ INL void k_tile_impl(const qmm_args *a, int64_t r, int64_t t, const int R, const
     const uint8_t *w = a->w + r * rb, *x0 = a->act + t * tb;
     for (int64_t b = 0; b < nb; b++) {
         if (prefetch) {
-            const uint8_t *pf = w + 2 * R * rb + b * bytes * R;
-            UNROLL for (int i = 0; i < (R * (int)bytes + 63) / 64 + 1; i++) _mm_prefetch((const char *)pf + 64 * i, _MM_HINT_T0);
+            const uint8_t *pf = w + PF_TILES * R * rb + b * bytes * R;
+            UNROLL for (int i = 0; i < (R * (int)bytes + 63) / 64 + 1; i++) _mm_prefetch((const char *)pf + 64 * i, PF_HINT);
         }
         __m512i ia[16], mb[16];
         float dd[16], dm[16];
@@ -489,13 +511,16 @@ INL void k_tile_impl(const qmm_args *a, int64_t r, int64_t t, const int R, const
     }
 }
 
-INL void q4_K_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch) {
+INL void q4_K_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE) {
+    (void)ONE;
     k_tile_impl(a, r, t, R, T, prefetch, PUNA_TYPE_Q4_K);
 }
-INL void q5_K_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch) {
+INL void q5_K_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE) {
+    (void)ONE;
     k_tile_impl(a, r, t, R, T, prefetch, PUNA_TYPE_Q5_K);
 }
-INL void q6_K_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch) {
+INL void q6_K_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE) {
+    (void)ONE;
     k_tile_impl(a, r, t, R, T, prefetch, PUNA_TYPE_Q6_K);
 }
 
@@ -512,8 +537,10 @@ INL __m512 load_w_bf16(const uint8_t *p, int64_t c, __mmask16 m) {
 }
 
 #define FLOAT_TILE(name, LOAD)                                                                                 \
-    INL void name##_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch) {   \
+    INL void name##_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch,     \
+                         const int ONE) {                                                                      \
         (void)prefetch;                                                                                        \
+        (void)ONE;                                                                                             \
         const int64_t cols = a->cols, rb = a->row_bytes;                                                       \
         __m512 acc[4][4];                                                                                      \
         UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < T; j++) acc[i][j] = _mm512_setzero_ps(); \
@@ -552,21 +579,22 @@ static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) {
     for (; p < e; p += 64) _mm_prefetch((const char *)p, PF_HINT);
 }
 
-#define TILE_FNS(name, BR, BT)                                                                          \
-    static T512 void name##_dec4(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 1); } \
-    static T512 void name##_dec4_last(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 0); } \
-    static T512 void name##_dec1(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, 1, 1, 0); }    \
-    static T512 void name##_full(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, BT, 0); } \
-    static T512 void name##_rowtail(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, BT, 0); } \
-    static T512 void name##_tok1(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, 1, 0); } \
-    static T512 void name##_one(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, 1, 0); } \
-    static void name##_rows(const qmm_args *a, int64_t r0, int64_t r1) {                              \
+// Tiles and rows function of one activation mode (ONE: one level); `sfx` names the variant.
+#define TILE_FNS_MODE(name, sfx, BR, BT, ONE)                                                           \
+    static T512 void name##sfx##_dec4(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 1, ONE); } \
+    static T512 void name##sfx##_dec4_last(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 0, ONE); } \
+    static T512 void name##sfx##_dec1(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, 1, 1, 0, ONE); } \
+    static T512 void name##sfx##_full(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, BT, 0, ONE); } \
+    static T512 void name##sfx##_rowtail(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, BT, 0, ONE); } \
+    static T512 void name##sfx##_tok1(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, 1, 0, ONE); } \
+    static T512 void name##sfx##_one(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, 1, 0, ONE); } \
+    static void name##sfx##_rows(const qmm_args *a, int64_t r0, int64_t r1) {                        \
         if (a->n_tokens == 1) {                                                                         \
             int64_t r = r0;                                                                             \
             prefetch_rows(a, r0, r1);                                                                   \
-            for (; r + (PF_TILES + 1) * DEC_R <= r1; r += DEC_R) name##_dec4(a, r);                     \
-            for (; r + DEC_R <= r1; r += DEC_R) name##_dec4_last(a, r);                                 \
-            for (; r < r1; r++) name##_dec1(a, r);                                                      \
+            for (; r + (PF_TILES + 1) * DEC_R <= r1; r += DEC_R) name##sfx##_dec4(a, r);                \
+            for (; r + DEC_R <= r1; r += DEC_R) name##sfx##_dec4_last(a, r);                            \
+            for (; r < r1; r++) name##sfx##_dec1(a, r);                                                 \
             return;                                                                                     \
         }                                                                                               \
         for (int64_t rb = r0; rb < r1; rb += BLOCK_ROWS) {                                              \
@@ -574,22 +602,40 @@ static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) {
             int64_t t = 0;                                                                              \
             for (; t + (BT) <= a->n_tokens; t += (BT)) {                                                \
                 int64_t r = rb;                                                                         \
-                for (; r + (BR) <= re; r += (BR)) name##_full(a, r, t);                                 \
-                for (; r < re; r++) name##_rowtail(a, r, t);                                            \
+                for (; r + (BR) <= re; r += (BR)) name##sfx##_full(a, r, t);                            \
+                for (; r < re; r++) name##sfx##_rowtail(a, r, t);                                       \
             }                                                                                           \
             for (; t < a->n_tokens; t++) {                                                              \
                 int64_t r = rb;                                                                         \
-                for (; r + (BR) <= re; r += (BR)) name##_tok1(a, r, t);                                 \
-                for (; r < re; r++) name##_one(a, r, t);                                                \
+                for (; r + (BR) <= re; r += (BR)) name##sfx##_tok1(a, r, t);                            \
+                for (; r < re; r++) name##sfx##_one(a, r, t);                                           \
             }                                                                                           \
         }                                                                                               \
     }
 
-TILE_FNS(q4_0, 4, 3)
-TILE_FNS(q4_1, 4, 3)
-TILE_FNS(q5_0, 4, 3)
-TILE_FNS(q5_1, 4, 3)
-TILE_FNS(q8_0, 4, 3)
+// Types without a one-level shortcut (K-quants read X as int16; float types take f32 activations).
+#define TILE_FNS(name, BR, BT) TILE_FNS_MODE(name, , BR, BT, 0)
+
+// Simple quants: a two-level and a one-level variant, picked by the activation layout.
+#ifndef ONE_BR
+#define ONE_BR 4
+#endif
+#ifndef ONE_BT
+#define ONE_BT 3
+#endif
+#define SIMPLE_TILE_FNS(name, BR, BT)                                                                   \
+    TILE_FNS_MODE(name, _l2, BR, BT, 0)                                                                 \
+    TILE_FNS_MODE(name, _l1, ONE_BR, ONE_BT, 1)                                                         \
+    static void name##_rows(const qmm_args *a, int64_t r0, int64_t r1) {                              \
+        if (a->layout.levels == 1) name##_l1_rows(a, r0, r1);                                           \
+        else name##_l2_rows(a, r0, r1);                                                                 \
+    }
+
+SIMPLE_TILE_FNS(q4_0, 4, 3)
+SIMPLE_TILE_FNS(q4_1, 4, 3)
+SIMPLE_TILE_FNS(q5_0, 4, 3)
+SIMPLE_TILE_FNS(q5_1, 4, 3)
+SIMPLE_TILE_FNS(q8_0, 4, 3)
 TILE_FNS(q4_K, 2, 4)
 TILE_FNS(q5_K, 2, 4)
 TILE_FNS(q6_K, 2, 4)
@@ -651,6 +697,39 @@ static T512 void attn512_axpy_f16(float *out, float p, const uint8_t *row, int64
     }
 }
 
+// Weighted sums of value rows, 128 columns at a time in 8 register accumulators; per element the
+// same fma sequence as the axpy's above.
+#define ATTN_WSUM(name, LOADV)                                                                                   \
+    static T512 void name(float *out, const float *p, const uint8_t *v, int64_t row_bytes, int64_t first, int n, \
+                          int n_pos) {                                                                           \
+        for (int c0 = 0; c0 < n; c0 += 128) {                                                                    \
+            __mmask16 m[8];                                                                                      \
+            __m512 acc[8];                                                                                       \
+            UNROLL for (int c = 0; c < 8; c++) {                                                                 \
+                m[c] = lanes_below(n - c0 - 16 * c);                                                             \
+                acc[c] = _mm512_setzero_ps();                                                                    \
+            }                                                                                                    \
+            if (n - c0 >= 128) {                                                                                 \
+                for (int j = 0; j < n_pos; j++) {                                                                \
+                    const uint8_t *row = v + j * row_bytes;                                                      \
+                    const __m512 pv = _mm512_set1_ps(p[j]);                                                      \
+                    UNROLL for (int c = 0; c < 8; c++)                                                           \
+                        acc[c] = _mm512_fmadd_ps(pv, LOADV(row, first + c0 + 16 * c, (__mmask16)0xffff), acc[c]); \
+                }                                                                                                \
+            } else {                                                                                             \
+                for (int j = 0; j < n_pos; j++) {                                                                \
+                    const uint8_t *row = v + j * row_bytes;                                                      \
+                    const __m512 pv = _mm512_set1_ps(p[j]);                                                      \
+                    UNROLL for (int c = 0; c < 8; c++)                                                           \
+                        if (m[c]) acc[c] = _mm512_fmadd_ps(pv, LOADV(row, first + c0 + 16 * c, m[c]), acc[c]);  \
+                }                                                                                                \
+            }                                                                                                    \
+            UNROLL for (int c = 0; c < 8; c++) if (m[c]) _mm512_mask_storeu_ps(out + c0 + 16 * c, m[c], acc[c]);  \
+        }                                                                                                        \
+    }
+ATTN_WSUM(attn512_wsum_f32, load_w_f32)
+ATTN_WSUM(attn512_wsum_f16, load_w_f16)
+
 // q8_0: one block at a time; lanes of the block outside [first, first + n) are masked off, and the
 // q / out addresses of masked lanes (which may lie before the buffer) are never touched.
 INL void q8_block(const uint8_t *row, int64_t b, __m512 *lo, __m512 *hi, float *d) {
@@ -694,16 +773,13 @@ static T512 void attn512_axpy_q8_0(float *out, float p, const uint8_t *row, int6
 }
 
 int puna_attn_ops_avx512(int kv_type, attn_ops *out) {
-    if (kv_type == PUNA_TYPE_F32) { out->dot = attn512_dot_f32; out->axpy = attn512_axpy_f32; }
-    else if (kv_type == PUNA_TYPE_F16) { out->dot = attn512_dot_f16; out->axpy = attn512_axpy_f16; }
+    if (kv_type == PUNA_TYPE_F32) { out->dot = attn512_dot_f32; out->axpy = attn512_axpy_f32; out->wsum = attn512_wsum_f32; }
+    else if (kv_type == PUNA_TYPE_F16) { out->dot = attn512_dot_f16; out->axpy = attn512_axpy_f16; out->wsum = attn512_wsum_f16; }
     else if (kv_type == PUNA_TYPE_Q8_0) { out->dot = attn512_dot_q8_0; out->axpy = attn512_axpy_q8_0; }
     else return 0;
     return 1;
 }
 
-#ifndef PF_TILES
-#define PF_TILES 2
-#endif
 int puna_kernels_avx512_get(int type, qmm_kernel *out) {
     qmm_kernel k = {0};
     k.quantize = quantize_avx512;
@@ -728,9 +804,6 @@ int puna_kernels_avx512_get(int type, qmm_kernel *out) {
 }
 
 #else
-#ifndef PF_TILES
-#define PF_TILES 2
-#endif
 int puna_kernels_avx512_get(int type, qmm_kernel *out) {
     (void)type;
     (void)out;

@@ -1,9 +1,12 @@
-// Reference compute kernels of the forward pass (see puna_kernels.h).
+// The matmul driver, kernel dispatch, the reference kernels and the other ops of the forward pass
+// (see puna_kernels.h).
 //
 // "Reference" means portable C whose accumulation order is fixed by the source, not by the thread
 // count or the split: every dot product runs over 8 interleaved partial sums combined in a fixed
 // tree, which keeps f32 rounding error low (8 short chains instead of one long one) and lets the
-// compiler vectorise without reassociating. Faster ISA-specific kernels slot in at "dispatch".
+// compiler vectorise without reassociating. The SIMD families (kernels_*.c, kernels_internal.h)
+// serve puna_matmul by default: the driver here quantizes the activations once per call, splits the
+// rows between the threads, and picks the family at "dispatch".
 #include "puna_kernels.h"
 #include "puna_platform.h"
 #include "puna_quants.h"
@@ -170,9 +173,23 @@ static void matmul_task(void *ctx, int thread_index, int n_threads) {
 
 static int64_t round64(int64_t n) { return (n + 63) & ~(int64_t)63; }
 
+// Activation levels for every quantized-weight matmul (kernels_internal.h): one, like llama.cpp,
+// unless a caller asks for two (puna_kernels_set_activation_levels).
+static int activation_levels = PUNA_DEFAULT_ACTIVATION_LEVELS;
+
+int puna_kernels_set_activation_levels(int levels) {
+    if (levels == 0) levels = PUNA_DEFAULT_ACTIVATION_LEVELS;
+    if (levels != 1 && levels != 2) return -1;
+    activation_levels = levels;
+    return 0;
+}
+
+int puna_kernels_activation_levels(void) { return activation_levels; }
+
 static act_layout make_act_layout(int format, int64_t cols) {
     act_layout l = {0};
     l.format = format;
+    l.levels = activation_levels;
     if (format == ACT_Q8_32) {
         l.n_blocks = cols / 32;
         l.n_groups = (l.n_blocks + 3) / 4;
@@ -548,6 +565,10 @@ static void attention_one(const attention_job *job, int t, int h, float *scores)
     float *oh = job->out + t * q_stride + (int64_t)h * hd;
     for (int j = 0; j < n_pos; j++) scores[j] = job->ops.dot(qh, job->k + j * job->kv_row_bytes, first, hd) * job->scale;
     puna_softmax(scores, n_pos);
+    if (job->ops.wsum) {
+        job->ops.wsum(oh, scores, job->v, job->kv_row_bytes, first, hd, n_pos);
+        return;
+    }
     for (int d = 0; d < hd; d++) oh[d] = 0;
     for (int j = 0; j < n_pos; j++) job->ops.axpy(oh, scores[j], job->v + j * job->kv_row_bytes, first, hd);
 }

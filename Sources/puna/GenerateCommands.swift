@@ -51,7 +51,7 @@ enum LogitsCommand {
         }
         guard args.positionals.isEmpty else { throw PunaError("'puna logits' takes no positional argument '\(args.positionals[0])'") }
         if args.has("--tokens") == args.has("-p") { throw PunaError("'puna logits' needs exactly one of --tokens or -p") }
-        let (model, _) = try CommonFlags.loadModel(args, defaultType: "f32", contextDecidedLater: true)
+        let (model, _) = try CommonFlags.loadModel(args, defaultType: "f32", contextDecidedLater: true, defaultActivationLevels: 2)
         var tokens: [Int32]
         if let list = args.string("--tokens") {
             tokens = []

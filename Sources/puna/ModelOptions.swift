@@ -12,8 +12,16 @@ enum CommonFlags {
     static let cacheTypeV = FlagSpec(names: ["-ctv", "--cache-type-v"], value: "TYPE", help: "KV cache type for values: must equal -ctk")
     static let board = FlagSpec(names: ["--board"], value: "NAME|FILE",
                                 help: "board profile, e.g. raspberry-pi-5 (see boards/): its -t, -c, -ctk defaults and memory budget")
-    static let loading = [model, threads, context, batch, cacheTypeK, cacheTypeV, board] + AdapterFlags.specs + BackendFlags.specs
-        + MemoryFlags.specs
+    static let activationLevels = FlagSpec(names: ["--act-levels"], value: "1|2",
+                                           help: "8-bit levels per activation in quantized matmuls: 1 (default, fastest, like llama.cpp) or 2 (~16-bit, for checking numbers)")
+    static let loading = [model, threads, context, batch, cacheTypeK, cacheTypeV, board, activationLevels] + AdapterFlags.specs
+        + BackendFlags.specs + MemoryFlags.specs
+
+    /// --act-levels (kernels_internal.h): how quantized matmuls quantize their activations.
+    static func applyActivationLevels(_ args: ParsedArguments, default fallback: Int = 0) throws(PunaError) {
+        let levels = try args.int("--act-levels", range: 1...2) ?? fallback
+        _ = puna_kernels_set_activation_levels(Int32(levels))
+    }
 
     /// The --board profile, if one was named.
     static func boardProfile(_ args: ParsedArguments) throws(PunaError) -> BoardProfile? {
@@ -41,7 +49,8 @@ enum CommonFlags {
     /// contextDecidedLater: the command only knows its context after loading (checked then);
     /// logitRows: rows of logits one evaluation returns.
     static func loadModel(_ args: ParsedArguments, defaultContext: Int? = nil, defaultType: String? = nil,
-                          contextDecidedLater: Bool = false, logitRows: Int = 1) throws(PunaError) -> (LlamaModel, Int64) {
+                          contextDecidedLater: Bool = false, logitRows: Int = 1,
+                          defaultActivationLevels: Int = 0) throws(PunaError) -> (LlamaModel, Int64) {
         let args = try DemoModel.resolve(args)  // run/chat without -m, and --lora demo: the bundled demo
         let path = try args.require("-m")
         let board = try boardProfile(args)
@@ -51,6 +60,7 @@ enum CommonFlags {
         }
         let threads = try args.int("-t", range: 1...1024) ?? board?.threads ?? 0
         let batch = try args.int("-b", range: 1...65536) ?? 256
+        try applyActivationLevels(args, default: defaultActivationLevels)
         let start = puna_now_ns()
         // Only the header is read here; the run is refused before the weights are touched.
         let gguf = try GGUFFile(path: path)

@@ -1,3 +1,4 @@
+import CPuna
 import Foundation
 import PunaCore
 import XCTest
@@ -8,8 +9,14 @@ import XCTest
 /// tolerance measures Puna's arithmetic, not the quantization.
 final class ConformanceTests: XCTestCase {
     /// Largest |Puna − transformers| over all positions and the vocabulary, relative to the largest
-    /// |reference logit|: F32/F16 files within 1e-3, quantized ones within 3e-2 (issue 3).
-    static func tolerance(_ type: String) -> Float { type == "f32" || type == "f16" ? 1e-3 : 3e-2 }
+    /// |reference logit|: F32/F16 files within 1e-3, quantized ones within 3e-2 (issue 3) with two
+    /// activation levels. With one level (the default fast path, 8-bit activations like llama.cpp)
+    /// quantized files get the project's figures for that case: 6e-2 for 8-bit weights, 8e-2 below.
+    static func tolerance(_ type: String, activationLevels: Int = 2) -> Float {
+        if type == "f32" || type == "f16" { return 1e-3 }
+        if activationLevels == 2 { return 3e-2 }
+        return type == "q8_0" ? 6e-2 : 8e-2
+    }
 
     func models() throws -> [[String: Any]] {
         try XCTUnwrap(Fixtures.manifest()["models"] as? [[String: Any]])
@@ -20,10 +27,13 @@ final class ConformanceTests: XCTestCase {
         let reference = try XCTUnwrap(manifest["reference"] as? [String: Any])
         let tokens = try XCTUnwrap(reference["tokens"] as? [Int]).map { Int32($0) }
         var report: [String] = []
+        defer { puna_kernels_set_activation_levels(0) }
         for entry in try models() {
             let file = entry["file"] as! String, type = entry["type"] as! String
             let model = try LlamaModel(path: Fixtures.models.appendingPathComponent(file).path, options: ModelOptions(threads: 2))
             let expected = try Fixtures.floats(Fixtures.models.appendingPathComponent(entry["logits"] as! String))
+            for levels in [2, 1] {
+            puna_kernels_set_activation_levels(Int32(levels))
             for cacheType in [GGMLType.f32, .f16] {
                 let cache = try model.makeCache(contextLength: 64, type: cacheType)
                 let logits = try model.evaluate(tokens, cache: cache, allLogits: true)
@@ -32,11 +42,12 @@ final class ConformanceTests: XCTestCase {
                 var worst: Float = 0
                 for i in 0..<min(logits.count, expected.count) { worst = max(worst, abs(logits[i] - expected[i])) }
                 let relative = worst / scale
-                report.append("\(file) cache \(cacheType.name): max|diff|/max|logit| = \(relative)")
+                report.append("\(file) cache \(cacheType.name), \(levels) activation level(s): max|diff|/max|logit| = \(relative)")
                 // The f16 cache rounds K and V: F32 files stay within 1e-3 even so; F16 files get
                 // llama.cpp's own F16 figure (2e-3) with it, and 1e-3 with an f32 cache.
-                let limit: Float = type == "f16" && cacheType == .f16 ? 2e-3 : ConformanceTests.tolerance(type)
-                XCTAssertLessThanOrEqual(relative, limit, "\(file) with \(cacheType.name) cache")
+                let limit: Float = type == "f16" && cacheType == .f16 ? 2e-3 : ConformanceTests.tolerance(type, activationLevels: levels)
+                XCTAssertLessThanOrEqual(relative, limit, "\(file) with \(cacheType.name) cache, \(levels) activation level(s)")
+            }
             }
         }
         print(report.joined(separator: "\n"))

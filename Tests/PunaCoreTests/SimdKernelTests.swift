@@ -113,6 +113,9 @@ final class SimdKernelTests: XCTestCase {
         var checked = 0
         let pools = [1, 2, 3].map { puna_pool_create(Int32($0))! }
         defer { pools.forEach { puna_pool_destroy($0) } }
+        defer { puna_kernels_set_activation_levels(0) }
+        for levels in [1, 2] {
+        puna_kernels_set_activation_levels(Int32(levels))
         for family in families {
             for type in Self.quantizedTypes {
                 puna_kernels_set_family(family)
@@ -129,13 +132,14 @@ final class SimdKernelTests: XCTestCase {
                             checked += 1
                             if !sameBits(got, want) {
                                 let i = (0..<got.count).first { got[$0].bitPattern != want[$0].bitPattern }!
-                                XCTFail("\(name(family)) \(typeName(type)) \(shape) raw \(raw) threads \(puna_pool_size(pool)): y[\(i)] \(got[i]) vs scalar \(want[i])")
+                                XCTFail("\(name(family)) \(typeName(type)) \(shape) raw \(raw) threads \(puna_pool_size(pool)) levels \(levels): y[\(i)] \(got[i]) vs scalar \(want[i])")
                                 return
                             }
                         }
                     }
                 }
             }
+        }
         }
         print("SIMD families checked against scalar int8: \(families.map(name).joined(separator: " ")) (\(checked) matmuls)")
     }
@@ -145,7 +149,10 @@ final class SimdKernelTests: XCTestCase {
     func testExtremeBlocksMatchScalar() {
         let pool = puna_pool_create(2)!
         defer { puna_pool_destroy(pool) }
+        defer { puna_kernels_set_activation_levels(0) }
         let rows = 3, cols = 512
+        for levels in [1, 2] {
+        puna_kernels_set_activation_levels(Int32(levels))
         for type in Self.quantizedTypes {
             let info = typeInfo(Int(type.rawValue))
             let rb = rowBytes(type, cols: cols)
@@ -163,10 +170,11 @@ final class SimdKernelTests: XCTestCase {
                     XCTAssertTrue(want.allSatisfy { $0.isFinite }, "\(typeName(type)) fill \(fill)")
                     for family in families {
                         let got = matmul(pool, family: family, type, w, rows: rows, cols: cols, x, tokens: 2)
-                        XCTAssertTrue(sameBits(got, want), "\(name(family)) \(typeName(type)) fill \(fill): \(got) vs \(want)")
+                        XCTAssertTrue(sameBits(got, want), "\(name(family)) \(typeName(type)) fill \(fill) levels \(levels): \(got) vs \(want)")
                     }
                 }
             }
+        }
         }
     }
 
@@ -208,6 +216,9 @@ final class SimdKernelTests: XCTestCase {
         var rng = Rng(state: 5)
         let pools = [1, 2, 3].map { puna_pool_create(Int32($0))! }
         defer { pools.forEach { puna_pool_destroy($0) } }
+        defer { puna_kernels_set_activation_levels(0) }
+        for levels in [1, 2] {
+        puna_kernels_set_activation_levels(Int32(levels))
         for family in [Int32(PUNA_KERNELS_AUTO.rawValue), Int32(PUNA_KERNELS_SCALAR.rawValue)] + families {
             for type in Self.quantizedTypes + Self.floatTypes {
                 let block = Int(typeInfo(Int(type.rawValue)).block_size)
@@ -230,14 +241,21 @@ final class SimdKernelTests: XCTestCase {
                 }
             }
         }
+        }
     }
 
     /// The int8 definition itself against the f32 reference: two 8-bit levels leave each
-    /// activation within amax / (127 * 512) (plus f32 rounding) of its value.
+    /// activation within amax / (127 * 512) (plus f32 rounding) of its value, one level within
+    /// amax / (127 * 2); and the two modes really differ.
     func testScalarInt8StaysWithinActivationRounding() {
         var rng = Rng(state: 3)
         let pool = puna_pool_create(1)!
         defer { puna_pool_destroy(pool) }
+        defer { puna_kernels_set_activation_levels(0) }
+        XCTAssertEqual(puna_kernels_set_activation_levels(3), -1)
+        for levels in [1, 2] {
+        XCTAssertEqual(puna_kernels_set_activation_levels(Int32(levels)), 0)
+        XCTAssertEqual(puna_kernels_activation_levels(), Int32(levels))
         for type in Self.quantizedTypes {
             let info = typeInfo(Int(type.rawValue))
             let block = Int(info.block_size)
@@ -255,13 +273,20 @@ final class SimdKernelTests: XCTestCase {
                     for c in 0..<cols {
                         let amax = (0..<actBlock).map { abs(Double(x[t * cols + (c / actBlock) * actBlock + $0])) }.max()!
                         let wc = abs(Double(decoded[r * cols + c]))
-                        bound += wc * amax / (127 * 512) * 1.01
+                        bound += wc * amax / (127 * (levels == 2 ? 512 : 2)) * 1.01
                         magnitude += wc * abs(Double(x[t * cols + c]))
                     }
                     let err = abs(Double(scalar[t * rows + r]) - Double(reference[t * rows + r]))
-                    XCTAssertLessThanOrEqual(err, bound + 1e-6 * magnitude + 1e-30, "\(typeName(type)) token \(t) row \(r)")
+                    XCTAssertLessThanOrEqual(err, bound + 1e-6 * magnitude + 1e-30, "\(typeName(type)) token \(t) row \(r) levels \(levels)")
                 }
             }
+            if levels == 1 {
+                puna_kernels_set_activation_levels(2)
+                let precise = matmul(pool, family: Int32(PUNA_KERNELS_SCALAR.rawValue), type, w, rows: rows, cols: cols, x, tokens: 3)
+                puna_kernels_set_activation_levels(1)
+                XCTAssertFalse(sameBits(precise, scalar), "\(typeName(type)): one and two levels gave the same bits")
+            }
+        }
         }
     }
 

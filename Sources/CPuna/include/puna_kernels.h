@@ -1,9 +1,10 @@
 // The compute kernels of the forward pass and the persistent thread pool that runs them.
 //
-// Every kernel here is the portable reference: plain C with fixed accumulation orders, so results
-// are reproducible and independent of the thread count. Faster ISA-specific versions plug in behind
-// the same functions (see "dispatch" in ops.c); puna_kernels_set_reference_only() turns them off so
-// tests can compare the two.
+// Every function has a portable reference with fixed accumulation orders, so results are
+// reproducible and independent of the thread count. ISA-specific kernel families (AVX-512, AVX2,
+// NEON with and without dotprod/i8mm) serve puna_matmul and puna_attention by default; see
+// "dispatch" below for how they are chosen and pinned, and Sources/CPuna/kernels_internal.h for the
+// integer arithmetic every family shares.
 #ifndef PUNA_KERNELS_H
 #define PUNA_KERNELS_H
 
@@ -118,6 +119,14 @@ int puna_kernels_family(void);
 const char *puna_kernels_family_name(int family);
 // Non-zero: same as puna_kernels_set_family(PUNA_KERNELS_REFERENCE); zero: back to AUTO.
 void puna_kernels_set_reference_only(int on);
+// How the quantized-weight matmuls quantize activations: 1 = one 8-bit level per value (the
+// default; what llama.cpp does, a few % of max|logit| on small models), 2 = two levels (~16-bit,
+// ~1e-4 of max|logit|; slower on prompts). 0 restores the default. Returns 0, or -1 for another
+// value. Global; change it only while no kernel runs. Results of every family agree bit for bit
+// in either mode.
+#define PUNA_DEFAULT_ACTIVATION_LEVELS 1
+int puna_kernels_set_activation_levels(int levels);
+int puna_kernels_activation_levels(void);
 // Name of the family puna_matmul uses for a type now, e.g. "avx512-vnni" or "reference" (types a
 // family lacks fall back to the reference); NULL for a type puna_matmul cannot take.
 const char *puna_matmul_kernel_name(int type);
