@@ -229,10 +229,31 @@ static int64_t read_limit_file(const char *path) {
     return value;
 }
 
+// The smallest limit in `file` of cgroup `group` under `mount` and of each of its ancestors up to
+// the root: a parent's limit bounds every child, and the process's own group often has none.
+static int64_t smallest_limit_upward(const char *mount, const char *group, const char *file) {
+    char dir[512], path[640];
+    snprintf(dir, sizeof dir, "%s", group);
+    int64_t best = -1;
+    for (;;) {
+        size_t len = strlen(dir);
+        while (len > 1 && dir[len - 1] == '/') dir[--len] = 0;
+        snprintf(path, sizeof path, "%s%s/%s", mount, strcmp(dir, "/") == 0 ? "" : dir, file);
+        int64_t v = read_limit_file(path);
+        if (v > 0 && (best < 0 || v < best)) best = v;
+        char *slash = strrchr(dir, '/');
+        if (!slash || (slash == dir && dir[1] == 0)) break;  // the root was the last one read
+        if (slash == dir) dir[1] = 0;
+        else *slash = 0;
+    }
+    return best;
+}
+
 int64_t puna_cgroup_memory_limit(void) {
-    // Find this process's cgroup path, then the limit file under the mounted hierarchy.
+    // Find this process's cgroup path, then the limit files of it and its ancestors under the
+    // mounted hierarchy.
     FILE *f = fopen("/proc/self/cgroup", "r");
-    char path[512], line[512];
+    char line[512];
     int64_t best = -1;
     if (f) {
         while (fgets(line, sizeof line, f)) {
@@ -243,13 +264,12 @@ int64_t puna_cgroup_memory_limit(void) {
             if (!group) continue;
             *group++ = 0;
             controllers++;
+            if (*group != '/') continue;
             int64_t v = -1;
             if (*controllers == 0) {  // v2 unified hierarchy
-                snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", group);
-                v = read_limit_file(path);
+                v = smallest_limit_upward("/sys/fs/cgroup", group, "memory.max");
             } else if (strstr(controllers, "memory")) {
-                snprintf(path, sizeof path, "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", group);
-                v = read_limit_file(path);
+                v = smallest_limit_upward("/sys/fs/cgroup/memory", group, "memory.limit_in_bytes");
             }
             if (v > 0 && (best < 0 || v < best)) best = v;
         }
