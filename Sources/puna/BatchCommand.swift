@@ -71,12 +71,14 @@ enum BatchCommand {
             return 0
         }
 
-        let (model, _) = try CommonFlags.loadModel(args)
+        // The KV caches (one per sequence) are checked by checkMemory once -c and --parallel are known.
+        let (model, _) = try CommonFlags.loadModel(args, contextDecidedLater: true)
         let adapters = try loadAdapters(args, model: model)
         let adapterNames = adapters.map { $0.name }
         let board = try CommonFlags.boardProfile(args)
         let context = try args.int("-c", range: 1...(1 << 30)) ?? min(model.config.contextLength, board?.context ?? 2048)
-        let cacheType = try checkMemory(args, model: model, context: context, parallel: parallel, board: board)
+        let cacheType = try checkMemory(args, model: model, context: context, parallel: parallel, board: board,
+                                        adapters: adapters.map { $0.set })
         let scheduler = try BatchScheduler(model: model, parallel: parallel, contextLength: context, cacheType: cacheType)
 
         var progress = Progress(total: pending.count, interval: Double(interval))
@@ -151,34 +153,26 @@ enum BatchCommand {
         return d
     }
 
-    /// The KV cache type, after refusing a `--parallel` × `-c` that the machine cannot hold.
+    /// The KV cache type, after refusing a `--parallel` × `-c` that does not fit the memory budget:
+    /// the same budget as every other command (--mem, --board, the cgroup limit, physical memory;
+    /// MemoryFlags) and the same estimate, with one KV cache per sequence and the loaded adapters.
     static func checkMemory(_ args: ParsedArguments, model: LlamaModel, context: Int, parallel: Int,
-                            board: BoardProfile?) throws(PunaError) -> GGMLType {
-        let kName = args.string("-ctk") ?? board?.cacheType.name ?? "f16"
-        guard let type = GGMLType(name: kName), KVCache.supportedTypes.contains(type) else {
-            throw PunaError("flag --cache-type-k: unknown or unsupported type '\(kName)' (use f16 or f32)")
+                            board: BoardProfile?, adapters: [AdapterSet] = []) throws(PunaError) -> GGMLType {
+        let (_, key, value) = try MemoryFlags.cacheSettings(args, trainedContext: model.config.contextLength, board: board,
+                                                            defaultContext: context, defaultType: nil)
+        var settings = MemoryEstimate.Settings(context: context, keyType: key, valueType: value, batch: model.batchSize,
+                                               threads: model.threads, sequences: parallel)
+        var seen: [LoRAAdapter] = []
+        for set in [model.activeAdapters] + adapters {
+            for e in set.entries where !seen.contains(where: { $0 === e.adapter }) { seen.append(e.adapter) }
         }
-        if let v = args.string("-ctv"), GGMLType(name: v) != type {
-            throw PunaError("flag --cache-type-v: '\(v)' must equal --cache-type-k ('\(kName)') for now")
+        settings.adapters = seen.map { MemoryEstimate.AdapterFootprint($0) }
+        let estimate = MemoryEstimate.llama(gguf: model.gguf, config: model.config, settings: settings)
+        try MemoryFlags.check(estimate, settings: settings, budget: try MemoryFlags.budget(args, board: board),
+                              stage: "before allocating \(parallel) KV cache\(parallel == 1 ? "" : "s") (--parallel \(parallel))") { t in
+            MemoryEstimate.llama(gguf: model.gguf, config: model.config, settings: t)
         }
-        let single = MemoryEstimate.llama(config: model.config, weightBytes: model.gguf.tensorBytes, context: context,
-                                          cacheType: type, batch: model.batchSize, threads: model.threads)
-        var estimate = MemoryEstimate()
-        for item in single.items {
-            if item.key == "kv_cache" {
-                estimate.add(item.key, "KV caches (\(parallel) × \(type.name), \(context) positions each)", item.bytes * parallel)
-            } else {
-                estimate.add(item.key, item.name, item.bytes)
-            }
-        }
-        let available = CommonFlags.availableMemory(board: board)
-        if estimate.totalBytes > available {
-            var s = "--parallel \(parallel) with -c \(context) needs about \(formatBytes(estimate.totalBytes)) but only \(formatBytes(available)) is available:"
-            for item in estimate.items { s += "\n  \(item.name): \(formatBytes(item.bytes))" }
-            s += "\nuse a smaller -c or --parallel"
-            throw PunaError(s)
-        }
-        return type
+        return key
     }
 
     /// The --lora NAME=PATH and --lora-scaled NAME=PATH:SCALE adapters, loaded for `model`.

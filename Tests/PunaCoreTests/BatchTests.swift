@@ -408,6 +408,26 @@ final class BatchTests: XCTestCase {
         XCTAssertTrue(r.2.contains("needs -o"), r.2)
     }
 
+    /// --mem bounds `puna batch` as it bounds `puna run`, with one KV cache per sequence counted:
+    /// --parallel 1 fits in 40 MiB, --parallel 64 (64 MiB of caches) is refused before allocating
+    /// them, naming --mem, with the breakdown and advice.
+    func testMemBudgetCountsEveryKVCache() throws {
+        let m = model("tiny-mha-q8_0.gguf")
+        let input = try write("mem.jsonl", [json(["id": "a", "prompt": "hello", "max_tokens": 2])])
+        let fits = dir.appendingPathComponent("fits.jsonl").path
+        var r = try Fixtures.runPuna(["batch", "-m", m, "-i", input, "-o", fits, "-c", "2048", "--parallel", "1", "--mem", "40M"])
+        XCTAssertEqual(r.0, 0, r.2)
+        XCTAssertEqual(try records(fits).count, 1)
+        let refused = dir.appendingPathComponent("refused.jsonl").path
+        r = try Fixtures.runPuna(["batch", "-m", m, "-i", input, "-o", refused, "-c", "2048", "--parallel", "64", "--mem", "40M"])
+        XCTAssertNotEqual(r.0, 0)
+        XCTAssertTrue(r.2.contains("the budget is 40.00 MiB (--mem 40M)"), r.2)
+        XCTAssertTrue(r.2.contains("64 sequences"), r.2)
+        XCTAssertTrue(r.2.contains("--parallel 64"), r.2)
+        XCTAssertTrue(r.2.contains("to fit in 40.00 MiB"), r.2)
+        XCTAssertTrue(((try? records(refused)) ?? []).isEmpty, "no record written")
+    }
+
     /// --shard K/N over N processes covers every record exactly once, with the same texts as one
     /// unsharded run.
     func testShardsPartitionTheInput() throws {
