@@ -71,23 +71,29 @@ public struct MemoryEstimate {
         }
     }
 
-    /// What a LoRA adapter adds: its factors stay in the mapped adapter file.
+    /// What a LoRA adapter adds: A (and B where the LoRA kernels do not take its type) stays in the
+    /// mapped adapter file; B of every other linear pair is transposed into owned memory when the
+    /// adapter is applied per token (LoRAWeights.prepareTransposedB), and its mapped pages dropped.
     public struct AdapterFootprint {
         public var name: String
-        /// Bytes of the A and B tensors (read through the mapping on every token).
+        /// Bytes of the factors read through the mapping on every token.
         public var mappedBytes: Int
+        /// Bytes of the transposed copies of B (owned; tiles of 64 outputs, padded).
+        public var ownedBytes: Int
         /// Largest rank of its pairs.
         public var rank: Int
         /// GGUF names of the base tensors it updates.
         public var targets: [String]
         /// PEFT adapters keep a row-order table for the Q and K outputs (LoRAWeights.outputRows).
         public var reordersRotaryRows: Bool
-        /// Type of the A and B factors (F32, F16 or BF16).
+        /// Type of the A and B factors (F32, F16 or BF16; quantized ones in GGUF LoRAs).
         public var factorType: GGMLType
 
-        public init(name: String, mappedBytes: Int, rank: Int, targets: [String], reordersRotaryRows: Bool, factorType: GGMLType = .f16) {
+        public init(name: String, mappedBytes: Int, ownedBytes: Int = 0, rank: Int, targets: [String], reordersRotaryRows: Bool,
+                    factorType: GGMLType = .f16) {
             self.name = name
             self.mappedBytes = mappedBytes
+            self.ownedBytes = ownedBytes
             self.rank = rank
             self.targets = targets
             self.reordersRotaryRows = reordersRotaryRows
@@ -95,9 +101,18 @@ public struct MemoryEstimate {
         }
 
         public init(_ adapter: LoRAAdapter) {
-            self.init(name: adapter.name, mappedBytes: adapter.tensorBytes, rank: adapter.rank, targets: adapter.targets,
-                      reordersRotaryRows: adapter.format == .peft, factorType: adapter.weights.values.first?.a.type ?? .f16)
+            var owned = 0, transposedSources = 0
+            for w in adapter.weights.values where w.usesLoRAKernel {
+                owned += w.transposedBytes
+                transposedSources += w.b.byteCount
+            }
+            self.init(name: adapter.name, mappedBytes: adapter.tensorBytes - transposedSources, ownedBytes: owned, rank: adapter.rank,
+                      targets: adapter.targets, reordersRotaryRows: adapter.format == .peft,
+                      factorType: adapter.weights.values.first?.a.type ?? .f16)
         }
+
+        /// Whether puna_lora_apply / puna_lora_matmul1 compute its linear pairs.
+        var usesLoRAKernels: Bool { puna_lora_supports(Int32(factorType.rawValue)) != 0 }
     }
 
     /// One weight matrix as the estimate needs it.
@@ -206,7 +221,9 @@ public struct MemoryEstimate {
                         tables += 8 * (matrices[t]?.rows ?? 0)
                     }
                 }
-                e.add("adapters", "LoRA adapter \(a.name) (memory-mapped, rank \(a.rank), \(a.targets.count) matrices)", a.mappedBytes + tables)
+                let copies = a.ownedBytes > 0 ? "; B transposed into owned memory, \(formatBytes(a.ownedBytes))" : ""
+                e.add("adapters", "LoRA adapter \(a.name) (memory-mapped, rank \(a.rank), \(a.targets.count) matrices\(copies))",
+                      a.mappedBytes + a.ownedBytes + tables)
             }
         }
 
@@ -220,15 +237,18 @@ public struct MemoryEstimate {
 
         // 3. activations of one forward step of n tokens: x, xb, q, att [n][embd]; k, v [n][kvd];
         // gate, up [n][ff] (Llama.swift forward), the logits evaluate returns, and the adapters'
-        // A·x and B·(A·x) of the widest matrix they update (LoRA.swift).
+        // buffers (LoRA.swift): A·x and B·(A·x) of the widest matrix that goes through puna_matmul
+        // (embedding pairs, quantized factors; the LoRA kernels need none), row lists and scales.
         var activations = 4 * n * (4 * embd + 2 * kvd + 2 * ff) + 4 * allLogitRows * vocab
         if !s.mergeAdapters && !adapterTargets.isEmpty {
             var widest = 0
-            for (target, k) in adapterTargets {
-                let rows = target == "token_embd.weight" ? embd : (matrices[target]?.rows ?? 0)
-                widest = max(widest, k + rows)
+            for a in s.adapters {
+                for target in a.targets where target == "token_embd.weight" || !a.usesLoRAKernels {
+                    let rows = target == "token_embd.weight" ? embd : (matrices[target]?.rows ?? 0)
+                    widest = max(widest, (adapterTargets[target] ?? 0) + rows)
+                }
             }
-            activations += 4 * n * widest + 12 * n * s.adapters.count
+            activations += 4 * n * widest + 16 * n * s.adapters.count
         }
         e.add("activations", "activations (batch \(n))", activations)
 
@@ -245,16 +265,43 @@ public struct MemoryEstimate {
                 quantized = max(quantized, perToken * tokens)
             }
         }
-        if !s.mergeAdapters {
-            // The factors: A (cols = the matrix's inputs) and B (cols = the rank).
-            for a in s.adapters where usesReferenceKernel(a.factorType) && a.factorType != .f32 {
-                for t in a.targets {
-                    if let m = matrices[t] { scratchFloats = max(scratchFloats, referenceScratchFloats(cols: max(m.cols, a.rank))) }
+        var workspaceBytes = 0
+        if !s.mergeAdapters && !s.adapters.isEmpty {
+            var maxRank = 0
+            for a in s.adapters {
+                maxRank = max(maxRank, a.rank)
+                // Factors through puna_matmul: A (cols = the matrix's inputs) and B (cols = the rank).
+                for t in a.targets where t == "token_embd.weight" || !a.usesLoRAKernels {
+                    guard usesReferenceKernel(a.factorType) && a.factorType != .f32, let m = matrices[t] else { continue }
+                    let cols = t == "token_embd.weight" ? a.rank : max(m.cols, a.rank)
+                    scratchFloats = max(scratchFloats, referenceScratchFloats(cols: cols))
                 }
+            }
+            // The LoRA kernels keep A·x in the pool's scratch: a step's tokens spread over the
+            // threads, or one token's for every pair of a matrix (lora.c).
+            let sumRank = adapterTargets.values.max() ?? 0
+            scratchFloats = max(scratchFloats, (n * maxRank + threads - 1) / threads, sumRank)
+            // One token with adapters runs each thread's share of W·x on its own one-thread pool
+            // (puna_lora_matmul1), which keeps one token's quantized activations or decoded rows.
+            if threads > 1 {
+                var perThreadQuantized = 0, perThreadScratch = 0
+                for a in s.adapters where a.usesLoRAKernels {
+                    for t in a.targets where t != "token_embd.weight" {
+                        guard let m = matrices[t] else { continue }
+                        if usesReferenceKernel(m.type) {
+                            if m.type != .f32 { perThreadScratch = max(perThreadScratch, referenceScratchFloats(cols: m.cols)) }
+                        } else if let bytes = quantizedActivationBytes(type: m.type, cols: m.cols) {
+                            perThreadQuantized = max(perThreadQuantized, bytes)
+                        }
+                    }
+                }
+                let quantizedPart = perThreadQuantized == 0 ? 0 : roundUp(max(perThreadQuantized, 64), 4096)
+                let scratchPart = perThreadScratch == 0 ? 0 : 4 * roundUp(max(perThreadScratch, 16), 16)
+                workspaceBytes = threads * (quantizedPart + scratchPart)
             }
         }
         let quantizedBytes = quantized == 0 ? 0 : roundUp(max(quantized, 64), 4096)
-        let scratchBytes = 4 * threads * roundUp(max(scratchFloats, 16), 16)
+        let scratchBytes = 4 * threads * roundUp(max(scratchFloats, 16), 16) + workspaceBytes
         e.add("thread_buffers", "thread pool buffers (\(threads) thread\(threads == 1 ? "" : "s"): quantized activations, scores)",
               quantizedBytes + scratchBytes)
 
