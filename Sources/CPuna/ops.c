@@ -426,6 +426,124 @@ int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, in
     return 0;
 }
 
+// ---- several matrices on one input ----------------------------------------------------------------
+// Q, K and V (or gate and up) read the same activations: they are quantized once per activation
+// format and the row chunks of all matrices go through one pool run, so the threads never wait
+// for each other between the matrices and the weight stream does not pause. Each row is computed
+// by the same kernel call as in puna_matmul, so results are identical.
+
+#define MANY_MAX 8
+
+typedef struct {
+    qmm_args args[MANY_MAX];
+    qmm_kernel kernel[MANY_MAX];
+    int64_t chunk_rows[MANY_MAX], first_chunk[MANY_MAX + 1];
+    int count;
+    _Atomic int64_t next_chunk;
+} many_job;
+
+static void many_rows_task(void *ctx, int thread_index, int n_threads) {
+    (void)thread_index;
+    (void)n_threads;
+    many_job *job = ctx;
+    int m = 0;
+    for (;;) {
+        int64_t c = atomic_fetch_add_explicit(&job->next_chunk, 1, memory_order_relaxed);
+        if (c >= job->first_chunk[job->count]) break;
+        while (c >= job->first_chunk[m + 1]) m++;
+        const qmm_args *a = &job->args[m];
+        int64_t r0 = (c - job->first_chunk[m]) * job->chunk_rows[m];
+        int64_t r1 = r0 + job->chunk_rows[m] < a->rows ? r0 + job->chunk_rows[m] : a->rows;
+        job->kernel[m].rows(a, r0, r1);
+    }
+}
+
+typedef struct {
+    many_job *job;
+    int n_formats;
+    int format_of[MANY_MAX];      // matrix -> the first matrix with its activation format
+} many_quantize_job;
+
+static void many_quantize_task(void *ctx, int thread_index, int n_threads) {
+    many_quantize_job *q = ctx;
+    for (int m = 0; m < q->job->count; m++) {
+        if (q->format_of[m] != m || !q->job->kernel[m].quantize) continue;
+        const qmm_args *a = &q->job->args[m];
+        int64_t per = (a->n_tokens + n_threads - 1) / n_threads;
+        int64_t t0 = per * thread_index, t1 = t0 + per < a->n_tokens ? t0 + per : a->n_tokens;
+        if (t0 < t1) q->job->kernel[m].quantize(a->x, a->cols, &a->layout, q->job->kernel[m].aux, (uint8_t *)a->act, t0, t1);
+    }
+}
+
+int puna_matmul_many(puna_pool *pool, int count, const int *types, const void *const *weights, const int64_t *rows,
+                     int64_t cols, const float *x, int64_t n_tokens, float *const *ys) {
+    if (count < 0 || count > MANY_MAX || cols < 0 || n_tokens < 0) return -1;
+    many_job job;
+    memset(&job, 0, sizeof job);
+    job.count = count;
+    int fused = n_tokens > 0 && cols > 0;
+    for (int m = 0; m < count && fused; m++) {
+        if (!matmul_type_ok(types[m]) || rows[m] <= 0 || cols % puna_type_table[types[m]].block_size != 0) fused = 0;
+        else if (select_matmul(types[m], &job.kernel[m]) == PUNA_KERNELS_REFERENCE) fused = 0;
+    }
+    if (!fused) {  // the reference kernels, empty shapes and bad arguments: one by one
+        for (int m = 0; m < count; m++) {
+            int rc = puna_matmul(pool, types[m], weights[m], rows[m], cols, x, n_tokens, ys[m]);
+            if (rc != 0) return rc;
+        }
+        return 0;
+    }
+    // One quantized copy of x per activation format (and aux kind): matrices of the same type share it.
+    many_quantize_job quantize = {.job = &job};
+    size_t offsets[MANY_MAX], total = 0;
+    for (int m = 0; m < count; m++) {
+        qmm_args *a = &job.args[m];
+        const puna_type_info *info = &puna_type_table[types[m]];
+        a->w = weights[m];
+        a->row_bytes = types[m] == PUNA_TYPE_F32 ? cols * 4 : cols / info->block_size * info->type_size;
+        a->rows = rows[m];
+        a->cols = cols;
+        a->x = x;
+        a->n_tokens = n_tokens;
+        a->y = ys[m];
+        quantize.format_of[m] = m;
+        if (!job.kernel[m].quantize) continue;
+        a->layout = make_act_layout(job.kernel[m].act_format, cols);
+        for (int e = 0; e < m; e++) {
+            if (job.kernel[e].quantize == job.kernel[m].quantize && job.kernel[e].act_format == job.kernel[m].act_format &&
+                (job.kernel[m].act_format != ACT_Q8_32 || job.kernel[e].aux == job.kernel[m].aux)) {
+                quantize.format_of[m] = e;
+                break;
+            }
+        }
+        if (quantize.format_of[m] == m) {
+            offsets[m] = total;
+            total += (size_t)(a->layout.token_bytes * n_tokens);
+        }
+    }
+    uint8_t *act = total ? puna_pool_buffer(pool, total) : NULL;
+    if (total && !act) return -1;
+    for (int m = 0; m < count; m++)
+        if (job.kernel[m].quantize) job.args[m].act = act + offsets[quantize.format_of[m]];
+    int n_threads = puna_pool_size(pool);
+    if (total) {
+        if (n_threads == 1 || n_tokens < 4) many_quantize_task(&quantize, 0, 1);
+        else puna_pool_run(pool, many_quantize_task, &quantize);
+    }
+    for (int m = 0; m < count; m++) {  // chunks as in run_qmm
+        int64_t tile = job.kernel[m].row_tile > 0 ? job.kernel[m].row_tile : 1;
+        int64_t tiles = (rows[m] + tile - 1) / tile;
+        int64_t chunk_tiles = tiles / ((int64_t)n_threads * 8);
+        if (chunk_tiles < 1) chunk_tiles = 1;
+        job.chunk_rows[m] = chunk_tiles * tile;
+        job.first_chunk[m + 1] = job.first_chunk[m] + (rows[m] + job.chunk_rows[m] - 1) / job.chunk_rows[m];
+    }
+    atomic_init(&job.next_chunk, 0);
+    if (n_threads == 1) many_rows_task(&job, 0, 1);
+    else puna_pool_run(pool, many_rows_task, &job);
+    return 0;
+}
+
 // ---- element-wise ops ------------------------------------------------------------------------
 
 void puna_rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps) {

@@ -193,9 +193,7 @@ public final class LlamaModel {
         for (l, layer) in layers.enumerated() {
             // attention
             for t in 0..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, layer.attentionNorm, Int64(e), c.rmsNormEpsilon) }
-            layer.q.forward(pool, xb.p, q.p, nTokens: n)
-            layer.k.forward(pool, xb.p, k.p, nTokens: n)
-            layer.v.forward(pool, xb.p, v.p, nTokens: n)
+            forwardSharingInput([layer.q, layer.k, layer.v], xb.p, [q.p, k.p, v.p], nTokens: n)
             for t in 0..<n {
                 rope(q.p + t * e, heads: c.headCount, position: pos0 + t)
                 rope(k.p + t * kvd, heads: c.headCountKV, position: pos0 + t)
@@ -210,8 +208,7 @@ public final class LlamaModel {
 
             // feed-forward (SwiGLU)
             for t in 0..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, layer.ffnNorm, Int64(e), c.rmsNormEpsilon) }
-            layer.gate.forward(pool, xb.p, gate.p, nTokens: n)
-            layer.up.forward(pool, xb.p, up.p, nTokens: n)
+            forwardSharingInput([layer.gate, layer.up], xb.p, [gate.p, up.p], nTokens: n)
             puna_swiglu(gate.p, gate.p, up.p, Int64(n * ff))
             layer.down.forward(pool, gate.p, xb.p, nTokens: n)
             puna_add(x.p, x.p, xb.p, Int64(n * e))
@@ -223,6 +220,20 @@ public final class LlamaModel {
         let first = allLogits ? 0 : n - 1
         for t in first..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, outputNorm, Int64(e), c.rmsNormEpsilon) }
         output.forward(pool, xb.p + first * e, logits, nTokens: n - first)
+    }
+
+    /// Matrices that read the same input (Q, K, V; gate, up): one pool run for all of them when no
+    /// adapter is active (ops.c puna_matmul_many, same bits as one by one), else one by one.
+    func forwardSharingInput(_ matrices: [Linear], _ x: UnsafePointer<Float>, _ ys: [UnsafeMutablePointer<Float>], nTokens: Int) {
+        guard adapterState.active.isEmpty else {
+            for (m, y) in zip(matrices, ys) { m.forward(pool, x, y, nTokens: nTokens) }
+            return
+        }
+        let types = matrices.map { Int32($0.type.rawValue) }
+        let weights: [UnsafeRawPointer?] = matrices.map { $0.weights }
+        let rows = matrices.map { Int64($0.rows) }
+        let outputs: [UnsafeMutablePointer<Float>?] = ys.map { $0 }
+        _ = puna_matmul_many(pool, Int32(matrices.count), types, weights, rows, Int64(matrices[0].cols), x, Int64(nTokens), outputs)
     }
 
     func rope(_ vec: UnsafeMutablePointer<Float>, heads: Int, position: Int) {

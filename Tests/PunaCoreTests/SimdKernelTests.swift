@@ -244,6 +244,48 @@ final class SimdKernelTests: XCTestCase {
         }
     }
 
+    /// puna_matmul_many (Q/K/V and gate/up in one pool run) gives each matrix the bits puna_matmul gives it.
+    func testMatmulManyEqualsOneByOne() {
+        var rng = Rng(state: 11)
+        let pools = [1, 2, 3].map { puna_pool_create(Int32($0))! }
+        defer { pools.forEach { puna_pool_destroy($0) } }
+        let sets: [[puna_type]] = [[PUNA_TYPE_Q4_0, PUNA_TYPE_Q4_0, PUNA_TYPE_Q4_0], [PUNA_TYPE_Q4_K, PUNA_TYPE_Q4_K, PUNA_TYPE_Q6_K],
+                                   [PUNA_TYPE_Q4_0, PUNA_TYPE_Q5_0, PUNA_TYPE_Q5_1, PUNA_TYPE_F16, PUNA_TYPE_F32, PUNA_TYPE_Q8_0]]
+        for family in [Int32(PUNA_KERNELS_AUTO.rawValue), Int32(PUNA_KERNELS_SCALAR.rawValue), Int32(PUNA_KERNELS_REFERENCE.rawValue)] {
+            puna_kernels_set_family(family)
+            defer { puna_kernels_set_family(Int32(PUNA_KERNELS_AUTO.rawValue)) }
+            for types in sets {
+                let cols = 512
+                let rows = types.indices.map { 37 + 5 * $0 }
+                let ws = types.indices.map { weights(types[$0], rows: rows[$0], cols: cols, raw: false, rng: &rng) }
+                for tokens in [1, 5] {
+                    let x = activations(tokens, cols: cols, rng: &rng)
+                    for pool in pools {
+                        var ys = types.indices.map { [Float](repeating: .nan, count: rows[$0] * tokens) }
+                        let typeIds = types.map { Int32($0.rawValue) }, rowCounts = rows.map { Int64($0) }
+                        let wPointers = ws.map { w -> UnsafeMutableRawPointer in
+                            let p = UnsafeMutableRawPointer.allocate(byteCount: max(w.count, 1), alignment: 64)
+                            w.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: w.count) }
+                            return p
+                        }
+                        defer { wPointers.forEach { $0.deallocate() } }
+                        let yPointers = ys.map { y -> UnsafeMutablePointer<Float> in UnsafeMutablePointer<Float>.allocate(capacity: y.count) }
+                        defer { yPointers.forEach { $0.deallocate() } }
+                        let constW = wPointers.map { Optional(UnsafeRawPointer($0)) }
+                        let yOpt = yPointers.map { Optional($0) }
+                        let rc = puna_matmul_many(pool, Int32(types.count), typeIds, constW, rowCounts, Int64(cols), x, Int64(tokens), yOpt)
+                        XCTAssertEqual(rc, 0)
+                        for m in types.indices {
+                            ys[m] = Array(UnsafeBufferPointer(start: yPointers[m], count: rows[m] * tokens))
+                            let one = matmul(pool, family: family, types[m], ws[m], rows: rows[m], cols: cols, x, tokens: tokens)
+                            XCTAssertTrue(sameBits(ys[m], one), "family \(family) \(types.map(typeName)) matrix \(m) tokens \(tokens) threads \(puna_pool_size(pool))")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The int8 definition itself against the f32 reference: two 8-bit levels leave each
     /// activation within amax / (127 * 512) (plus f32 rounding) of its value, one level within
     /// amax / (127 * 2); and the two modes really differ.

@@ -48,6 +48,11 @@ float *puna_pool_scratch(puna_pool *pool, int64_t floats_per_thread, int64_t *st
 int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, int64_t cols,
                 const float *x, int64_t n_tokens, float *y);
 
+// ys[m] = W_m · x for up to 8 matrices of any types that share the input x ([n_tokens][cols]):
+// the same results as one puna_matmul per matrix, in one pool run (Q/K/V, gate/up).
+int puna_matmul_many(puna_pool *pool, int count, const int *types, const void *const *weights, const int64_t *rows,
+                     int64_t cols, const float *x, int64_t n_tokens, float *const *ys);
+
 // Whether puna_matmul can take this weight type.
 int puna_matmul_supports(int type);
 
