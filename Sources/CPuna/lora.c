@@ -454,29 +454,36 @@ typedef struct {
     float *u;              // total_rank floats: the pairs' u one after another
     int64_t chunk_rows;    // a multiple of LORA_TILE
     int64_t n_chunks;
-    int next_chunk;        // atomic
-    int u_done;            // atomic: threads that finished their share of u
+    int64_t next_chunk;    // atomic
+    int64_t next_u;        // atomic: first rank row of u not yet claimed
+    int64_t u_done;        // atomic: rank rows of u finished
     int failed;            // atomic
 } fused_job;
 
+// Rank rows of u a thread claims at a time.
+#define FUSED_U_GROUP 4
+
 static void fused_task(void *ctx, int thread, int n_threads) {
+    (void)n_threads;
     fused_job *job = ctx;
-    // 1. This thread's share of u (rank rows of all pairs, in order), before any base rows, so the
-    //    others rarely wait for it.
-    int64_t per = (job->total_rank + n_threads - 1) / n_threads;
-    int64_t g0 = (int64_t)thread * per, g1 = g0 + per < job->total_rank ? g0 + per : job->total_rank;
-    int64_t offset = 0;
-    for (int p = 0; p < job->n_pairs && g0 < g1; p++) {
-        const puna_lora_factors *f = &job->pairs[p];
-        size_t row_bytes = (size_t)f->cols * type_bytes(f->a_type);
-        for (int64_t k = 0; k < f->rank; k++) {
-            int64_t g = offset + k;
-            if (g < g0 || g >= g1) continue;
-            job->u[g] = job->scales[p] * job->impl->dot(f->a_type, (const char *)f->a + (size_t)k * row_bytes, job->x, f->cols);
+    // 1. Rows of u (rank rows of all pairs, in order), claimed a few at a time before any base rows:
+    //    a thread that starts late (descheduled on a busy machine) finds them done by the others
+    //    instead of making them wait for it.
+    for (;;) {
+        int64_t g0 = __atomic_fetch_add(&job->next_u, FUSED_U_GROUP, __ATOMIC_RELAXED);
+        if (g0 >= job->total_rank) break;
+        int64_t g1 = g0 + FUSED_U_GROUP < job->total_rank ? g0 + FUSED_U_GROUP : job->total_rank;
+        int64_t offset = 0;
+        for (int p = 0; p < job->n_pairs; p++) {
+            const puna_lora_factors *f = &job->pairs[p];
+            size_t row_bytes = (size_t)f->cols * type_bytes(f->a_type);
+            for (int64_t g = g0 > offset ? g0 : offset; g < g1 && g < offset + f->rank; g++) {
+                job->u[g] = job->scales[p] * job->impl->dot(f->a_type, (const char *)f->a + (size_t)(g - offset) * row_bytes, job->x, f->cols);
+            }
+            offset += f->rank;
         }
-        offset += f->rank;
+        __atomic_add_fetch(&job->u_done, g1 - g0, __ATOMIC_RELEASE);
     }
-    __atomic_add_fetch(&job->u_done, 1, __ATOMIC_RELEASE);
     // 2. Chunks of rows: the base product, then every pair's update of the same rows.
     int u_ready = 0;
     for (;;) {
@@ -489,7 +496,7 @@ static void fused_task(void *ctx, int thread, int n_threads) {
             __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
         }
         if (!u_ready) {
-            for (unsigned spins = 1; __atomic_load_n(&job->u_done, __ATOMIC_ACQUIRE) < n_threads; spins++) {
+            for (unsigned spins = 1; __atomic_load_n(&job->u_done, __ATOMIC_ACQUIRE) < job->total_rank; spins++) {
 #ifdef LORA_X86
                 _mm_pause();
 #endif

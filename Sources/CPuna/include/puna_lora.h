@@ -45,7 +45,7 @@ int puna_lora_apply(puna_pool *pool, const puna_lora_factors *factors, const flo
 
 // One token through a matrix with adapters: y = W·x (as puna_matmul computes it) and then, for each
 // pair p in order, y += scales[p] · Bᵀ_p(A_p·x), in ONE pool run instead of one plus two per pair:
-// each thread first computes its share of the A products, then takes chunks of rows, multiplying
+// the threads first compute the A products (rows claimed a few at a time), then take chunks of rows, multiplying
 // them by W (puna_matmul on the thread's own one-thread pool from `ws`) and adding the pairs'
 // updates of the same rows. The bits equal puna_matmul followed by puna_lora_apply per pair.
 // Every pair must have outputs == rows and cols == cols. ws: from puna_lora_workspace_create with
