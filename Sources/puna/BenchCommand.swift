@@ -23,6 +23,8 @@ enum BenchCommand {
         FlagSpec(names: ["--backend"], value: "NAME", help: "compute backend: \(backends.joined(separator: ", ")) (default cpu)"),
         BackendFlags.specs[1], BackendFlags.specs[2],   // --device, --gpu-layers (with --backend vulkan)
         AdapterFlags.lora, AdapterFlags.loraScaled, AdapterFlags.mergeLoRA,
+        FlagSpec(names: ["--lora-ab"], value: nil,
+                 help: "with --lora: every decode repetition runs twice, without and with the adapters (order alternating), in this one process; prints both and the ratio"),
         FlagSpec(names: ["--seed"], value: "S", help: "seed of the token ids (default 42)"),
         FlagSpec(names: ["--no-warmup"], value: nil, help: "skip the untimed warm-up runs"),
         FlagSpec(names: ["--json"], value: nil, help: "print one JSON object instead of the table"),
@@ -120,7 +122,24 @@ enum BenchCommand {
             for _ in 0..<reps { samples.append(try prompt()) }
             results.append(Result(name: "pp\(nPrompt)", tokens: nPrompt, samplesNs: samples))
         }
-        if nGen > 0 {
+        let adapters = model.activeAdapters
+        let ab = args.has("--lora-ab")
+        if ab && adapters.isEmpty { throw PunaError("flag --lora-ab needs --lora or --lora-scaled (without --merge-lora)") }
+        if nGen > 0 && ab {
+            // A/B in one process: the same mapping, cache and machine state for both, and the order
+            // alternates so a drift in the machine's load does not favour either.
+            if warmup { _ = try decode(1) }
+            var without: [Int64] = [], with: [Int64] = []
+            for r in 0..<reps {
+                for adapterFirst in r % 2 == 0 ? [false, true] : [true, false] {
+                    model.activeAdapters = adapterFirst ? adapters : .none
+                    if adapterFirst { with.append(try decode(nGen)) } else { without.append(try decode(nGen)) }
+                }
+            }
+            model.activeAdapters = adapters
+            results.append(Result(name: "tg\(nGen)", tokens: nGen, samplesNs: without))
+            results.append(Result(name: "tg\(nGen)+lora", tokens: nGen, samplesNs: with))
+        } else if nGen > 0 {
             if warmup { _ = try decode(1) }
             var samples: [Int64] = []
             for _ in 0..<reps { samples.append(try decode(nGen)) }
@@ -128,6 +147,12 @@ enum BenchCommand {
         }
         let pp = results.first { $0.name.hasPrefix("pp") }
         let tg = results.first { $0.name.hasPrefix("tg") }
+        let tgLoRA = results.first { $0.name.hasPrefix("tg") && $0.name.hasSuffix("+lora") }
+        // Per-repetition ratios (each pair ran back to back), and their median.
+        var abRatios: [Double] = []
+        if let tg, let tgLoRA {
+            for (a, b) in zip(tg.tokensPerSecond, tgLoRA.tokensPerSecond) where a > 0 { abRatios.append(b / a) }
+        }
 
         let gguf = model.gguf
         let parameters = gguf.tensors.reduce(0) { $0 + $1.elementCount }
@@ -161,6 +186,11 @@ enum BenchCommand {
             j.key("decode_tokens_per_s"); if let tg { j.value(tg.median, decimals: 3) } else { j.null() }
             j.key("prompt"); if let pp { write(pp, to: &j) } else { j.null() }
             j.key("decode"); if let tg { write(tg, to: &j) } else { j.null() }
+            if let tgLoRA {
+                j.key("decode_with_adapters"); write(tgLoRA, to: &j)
+                j.key("decode_ratio_median"); j.value(median(abRatios), decimals: 4)
+                j.key("decode_ratios"); j.beginArray(); for v in abRatios { j.value(v, decimals: 4) }; j.endArray()
+            }
             j.field("load_ms", Int(loadNs / 1_000_000))
             j.field("kv_cache_bytes", cache.byteCount)
             j.field("peak_rss_bytes", peakRSS)
@@ -176,6 +206,9 @@ enum BenchCommand {
         }
         out(markdownTable(rows, rightAligned: [2, 4, 6, 7, 8, 9]))
         outLine("")
+        if tgLoRA != nil {
+            outLine("with/without adapters, per back-to-back pair: median \(fixed(median(abRatios), 3)) (\(abRatios.map { fixed($0, 3) }.joined(separator: ", ")))")
+        }
         let adapterPaths = try AdapterFlags.requested(args).map { $0.path }
         if !adapterPaths.isEmpty {
             outLine("LoRA \(args.has("--merge-lora") ? "merged at load" : "unmerged (per token)"): \(adapterPaths.joined(separator: ", "))")
