@@ -553,6 +553,23 @@ final class LoRATests: XCTestCase {
         XCTAssertTrue(e3.contains("overwrite"), e3)
     }
 
+    /// `puna bench --lora` measures with the adapter applied; --lora-ab measures both in one process.
+    func testBenchTakesAdaptersAndComparesInOneProcess() throws {
+        let base = path("../models/tiny-gqa-q8_0.gguf")
+        let (s1, o1, e1) = try Fixtures.runPuna(["bench", "-m", base, "--lora", path("gqa-all"), "-p", "0", "-n", "4", "-r", "2", "-t", "2",
+                                                  "--lora-ab", "--json"])
+        XCTAssertEqual(s1, 0, e1)
+        let j = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(o1.utf8)) as? [String: Any])
+        XCTAssertEqual(j["adapters"] as? [String], [path("gqa-all")])
+        XCTAssertEqual(((j["decode"] as? [String: Any])?["samples_ns"] as? [Any])?.count, 2)
+        XCTAssertEqual(((j["decode_with_adapters"] as? [String: Any])?["samples_ns"] as? [Any])?.count, 2)
+        XCTAssertEqual((j["decode_ratios"] as? [Double])?.count, 2)
+        XCTAssertGreaterThan(j["decode_ratio_median"] as? Double ?? 0, 0)
+        let (s2, _, e2) = try Fixtures.runPuna(["bench", "-m", base, "-p", "0", "-n", "2", "-r", "1", "--lora-ab"])
+        XCTAssertNotEqual(s2, 0)
+        XCTAssertTrue(e2.contains("--lora-ab needs --lora"), e2)
+    }
+
     // MARK: the LoRA kernels (puna_lora.h)
 
     /// Random factors of one type with a plain Double reference of what they hold.
