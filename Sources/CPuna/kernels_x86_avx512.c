@@ -585,6 +585,7 @@ static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) {
     static T512 void name##sfx##_dec4_last(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 0, ONE); } \
     static T512 void name##sfx##_dec1(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, 1, 1, 0, ONE); } \
     static T512 void name##sfx##_full(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, BT, 0, ONE); } \
+    static T512 void name##sfx##_fullpf(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, BT, 1, ONE); } \
     static T512 void name##sfx##_rowtail(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, BT, 0, ONE); } \
     static T512 void name##sfx##_tok1(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, 1, 0, ONE); } \
     static T512 void name##sfx##_one(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, 1, 0, ONE); } \
@@ -602,6 +603,9 @@ static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) {
             int64_t t = 0;                                                                              \
             for (; t + (BT) <= a->n_tokens; t += (BT)) {                                                \
                 int64_t r = rb;                                                                         \
+                /* the first pass over a block streams it from memory: prefetch ahead as decoding does */ \
+                if (t == 0)                                                                             \
+                    for (; r + (BR) <= re && r + (PF_TILES + 1) * (BR) <= r1; r += (BR)) name##sfx##_fullpf(a, r, t); \
                 for (; r + (BR) <= re; r += (BR)) name##sfx##_full(a, r, t);                            \
                 for (; r < re; r++) name##sfx##_rowtail(a, r, t);                                       \
             }                                                                                           \
