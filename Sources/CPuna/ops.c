@@ -207,71 +207,15 @@ static act_layout make_act_layout(int format, int64_t cols) {
     return l;
 }
 
-typedef struct {
-    qmm_args args;
-    qmm_kernel kernel;
-    int64_t chunk_rows, n_chunks;
-    int n_threads;
-    _Atomic int64_t next_chunk;
-} qmm_job;
+// About 8 chunks per thread keeps both cores busy even when one is slowed by something else, and
+// small matrices still split (a chunk can be a single tile). Chunks are whole row tiles, so every
+// row is computed by the same code whatever the split.
+#define CHUNKS_PER_THREAD 8
 
-static void qmm_quantize_task(void *ctx, int thread_index, int n_threads) {
-    qmm_job *job = ctx;
-    const qmm_args *a = &job->args;
-    int64_t per = (a->n_tokens + n_threads - 1) / n_threads;
-    int64_t t0 = per * thread_index, t1 = t0 + per < a->n_tokens ? t0 + per : a->n_tokens;
-    if (t0 < t1) job->kernel.quantize(a->x, a->cols, &a->layout, job->kernel.aux, (uint8_t *)a->act, t0, t1);
-}
-
-static void qmm_rows_task(void *ctx, int thread_index, int n_threads) {
-    (void)thread_index;
-    (void)n_threads;
-    qmm_job *job = ctx;
-    for (;;) {
-        int64_t c = atomic_fetch_add_explicit(&job->next_chunk, 1, memory_order_relaxed);
-        if (c >= job->n_chunks) break;
-        int64_t r0 = c * job->chunk_rows;
-        int64_t r1 = r0 + job->chunk_rows < job->args.rows ? r0 + job->chunk_rows : job->args.rows;
-        job->kernel.rows(&job->args, r0, r1);
-    }
-}
-
-static int run_qmm(puna_pool *pool, const qmm_kernel *kernel, int type, const void *weights, int64_t rows,
-                   int64_t cols, const float *x, int64_t n_tokens, float *y) {
-    const puna_type_info *info = &puna_type_table[type];
-    qmm_job job;
-    memset(&job, 0, sizeof job);
-    job.kernel = *kernel;
-    qmm_args *a = &job.args;
-    a->w = weights;
-    a->row_bytes = type == PUNA_TYPE_F32 ? cols * 4 : cols / info->block_size * info->type_size;
-    a->rows = rows;
-    a->cols = cols;
-    a->x = x;
-    a->n_tokens = n_tokens;
-    a->y = y;
-    int n_threads = puna_pool_size(pool);
-    if (kernel->quantize) {
-        a->layout = make_act_layout(kernel->act_format, cols);
-        uint8_t *act = puna_pool_buffer(pool, (size_t)(a->layout.token_bytes * n_tokens));
-        if (!act) return -1;
-        a->act = act;
-        // A single token's quantization is ~1 µs of work: not worth waking the workers for.
-        if (n_threads == 1 || n_tokens < 4) kernel->quantize(x, cols, &a->layout, kernel->aux, act, 0, n_tokens);
-        else puna_pool_run(pool, qmm_quantize_task, &job);
-    }
-    // About 8 chunks per thread keeps both cores busy even when one is slowed by something else;
-    // chunks are whole row tiles so every row is computed by the same code whatever the split.
-    int64_t tile = kernel->row_tile > 0 ? kernel->row_tile : 1;
+static int64_t chunk_rows_for(int64_t rows, int64_t tile, int n_threads) {
     int64_t tiles = (rows + tile - 1) / tile;
-    int64_t chunk_tiles = tiles / ((int64_t)n_threads * 8);
-    if (chunk_tiles < 1) chunk_tiles = 1;
-    job.chunk_rows = chunk_tiles * tile;
-    job.n_chunks = (rows + job.chunk_rows - 1) / job.chunk_rows;
-    atomic_init(&job.next_chunk, 0);
-    if (n_threads == 1 || job.n_chunks == 1) qmm_rows_task(&job, 0, 1);
-    else puna_pool_run(pool, qmm_rows_task, &job);
-    return 0;
+    int64_t chunk_tiles = tiles / ((int64_t)n_threads * CHUNKS_PER_THREAD);
+    return (chunk_tiles < 1 ? 1 : chunk_tiles) * tile;
 }
 
 // ---- dispatch --------------------------------------------------------------------------------
@@ -375,62 +319,12 @@ const char *puna_matmul_kernel_name(int type) {
     return matmul_type_ok(type) ? family_names[select_matmul(type, &k)] : NULL;
 }
 
-int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, int64_t cols,
-                const float *x, int64_t n_tokens, float *y) {
-    if (!matmul_type_ok(type) || rows < 0 || cols < 0 || n_tokens < 0) return -1;
-    const puna_type_info *info = &puna_type_table[type];
-    if (cols % info->block_size != 0) return -1;
-    if (rows == 0 || n_tokens == 0) return 0;
-    if (cols == 0) {
-        memset(y, 0, (size_t)(rows * n_tokens) * sizeof(float));
-        return 0;
-    }
-    qmm_kernel kernel;
-    if (select_matmul(type, &kernel) != PUNA_KERNELS_REFERENCE)
-        return run_qmm(pool, &kernel, type, weights, rows, cols, x, n_tokens, y);
-
-    matmul_job job = {0};
-    job.weights = weights;
-    job.row_bytes = cols / info->block_size * info->type_size;
-    job.rows = rows;
-    job.cols = cols;
-    job.x = x;
-    job.n_tokens = n_tokens;
-    job.y = y;
-    job.decode = type == PUNA_TYPE_F32 ? NULL : type == PUNA_TYPE_F16 ? decode_f16_rows : info->decode;
-    job.rows_fn = matmul_rows_reference;
-
-    int64_t group = GROUP_BYTES / (cols * (int64_t)sizeof(float));
-    if (group > MAX_GROUP_ROWS) group = MAX_GROUP_ROWS;
-    group -= group % TILE_ROWS;
-    if (group < TILE_ROWS) group = TILE_ROWS;
-    job.group_rows = group;
-
-    int n_threads = puna_pool_size(pool);
-    // About 8 chunks per thread keeps both cores busy even when one is slowed by something else,
-    // and small matrices still split (a chunk can be a single tile).
-    int64_t tiles = (rows + TILE_ROWS - 1) / TILE_ROWS;
-    int64_t chunk_tiles = tiles / ((int64_t)n_threads * 8);
-    if (chunk_tiles < 1) chunk_tiles = 1;
-    job.chunk_rows = chunk_tiles * TILE_ROWS;
-    job.n_chunks = (rows + job.chunk_rows - 1) / job.chunk_rows;
-    atomic_init(&job.next_chunk, 0);
-
-    if (job.decode) {
-        int64_t per_thread = group * cols;
-        job.scratch = puna_pool_scratch(pool, per_thread, &job.scratch_stride);
-        if (!job.scratch) return -1;
-    }
-    if (n_threads == 1 || job.n_chunks == 1) matmul_task(&job, 0, 1);
-    else puna_pool_run(pool, matmul_task, &job);
-    return 0;
-}
-
-// ---- several matrices on one input ----------------------------------------------------------------
-// Q, K and V (or gate and up) read the same activations: they are quantized once per activation
-// format and the row chunks of all matrices go through one pool run, so the threads never wait
-// for each other between the matrices and the weight stream does not pause. Each row is computed
-// by the same kernel call as in puna_matmul, so results are identical.
+// ---- quantized-activation matmuls on one input ------------------------------------------------------
+// puna_matmul runs one matrix through here, puna_matmul_many several that read the same activations
+// (Q, K and V; gate and up): the activations are quantized once per activation format and the row
+// chunks of all matrices go through one pool run, so the threads never wait for each other between
+// the matrices and the weight stream does not pause. Each row is computed by the same kernel call
+// either way, so results are identical.
 
 #define MANY_MAX 8
 
@@ -460,7 +354,6 @@ static void many_rows_task(void *ctx, int thread_index, int n_threads) {
 
 typedef struct {
     many_job *job;
-    int n_formats;
     int format_of[MANY_MAX];      // matrix -> the first matrix with its activation format
 } many_quantize_job;
 
@@ -475,24 +368,13 @@ static void many_quantize_task(void *ctx, int thread_index, int n_threads) {
     }
 }
 
-int puna_matmul_many(puna_pool *pool, int count, const int *types, const void *const *weights, const int64_t *rows,
-                     int64_t cols, const float *x, int64_t n_tokens, float *const *ys) {
-    if (count < 0 || count > MANY_MAX || cols < 0 || n_tokens < 0) return -1;
+// count (1..MANY_MAX) matrices of checked shapes with the kernels the family gives their types.
+static int run_qmm(puna_pool *pool, int count, const qmm_kernel *kernels, const int *types, const void *const *weights,
+                   const int64_t *rows, int64_t cols, const float *x, int64_t n_tokens, float *const *ys) {
     many_job job;
     memset(&job, 0, sizeof job);
     job.count = count;
-    int fused = n_tokens > 0 && cols > 0;
-    for (int m = 0; m < count && fused; m++) {
-        if (!matmul_type_ok(types[m]) || rows[m] <= 0 || cols % puna_type_table[types[m]].block_size != 0) fused = 0;
-        else if (select_matmul(types[m], &job.kernel[m]) == PUNA_KERNELS_REFERENCE) fused = 0;
-    }
-    if (!fused) {  // the reference kernels, empty shapes and bad arguments: one by one
-        for (int m = 0; m < count; m++) {
-            int rc = puna_matmul(pool, types[m], weights[m], rows[m], cols, x, n_tokens, ys[m]);
-            if (rc != 0) return rc;
-        }
-        return 0;
-    }
+    for (int m = 0; m < count; m++) job.kernel[m] = kernels[m];
     // One quantized copy of x per activation format (and aux kind): matrices of the same type share it.
     many_quantize_job quantize = {.job = &job};
     size_t offsets[MANY_MAX], total = 0;
@@ -527,20 +409,82 @@ int puna_matmul_many(puna_pool *pool, int count, const int *types, const void *c
         if (job.kernel[m].quantize) job.args[m].act = act + offsets[quantize.format_of[m]];
     int n_threads = puna_pool_size(pool);
     if (total) {
+        // A single token's quantization is ~1 µs of work: not worth waking the workers for.
         if (n_threads == 1 || n_tokens < 4) many_quantize_task(&quantize, 0, 1);
         else puna_pool_run(pool, many_quantize_task, &quantize);
     }
-    for (int m = 0; m < count; m++) {  // chunks as in run_qmm
-        int64_t tile = job.kernel[m].row_tile > 0 ? job.kernel[m].row_tile : 1;
-        int64_t tiles = (rows[m] + tile - 1) / tile;
-        int64_t chunk_tiles = tiles / ((int64_t)n_threads * 8);
-        if (chunk_tiles < 1) chunk_tiles = 1;
-        job.chunk_rows[m] = chunk_tiles * tile;
+    for (int m = 0; m < count; m++) {
+        job.chunk_rows[m] = chunk_rows_for(rows[m], job.kernel[m].row_tile > 0 ? job.kernel[m].row_tile : 1, n_threads);
         job.first_chunk[m + 1] = job.first_chunk[m] + (rows[m] + job.chunk_rows[m] - 1) / job.chunk_rows[m];
     }
     atomic_init(&job.next_chunk, 0);
-    if (n_threads == 1) many_rows_task(&job, 0, 1);
+    if (n_threads == 1 || job.first_chunk[count] == 1) many_rows_task(&job, 0, 1);
     else puna_pool_run(pool, many_rows_task, &job);
+    return 0;
+}
+
+int puna_matmul_many(puna_pool *pool, int count, const int *types, const void *const *weights, const int64_t *rows,
+                     int64_t cols, const float *x, int64_t n_tokens, float *const *ys) {
+    if (count < 0 || count > MANY_MAX || cols < 0 || n_tokens < 0) return -1;
+    qmm_kernel kernels[MANY_MAX];
+    int fused = n_tokens > 0 && cols > 0;
+    for (int m = 0; m < count && fused; m++) {
+        if (!matmul_type_ok(types[m]) || rows[m] <= 0 || cols % puna_type_table[types[m]].block_size != 0) fused = 0;
+        else if (select_matmul(types[m], &kernels[m]) == PUNA_KERNELS_REFERENCE) fused = 0;
+    }
+    if (!fused) {  // the reference kernels, empty shapes and bad arguments: one by one
+        for (int m = 0; m < count; m++) {
+            int rc = puna_matmul(pool, types[m], weights[m], rows[m], cols, x, n_tokens, ys[m]);
+            if (rc != 0) return rc;
+        }
+        return 0;
+    }
+    return run_qmm(pool, count, kernels, types, weights, rows, cols, x, n_tokens, ys);
+}
+
+int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, int64_t cols,
+                const float *x, int64_t n_tokens, float *y) {
+    if (!matmul_type_ok(type) || rows < 0 || cols < 0 || n_tokens < 0) return -1;
+    const puna_type_info *info = &puna_type_table[type];
+    if (cols % info->block_size != 0) return -1;
+    if (rows == 0 || n_tokens == 0) return 0;
+    if (cols == 0) {
+        memset(y, 0, (size_t)(rows * n_tokens) * sizeof(float));
+        return 0;
+    }
+    qmm_kernel kernel;
+    if (select_matmul(type, &kernel) != PUNA_KERNELS_REFERENCE)
+        return run_qmm(pool, 1, &kernel, &type, &weights, &rows, cols, x, n_tokens, &y);
+
+    matmul_job job = {0};
+    job.weights = weights;
+    job.row_bytes = cols / info->block_size * info->type_size;
+    job.rows = rows;
+    job.cols = cols;
+    job.x = x;
+    job.n_tokens = n_tokens;
+    job.y = y;
+    job.decode = type == PUNA_TYPE_F32 ? NULL : type == PUNA_TYPE_F16 ? decode_f16_rows : info->decode;
+    job.rows_fn = matmul_rows_reference;
+
+    int64_t group = GROUP_BYTES / (cols * (int64_t)sizeof(float));
+    if (group > MAX_GROUP_ROWS) group = MAX_GROUP_ROWS;
+    group -= group % TILE_ROWS;
+    if (group < TILE_ROWS) group = TILE_ROWS;
+    job.group_rows = group;
+
+    int n_threads = puna_pool_size(pool);
+    job.chunk_rows = chunk_rows_for(rows, TILE_ROWS, n_threads);
+    job.n_chunks = (rows + job.chunk_rows - 1) / job.chunk_rows;
+    atomic_init(&job.next_chunk, 0);
+
+    if (job.decode) {
+        int64_t per_thread = group * cols;
+        job.scratch = puna_pool_scratch(pool, per_thread, &job.scratch_stride);
+        if (!job.scratch) return -1;
+    }
+    if (n_threads == 1 || job.n_chunks == 1) matmul_task(&job, 0, 1);
+    else puna_pool_run(pool, matmul_task, &job);
     return 0;
 }
 
