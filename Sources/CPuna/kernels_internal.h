@@ -141,8 +141,10 @@ void puna_act_quantize_scalar(const float *x, int64_t cols, const act_layout *l,
 
 // ---- helpers shared by the kernel files ---------------------------------------------------------
 
+// IEEE half to float without branches on the common path: shifting the half's exponent and
+// mantissa into float position and scaling by 2^112 rebiases the exponent, and maps half
+// subnormals exactly onto float normals. Only inf/nan need the separate case.
 static inline float kq_f16(uint16_t h) {
-    // Exact conversion, no branches on finite values (see ops.c for the derivation).
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, bits;
     if ((h & 0x7c00) == 0x7c00) {
         bits = sign | 0x7f800000u | ((uint32_t)(h & 0x3ff) << 13);

@@ -67,40 +67,19 @@ static void dot_f32_x4(const float *restrict w, int64_t row_stride, const float 
     out[3] = combine_lanes(a3) + t3;
 }
 
-// IEEE half to float without branches on the common path: shifting the half's exponent and
-// mantissa into float position and scaling by 2^112 rebiases the exponent, and maps half
-// subnormals exactly onto float normals. Only inf/nan need the separate case.
-static inline float f16_to_f32_inline(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t bits;
-    if ((h & 0x7c00) == 0x7c00) {
-        bits = sign | 0x7f800000u | ((uint32_t)(h & 0x3ff) << 13);
-    } else {
-        uint32_t shifted = (uint32_t)(h & 0x7fff) << 13;
-        float f;
-        memcpy(&f, &shifted, 4);
-        f *= 0x1p112f;
-        memcpy(&bits, &f, 4);
-        bits |= sign;
-    }
-    float out;
-    memcpy(&out, &bits, 4);
-    return out;
-}
-
 // Same values as the table's f16 decoder (both are exact), without its per-value branches.
 static void decode_f16_rows(const void *blocks, float *out, int64_t n) {
     const uint16_t *h = blocks;
-    for (int64_t i = 0; i < n; i++) out[i] = f16_to_f32_inline(h[i]);
+    for (int64_t i = 0; i < n; i++) out[i] = kq_f16(h[i]);
 }
 
 static float dot_f32_f16(const float *restrict a, const uint16_t *restrict b, int64_t n) {
     float acc[LANES] = {0};
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++) acc[j] += a[i + j] * f16_to_f32_inline(b[i + j]);
+        for (int j = 0; j < LANES; j++) acc[j] += a[i + j] * kq_f16(b[i + j]);
     float tail = 0;
-    for (; i < n; i++) tail += a[i] * f16_to_f32_inline(b[i]);
+    for (; i < n; i++) tail += a[i] * kq_f16(b[i]);
     return combine_lanes(acc) + tail;
 }
 
@@ -567,7 +546,7 @@ static float attn_dot_f16(const float *q, const uint8_t *row, int64_t first, int
 }
 static void attn_axpy_f16(float *out, float p, const uint8_t *row, int64_t first, int n) {
     const uint16_t *v = (const uint16_t *)row + first;
-    for (int d = 0; d < n; d++) out[d] += p * f16_to_f32_inline(v[d]);
+    for (int d = 0; d < n; d++) out[d] += p * kq_f16(v[d]);
 }
 // q8_0 rows: element i is d[i / 32] * q[i % 32]; a head may begin and end inside a block.
 static float attn_dot_q8_0(const float *q, const uint8_t *row, int64_t first, int n) {
@@ -577,7 +556,7 @@ static float attn_dot_q8_0(const float *q, const uint8_t *row, int64_t first, in
         int64_t end = (i / 32 + 1) * 32 < first + n ? (i / 32 + 1) * 32 : first + n;
         float part = 0;
         for (int64_t e = i; e < end; e++) part += q[e - first] * (float)b->qs[e % 32];
-        acc += part * f16_to_f32_inline(b->d);
+        acc += part * kq_f16(b->d);
         i = end;
     }
     return acc;
@@ -586,7 +565,7 @@ static void attn_axpy_q8_0(float *out, float p, const uint8_t *row, int64_t firs
     for (int64_t i = first; i < first + n;) {
         const puna_block_q8_0 *b = (const puna_block_q8_0 *)row + i / 32;
         int64_t end = (i / 32 + 1) * 32 < first + n ? (i / 32 + 1) * 32 : first + n;
-        float s = p * f16_to_f32_inline(b->d);
+        float s = p * kq_f16(b->d);
         for (int64_t e = i; e < end; e++) out[e - first] += s * (float)b->qs[e % 32];
         i = end;
     }
