@@ -713,20 +713,11 @@ static T512 void attn512_axpy_f16(float *out, float p, const uint8_t *row, int64
                 m[c] = lanes_below(n - c0 - 16 * c);                                                             \
                 acc[c] = _mm512_setzero_ps();                                                                    \
             }                                                                                                    \
-            if (n - c0 >= 128) {                                                                                 \
-                for (int j = 0; j < n_pos; j++) {                                                                \
-                    const uint8_t *row = v + j * row_bytes;                                                      \
-                    const __m512 pv = _mm512_set1_ps(p[j]);                                                      \
-                    UNROLL for (int c = 0; c < 8; c++)                                                           \
-                        acc[c] = _mm512_fmadd_ps(pv, LOADV(row, first + c0 + 16 * c, (__mmask16)0xffff), acc[c]); \
-                }                                                                                                \
-            } else {                                                                                             \
-                for (int j = 0; j < n_pos; j++) {                                                                \
-                    const uint8_t *row = v + j * row_bytes;                                                      \
-                    const __m512 pv = _mm512_set1_ps(p[j]);                                                      \
-                    UNROLL for (int c = 0; c < 8; c++)                                                           \
-                        if (m[c]) acc[c] = _mm512_fmadd_ps(pv, LOADV(row, first + c0 + 16 * c, m[c]), acc[c]);  \
-                }                                                                                                \
+            for (int j = 0; j < n_pos; j++) {                                                                    \
+                const uint8_t *row = v + j * row_bytes;                                                          \
+                const __m512 pv = _mm512_set1_ps(p[j]);                                                          \
+                UNROLL for (int c = 0; c < 8; c++)                                                               \
+                    if (m[c]) acc[c] = _mm512_fmadd_ps(pv, LOADV(row, first + c0 + 16 * c, m[c]), acc[c]);      \
             }                                                                                                    \
             UNROLL for (int c = 0; c < 8; c++) if (m[c]) _mm512_mask_storeu_ps(out + c0 + 16 * c, m[c], acc[c]);  \
         }                                                                                                        \
