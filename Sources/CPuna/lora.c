@@ -4,7 +4,7 @@
 // are converted to f32 in registers (no decode buffers), B is pre-transposed by the caller so each
 // rank index adds one contiguous row, and per-(token, output) sums keep a fixed order so every
 // split of the work gives the same bits.
-#include "puna_lora.h"
+#include "lora_internal.h"
 #include "puna_platform.h"
 #include "puna_quants.h"
 
@@ -21,10 +21,9 @@
 #include <arm_neon.h>
 #endif
 
-// Bᵀ is stored in tiles of LORA_TILE outputs: tile j holds rows k = 0..rank-1 of outputs
-// [64j, 64j + 64) back to back (the last tile zero-padded), so adding one tile's update streams a
-// contiguous rank × 64 block and its 64 sums stay in registers.
-#define LORA_TILE 64
+// Bᵀ is stored in tiles of LORA_TILE (lora_internal.h) outputs: tile j holds rows k = 0..rank-1 of
+// outputs [64j, 64j + 64) back to back (the last tile zero-padded), so adding one tile's update
+// streams a contiguous rank × 64 block and its 64 sums stay in registers.
 
 static inline size_t type_bytes(int type) { return type == PUNA_TYPE_F32 ? 4 : 2; }
 
@@ -406,158 +405,30 @@ int puna_lora_apply(puna_pool *pool, const puna_lora_factors *f, const float *x,
     return 0;
 }
 
-// ---- one token: the base product and the deltas in one pool run ----------------------------
+// ---- pieces for ops.c's one-token matmul with adapters (lora_internal.h) ------------------------
 
-struct puna_lora_workspace {
-    int n_threads;
-    puna_pool **pools;   // a one-thread pool per thread: puna_matmul inside a task without waking anyone
-};
+int lora_factors_ok(const puna_lora_factors *f) { return factors_ok(f); }
 
-puna_lora_workspace *puna_lora_workspace_create(int n_threads) {
-    if (n_threads < 1) return NULL;
-    puna_lora_workspace *ws = calloc(1, sizeof *ws);
-    if (!ws) return NULL;
-    ws->pools = calloc((size_t)n_threads, sizeof *ws->pools);
-    if (!ws->pools) { free(ws); return NULL; }
-    ws->n_threads = n_threads;
-    for (int i = 0; i < n_threads; i++) {
-        ws->pools[i] = puna_pool_create(1);
-        if (!ws->pools[i]) { puna_lora_workspace_destroy(ws); return NULL; }
-    }
-    return ws;
+void lora_u_rows(const puna_lora_factors *f, float scale, const float *x, int64_t k0, int64_t k1, float *u) {
+    const lora_impl *impl = best_impl();
+    size_t row_bytes = (size_t)f->cols * type_bytes(f->a_type);
+    for (int64_t k = k0; k < k1; k++) u[k - k0] = scale * impl->dot(f->a_type, (const char *)f->a + (size_t)k * row_bytes, x, f->cols);
 }
 
-void puna_lora_workspace_destroy(puna_lora_workspace *ws) {
-    if (!ws) return;
-    for (int i = 0; i < ws->n_threads; i++) puna_pool_destroy(ws->pools[i]);
-    free(ws->pools);
-    free(ws);
+void lora_add_rows(const puna_lora_factors *f, const float *u, float *y, int64_t r0, int64_t r1) {
+    const lora_impl *impl = best_impl();
+    for (int64_t j = r0 / LORA_TILE; j * LORA_TILE < r1; j++) {
+        int64_t o0 = j * LORA_TILE;
+        int w = r1 - o0 < LORA_TILE ? (int)(r1 - o0) : LORA_TILE;
+        impl->tile_add(f->bt_type, bt_tile(f, j), f->rank, u, y + o0, w);
+    }
 }
 
-// Chunks of base rows per thread: a few, so a thread slowed by something else is made up for, but
-// not many: every chunk is its own puna_matmul, which quantizes x again.
-#define FUSED_CHUNKS_PER_THREAD 3
-
-typedef struct {
-    const lora_impl *impl;
-    puna_lora_workspace *ws;
-    int type;
-    const char *weights;
-    size_t row_bytes;
-    int64_t rows, cols;
-    const float *x;
-    float *y;
-    const puna_lora_factors *pairs;
-    const float *scales;
-    int n_pairs;
-    int64_t total_rank;
-    float *u;              // total_rank floats: the pairs' u one after another
-    int64_t chunk_rows;    // a multiple of LORA_TILE
-    int64_t n_chunks;
-    int64_t next_chunk;    // atomic
-    int64_t next_u;        // atomic: first rank row of u not yet claimed
-    int64_t u_done;        // atomic: rank rows of u finished
-    int failed;            // atomic
-} fused_job;
-
-// Rank rows of u a thread claims at a time.
-#define FUSED_U_GROUP 4
-
-static void fused_task(void *ctx, int thread, int n_threads) {
-    (void)n_threads;
-    fused_job *job = ctx;
-    // 1. Rows of u (rank rows of all pairs, in order), claimed a few at a time before any base rows:
-    //    a thread that starts late (descheduled on a busy machine) finds them done by the others
-    //    instead of making them wait for it.
-    for (;;) {
-        int64_t g0 = __atomic_fetch_add(&job->next_u, FUSED_U_GROUP, __ATOMIC_RELAXED);
-        if (g0 >= job->total_rank) break;
-        int64_t g1 = g0 + FUSED_U_GROUP < job->total_rank ? g0 + FUSED_U_GROUP : job->total_rank;
-        int64_t offset = 0;
-        for (int p = 0; p < job->n_pairs; p++) {
-            const puna_lora_factors *f = &job->pairs[p];
-            size_t row_bytes = (size_t)f->cols * type_bytes(f->a_type);
-            for (int64_t g = g0 > offset ? g0 : offset; g < g1 && g < offset + f->rank; g++) {
-                job->u[g] = job->scales[p] * job->impl->dot(f->a_type, (const char *)f->a + (size_t)(g - offset) * row_bytes, job->x, f->cols);
-            }
-            offset += f->rank;
-        }
-        __atomic_add_fetch(&job->u_done, g1 - g0, __ATOMIC_RELEASE);
-    }
-    // 2. Chunks of rows: the base product, then every pair's update of the same rows.
-    int u_ready = 0;
-    for (;;) {
-        int64_t c = __atomic_fetch_add(&job->next_chunk, 1, __ATOMIC_RELAXED);
-        if (c >= job->n_chunks) break;
-        int64_t r0 = c * job->chunk_rows;
-        int64_t r1 = r0 + job->chunk_rows < job->rows ? r0 + job->chunk_rows : job->rows;
-        if (puna_matmul(job->ws->pools[thread], job->type, job->weights + (size_t)r0 * job->row_bytes, r1 - r0, job->cols,
-                        job->x, 1, job->y + r0) != 0) {
-            __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
-        }
-        if (!u_ready) {
-            for (unsigned spins = 1; __atomic_load_n(&job->u_done, __ATOMIC_ACQUIRE) < job->total_rank; spins++) {
+void lora_wait_for(const int64_t *counter, int64_t target) {
+    for (unsigned spins = 1; __atomic_load_n(counter, __ATOMIC_ACQUIRE) < target; spins++) {
 #ifdef LORA_X86
-                _mm_pause();
+        _mm_pause();
 #endif
-                if ((spins & 1023) == 0) sched_yield();  // the straggler may need this core
-            }
-            u_ready = 1;
-        }
-        int64_t offset_u = 0;
-        for (int p = 0; p < job->n_pairs; p++) {
-            const puna_lora_factors *f = &job->pairs[p];
-            for (int64_t j = r0 / LORA_TILE; j * LORA_TILE < r1; j++) {
-                int64_t o0 = j * LORA_TILE;
-                int w = r1 - o0 < LORA_TILE ? (int)(r1 - o0) : LORA_TILE;
-                job->impl->tile_add(f->bt_type, bt_tile(f, j), f->rank, job->u + offset_u, job->y + o0, w);
-            }
-            offset_u += f->rank;
-        }
+        if ((spins & 1023) == 0) sched_yield();  // the thread we wait for may need this core
     }
-}
-
-int puna_lora_matmul1(puna_pool *pool, puna_lora_workspace *ws, int type, const void *weights, int64_t rows, int64_t cols,
-                      const float *x, float *y, const puna_lora_factors *pairs, const float *scales, int n_pairs) {
-    if (type < 0 || type >= PUNA_TYPE_COUNT || !puna_matmul_supports(type) || rows <= 0 || cols <= 0 || n_pairs < 0) return -1;
-    const puna_type_info *info = &puna_type_table[type];
-    if (info->block_size <= 0 || cols % info->block_size != 0) return -1;
-    int64_t total_rank = 0;
-    for (int p = 0; p < n_pairs; p++) {
-        if (!factors_ok(&pairs[p]) || pairs[p].outputs != rows || pairs[p].cols != cols) return -1;
-        total_rank += pairs[p].rank;
-    }
-    int n_threads = puna_pool_size(pool);
-    if (!ws || ws->n_threads != n_threads || n_threads == 1) {
-        // Nothing to save: the plain sequence.
-        if (puna_matmul(pool, type, weights, rows, cols, x, 1, y) != 0) return -1;
-        for (int p = 0; p < n_pairs; p++) {
-            if (puna_lora_apply(pool, &pairs[p], x, y, rows, 1, NULL, NULL, scales[p]) != 0) return -1;
-        }
-        return 0;
-    }
-    float *u = puna_pool_scratch(pool, total_rank > 0 ? total_rank : 1, NULL);
-    if (!u) return -1;
-    int64_t tiles = (rows + LORA_TILE - 1) / LORA_TILE;
-    int64_t chunk_tiles = tiles / ((int64_t)n_threads * FUSED_CHUNKS_PER_THREAD);
-    if (chunk_tiles < 1) chunk_tiles = 1;
-    fused_job job = {0};
-    job.impl = best_impl();
-    job.ws = ws;
-    job.type = type;
-    job.weights = weights;
-    job.row_bytes = (size_t)(cols / info->block_size) * (size_t)info->type_size;
-    job.rows = rows;
-    job.cols = cols;
-    job.x = x;
-    job.y = y;
-    job.pairs = pairs;
-    job.scales = scales;
-    job.n_pairs = n_pairs;
-    job.total_rank = total_rank;
-    job.u = u;
-    job.chunk_rows = chunk_tiles * LORA_TILE;
-    job.n_chunks = (rows + job.chunk_rows - 1) / job.chunk_rows;
-    puna_pool_run(pool, fused_task, &job);
-    return job.failed ? -1 : 0;
 }

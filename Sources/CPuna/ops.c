@@ -11,6 +11,7 @@
 #include "puna_platform.h"
 #include "puna_quants.h"
 #include "kernels_internal.h"
+#include "lora_internal.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -307,18 +308,56 @@ const char *puna_matmul_kernel_name(int type) {
 
 #define MANY_MAX 8
 
+// Unmerged LoRA pairs of one token (puna_lora_matmul_many1): matrix m's pairs add their updates to
+// each chunk of its rows right after the base product. Their A products u come first: every
+// thread claims rank rows before any chunk, so none waits long for a late starter's share.
+typedef struct {
+    const puna_lora_factors *pairs[MANY_MAX];
+    const float *scales[MANY_MAX];
+    int n_pairs[MANY_MAX];
+    int64_t u_first[MANY_MAX];    // where matrix m's pairs' u start in u
+    float *u;                     // total_rank floats: every pair's u, matrix by matrix, pair by pair
+    int64_t total_rank;
+    int64_t next_u, u_done;       // atomic (__atomic builtins): rank rows claimed, finished
+} many_adapters;
+
 typedef struct {
     qmm_args args[MANY_MAX];
     qmm_kernel kernel[MANY_MAX];
     int64_t chunk_rows[MANY_MAX], first_chunk[MANY_MAX + 1];
     int count;
     _Atomic int64_t next_chunk;
+    many_adapters *adapters;      // NULL: none
 } many_job;
+
+// Rank rows of u claimed at a time.
+#define U_GROUP 4
+
+static void many_u_rows(const many_job *job, many_adapters *ad) {
+    for (;;) {
+        int64_t g0 = __atomic_fetch_add(&ad->next_u, U_GROUP, __ATOMIC_RELAXED);
+        if (g0 >= ad->total_rank) break;
+        int64_t g1 = g0 + U_GROUP < ad->total_rank ? g0 + U_GROUP : ad->total_rank;
+        int64_t offset = 0;
+        for (int m = 0; m < job->count; m++) {
+            for (int p = 0; p < ad->n_pairs[m]; p++) {
+                const puna_lora_factors *f = &ad->pairs[m][p];
+                int64_t lo = g0 > offset ? g0 : offset, hi = g1 < offset + f->rank ? g1 : offset + f->rank;
+                if (lo < hi) lora_u_rows(f, ad->scales[m][p], job->args[m].x, lo - offset, hi - offset, ad->u + lo);
+                offset += f->rank;
+            }
+        }
+        __atomic_add_fetch(&ad->u_done, g1 - g0, __ATOMIC_RELEASE);
+    }
+}
 
 static void many_rows_task(void *ctx, int thread_index, int n_threads) {
     (void)thread_index;
     (void)n_threads;
     many_job *job = ctx;
+    many_adapters *ad = job->adapters;
+    if (ad) many_u_rows(job, ad);
+    int u_ready = 0;
     int m = 0;
     for (;;) {
         int64_t c = atomic_fetch_add_explicit(&job->next_chunk, 1, memory_order_relaxed);
@@ -328,6 +367,16 @@ static void many_rows_task(void *ctx, int thread_index, int n_threads) {
         int64_t r0 = (c - job->first_chunk[m]) * job->chunk_rows[m];
         int64_t r1 = r0 + job->chunk_rows[m] < a->rows ? r0 + job->chunk_rows[m] : a->rows;
         job->kernel[m].rows(a, r0, r1);
+        if (!ad || ad->n_pairs[m] == 0) continue;
+        if (!u_ready) {
+            lora_wait_for(&ad->u_done, ad->total_rank);
+            u_ready = 1;
+        }
+        const float *u = ad->u + ad->u_first[m];
+        for (int p = 0; p < ad->n_pairs[m]; p++) {
+            lora_add_rows(&ad->pairs[m][p], u, a->y, r0, r1);
+            u += ad->pairs[m][p].rank;
+        }
     }
 }
 
@@ -348,11 +397,14 @@ static void many_quantize_task(void *ctx, int thread_index, int n_threads) {
 }
 
 // count (1..MANY_MAX) matrices of checked shapes with the kernels the family gives their types.
+// ad: adapter pairs (one token only) or NULL.
 static int run_qmm(puna_pool *pool, int count, const qmm_kernel *kernels, const int *types, const void *const *weights,
-                   const int64_t *rows, int64_t cols, const float *x, int64_t n_tokens, float *const *ys) {
+                   const int64_t *rows, int64_t cols, const float *x, int64_t n_tokens, float *const *ys,
+                   many_adapters *ad) {
     many_job job;
     memset(&job, 0, sizeof job);
     job.count = count;
+    job.adapters = ad;
     for (int m = 0; m < count; m++) job.kernel[m] = kernels[m];
     // One quantized copy of x per activation format (and aux kind): matrices of the same type share it.
     many_quantize_job quantize = {.job = &job};
@@ -382,8 +434,12 @@ static int run_qmm(puna_pool *pool, int count, const qmm_kernel *kernels, const 
             total += (size_t)(a->layout.token_bytes * n_tokens);
         }
     }
-    uint8_t *act = total ? puna_pool_buffer(pool, total) : NULL;
-    if (total && !act) return -1;
+    // u after the activations, in the same pool buffer.
+    size_t u_offset = (total + 63) / 64 * 64;
+    size_t buffer = ad ? u_offset + (size_t)ad->total_rank * sizeof(float) : total;
+    uint8_t *act = buffer ? puna_pool_buffer(pool, buffer) : NULL;
+    if (buffer && !act) return -1;
+    if (ad) ad->u = (float *)(act + u_offset);
     for (int m = 0; m < count; m++)
         if (job.kernel[m].quantize) job.args[m].act = act + offsets[quantize.format_of[m]];
     int n_threads = puna_pool_size(pool);
@@ -393,11 +449,14 @@ static int run_qmm(puna_pool *pool, int count, const qmm_kernel *kernels, const 
         else puna_pool_run(pool, many_quantize_task, &quantize);
     }
     for (int m = 0; m < count; m++) {
-        job.chunk_rows[m] = chunk_rows_for(rows[m], job.kernel[m].row_tile > 0 ? job.kernel[m].row_tile : 1, n_threads);
+        int64_t tile = job.kernel[m].row_tile > 0 ? job.kernel[m].row_tile : 1;
+        // Chunks of a matrix with pairs hold whole tiles of their Bᵀ (row tiles are powers of two <= 64).
+        if (ad && ad->n_pairs[m] > 0 && LORA_TILE % tile == 0) tile = LORA_TILE;
+        job.chunk_rows[m] = chunk_rows_for(rows[m], tile, n_threads);
         job.first_chunk[m + 1] = job.first_chunk[m] + (rows[m] + job.chunk_rows[m] - 1) / job.chunk_rows[m];
     }
     atomic_init(&job.next_chunk, 0);
-    if (n_threads == 1 || job.first_chunk[count] == 1) many_rows_task(&job, 0, 1);
+    if (n_threads == 1 || (job.first_chunk[count] == 1 && !ad)) many_rows_task(&job, 0, 1);
     else puna_pool_run(pool, many_rows_task, &job);
     return 0;
 }
@@ -418,7 +477,40 @@ int puna_matmul_many(puna_pool *pool, int count, const int *types, const void *c
         }
         return 0;
     }
-    return run_qmm(pool, count, kernels, types, weights, rows, cols, x, n_tokens, ys);
+    return run_qmm(pool, count, kernels, types, weights, rows, cols, x, n_tokens, ys, NULL);
+}
+
+int puna_lora_matmul_many1(puna_pool *pool, int count, const int *types, const void *const *weights, const int64_t *rows,
+                           int64_t cols, const float *x, float *const *ys, const puna_lora_factors *const *pairs,
+                           const float *const *scales, const int *n_pairs) {
+    if (count < 1 || count > MANY_MAX || cols <= 0) return -1;
+    qmm_kernel kernels[MANY_MAX];
+    many_adapters ad;
+    memset(&ad, 0, sizeof ad);
+    int fused = 1;
+    for (int m = 0; m < count; m++) {
+        if (!matmul_type_ok(types[m]) || rows[m] <= 0 || cols % puna_type_table[types[m]].block_size != 0 || n_pairs[m] < 0)
+            return -1;
+        if (select_matmul(types[m], &kernels[m]) == PUNA_KERNELS_REFERENCE || kernels[m].row_tile > LORA_TILE) fused = 0;
+        for (int p = 0; p < n_pairs[m]; p++) {
+            const puna_lora_factors *f = &pairs[m][p];
+            if (!lora_factors_ok(f) || f->outputs != rows[m] || f->cols != cols) return -1;
+        }
+        ad.pairs[m] = pairs[m];
+        ad.scales[m] = scales[m];
+        ad.n_pairs[m] = n_pairs[m];
+        ad.u_first[m] = ad.total_rank;
+        for (int p = 0; p < n_pairs[m]; p++) ad.total_rank += pairs[m][p].rank;
+    }
+    if (!fused) {  // the reference kernels: the plain sequence
+        for (int m = 0; m < count; m++) {
+            if (puna_matmul(pool, types[m], weights[m], rows[m], cols, x, 1, ys[m]) != 0) return -1;
+            for (int p = 0; p < n_pairs[m]; p++)
+                if (puna_lora_apply(pool, &pairs[m][p], x, ys[m], rows[m], 1, NULL, NULL, scales[m][p]) != 0) return -1;
+        }
+        return 0;
+    }
+    return run_qmm(pool, count, kernels, types, weights, rows, cols, x, 1, ys, ad.total_rank > 0 ? &ad : NULL);
 }
 
 int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, int64_t cols,
@@ -433,7 +525,7 @@ int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, in
     }
     qmm_kernel kernel;
     if (select_matmul(type, &kernel) != PUNA_KERNELS_REFERENCE)
-        return run_qmm(pool, 1, &kernel, &type, &weights, &rows, cols, x, n_tokens, &y);
+        return run_qmm(pool, 1, &kernel, &type, &weights, &rows, cols, x, n_tokens, &y, NULL);
 
     matmul_job job = {0};
     job.weights = weights;

@@ -33,7 +33,7 @@ final class Linear {
     func forward(_ pool: OpaquePointer, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, nTokens: Int,
                  adapters: [AdapterSet]? = nil) {
         // One token with active adapters: product and deltas in one pool run (LoRA.swift).
-        if adapters == nil && nTokens == 1 && adapterState != nil && forwardOneTokenWithAdapters(pool, x, y) { return }
+        if adapters == nil && nTokens == 1 && adapterState != nil && Linear.forwardOneTokenWithAdapters([self], pool, x, [y]) { return }
         // Types were checked against puna_matmul_supports at load, so this cannot fail.
         _ = puna_matmul(pool, Int32(type.rawValue), weights, Int64(rows), Int64(cols), x, Int64(nTokens), y)
         addAdapterDeltas(pool, x, y, nTokens: nTokens, adapters: adapters)

@@ -222,10 +222,12 @@ public final class LlamaModel {
         output.forward(pool, xb.p + first * e, logits, nTokens: n - first)
     }
 
-    /// Matrices that read the same input (Q, K, V; gate, up): one pool run for all of them when no
-    /// adapter is active (ops.c puna_matmul_many, same bits as one by one), else one by one.
+    /// Matrices that read the same input (Q, K, V; gate, up): one pool run for all of them (ops.c
+    /// puna_matmul_many, same bits as one by one), with the active adapters' deltas too when
+    /// decoding one token (puna_lora_matmul_many1); other adapter cases go one by one.
     func forwardSharingInput(_ matrices: [Linear], _ x: UnsafePointer<Float>, _ ys: [UnsafeMutablePointer<Float>], nTokens: Int) {
         guard adapterState.active.isEmpty else {
+            if nTokens == 1 && Linear.forwardOneTokenWithAdapters(matrices, pool, x, ys) { return }
             for (m, y) in zip(matrices, ys) { m.forward(pool, x, y, nTokens: nTokens) }
             return
         }

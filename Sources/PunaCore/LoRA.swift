@@ -743,20 +743,6 @@ final class AdapterState {
     }
     /// Changes with every assignment of `active`: matrices rebuild their cached pairs when it moved.
     private(set) var generation = 0
-    /// Per-thread one-thread pools for puna_lora_matmul1, made on first use for the model's pool.
-    private var workspace: OpaquePointer? = nil
-    private var workspaceThreads = 0
-
-    deinit { puna_lora_workspace_destroy(workspace) }
-
-    func workspace(threads: Int) -> OpaquePointer? {
-        if workspace == nil || workspaceThreads != threads {
-            puna_lora_workspace_destroy(workspace)
-            workspace = puna_lora_workspace_create(Int32(threads))
-            workspaceThreads = threads
-        }
-        return workspace
-    }
 }
 
 extension LlamaModel {
@@ -916,7 +902,7 @@ final class LinearAdapterCache {
 
 extension Linear {
     /// The model's active pairs for this matrix, rebuilt when the set changed; nil when none.
-    private func activeAdapterCache() -> LinearAdapterCache? {
+    fileprivate func activeAdapterCache() -> LinearAdapterCache? {
         guard let state = adapterState else { return nil }
         if state.active.isEmpty {
             if adapterCache != nil { adapterCache = nil }  // let go of the last set's pairs
@@ -933,15 +919,31 @@ extension Linear {
         return cache
     }
 
-    /// One token with the active adapters: W·x and the deltas in one pool run (puna_lora_matmul1).
-    /// false when there is nothing to fuse (no active pairs for this matrix, or pairs the kernel
-    /// does not take): the caller then does puna_matmul and addAdapterDeltas.
-    func forwardOneTokenWithAdapters(_ pool: OpaquePointer, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) -> Bool {
-        guard let cache = activeAdapterCache(), cache.count > 0, cache.others.isEmpty,
-              let factors = cache.factors, let scales = cache.scales, let state = adapterState else { return false }
-        let workspace = state.workspace(threads: Int(puna_pool_size(pool)))
-        return puna_lora_matmul1(pool, workspace, Int32(type.rawValue), weights, Int64(rows), Int64(cols), x, y,
-                                 factors, scales, Int32(cache.count)) == 0
+    /// One token through `matrices` (which read the same x: Q, K, V; gate, up; or just one) with the
+    /// active adapters: every W·x and every pair's delta in one pool run (puna_lora_matmul_many1).
+    /// false when some pair is one the kernel does not take: the caller then goes matrix by matrix
+    /// through puna_matmul and addAdapterDeltas.
+    static func forwardOneTokenWithAdapters(_ matrices: [Linear], _ pool: OpaquePointer, _ x: UnsafePointer<Float>,
+                                            _ ys: [UnsafeMutablePointer<Float>]) -> Bool {
+        var pairs: [UnsafePointer<puna_lora_factors>?] = []
+        var scales: [UnsafePointer<Float>?] = []
+        var counts: [Int32] = []
+        for m in matrices {
+            guard let cache = m.activeAdapterCache() else {
+                pairs.append(nil); scales.append(nil); counts.append(0)
+                continue
+            }
+            guard cache.others.isEmpty else { return false }
+            pairs.append(cache.factors.map { UnsafePointer($0) })
+            scales.append(cache.scales.map { UnsafePointer($0) })
+            counts.append(Int32(cache.count))
+        }
+        let types = matrices.map { Int32($0.type.rawValue) }
+        let weights: [UnsafeRawPointer?] = matrices.map { $0.weights }
+        let rows = matrices.map { Int64($0.rows) }
+        let outputs: [UnsafeMutablePointer<Float>?] = ys.map { $0 }
+        return puna_lora_matmul_many1(pool, Int32(matrices.count), types, weights, rows, Int64(matrices[0].cols), x, outputs,
+                                      pairs, scales, counts) == 0
     }
 
     /// y[t] += s·B(A·x[t]) for every adapter pair that updates this matrix: the active set of the

@@ -111,7 +111,7 @@ public struct MemoryEstimate {
                       factorType: adapter.weights.values.first?.a.type ?? .f16)
         }
 
-        /// Whether puna_lora_apply / puna_lora_matmul1 compute its linear pairs.
+        /// Whether puna_lora_apply / puna_lora_matmul_many1 compute its linear pairs.
         var usesLoRAKernels: Bool { puna_lora_supports(Int32(factorType.rawValue)) != 0 }
     }
 
@@ -265,7 +265,6 @@ public struct MemoryEstimate {
                 quantized = max(quantized, perToken * tokens)
             }
         }
-        var workspaceBytes = 0
         if !s.mergeAdapters && !s.adapters.isEmpty {
             var maxRank = 0
             for a in s.adapters {
@@ -277,31 +276,15 @@ public struct MemoryEstimate {
                     scratchFloats = max(scratchFloats, referenceScratchFloats(cols: cols))
                 }
             }
-            // The LoRA kernels keep A·x in the pool's scratch: a step's tokens spread over the
-            // threads, or one token's for every pair of a matrix (lora.c).
+            // The LoRA kernels keep A·x in the pool's scratch for a step's tokens, spread over the
+            // threads (lora.c); one token's A·x of every pair of Q, K and V (or gate and up) follows
+            // the quantized activations in the pool's buffer (ops.c puna_lora_matmul_many1).
             let sumRank = adapterTargets.values.max() ?? 0
-            scratchFloats = max(scratchFloats, (n * maxRank + threads - 1) / threads, sumRank)
-            // One token with adapters runs each thread's share of W·x on its own one-thread pool
-            // (puna_lora_matmul1), which keeps one token's quantized activations or decoded rows.
-            if threads > 1 {
-                var perThreadQuantized = 0, perThreadScratch = 0
-                for a in s.adapters where a.usesLoRAKernels {
-                    for t in a.targets where t != "token_embd.weight" {
-                        guard let m = matrices[t] else { continue }
-                        if usesReferenceKernel(m.type) {
-                            if m.type != .f32 { perThreadScratch = max(perThreadScratch, referenceScratchFloats(cols: m.cols)) }
-                        } else if let bytes = quantizedActivationBytes(type: m.type, cols: m.cols) {
-                            perThreadQuantized = max(perThreadQuantized, bytes)
-                        }
-                    }
-                }
-                let quantizedPart = perThreadQuantized == 0 ? 0 : roundUp(max(perThreadQuantized, 64), 4096)
-                let scratchPart = perThreadScratch == 0 ? 0 : 4 * roundUp(max(perThreadScratch, 16), 16)
-                workspaceBytes = threads * (quantizedPart + scratchPart)
-            }
+            scratchFloats = max(scratchFloats, (n * maxRank + threads - 1) / threads)
+            quantized += 64 + 4 * 3 * sumRank
         }
         let quantizedBytes = quantized == 0 ? 0 : roundUp(max(quantized, 64), 4096)
-        let scratchBytes = 4 * threads * roundUp(max(scratchFloats, 16), 16) + workspaceBytes
+        let scratchBytes = 4 * threads * roundUp(max(scratchFloats, 16), 16)
         e.add("thread_buffers", "thread pool buffers (\(threads) thread\(threads == 1 ? "" : "s"): quantized activations, scores)",
               quantizedBytes + scratchBytes)
 

@@ -610,6 +610,8 @@ final class LoRATests: XCTestCase {
         let rank: Int, cols: Int, outputs: Int
         let order: [Int]?
         let bt: UnsafeMutableRawPointer
+        /// A's bytes at a fixed address, for calls that take several pairs at once (`factors.a`).
+        let aCopy: UnsafeMutableRawPointer
         var factors: puna_lora_factors
 
         init(aType: GGMLType, bType: GGMLType, rank: Int, cols: Int, outputs: Int, permuted: Bool, rng: inout SystemRandomNumberGenerator) {
@@ -631,11 +633,17 @@ final class LoRATests: XCTestCase {
                 return puna_lora_pack_bt(Int32(bType.rawValue), src.baseAddress, Int64(outputs), Int64(rank), nil, bt)
             }
             precondition(status == 0)
-            factors = puna_lora_factors(a_type: Int32(aType.rawValue), bt_type: Int32(bType.rawValue), a: nil, bt: UnsafeRawPointer(bt),
-                                        rank: Int64(rank), cols: Int64(cols), outputs: Int64(outputs))
+            let aCopy = UnsafeMutableRawPointer.allocate(byteCount: max(a.bytes.count, 1), alignment: 64)
+            a.bytes.withUnsafeBytes { aCopy.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            self.aCopy = aCopy
+            factors = puna_lora_factors(a_type: Int32(aType.rawValue), bt_type: Int32(bType.rawValue), a: UnsafeRawPointer(aCopy),
+                                        bt: UnsafeRawPointer(bt), rank: Int64(rank), cols: Int64(cols), outputs: Int64(outputs))
         }
 
-        deinit { bt.deallocate() }
+        deinit {
+            bt.deallocate()
+            aCopy.deallocate()
+        }
 
         /// Runs puna_lora_apply with A's bytes in place.
         func apply(_ pool: OpaquePointer, x: [Float], y: inout [Float], yStride: Int, n: Int, rows: [Int32]?, scales: [Float]?, scale: Float) -> Int32 {
@@ -732,38 +740,79 @@ final class LoRATests: XCTestCase {
         XCTAssertEqual(puna_lora_bt_bytes(Int32(GGMLType.q4_0.rawValue), 64, 8), 0)
     }
 
-    /// puna_lora_matmul1 (one pool run) gives the bits of puna_matmul followed by puna_lora_apply per
-    /// pair, for float and quantized base types, row counts off the tile size, and 1–3 threads.
+    /// puna_lora_matmul_many1 (one pool run for several matrices sharing x, each with its own pairs)
+    /// gives the bits of puna_matmul followed by puna_lora_apply per pair, for float and quantized
+    /// base types, row counts off the tile sizes, a matrix without pairs among them, and 1–3 threads;
+    /// and refuses a pair whose shape does not fit its matrix.
     func testFusedOneTokenProductEqualsMatmulThenDeltas() throws {
         var rng = SystemRandomNumberGenerator()
-        for type in [GGMLType.f32, .f16, .q8_0, .q4_0, .q4_K] {
-            let rows = 200, cols = 256
-            let w = try type.encode((0..<(rows * cols)).map { _ in Float.random(in: -1...1, using: &rng) })
+        let cols = 256
+        let groups: [[(type: GGMLType, rows: Int, ranks: [Int])]] = [
+            [(.f32, 200, [8, 3])], [(.f16, 130, [5])], [(.q8_0, 200, [8, 3])], [(.q4_0, 200, [8, 3])], [(.q4_K, 200, [8, 3])],
+            [(.q4_0, 200, [8]), (.q4_K, 72, []), (.q6_K, 130, [3, 16])],   // Q, K, V-like: one matrix has no pairs
+            [(.q8_0, 70, [4]), (.f16, 64, [2])],
+        ]
+        for group in groups {
             let x = (0..<cols).map { _ in Float.random(in: -1...1, using: &rng) }
-            let pairs = [KernelPair(aType: .f16, bType: .f16, rank: 8, cols: cols, outputs: rows, permuted: true, rng: &rng),
-                         KernelPair(aType: .f32, bType: .bf16, rank: 3, cols: cols, outputs: rows, permuted: false, rng: &rng)]
-            let scales: [Float] = [0.5, 1.75]
+            let weights = try group.map { m in try m.type.encode((0..<(m.rows * cols)).map { _ in Float.random(in: -1...1, using: &rng) }) }
+            let pairs: [[KernelPair]] = group.map { m in
+                m.ranks.enumerated().map { i, r in
+                    KernelPair(aType: i % 2 == 0 ? .f16 : .f32, bType: i % 2 == 0 ? .f16 : .bf16, rank: r, cols: cols,
+                               outputs: m.rows, permuted: i == 0, rng: &rng)
+                }
+            }
+            let scales: [[Float]] = pairs.map { p in p.indices.map { 0.5 + Float($0) * 1.25 } }
+            let label = group.map { "\($0.type.name)x\($0.rows)" }.joined(separator: "+")
+            let weightCopies = weights.map { w -> UnsafeMutableRawPointer in
+                let p = UnsafeMutableRawPointer.allocate(byteCount: max(w.count, 1), alignment: 64)
+                w.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                return p
+            }
+            let factorLists = pairs.map { list -> UnsafeMutablePointer<puna_lora_factors> in
+                let f = UnsafeMutablePointer<puna_lora_factors>.allocate(capacity: max(list.count, 1))
+                for (i, p) in list.enumerated() { (f + i).initialize(to: p.factors) }
+                return f
+            }
+            let scaleLists = scales.map { list -> UnsafeMutablePointer<Float> in
+                let s = UnsafeMutablePointer<Float>.allocate(capacity: max(list.count, 1))
+                for (i, v) in list.enumerated() { s[i] = v }
+                return s
+            }
+            defer {
+                weightCopies.forEach { $0.deallocate() }
+                factorLists.forEach { $0.deallocate() }
+                scaleLists.forEach { $0.deallocate() }
+            }
+            let types = group.map { Int32($0.type.rawValue) }
+            let rows = group.map { Int64($0.rows) }
+            let wp: [UnsafeRawPointer?] = weightCopies.map { UnsafeRawPointer($0) }
+            let fp: [UnsafePointer<puna_lora_factors>?] = factorLists.map { UnsafePointer($0) }
+            let sp: [UnsafePointer<Float>?] = scaleLists.map { UnsafePointer($0) }
+            let counts = pairs.map { Int32($0.count) }
             for threads in [1, 2, 3] {
                 let pool = puna_pool_create(Int32(threads))!
-                let workspace = puna_lora_workspace_create(Int32(threads))
-                defer { puna_pool_destroy(pool); puna_lora_workspace_destroy(workspace) }
-                var expected = [Float](repeating: 0, count: rows)
-                XCTAssertEqual(w.withUnsafeBytes { puna_matmul(pool, Int32(type.rawValue), $0.baseAddress, Int64(rows), Int64(cols), x, 1, &expected) }, 0)
-                for (p, s) in zip(pairs, scales) { XCTAssertEqual(p.apply(pool, x: x, y: &expected, yStride: rows, n: 1, rows: nil, scales: nil, scale: s), 0) }
-
-                var fused = [Float](repeating: .nan, count: rows)
-                let status: Int32 = pairs[0].a.bytes.withUnsafeBytes { a0 in
-                    pairs[1].a.bytes.withUnsafeBytes { a1 in
-                        var f = [pairs[0].factors, pairs[1].factors]
-                        f[0].a = a0.baseAddress
-                        f[1].a = a1.baseAddress
-                        return w.withUnsafeBytes {
-                            puna_lora_matmul1(pool, workspace, Int32(type.rawValue), $0.baseAddress, Int64(rows), Int64(cols), x, &fused, f, scales, 2)
-                        }
-                    }
+                defer { puna_pool_destroy(pool) }
+                var expected: [[Float]] = []
+                for (m, g) in group.enumerated() {
+                    var y = [Float](repeating: 0, count: g.rows)
+                    XCTAssertEqual(puna_matmul(pool, types[m], wp[m], rows[m], Int64(cols), x, 1, &y), 0)
+                    for (p, s) in zip(pairs[m], scales[m]) { XCTAssertEqual(p.apply(pool, x: x, y: &y, yStride: g.rows, n: 1, rows: nil, scales: nil, scale: s), 0) }
+                    expected.append(y)
                 }
-                XCTAssertEqual(status, 0)
-                XCTAssertEqual(fused, expected, "\(type.name), \(threads) threads")
+                let outputs = group.map { UnsafeMutablePointer<Float>.allocate(capacity: $0.rows) }
+                defer { outputs.forEach { $0.deallocate() } }
+                for (o, g) in zip(outputs, group) { o.initialize(repeating: .nan, count: g.rows) }
+                let ys: [UnsafeMutablePointer<Float>?] = outputs
+                XCTAssertEqual(puna_lora_matmul_many1(pool, Int32(group.count), types, wp, rows, Int64(cols), x, ys, fp, sp, counts), 0, label)
+                for (m, g) in group.enumerated() {
+                    XCTAssertEqual(Array(UnsafeBufferPointer(start: outputs[m], count: g.rows)), expected[m], "\(label): matrix \(m), \(threads) threads")
+                }
+                // A pair whose outputs do not match its matrix is refused, with nothing computed.
+                if let m = group.firstIndex(where: { !$0.ranks.isEmpty }) {
+                    factorLists[m].pointee.outputs += 1
+                    XCTAssertEqual(puna_lora_matmul_many1(pool, Int32(group.count), types, wp, rows, Int64(cols), x, ys, fp, sp, counts), -1, label)
+                    factorLists[m].pointee.outputs -= 1
+                }
             }
         }
     }

@@ -43,19 +43,18 @@ int puna_lora_pack_bt(int type, const void *b, int64_t outputs, int64_t rank, co
 int puna_lora_apply(puna_pool *pool, const puna_lora_factors *factors, const float *x, float *y, int64_t y_stride,
                     int64_t n_tokens, const int32_t *token_rows, const float *scales, float scale);
 
-// One token through a matrix with adapters: y = W·x (as puna_matmul computes it) and then, for each
-// pair p in order, y += scales[p] · Bᵀ_p(A_p·x), in ONE pool run instead of one plus two per pair:
-// the threads first compute the A products (rows claimed a few at a time), then take chunks of rows, multiplying
-// them by W (puna_matmul on the thread's own one-thread pool from `ws`) and adding the pairs'
-// updates of the same rows. The bits equal puna_matmul followed by puna_lora_apply per pair.
-// Every pair must have outputs == rows and cols == cols. ws: from puna_lora_workspace_create with
-// the pool's thread count (otherwise, or on one thread, the calls are simply made in sequence).
-// Returns 0, or -1 for unsupported types or inconsistent sizes.
-typedef struct puna_lora_workspace puna_lora_workspace;
-puna_lora_workspace *puna_lora_workspace_create(int n_threads);
-void puna_lora_workspace_destroy(puna_lora_workspace *ws);
-int puna_lora_matmul1(puna_pool *pool, puna_lora_workspace *ws, int type, const void *weights, int64_t rows, int64_t cols,
-                      const float *x, float *y, const puna_lora_factors *pairs, const float *scales, int n_pairs);
+// One token through up to 8 matrices that read the same x (Q, K, V; gate, up), each with its own
+// adapter pairs: ys[m] = W_m·x (as puna_matmul computes it), then for each pair p of matrix m in
+// order ys[m] += scales[m][p] · Bᵀ_p(A_p·x). All of it is one pool run: the activations are
+// quantized once, the threads compute the pairs' A products (a few rank rows at a time), then take
+// chunks of rows of the matrices, multiplying them by W and adding the pairs' updates of the same
+// rows while they are in cache. The bits equal puna_matmul followed by puna_lora_apply per pair.
+// pairs[m] / scales[m] may be NULL when n_pairs[m] is 0. Every pair of matrix m must have
+// outputs == rows[m] and cols == cols.
+// Returns 0, or -1 for unsupported types, inconsistent sizes or no scratch memory.
+int puna_lora_matmul_many1(puna_pool *pool, int count, const int *types, const void *const *weights, const int64_t *rows,
+                           int64_t cols, const float *x, float *const *ys, const puna_lora_factors *const *pairs,
+                           const float *const *scales, const int *n_pairs);
 
 // Whether a factor type is one puna_lora_apply takes.
 int puna_lora_supports(int type);
