@@ -71,7 +71,9 @@ static inline __attribute__((always_inline)) void mm_simple_22(const qmm_args *a
         segments(vld1q_s8((const int8_t *)(x0 + xo + 128)), vld1q_s8((const int8_t *)(x0 + xo + 192)), sy0);
         segments(vld1q_s8((const int8_t *)(x1 + xo + 128)), vld1q_s8((const int8_t *)(x1 + xo + 192)), sy1);
         const float dx0 = ((const float *)(x0 + L->d_off))[4 * b], dx1 = ((const float *)(x1 + L->d_off))[4 * b];
-        const float32x4_t sc = pair_scales(u0.d, u1.d, dx0, dx1);
+        // One level: p / 256 = p1 with the scale (256 dw) dx (kernels_internal.h).
+        const int one = L->levels == 1;
+        const float32x4_t sc = one ? pair_scales(u0.d * 256.0f, u1.d * 256.0f, dx0, dx1) : pair_scales(u0.d, u1.d, dx0, dx1);
         float32x4_t sm = vdupq_n_f32(0), xs0 = sm, xs1 = sm;
         if (has_min) {
             sm = pair_scales(u0.m, u1.m, dx0, dx1);
@@ -81,7 +83,7 @@ static inline __attribute__((always_inline)) void mm_simple_22(const qmm_args *a
         for (int j = 0; j < 4; j++) {
             int8x16_t wj = pair_seg(sw0, sw1, j);
             int32x4_t p1 = vmmlaq_s32(vdupq_n_s32(0), wj, pair_seg(sx0, sx1, j));
-            int32x4_t p = vaddq_s32(vshlq_n_s32(p1, 8), vmmlaq_s32(vdupq_n_s32(0), wj, pair_seg(sy0, sy1, j)));
+            int32x4_t p = one ? p1 : vaddq_s32(vshlq_n_s32(p1, 8), vmmlaq_s32(vdupq_n_s32(0), wj, pair_seg(sy0, sy1, j)));
             F[slot][j] = vfmaq_f32(F[slot][j], sc, vcvtq_f32_s32(p));
             if (has_min) {
                 // lane sums of the two tokens for lane j, laid out (t0, t1, t0, t1)

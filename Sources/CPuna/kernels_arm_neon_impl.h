@@ -170,10 +170,15 @@ NK_INL float32x4_t nk_simple_step(float32x4_t acc, const nk_block *w, const uint
                                   int has_min) {
     const int8_t *xq = (const int8_t *)(x + L->qs_off) + (b / 4) * 256 + 16 * (b % 4);
     int32x4_t p1 = NK_DOT8(vdupq_n_s32(0), w->lo, vld1q_s8(xq), w->hi, vld1q_s8(xq + 64));
-    int32x4_t p2 = NK_DOT8(vdupq_n_s32(0), w->lo, vld1q_s8(xq + 128), w->hi, vld1q_s8(xq + 192));
-    int32x4_t p = vaddq_s32(vshlq_n_s32(p1, 8), p2);
     float dx = ((const float *)(x + L->d_off))[4 * b];
-    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), w->d * dx);
+    if (L->levels == 1) {
+        // q2 is zero: p / 256 = p1, scale (256 dw) dx (kernels_internal.h)
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p1), (w->d * 256.0f) * dx);
+    } else {
+        int32x4_t p2 = NK_DOT8(vdupq_n_s32(0), w->lo, vld1q_s8(xq + 128), w->hi, vld1q_s8(xq + 192));
+        int32x4_t p = vaddq_s32(vshlq_n_s32(p1, 8), p2);
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), w->d * dx);
+    }
     if (has_min) acc = vfmaq_n_f32(acc, vld1q_f32((const float *)(x + L->aux_off) + 4 * b), w->m * dx);
     return acc;
 }

@@ -29,6 +29,9 @@
 //   (|p| < 2^31; (float)p is the usual round to nearest).
 //   16 f32 accumulators acc[4 * (b % 4) + j], starting at +0, in block order:
 //     acc = fma(dw_b * dx_b, (float)p[b][j], acc)                   (dw: the block's f16 scale)
+//     with one level instead acc = fma(s_b, (float)(p[b][j] / 256), acc), s_b the rounded product
+//     of the exact 256 dw_b and dx_b (p is then a multiple of 256; 256 dw and 256 dx are exact, so
+//     (256 dw) * dx and dw * (256 dx) are both s_b), which saves a shift per step
 //     Q4_1/Q5_1 then: acc = fma(mw_b * dx_b, (float)xs[b][j], acc)   (mw: f16 min, xs: lane sum of X)
 //   y = reduce16(acc): h[i] = acc[i] + acc[i + 8], then i + 4, then i + 2, then i + 1.
 //

@@ -170,12 +170,14 @@ static float dot_simple(int type, const uint8_t *row, int64_t n_blocks, const ui
     const int8_t *qs = (const int8_t *)(act + l->qs_off);
     const float *dx = (const float *)(act + l->d_off);
     const int has_min = type == PUNA_TYPE_Q4_1 || type == PUNA_TYPE_Q5_1;
+    const int one = l->levels == 1;
     float acc[16] = {0};
     wblock w;
     for (int64_t b = 0; b < n_blocks; b++) {
         unpack_block(type, row, b, &w);
         const int8_t *lo = qs + (b / 4) * 256 + 16 * (b % 4);
-        float s = w.d * dx[4 * b], sm = w.m * dx[4 * b];
+        // One level: (float)(p / 256) times (256 dw) dx (kernels_internal.h).
+        float s = one ? (w.d * 256.0f) * dx[4 * b] : w.d * dx[4 * b], sm = w.m * dx[4 * b];
         for (int j = 0; j < 4; j++) {
             int32_t p = 0, xs = 0;
             for (int i = 4 * j; i < 4 * j + 4; i++) {
@@ -183,7 +185,7 @@ static float dot_simple(int type, const uint8_t *row, int64_t n_blocks, const ui
                 xs += act_x32(lo, i) + act_x32(lo, 16 + i);
             }
             float *a = &acc[4 * (b % 4) + j];
-            *a = fmaf(s, (float)p, *a);
+            *a = fmaf(s, (float)(one ? p / 256 : p), *a);
             if (has_min) *a = fmaf(sm, (float)xs, *a);
         }
     }

@@ -223,9 +223,15 @@ AV_INL __m256 AV_NAME(step)(__m256 acc, int type, const AV_NAME(pair) *w, const 
                      : _mm256_setzero_si256();
     i2 = AV_NAME(dot4)(i2, w->lo, x2l);
     i2 = AV_NAME(dot4)(i2, w->hi, x2h);
-    __m256i ia = _mm256_add_epi32(_mm256_slli_epi32(i1, 8), i2);
     const __m256 dx = _mm256_load_ps((const float *)(x + L->d_off) + 16 * g + 8 * h);
-    acc = _mm256_fmadd_ps(_mm256_mul_ps(w->dw, dx), _mm256_cvtepi32_ps(ia), acc);
+    if (L->levels == 1) {
+        // p / 256 = i1 + i2 / 256 (i2: the aux, a multiple of 256, and zero q2 products), scale (256 dw) dx
+        __m256i ia = _mm256_add_epi32(i1, _mm256_srai_epi32(i2, 8));
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(w->dw, _mm256_set1_ps(256.0f)), dx), _mm256_cvtepi32_ps(ia), acc);
+    } else {
+        __m256i ia = _mm256_add_epi32(_mm256_slli_epi32(i1, 8), i2);
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(w->dw, dx), _mm256_cvtepi32_ps(ia), acc);
+    }
     if (type == PUNA_TYPE_Q4_1 || type == PUNA_TYPE_Q5_1)
         acc = _mm256_fmadd_ps(_mm256_mul_ps(w->mw, dx), _mm256_load_ps((const float *)(x + L->aux_off) + 16 * g + 8 * h), acc);
     return acc;

@@ -91,7 +91,8 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
                 _mm_storeu_si128((__m128i *)(lo + 64), a1);
                 _mm_storeu_si128((__m128i *)(lo + 128), r0);
                 _mm_storeu_si128((__m128i *)(lo + 192), r1);
-                _mm_storeu_ps(d + 4 * b, _mm_set1_ps(db));
+                // One level keeps 256 dx (exact): the kernels' scale is then dw * (256 dx).
+                _mm_storeu_ps(d + 4 * b, _mm_set1_ps(l->levels == 1 ? db * 256.0f : db));
                 if (aux == AUX_NONE) continue;
                 // lane j: X of weights 4j..4j+3 plus 16+4j..16+4j+3
                 __m512i s = _mm512_add_epi32(X0, X1);
@@ -101,6 +102,9 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
                 v = aux == AUX_NEG_SUM8    ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 3))
                     : aux == AUX_NEG_SUM16 ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 4))
                                            : _mm_castps_si128(_mm_cvtepi32_ps(v));
+                // One level: the integer aux words are multiples of 256 (X = 256 q1); the kernels
+                // take them divided by 256, exactly, to seed p / 256.
+                if (l->levels == 1 && aux != AUX_SUM_F32) v = _mm_srai_epi32(v, 8);
                 _mm_storeu_si128((__m128i *)(base + l->aux_off + g * 64 + 16 * k), v);
             }
         } else {
@@ -268,12 +272,12 @@ INL __m512 simple_step(__m512 acc, const sgroup *w, const uint8_t *x, const act_
         x1h = _mm512_mask_sub_epi8(x1h, w->neg_hi, zero, x1h);
     }
     if (ONE) {
-        // The aux words are multiples of 256 here (sums of X = 256 q1), so they can seed the
-        // accumulator as aux / 256: the same integer ia, one addition fewer.
-        __m512i i1 = mode == STEP_AUX_INT ? _mm512_srai_epi32(_mm512_load_si512(x + L->aux_off + 64 * g), 8) : zero;
+        // One level (kernels_internal.h): p / 256 times the scale 256 dw dx. The quantizer stored
+        // 256 dx and the integer aux divided by 256 (both exact); the tile divided mw by 256.
+        __m512i i1 = mode == STEP_AUX_INT ? _mm512_load_si512(x + L->aux_off + 64 * g) : zero;
         i1 = _mm512_dpbusd_epi32(i1, w->lo, x1l);
         i1 = _mm512_dpbusd_epi32(i1, w->hi, x1h);
-        acc = _mm512_fmadd_ps(_mm512_mul_ps(w->dw, dx), _mm512_cvtepi32_ps(_mm512_slli_epi32(i1, 8)), acc);
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(w->dw, dx), _mm512_cvtepi32_ps(i1), acc);
         if (mode == STEP_MIN)
             acc = _mm512_fmadd_ps(_mm512_mul_ps(w->mw, dx), _mm512_load_ps((const float *)(x + L->aux_off) + 16 * g), acc);
         return acc;
@@ -320,6 +324,7 @@ INL __m512 simple_step(__m512 acc, const sgroup *w, const uint8_t *x, const act_
             UNROLL for (int i = 0; i < R; i++) {                                                               \
                 sgroup wg;                                                                                     \
                 unpack_##name(w + i * rb + (GROUP_BYTES) * g, 4, &wg);                                         \
+                if (ONE && (MODE) == STEP_MIN) wg.mw = _mm512_mul_ps(wg.mw, _mm512_set1_ps(1.0f / 256.0f));    \
                 UNROLL for (int j = 0; j < T; j++) acc[i][j] = simple_step(acc[i][j], &wg, x0 + j * tb, L, g, MODE, ONE); \
             }                                                                                                  \
         }                                                                                                      \
@@ -327,6 +332,7 @@ INL __m512 simple_step(__m512 acc, const sgroup *w, const uint8_t *x, const act_
             UNROLL for (int i = 0; i < R; i++) {                                                               \
                 sgroup wg;                                                                                     \
                 unpack_##name(w + i * rb + (GROUP_BYTES) * nfull, rem, &wg);                                   \
+                if (ONE && (MODE) == STEP_MIN) wg.mw = _mm512_mul_ps(wg.mw, _mm512_set1_ps(1.0f / 256.0f));    \
                 UNROLL for (int j = 0; j < T; j++) acc[i][j] = simple_step(acc[i][j], &wg, x0 + j * tb, L, nfull, MODE, ONE); \
             }                                                                                                  \
         }                                                                                                      \
