@@ -215,7 +215,10 @@ int main(int argc, char **argv) {
     puna_pool *pools[3] = { puna_pool_create(1), puna_pool_create(2), puna_pool_create(3) };
     for (int fi = 0; fi < n_families; fi++) {
         int family = families[fi];
+        // Both activation modes: one 8-bit level (the default) and two.
+        for (int levels = 1; levels <= 2; levels++)
         for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+            puna_kernels_set_activation_levels(levels);
             int type = types[ti];
             int64_t block = puna_type_table[type].block_size;
             int64_t unit = block == 1 ? 1 : block;
@@ -233,6 +236,7 @@ int main(int argc, char **argv) {
                 if (block > 1) check_case(pools, 1, family, type, rows, cols, n, 1);
             }
         }
+        puna_kernels_set_activation_levels(0);
         check_attention(pools[1], family);
         printf("family %s checked\n", puna_kernels_family_name(family));
     }
