@@ -63,16 +63,18 @@ static inline __attribute__((always_inline)) void mm_simple_22(const qmm_args *a
         nk_unpack(type, w0, b, &u0);
         nk_unpack(type, w1, b, &u1);
         const int64_t xo = L->qs_off + (b / 4) * 256 + 16 * (b % 4);
-        int32x4_t sw0[2], sw1[2], sx0[2], sx1[2], sy0[2], sy1[2];
+        // One level: q2 is zero, p / 256 = p1 with the scale (256 dw) dx (kernels_internal.h).
+        const int one = L->levels == 1;
+        int32x4_t sw0[2], sw1[2], sx0[2], sx1[2], sy0[2] = {vdupq_n_s32(0), vdupq_n_s32(0)}, sy1[2] = {sy0[0], sy0[1]};
         segments(u0.lo, u0.hi, sw0);
         segments(u1.lo, u1.hi, sw1);
         segments(vld1q_s8((const int8_t *)(x0 + xo)), vld1q_s8((const int8_t *)(x0 + xo + 64)), sx0);
         segments(vld1q_s8((const int8_t *)(x1 + xo)), vld1q_s8((const int8_t *)(x1 + xo + 64)), sx1);
-        segments(vld1q_s8((const int8_t *)(x0 + xo + 128)), vld1q_s8((const int8_t *)(x0 + xo + 192)), sy0);
-        segments(vld1q_s8((const int8_t *)(x1 + xo + 128)), vld1q_s8((const int8_t *)(x1 + xo + 192)), sy1);
+        if (!one) {
+            segments(vld1q_s8((const int8_t *)(x0 + xo + 128)), vld1q_s8((const int8_t *)(x0 + xo + 192)), sy0);
+            segments(vld1q_s8((const int8_t *)(x1 + xo + 128)), vld1q_s8((const int8_t *)(x1 + xo + 192)), sy1);
+        }
         const float dx0 = ((const float *)(x0 + L->d_off))[4 * b], dx1 = ((const float *)(x1 + L->d_off))[4 * b];
-        // One level: p / 256 = p1 with the scale (256 dw) dx (kernels_internal.h).
-        const int one = L->levels == 1;
         const float32x4_t sc = one ? pair_scales(u0.d * 256.0f, u1.d * 256.0f, dx0, dx1) : pair_scales(u0.d, u1.d, dx0, dx1);
         float32x4_t sm = vdupq_n_f32(0), xs0 = sm, xs1 = sm;
         if (has_min) {

@@ -209,26 +209,28 @@ AV_INL __m256 AV_NAME(step)(__m256 acc, int type, const AV_NAME(pair) *w, const 
                             int h) {
     const uint8_t *xq = x + L->qs_off + 256 * g + 32 * h;
     __m256i x1l = _mm256_load_si256((const __m256i *)xq), x1h = _mm256_load_si256((const __m256i *)(xq + 64));
-    __m256i x2l = _mm256_load_si256((const __m256i *)(xq + 128)), x2h = _mm256_load_si256((const __m256i *)(xq + 192));
     if (type == PUNA_TYPE_Q8_0) {
         x1l = _mm256_sign_epi8(x1l, w->slo);
-        x2l = _mm256_sign_epi8(x2l, w->slo);
         x1h = _mm256_sign_epi8(x1h, w->shi);
-        x2h = _mm256_sign_epi8(x2h, w->shi);
     }
     __m256i i1 = AV_NAME(dot4)(_mm256_setzero_si256(), w->lo, x1l);
     i1 = AV_NAME(dot4)(i1, w->hi, x1h);
-    __m256i i2 = type == PUNA_TYPE_Q4_0 || type == PUNA_TYPE_Q5_0
-                     ? _mm256_load_si256((const __m256i *)(x + L->aux_off + 64 * g + 32 * h))
-                     : _mm256_setzero_si256();
-    i2 = AV_NAME(dot4)(i2, w->lo, x2l);
-    i2 = AV_NAME(dot4)(i2, w->hi, x2h);
+    __m256i aux = type == PUNA_TYPE_Q4_0 || type == PUNA_TYPE_Q5_0
+                      ? _mm256_load_si256((const __m256i *)(x + L->aux_off + 64 * g + 32 * h))
+                      : _mm256_setzero_si256();
     const __m256 dx = _mm256_load_ps((const float *)(x + L->d_off) + 16 * g + 8 * h);
     if (L->levels == 1) {
-        // p / 256 = i1 + i2 / 256 (i2: the aux, a multiple of 256, and zero q2 products), scale (256 dw) dx
-        __m256i ia = _mm256_add_epi32(i1, _mm256_srai_epi32(i2, 8));
+        // q2 is zero: p / 256 = i1 + aux / 256 (aux a multiple of 256), scale (256 dw) dx
+        __m256i ia = _mm256_add_epi32(i1, _mm256_srai_epi32(aux, 8));
         acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(w->dw, _mm256_set1_ps(256.0f)), dx), _mm256_cvtepi32_ps(ia), acc);
     } else {
+        __m256i x2l = _mm256_load_si256((const __m256i *)(xq + 128)), x2h = _mm256_load_si256((const __m256i *)(xq + 192));
+        if (type == PUNA_TYPE_Q8_0) {
+            x2l = _mm256_sign_epi8(x2l, w->slo);
+            x2h = _mm256_sign_epi8(x2h, w->shi);
+        }
+        __m256i i2 = AV_NAME(dot4)(aux, w->lo, x2l);
+        i2 = AV_NAME(dot4)(i2, w->hi, x2h);
         __m256i ia = _mm256_add_epi32(_mm256_slli_epi32(i1, 8), i2);
         acc = _mm256_fmadd_ps(_mm256_mul_ps(w->dw, dx), _mm256_cvtepi32_ps(ia), acc);
     }

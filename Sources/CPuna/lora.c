@@ -386,13 +386,13 @@ static void lora_up_task(void *ctx, int thread, int n_threads) {
     }
 }
 
-static int factors_ok(const puna_lora_factors *f) {
+int lora_factors_ok(const puna_lora_factors *f) {
     return f && puna_lora_supports(f->a_type) && puna_lora_supports(f->bt_type) && f->rank > 0 && f->cols > 0 && f->outputs > 0;
 }
 
 int puna_lora_apply(puna_pool *pool, const puna_lora_factors *f, const float *x, float *y, int64_t y_stride,
                     int64_t n_tokens, const int32_t *token_rows, const float *scales, float scale) {
-    if (!factors_ok(f) || n_tokens < 0 || y_stride < f->outputs) return -1;
+    if (!lora_factors_ok(f) || n_tokens < 0 || y_stride < f->outputs) return -1;
     if (n_tokens == 0) return 0;
     int n_threads = puna_pool_size(pool);
     int64_t total = n_tokens * f->rank;
@@ -406,8 +406,6 @@ int puna_lora_apply(puna_pool *pool, const puna_lora_factors *f, const float *x,
 }
 
 // ---- pieces for ops.c's one-token matmul with adapters (lora_internal.h) ------------------------
-
-int lora_factors_ok(const puna_lora_factors *f) { return factors_ok(f); }
 
 void lora_u_rows(const puna_lora_factors *f, float scale, const float *x, int64_t k0, int64_t k1, float *u) {
     const lora_impl *impl = best_impl();

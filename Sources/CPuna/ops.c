@@ -450,8 +450,9 @@ static int run_qmm(puna_pool *pool, int count, const qmm_kernel *kernels, const 
     }
     for (int m = 0; m < count; m++) {
         int64_t tile = job.kernel[m].row_tile > 0 ? job.kernel[m].row_tile : 1;
-        // Chunks of a matrix with pairs hold whole tiles of their Bᵀ (row tiles are powers of two <= 64).
-        if (ad && ad->n_pairs[m] > 0 && LORA_TILE % tile == 0) tile = LORA_TILE;
+        // Chunks of a matrix with pairs hold whole tiles of their Bᵀ (puna_lora_matmul_many1 checked
+        // that LORA_TILE is a whole number of row tiles).
+        if (ad && ad->n_pairs[m] > 0) tile = LORA_TILE;
         job.chunk_rows[m] = chunk_rows_for(rows[m], tile, n_threads);
         job.first_chunk[m + 1] = job.first_chunk[m] + (rows[m] + job.chunk_rows[m] - 1) / job.chunk_rows[m];
     }
@@ -491,7 +492,9 @@ int puna_lora_matmul_many1(puna_pool *pool, int count, const int *types, const v
     for (int m = 0; m < count; m++) {
         if (!matmul_type_ok(types[m]) || rows[m] <= 0 || cols % puna_type_table[types[m]].block_size != 0 || n_pairs[m] < 0)
             return -1;
-        if (select_matmul(types[m], &kernels[m]) == PUNA_KERNELS_REFERENCE || kernels[m].row_tile > LORA_TILE) fused = 0;
+        if (select_matmul(types[m], &kernels[m]) == PUNA_KERNELS_REFERENCE) fused = 0;
+        // Chunks of a matrix with pairs are whole Bᵀ tiles, which must also be whole row tiles.
+        else if (LORA_TILE % (kernels[m].row_tile > 0 ? kernels[m].row_tile : 1) != 0) fused = 0;
         for (int p = 0; p < n_pairs[m]; p++) {
             const puna_lora_factors *f = &pairs[m][p];
             if (!lora_factors_ok(f) || f->outputs != rows[m] || f->cols != cols) return -1;

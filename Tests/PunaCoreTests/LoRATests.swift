@@ -610,7 +610,7 @@ final class LoRATests: XCTestCase {
         let rank: Int, cols: Int, outputs: Int
         let order: [Int]?
         let bt: UnsafeMutableRawPointer
-        /// A's bytes at a fixed address, for calls that take several pairs at once (`factors.a`).
+        /// A's bytes at a fixed address (`factors.a`).
         let aCopy: UnsafeMutableRawPointer
         var factors: puna_lora_factors
 
@@ -645,15 +645,12 @@ final class LoRATests: XCTestCase {
             aCopy.deallocate()
         }
 
-        /// Runs puna_lora_apply with A's bytes in place.
+        /// Runs puna_lora_apply on this pair.
         func apply(_ pool: OpaquePointer, x: [Float], y: inout [Float], yStride: Int, n: Int, rows: [Int32]?, scales: [Float]?, scale: Float) -> Int32 {
             var f = factors
-            return a.bytes.withUnsafeBytes { abuf in
-                f.a = abuf.baseAddress
-                return y.withUnsafeMutableBufferPointer { yp in
-                    x.withUnsafeBufferPointer { xp in
-                        puna_lora_apply(pool, &f, xp.baseAddress, yp.baseAddress, Int64(yStride), Int64(n), rows, scales, scale)
-                    }
+            return y.withUnsafeMutableBufferPointer { yp in
+                x.withUnsafeBufferPointer { xp in
+                    puna_lora_apply(pool, &f, xp.baseAddress, yp.baseAddress, Int64(yStride), Int64(n), rows, scales, scale)
                 }
             }
         }
