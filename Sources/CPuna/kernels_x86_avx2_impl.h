@@ -1,8 +1,20 @@
 // AVX2 kernels, included twice by kernels_x86_avx2.c: with AV_VNNI 0 (AVX2 + FMA + F16C: 4-byte
 // sums from vpmaddubsw + vpmaddwd) and AV_VNNI 1 (AVX-VNNI's vpdpbusd / vpdpwssd). Each including
-// pass defines AV_NAME(x) and AV_TARGET. Arithmetic as defined in kernels_internal.h: a ymm holds
-// the 4 lanes of 2 blocks, so the 16 accumulators of a (row, token) pair are two ymm, slots 0-1
-// and slots 2-3 of a 4-block group.
+// pass defines AV_NAME(x) and AV_TARGET. Arithmetic as defined in kernels_internal.h, so results
+// equal the scalar int8 family bit for bit.
+//
+// Layout of the work, as in the AVX-512 family but for 16 ymm registers: a tile is R weight rows x
+// T tokens whose accumulators stay in registers over whole rows. Simple quants keep the 16 lane
+// accumulators of a (row, token) pair in two ymm (blocks 0-1 and 2-3 of each 4-block group) and
+// walk the row a group at a time, so every register index is a constant. Decoding streams DEC_R
+// rows per tile and prefetches PF_TILES tiles ahead (it is bound by memory bandwidth); batches walk
+// blocks of BLOCK_ROWS rows that stay in L2 while every token passes over them.
+//
+// One activation level (the default) is the fast path: the quantizer stores 256 dx and the integer
+// aux words divided by 256 (both exact), so the step is fma(dw * (256 dx), (float)(p / 256), acc)
+// with no q2 products and no shift. K-quants then store bsums / 256 as int16, so the mins are one
+// vpmaddwd; their (row, token) pairs are reduced four or eight at a time and the f32 steps of the
+// definition run in vector lanes, one pair per lane.
 
 #define AV_INL static inline __attribute__((always_inline)) AV_TARGET
 // Tile loops have constant trip counts once inlined; they must unroll fully so tiles live in registers.
@@ -12,15 +24,31 @@
 #define AV_UNROLL _Pragma("GCC unroll 16")
 #endif
 
-// acc + 4-byte lane sums of u8 a x s8 b
-AV_INL __m256i AV_NAME(dot4)(__m256i acc, __m256i a, __m256i b) {
-#if AV_VNNI
-    return _mm256_dpbusd_avx_epi32(acc, a, b);
-#else
-    __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
-    return _mm256_add_epi32(acc, p);
+// Decode tuning (override with -D for experiments); measured on a 2-core Zen 3 (see BENCHMARKS.md).
+#ifndef AV_DEC_R
+#define AV_DEC_R 4
 #endif
-}
+#ifndef AV_PF_TILES
+#define AV_PF_TILES 2
+#endif
+#ifndef AV_BLOCK_ROWS
+#define AV_BLOCK_ROWS 64
+#endif
+// Batch register tiles: simple quants (rows x tokens), K-quants.
+#ifndef AV_S_BR
+#define AV_S_BR 2
+#endif
+#ifndef AV_S_BT
+#define AV_S_BT 2
+#endif
+#ifndef AV_K_BR
+#define AV_K_BR 2
+#endif
+#ifndef AV_K_BT
+#define AV_K_BT 4
+#endif
+
+// ---- helpers ------------------------------------------------------------------------------------
 
 // acc + int16 pairs p16 weighted by int16 scales sc (int32 lanes)
 AV_INL __m256i AV_NAME(wsum)(__m256i acc, __m256i p16, __m256i sc) {
@@ -28,6 +56,23 @@ AV_INL __m256i AV_NAME(wsum)(__m256i acc, __m256i p16, __m256i sc) {
     return _mm256_dpwssd_avx_epi32(acc, p16, sc);
 #else
     return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, sc));
+#endif
+}
+
+// seed + the 4-byte lane sums of lo x xl plus hi x xh (u8 codes x s8 activations). Without VNNI
+// the two int16 products are added before widening when they cannot overflow: 2 * 2 * 31 * 127
+// for codes below 32, not for Q8_0's |codes| up to 128.
+AV_INL __m256i AV_NAME(lane_sums)(__m256i seed, __m256i lo, __m256i xl, __m256i hi, __m256i xh, int wide) {
+#if AV_VNNI
+    (void)wide;
+    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(seed, lo, xl), hi, xh);
+#else
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (wide)
+        return _mm256_add_epi32(seed, _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), ones),
+                                                       _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), ones)));
+    __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+    return _mm256_add_epi32(seed, _mm256_madd_epi16(p16, ones));
 #endif
 }
 
@@ -55,6 +100,25 @@ AV_INL __m128i AV_NAME(pack16)(__m256i a, __m256i b) {
     return _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
 }
 
+AV_INL int32_t AV_NAME(hsum)(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    return _mm_cvtsi128_si32(s) + _mm_extract_epi32(s, 1);
+}
+
+// Lane k of the result: the sum of the 8 lanes of v[k], for k < n (n <= 8; v[k] for k >= n unused).
+AV_INL __m256i AV_NAME(sums8)(const __m256i *v, int n) {
+    const __m256i z = _mm256_setzero_si256();
+    __m256i h0 = _mm256_hadd_epi32(v[0], n > 1 ? v[1] : z), h1 = _mm256_hadd_epi32(n > 2 ? v[2] : z, n > 3 ? v[3] : z);
+    __m256i g0 = _mm256_hadd_epi32(h0, h1);  // [v0..v3 low halves | v0..v3 high halves]
+    if (n <= 4) return _mm256_castsi128_si256(_mm_add_epi32(_mm256_castsi256_si128(g0), _mm256_extracti128_si256(g0, 1)));
+    __m256i h2 = _mm256_hadd_epi32(v[4], n > 5 ? v[5] : z), h3 = _mm256_hadd_epi32(n > 6 ? v[6] : z, n > 7 ? v[7] : z);
+    __m256i g1 = _mm256_hadd_epi32(h2, h3);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
+}
+
+// ---- activation quantization ------------------------------------------------------------------
+
 // 16 floats -> the levels, as quantize_one in kernels_scalar.c; X = 256 q1 + q2 (two ymm).
 AV_INL void AV_NAME(quantize16)(const float *x, __m256 id, __m256 id256, int levels, __m128i *q1, __m128i *q2, __m256i X[2]) {
     __m256i a[2], r[2];
@@ -78,14 +142,11 @@ AV_INL float AV_NAME(amax)(const float *x, int n, float m) {
     return r > m ? r : m;
 }
 
-AV_INL int32_t AV_NAME(hsum)(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    return _mm_cvtsi128_si32(s) + _mm_extract_epi32(s, 1);
-}
-
+// With one level the stored scales are 256 dx and the integer sums are divided by 256 (all
+// exact, since X = 256 q1); the kernels below read them that way.
 static AV_TARGET void AV_NAME(quantize)(const float *x, int64_t cols, const act_layout *l, int aux, uint8_t *act,
                                         int64_t t0, int64_t t1) {
+    const int one = l->levels == 1;
     for (int64_t t = t0; t < t1; t++) {
         const float *xt = x + t * cols;
         uint8_t *base = act + t * l->token_bytes;
@@ -110,7 +171,7 @@ static AV_TARGET void AV_NAME(quantize)(const float *x, int64_t cols, const act_
                 _mm_storeu_si128((__m128i *)(lo + 64), a1);
                 _mm_storeu_si128((__m128i *)(lo + 128), r0);
                 _mm_storeu_si128((__m128i *)(lo + 192), r1);
-                _mm_storeu_ps(d + 4 * b, _mm_set1_ps(db));
+                _mm_storeu_ps(d + 4 * b, _mm_set1_ps(one ? db * 256.0f : db));
                 if (aux == AUX_NONE) continue;
                 // lane j: X of weights 4j..4j+3 plus 16+4j..16+4j+3
                 __m256i s01 = _mm256_add_epi32(X0[0], X1[0]), s23 = _mm256_add_epi32(X0[1], X1[1]);
@@ -120,6 +181,7 @@ static AV_TARGET void AV_NAME(quantize)(const float *x, int64_t cols, const act_
                 v = aux == AUX_NEG_SUM8    ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 3))
                     : aux == AUX_NEG_SUM16 ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 4))
                                            : _mm_castps_si128(_mm_cvtepi32_ps(v));
+                if (one && aux != AUX_SUM_F32) v = _mm_srai_epi32(v, 8);
                 _mm_storeu_si128((__m128i *)(base + l->aux_off + g * 64 + 16 * k), v);
             }
         } else {
@@ -128,7 +190,7 @@ static AV_TARGET void AV_NAME(quantize)(const float *x, int64_t cols, const act_
                 const float *xb = xt + 256 * b;
                 float amax = AV_NAME(amax)(xb, 256, 0);
                 float id = amax > 0 ? 127.0f / amax : 0.0f;
-                d[b] = amax / 127.0f / 256.0f;
+                d[b] = one ? amax / 127.0f / 256.0f * 256.0f : amax / 127.0f / 256.0f;
                 __m256 vid = _mm256_set1_ps(id), vid256 = _mm256_set1_ps(id * 256.0f);
                 for (int i = 0; i < 16; i++) {
                     __m128i q1, q2;
@@ -138,26 +200,29 @@ static AV_TARGET void AV_NAME(quantize)(const float *x, int64_t cols, const act_
                     _mm_storeu_si128((__m128i *)(qs + ACT256_STRIDE * b + 256 + 16 * i), q2);
                     __m256i x16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(X[0], X[1]), 0xd8);
                     _mm256_storeu_si256((__m256i *)(qs + ACT256_STRIDE * b + ACT256_X16 + 32 * i), x16);
-                    bsums[16 * b + i] = AV_NAME(hsum)(_mm256_add_epi32(X[0], X[1]));
+                    int32_t s = AV_NAME(hsum)(_mm256_add_epi32(X[0], X[1]));
+                    // one level: the 16 sums of q1 (|s| <= 16 * 127) as int16 in the first 32 bytes
+                    if (one) ((int16_t *)(bsums + 16 * b))[i] = (int16_t)(s / 256);
+                    else bsums[16 * b + i] = s;
                 }
             }
         }
     }
 }
 
-// ---- simple quants: 2 blocks per ymm --------------------------------------------------------
+// ---- simple quants (blocks of 32) -----------------------------------------------------------
+// A group is 4 blocks; half h of a group is blocks 2h and 2h + 1, one ymm per 16-weight half:
+// lo holds weights 0..15 of both blocks (one per 128-bit lane), hi weights 16..31.
 
-// Blocks b, b+1 of a row: |codes| or unsigned codes (lo: weights 0..15 of each block, hi: 16..31),
-// the per-lane scales, mins, and for Q8_0 the signed codes to take the signs from.
-typedef struct { __m256i lo, hi, slo, shi; __m256 dw, mw; } AV_NAME(pair);
+AV_INL int64_t AV_NAME(block_bytes)(int type) {
+    return type == PUNA_TYPE_Q4_0 ? 18 : type == PUNA_TYPE_Q4_1 ? 20 : type == PUNA_TYPE_Q5_0 ? 22 : type == PUNA_TYPE_Q5_1 ? 24 : 34;
+}
+
+typedef struct { __m256i lo, hi, slo, shi; } AV_NAME(codes);
 
 AV_INL __m256i AV_NAME(load2x16)(const uint8_t *p0, const uint8_t *p1) {
     return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p0)),
                                    _mm_loadu_si128((const __m128i *)p1), 1);
-}
-
-AV_INL __m256 AV_NAME(scales2)(const uint8_t *p0, const uint8_t *p1) {
-    return _mm256_set_m128(_mm_set1_ps(_cvtsh_ss(kq_load16(p1))), _mm_set1_ps(_cvtsh_ss(kq_load16(p0))));
 }
 
 // bit i of each block's 16-bit qh half as 0x10 in byte i
@@ -169,184 +234,293 @@ AV_INL __m256i AV_NAME(bits)(uint32_t h0, uint32_t h1) {
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel), _mm256_set1_epi8(0x10));
 }
 
-AV_INL void AV_NAME(unpack)(int type, const uint8_t *row, int64_t b, int both, AV_NAME(pair) *w) {
+// Codes of the block at p0 and the next one (both) or none (its lane zero; nothing read past p0's block).
+AV_INL void AV_NAME(codes2)(int type, const uint8_t *p0, int both, AV_NAME(codes) *c) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    const int64_t bs = type == PUNA_TYPE_Q4_0 ? 18 : type == PUNA_TYPE_Q4_1 ? 20 : type == PUNA_TYPE_Q5_0 ? 22
-                     : type == PUNA_TYPE_Q5_1 ? 24 : 34;
-    const uint8_t *p0 = row + bs * b, *p1 = both ? p0 + bs : p0;  // a lone block is paired with itself, then masked
-    w->mw = _mm256_setzero_ps();
+    const int64_t bs = AV_NAME(block_bytes)(type);
+    const uint8_t *p1 = both ? p0 + bs : p0;
     if (type == PUNA_TYPE_Q8_0) {
-        __m256i a = AV_NAME(load2x16)(p0 + 2, p1 + 2), c = AV_NAME(load2x16)(p0 + 18, p1 + 18);
-        w->slo = a;
-        w->shi = c;
-        w->lo = _mm256_abs_epi8(a);
-        w->hi = _mm256_abs_epi8(c);
-    } else {
-        const int off = type == PUNA_TYPE_Q4_0 ? 2 : type == PUNA_TYPE_Q4_1 ? 4 : type == PUNA_TYPE_Q5_0 ? 6 : 8;
-        __m256i q = AV_NAME(load2x16)(p0 + off, p1 + off);
-        w->lo = _mm256_and_si256(q, m4);
-        w->hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        if (type == PUNA_TYPE_Q5_0 || type == PUNA_TYPE_Q5_1) {
-            const int ho = type == PUNA_TYPE_Q5_0 ? 2 : 4;
-            uint32_t h0 = kq_load32(p0 + ho), h1 = kq_load32(p1 + ho);
-            w->lo = _mm256_or_si256(w->lo, AV_NAME(bits)(h0 & 0xffff, h1 & 0xffff));
-            w->hi = _mm256_or_si256(w->hi, AV_NAME(bits)(h0 >> 16, h1 >> 16));
+        __m256i a = AV_NAME(load2x16)(p0 + 2, p1 + 2), b = AV_NAME(load2x16)(p0 + 18, p1 + 18);
+        if (!both) {
+            a = _mm256_inserti128_si256(a, _mm_setzero_si128(), 1);
+            b = _mm256_inserti128_si256(b, _mm_setzero_si128(), 1);
         }
-        if (type == PUNA_TYPE_Q4_1 || type == PUNA_TYPE_Q5_1) w->mw = AV_NAME(scales2)(p0 + 2, p1 + 2);
+        c->slo = a;
+        c->shi = b;
+        c->lo = _mm256_abs_epi8(a);
+        c->hi = _mm256_abs_epi8(b);
+        return;
     }
-    w->dw = AV_NAME(scales2)(p0, p1);
-    if (!both) {
-        const __m256 keep = _mm256_castsi256_ps(_mm256_set_epi32(0, 0, 0, 0, -1, -1, -1, -1));
-        w->dw = _mm256_and_ps(w->dw, keep);
-        w->mw = _mm256_and_ps(w->mw, keep);
-        w->lo = _mm256_and_si256(w->lo, _mm256_castps_si256(keep));
-        w->hi = _mm256_and_si256(w->hi, _mm256_castps_si256(keep));
+    const int off = type == PUNA_TYPE_Q4_0 ? 2 : type == PUNA_TYPE_Q4_1 ? 4 : type == PUNA_TYPE_Q5_0 ? 6 : 8;
+    __m256i q = AV_NAME(load2x16)(p0 + off, p1 + off);
+    if (!both) q = _mm256_inserti128_si256(q, _mm_setzero_si128(), 1);
+    c->lo = _mm256_and_si256(q, m4);
+    c->hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    if (type == PUNA_TYPE_Q5_0 || type == PUNA_TYPE_Q5_1) {
+        const int ho = type == PUNA_TYPE_Q5_0 ? 2 : 4;
+        uint32_t h0 = kq_load32(p0 + ho), h1 = both ? kq_load32(p1 + ho) : 0;
+        c->lo = _mm256_or_si256(c->lo, AV_NAME(bits)(h0 & 0xffff, h1 & 0xffff));
+        c->hi = _mm256_or_si256(c->hi, AV_NAME(bits)(h0 >> 16, h1 >> 16));
     }
 }
 
-// blocks 4g + 2h, 4g + 2h + 1 (h = 0, 1) of one (row, token) pair: acc is slots 2h, 2h + 1
-AV_INL __m256 AV_NAME(step)(__m256 acc, int type, const AV_NAME(pair) *w, const uint8_t *x, const act_layout *L, int64_t g,
-                            int h) {
+// The f16 at byte `at` of each of the n (1..4) blocks from p, bs bytes apart, as 4 floats (0 past n).
+AV_INL __m128 AV_NAME(scales4)(const uint8_t *p, int64_t bs, int at, int n) {
+    __m128i v = _mm_cvtsi32_si128(kq_load16(p + at));
+    if (n > 1) v = _mm_insert_epi16(v, kq_load16(p + bs + at), 1);
+    if (n > 2) v = _mm_insert_epi16(v, kq_load16(p + 2 * bs + at), 2);
+    if (n > 3) v = _mm_insert_epi16(v, kq_load16(p + 3 * bs + at), 3);
+    return _mm_cvtph_ps(v);
+}
+
+// Lanes of half h: [s(2h) x 4, s(2h + 1) x 4].
+AV_INL __m256 AV_NAME(half_lanes)(__m128 s4, int h) {
+    const __m256i idx = h ? _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3) : _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(s4), idx);
+}
+
+// One (row, token) pair over half h of group g: the canonical lane arithmetic. ONE: one level
+// (dx is 256 dx, aux is divided by 256, mw was divided by 256 by the caller).
+AV_INL __m256 AV_NAME(step)(__m256 acc, int type, const AV_NAME(codes) *c, __m256 dw, __m256 mw, const uint8_t *x,
+                            const act_layout *L, int64_t g, int h, const int ONE) {
     const uint8_t *xq = x + L->qs_off + 256 * g + 32 * h;
+    const int q8 = type == PUNA_TYPE_Q8_0, has_min = type == PUNA_TYPE_Q4_1 || type == PUNA_TYPE_Q5_1;
+    const int aux_int = type == PUNA_TYPE_Q4_0 || type == PUNA_TYPE_Q5_0;
     __m256i x1l = _mm256_load_si256((const __m256i *)xq), x1h = _mm256_load_si256((const __m256i *)(xq + 64));
-    if (type == PUNA_TYPE_Q8_0) {
-        x1l = _mm256_sign_epi8(x1l, w->slo);
-        x1h = _mm256_sign_epi8(x1h, w->shi);
+    if (q8) {
+        x1l = _mm256_sign_epi8(x1l, c->slo);
+        x1h = _mm256_sign_epi8(x1h, c->shi);
     }
-    __m256i i1 = AV_NAME(dot4)(_mm256_setzero_si256(), w->lo, x1l);
-    i1 = AV_NAME(dot4)(i1, w->hi, x1h);
-    __m256i aux = type == PUNA_TYPE_Q4_0 || type == PUNA_TYPE_Q5_0
-                      ? _mm256_load_si256((const __m256i *)(x + L->aux_off + 64 * g + 32 * h))
-                      : _mm256_setzero_si256();
+    __m256i aux = aux_int ? _mm256_load_si256((const __m256i *)(x + L->aux_off + 64 * g + 32 * h)) : _mm256_setzero_si256();
     const __m256 dx = _mm256_load_ps((const float *)(x + L->d_off) + 16 * g + 8 * h);
-    if (L->levels == 1) {
-        // q2 is zero: p / 256 = i1 + aux / 256 (aux a multiple of 256), scale (256 dw) dx
-        __m256i ia = _mm256_add_epi32(i1, _mm256_srai_epi32(aux, 8));
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(w->dw, _mm256_set1_ps(256.0f)), dx), _mm256_cvtepi32_ps(ia), acc);
+    __m256i ia;
+    if (ONE) {
+        ia = AV_NAME(lane_sums)(aux, c->lo, x1l, c->hi, x1h, q8);
     } else {
         __m256i x2l = _mm256_load_si256((const __m256i *)(xq + 128)), x2h = _mm256_load_si256((const __m256i *)(xq + 192));
-        if (type == PUNA_TYPE_Q8_0) {
-            x2l = _mm256_sign_epi8(x2l, w->slo);
-            x2h = _mm256_sign_epi8(x2h, w->shi);
+        if (q8) {
+            x2l = _mm256_sign_epi8(x2l, c->slo);
+            x2h = _mm256_sign_epi8(x2h, c->shi);
         }
-        __m256i i2 = AV_NAME(dot4)(aux, w->lo, x2l);
-        i2 = AV_NAME(dot4)(i2, w->hi, x2h);
-        __m256i ia = _mm256_add_epi32(_mm256_slli_epi32(i1, 8), i2);
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(w->dw, dx), _mm256_cvtepi32_ps(ia), acc);
+        __m256i i1 = AV_NAME(lane_sums)(_mm256_setzero_si256(), c->lo, x1l, c->hi, x1h, q8);
+        __m256i i2 = AV_NAME(lane_sums)(aux, c->lo, x2l, c->hi, x2h, q8);
+        ia = _mm256_add_epi32(_mm256_slli_epi32(i1, 8), i2);
     }
-    if (type == PUNA_TYPE_Q4_1 || type == PUNA_TYPE_Q5_1)
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(w->mw, dx), _mm256_load_ps((const float *)(x + L->aux_off) + 16 * g + 8 * h), acc);
+    acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(ia), acc);
+    if (has_min)
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(mw, dx), _mm256_load_ps((const float *)(x + L->aux_off) + 16 * g + 8 * h), acc);
     return acc;
 }
 
-AV_INL void AV_NAME(simple_tile)(const qmm_args *a, int type, int64_t r, int64_t t, const int R, const int T) {
-    const act_layout *L = &a->layout;
-    const int64_t nb = a->cols / 32, rb = a->row_bytes, tb = L->token_bytes;
-    __m256 acc[2][2][2];
-    AV_UNROLL for (int i = 0; i < R; i++) AV_UNROLL for (int j = 0; j < T; j++) acc[i][j][0] = acc[i][j][1] = _mm256_setzero_ps();
-    const uint8_t *w = a->w + r * rb, *x0 = a->act + t * tb;
-    for (int64_t b = 0; b < nb; b += 2) {
-        const int both = b + 1 < nb, h = (int)((b / 2) % 2);
-        AV_UNROLL for (int i = 0; i < R; i++) {
-            AV_NAME(pair) wp;
-            AV_NAME(unpack)(type, w + i * rb, b, both, &wp);
-            AV_UNROLL for (int j = 0; j < T; j++) acc[i][j][h] = AV_NAME(step)(acc[i][j][h], type, &wp, x0 + j * tb, L, b / 4, h);
+// R rows x T tokens over the n (1..4) real blocks of group g; acc[(i * T + j) * 2 + h].
+AV_INL void AV_NAME(simple_group)(__m256 *acc, const qmm_args *a, int type, const uint8_t *w, const uint8_t *x0,
+                                  int64_t g, const int R, const int T, const int n, const int ONE) {
+    const int64_t bs = AV_NAME(block_bytes)(type), rb = a->row_bytes, tb = a->layout.token_bytes;
+    const int has_min = type == PUNA_TYPE_Q4_1 || type == PUNA_TYPE_Q5_1;
+    AV_UNROLL for (int i = 0; i < R; i++) {
+        const uint8_t *p = w + i * rb + 4 * bs * g;
+        const __m128 d4 = AV_NAME(scales4)(p, bs, 0, n);
+        __m128 m4 = has_min ? AV_NAME(scales4)(p, bs, 2, n) : _mm_setzero_ps();
+        if (ONE && has_min) m4 = _mm_mul_ps(m4, _mm_set1_ps(1.0f / 256.0f));
+        AV_UNROLL for (int h = 0; h < 2; h++) {
+            if (2 * h >= n) break;
+            AV_NAME(codes) c;
+            AV_NAME(codes2)(type, p + 2 * h * bs, 2 * h + 1 < n, &c);
+            const __m256 dw = AV_NAME(half_lanes)(d4, h), mw = has_min ? AV_NAME(half_lanes)(m4, h) : _mm256_setzero_ps();
+            AV_UNROLL for (int j = 0; j < T; j++)
+                acc[(i * T + j) * 2 + h] = AV_NAME(step)(acc[(i * T + j) * 2 + h], type, &c, dw, mw, x0 + j * tb, &a->layout, g, h, ONE);
         }
     }
-    AV_UNROLL for (int i = 0; i < R; i++) AV_UNROLL for (int j = 0; j < T; j++)
-        a->y[(t + j) * a->rows + r + i] = AV_NAME(reduce16)(acc[i][j][0], acc[i][j][1]);
 }
 
-// ---- K-quants -----------------------------------------------------------------------------------
-
-AV_INL __m256i AV_NAME(sc2)(int a, int b) { return _mm256_set_m128i(_mm_set1_epi16((short)b), _mm_set1_epi16((short)a)); }
-
-// Codes of 32 consecutive weights per ymm (natural order) and, per ymm, its int16 scale vector.
-typedef struct { __m256i q[8]; __m256i sc[8]; __m256i msc[2]; float d, dmin; } AV_NAME(kblock);
-
-AV_INL void AV_NAME(unpack_k)(int type, const uint8_t *p, AV_NAME(kblock) *k) {
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    if (type == PUNA_TYPE_Q6_K) {
-        k->d = _cvtsh_ss(kq_load16(p + 208));
-        const int8_t *scales = (const int8_t *)p + 192;
-        __m128i sc8 = _mm_loadu_si128((const __m128i *)scales);
-        k->msc[0] = _mm256_cvtepi8_epi32(sc8);
-        k->msc[1] = _mm256_cvtepi8_epi32(_mm_srli_si128(sc8, 8));
-        const __m256i m2 = _mm256_set1_epi8(0x03);
-        AV_UNROLL for (int h = 0; h < 2; h++) {
-            __m256i l0 = _mm256_loadu_si256((const __m256i *)(p + 64 * h)), l1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
-            __m256i hb = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
-            __m256i c0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4));
-            __m256i c1 = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4));
-            __m256i c2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m2), 4));
-            __m256i c3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4));
-            k->q[4 * h] = c0;
-            k->q[4 * h + 1] = c1;
-            k->q[4 * h + 2] = c2;
-            k->q[4 * h + 3] = c3;
+// Whole rows r..r+R-1 x tokens t..t+T-1. prefetch: pull in the rows PF_TILES tiles ahead meanwhile
+// (the tile's R rows are contiguous, so the group's share of them is one linear range).
+AV_INL void AV_NAME(simple_tile)(const qmm_args *a, int type, int64_t r, int64_t t, const int R, const int T,
+                                 const int prefetch, const int ONE) {
+    const int64_t nb = a->cols / 32, nfull = nb / 4, rb = a->row_bytes, tb = a->layout.token_bytes;
+    const int64_t gbytes = 4 * AV_NAME(block_bytes)(type);
+    const int rem = (int)(nb % 4);
+    __m256 acc[2 * 8];
+    AV_UNROLL for (int k = 0; k < 2 * R * T; k++) acc[k] = _mm256_setzero_ps();
+    const uint8_t *w = a->w + r * rb, *x0 = a->act + t * tb;
+    for (int64_t g = 0; g < nfull; g++) {
+        if (prefetch) {
+            const uint8_t *pf = w + AV_PF_TILES * R * rb + g * gbytes * R;
+            AV_UNROLL for (int i = 0; i < (int)((R * gbytes + 63) / 64) + 1; i++) _mm_prefetch((const char *)pf + 64 * i, _MM_HINT_T0);
         }
-        AV_UNROLL for (int v = 0; v < 8; v++) k->sc[v] = AV_NAME(sc2)(scales[2 * v], scales[2 * v + 1]);
+        AV_NAME(simple_group)(acc, a, type, w, x0, g, R, T, 4, ONE);
+    }
+    if (rem) AV_NAME(simple_group)(acc, a, type, w, x0, nfull, R, T, rem, ONE);
+    AV_UNROLL for (int i = 0; i < R; i++) AV_UNROLL for (int j = 0; j < T; j++)
+        a->y[(t + j) * a->rows + r + i] = AV_NAME(reduce16)(acc[(i * T + j) * 2], acc[(i * T + j) * 2 + 1]);
+}
+
+// ---- K-quants (super-blocks of 256) -------------------------------------------------------------
+// One level: per (row, token) pair and super-block, S = sum_s sc_s * (codes . q1 of sub-block s)
+// in 8 int32 lanes (vpmaddubsw, then vpmaddwd by the sub-block's scale) and the mins term
+// B = sum_s m_s * bsum_s from the int16 bsums (one vpmaddwd); A = 256 S and B = 256 B1 exactly, so
+// with the stored 256 dx the definition's steps are fma(d * (256 dx), (float)S, acc) and
+// fma(-(dmin * (256 dx)), (float)B1, acc). Q6_K folds its -32 code offset into S as -32 * B1.
+// Every product is bounded: |codes . q1| over a pair of bytes <= 2 * 63 * 127 in int16, lanes
+// <= 8 * 2 * 16002 * 128 per super-block, well inside int32.
+//
+// Two levels keep the plain per-pair loop (int64 A from the int32 q1 and q2 parts).
+
+// Per row and super-block: the scales as int16 for vpmaddwd (sc8: Q4_K/Q5_K [sc0..sc7 | m0..m7],
+// Q6_K the 16 int8 scales widened), mins16 paired with the 16 bsums, and d, dmin.
+typedef struct { __m256i sc, mins16; float d, dmin; } AV_NAME(kscales);
+
+AV_INL void AV_NAME(kscales_load)(int type, const uint8_t *p, AV_NAME(kscales) *k) {
+    if (type == PUNA_TYPE_Q6_K) {
+        k->sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
+        k->mins16 = k->sc;
+        k->d = _cvtsh_ss(kq_load16(p + 208));
+        k->dmin = 0;
         return;
     }
-    const int q5 = type == PUNA_TYPE_Q5_K;
+    uint32_t u0 = kq_load32(p + 4), u1 = kq_load32(p + 8), u2 = kq_load32(p + 12);
+    uint32_t sc03 = u0 & 0x3f3f3f3fu, m03 = u1 & 0x3f3f3f3fu;
+    uint32_t sc47 = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
+    uint32_t m47 = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
+    k->sc = _mm256_cvtepu8_epi16(_mm_set_epi32((int)m47, (int)m03, (int)sc47, (int)sc03));
+    __m128i m = _mm256_extracti128_si256(k->sc, 1);  // m0..m7 as int16
+    k->mins16 = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
     k->d = _cvtsh_ss(kq_load16(p));
     k->dmin = _cvtsh_ss(kq_load16(p + 2));
-    int sc[8], m[8];
-    AV_UNROLL for (int s = 0; s < 8; s++) kq_scale_min(p + 4, s, &sc[s], &m[s]);
-    k->msc[0] = _mm256_set_epi32(m[3], m[3], m[2], m[2], m[1], m[1], m[0], m[0]);
-    k->msc[1] = _mm256_set_epi32(m[7], m[7], m[6], m[6], m[5], m[5], m[4], m[4]);
-    const uint8_t *qs = p + (q5 ? 48 : 16);
-    __m256i hb = q5 ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
-    AV_UNROLL for (int c = 0; c < 4; c++) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-        __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-        if (q5) {
-            const __m256i one = _mm256_set1_epi8(1);
-            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), one), 4));
-            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one), 4));
-        }
-        k->q[2 * c] = lo;
-        k->q[2 * c + 1] = hi;
-        k->sc[2 * c] = _mm256_set1_epi16((short)sc[2 * c]);
-        k->sc[2 * c + 1] = _mm256_set1_epi16((short)sc[2 * c + 1]);
-    }
 }
 
-AV_INL float AV_NAME(k_step)(float acc, int type, const AV_NAME(kblock) *w, const uint8_t *x, const act_layout *L, int64_t b) {
-    const uint8_t *xq = x + L->qs_off + ACT256_STRIDE * b;
-    __m256i i1 = _mm256_setzero_si256(), i2 = i1;
-    AV_UNROLL for (int v = 0; v < 8; v++) {
-        i1 = AV_NAME(wsum)(i1, _mm256_maddubs_epi16(w->q[v], _mm256_load_si256((const __m256i *)(xq + 32 * v))), w->sc[v]);
-        i2 = AV_NAME(wsum)(i2, _mm256_maddubs_epi16(w->q[v], _mm256_load_si256((const __m256i *)(xq + 256 + 32 * v))), w->sc[v]);
+// The int16 weight vector for code vector v (32 weights): Q4_K/Q5_K sub-block v's scale in all
+// lanes; Q6_K [scale 2v x 8 | scale 2v + 1 x 8].
+AV_INL __m256i AV_NAME(kscale_vec)(int type, const AV_NAME(kscales) *k, int v) {
+    if (type == PUNA_TYPE_Q6_K) {
+        __m256i half = v < 4 ? _mm256_permute2x128_si256(k->sc, k->sc, 0x00) : _mm256_permute2x128_si256(k->sc, k->sc, 0x11);  // scales 0-7 or 8-15, both lanes
+        const int s = (v % 4) * 2;
+        const __m256i idx = _mm256_setr_epi8(2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1,
+                                             2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1,
+                                             2 * s + 2, 2 * s + 3, 2 * s + 2, 2 * s + 3, 2 * s + 2, 2 * s + 3, 2 * s + 2, 2 * s + 3,
+                                             2 * s + 2, 2 * s + 3, 2 * s + 2, 2 * s + 3, 2 * s + 2, 2 * s + 3, 2 * s + 2, 2 * s + 3);
+        return _mm256_shuffle_epi8(half, idx);
     }
-    const int32_t *bs = (const int32_t *)(x + L->aux_off) + 16 * b;
-    __m256i mb = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_load_si256((const __m256i *)bs), w->msc[0]),
-                                  _mm256_mullo_epi32(_mm256_load_si256((const __m256i *)(bs + 8)), w->msc[1]));
-    const float dx = ((const float *)(x + L->d_off))[b];
-    int64_t A = 256 * (int64_t)AV_NAME(hsum)(i1) + AV_NAME(hsum)(i2);
-    if (type == PUNA_TYPE_Q6_K) return fmaf(w->d * dx, (float)(A - 32 * (int64_t)AV_NAME(hsum)(mb)), acc);
-    acc = fmaf(w->d * dx, (float)A, acc);
-    return fmaf(-(w->dmin * dx), (float)AV_NAME(hsum)(mb), acc);
+    __m256i lo = _mm256_permute2x128_si256(k->sc, k->sc, 0x00);  // sc0..sc7 in both lanes
+    const __m256i idx = _mm256_set1_epi16((short)((2 * v) | ((2 * v + 1) << 8)));
+    return _mm256_shuffle_epi8(lo, idx);
 }
 
-AV_INL void AV_NAME(k_tile)(const qmm_args *a, int type, int64_t r, int64_t t, const int R, const int T) {
+// Unsigned codes of weights 32v .. 32v + 31 of the super-block at p (natural order).
+AV_INL __m256i AV_NAME(kcodes)(int type, const uint8_t *p, int v) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    if (type == PUNA_TYPE_Q6_K) {
+        // weights 128h + 32s + l: low nibble (s < 2) or high nibble of ql[64h + 32(s & 1) + l],
+        // bits 2s, 2s + 1 of qh[32h + l]
+        const int h = v / 4, s = v % 4;
+        __m256i l = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32 * (s & 1)));
+        __m256i hb = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+        if (s >= 2) l = _mm256_srli_epi16(l, 4);
+        __m256i top = _mm256_and_si256(s ? _mm256_srli_epi16(hb, 2 * s) : hb, _mm256_set1_epi8(3));
+        return _mm256_or_si256(_mm256_and_si256(l, m4), _mm256_slli_epi16(top, 4));
+    }
+    const int q5 = type == PUNA_TYPE_Q5_K;
+    __m256i q = _mm256_loadu_si256((const __m256i *)(p + (q5 ? 48 : 16) + 32 * (v / 2)));
+    __m256i c = (v & 1) ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
+    if (q5) {
+        __m256i hb = _mm256_loadu_si256((const __m256i *)(p + 16));
+        __m256i bit = _mm256_and_si256(v ? _mm256_srli_epi16(hb, v) : hb, _mm256_set1_epi8(1));
+        c = _mm256_or_si256(c, _mm256_slli_epi16(bit, 4));
+    }
+    return c;
+}
+
+AV_INL int64_t AV_NAME(kblock_bytes)(int type) { return type == PUNA_TYPE_Q4_K ? 144 : type == PUNA_TYPE_Q5_K ? 176 : 210; }
+
+// One level, R rows x T tokens (R * T <= 8); pair p = i * T + j is lane p of the f32 accumulator.
+AV_INL void AV_NAME(k_tile1)(const qmm_args *a, int type, int64_t r, int64_t t, const int R, const int T, const int prefetch) {
     const act_layout *L = &a->layout;
-    const int64_t nb = a->cols / 256, rb = a->row_bytes, tb = L->token_bytes;
-    const int64_t bytes = type == PUNA_TYPE_Q4_K ? 144 : type == PUNA_TYPE_Q5_K ? 176 : 210;
-    float acc[2][2];
-    AV_UNROLL for (int i = 0; i < R; i++) AV_UNROLL for (int j = 0; j < T; j++) acc[i][j] = 0;
+    const int64_t nb = a->cols / 256, rb = a->row_bytes, tb = L->token_bytes, bytes = AV_NAME(kblock_bytes)(type);
+    const int P = R * T, q6 = type == PUNA_TYPE_Q6_K;
+    __m256 acc = _mm256_setzero_ps();
     const uint8_t *w = a->w + r * rb, *x0 = a->act + t * tb;
     for (int64_t b = 0; b < nb; b++) {
-        AV_UNROLL for (int i = 0; i < R; i++) {
-            AV_NAME(kblock) kb;
-            AV_NAME(unpack_k)(type, w + i * rb + bytes * b, &kb);
-            AV_UNROLL for (int j = 0; j < T; j++) acc[i][j] = AV_NAME(k_step)(acc[i][j], type, &kb, x0 + j * tb, L, b);
+        if (prefetch) {
+            const uint8_t *pf = w + AV_PF_TILES * R * rb + b * bytes * R;
+            AV_UNROLL for (int i = 0; i < (int)((R * bytes + 63) / 64) + 1; i++) _mm_prefetch((const char *)pf + 64 * i, _MM_HINT_T0);
+        }
+        AV_NAME(kscales) ks[8];
+        AV_UNROLL for (int i = 0; i < R; i++) AV_NAME(kscales_load)(type, w + i * rb + bytes * b, &ks[i]);
+        __m256i s[8];
+        AV_UNROLL for (int p = 0; p < P; p++) s[p] = _mm256_setzero_si256();
+        AV_UNROLL for (int v = 0; v < 8; v++) {
+            AV_UNROLL for (int i = 0; i < R; i++) {
+                const __m256i c = AV_NAME(kcodes)(type, w + i * rb + bytes * b, v), sc = AV_NAME(kscale_vec)(type, &ks[i], v);
+                AV_UNROLL for (int j = 0; j < T; j++) {
+                    const __m256i xv = _mm256_load_si256((const __m256i *)(x0 + j * tb + L->qs_off + ACT256_STRIDE * b + 32 * v));
+                    s[i * T + j] = AV_NAME(wsum)(s[i * T + j], _mm256_maddubs_epi16(c, xv), sc);
+                }
+            }
+        }
+        // mins (Q4_K/Q5_K) or the code offset (Q6_K) from the int16 bsums
+        __m256i m[8];
+        AV_UNROLL for (int i = 0; i < R; i++) AV_UNROLL for (int j = 0; j < T; j++) {
+            const __m256i bs = _mm256_load_si256((const __m256i *)(x0 + j * tb + L->aux_off + 64 * b));
+            __m256i mb = _mm256_madd_epi16(bs, ks[i].mins16);
+            if (q6) s[i * T + j] = _mm256_sub_epi32(s[i * T + j], _mm256_slli_epi32(mb, 5));
+            else m[i * T + j] = mb;
+        }
+        // per-pair scales, lane p = i * T + j: d (dmin) of row i, 256 dx of token j
+#define AV_PAIR(p, e) ((p) < P ? (e) : 0.0f)
+#define AV_DXOF(p) ((const float *)(x0 + ((p) % T) * tb + L->d_off))[b]
+        const __m256 dxv = _mm256_setr_ps(AV_PAIR(0, AV_DXOF(0)), AV_PAIR(1, AV_DXOF(1)), AV_PAIR(2, AV_DXOF(2)), AV_PAIR(3, AV_DXOF(3)),
+                                          AV_PAIR(4, AV_DXOF(4)), AV_PAIR(5, AV_DXOF(5)), AV_PAIR(6, AV_DXOF(6)), AV_PAIR(7, AV_DXOF(7)));
+        const __m256 dv = _mm256_setr_ps(AV_PAIR(0, ks[0 / T].d), AV_PAIR(1, ks[1 / T].d), AV_PAIR(2, ks[2 / T].d), AV_PAIR(3, ks[3 / T].d),
+                                         AV_PAIR(4, ks[4 / T].d), AV_PAIR(5, ks[5 / T].d), AV_PAIR(6, ks[6 / T].d), AV_PAIR(7, ks[7 / T].d));
+        const __m256 S = _mm256_cvtepi32_ps(AV_NAME(sums8)(s, P));
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(dv, dxv), S, acc);
+        if (!q6) {
+            const __m256 mv = _mm256_setr_ps(AV_PAIR(0, ks[0 / T].dmin), AV_PAIR(1, ks[1 / T].dmin), AV_PAIR(2, ks[2 / T].dmin),
+                                             AV_PAIR(3, ks[3 / T].dmin), AV_PAIR(4, ks[4 / T].dmin), AV_PAIR(5, ks[5 / T].dmin),
+                                             AV_PAIR(6, ks[6 / T].dmin), AV_PAIR(7, ks[7 / T].dmin));
+            const __m256 B = _mm256_cvtepi32_ps(AV_NAME(sums8)(m, P));
+            const __m256 neg = _mm256_xor_ps(_mm256_mul_ps(mv, dxv), _mm256_set1_ps(-0.0f));
+            acc = _mm256_fmadd_ps(neg, B, acc);
+        }
+#undef AV_PAIR
+#undef AV_DXOF
+    }
+    float out[8];
+    _mm256_storeu_ps(out, acc);
+    AV_UNROLL for (int i = 0; i < R; i++) AV_UNROLL for (int j = 0; j < T; j++) a->y[(t + j) * a->rows + r + i] = out[i * T + j];
+}
+
+// Two levels: one pair at a time, A in int64 from the q1 and q2 parts.
+AV_INL void AV_NAME(k_tile2)(const qmm_args *a, int type, int64_t r, int64_t t) {
+    const act_layout *L = &a->layout;
+    const int64_t nb = a->cols / 256, bytes = AV_NAME(kblock_bytes)(type);
+    const uint8_t *w = a->w + r * a->row_bytes, *x = a->act + t * L->token_bytes;
+    float acc = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        AV_NAME(kscales) ks;
+        AV_NAME(kscales_load)(type, w + bytes * b, &ks);
+        const uint8_t *xq = x + L->qs_off + ACT256_STRIDE * b;
+        __m256i i1 = _mm256_setzero_si256(), i2 = i1;
+        AV_UNROLL for (int v = 0; v < 8; v++) {
+            const __m256i c = AV_NAME(kcodes)(type, w + bytes * b, v), sc = AV_NAME(kscale_vec)(type, &ks, v);
+            i1 = AV_NAME(wsum)(i1, _mm256_maddubs_epi16(c, _mm256_load_si256((const __m256i *)(xq + 32 * v))), sc);
+            i2 = AV_NAME(wsum)(i2, _mm256_maddubs_epi16(c, _mm256_load_si256((const __m256i *)(xq + 256 + 32 * v))), sc);
+        }
+        const int32_t *bs = (const int32_t *)(x + L->aux_off) + 16 * b;
+        __m256i mlo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(ks.mins16));
+        __m256i mhi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(ks.mins16, 1));
+        __m256i mb = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_load_si256((const __m256i *)bs), mlo),
+                                      _mm256_mullo_epi32(_mm256_load_si256((const __m256i *)(bs + 8)), mhi));
+        const float dx = ((const float *)(x + L->d_off))[b];
+        int64_t A = 256 * (int64_t)AV_NAME(hsum)(i1) + AV_NAME(hsum)(i2);
+        if (type == PUNA_TYPE_Q6_K) {
+            acc = fmaf(ks.d * dx, (float)(A - 32 * (int64_t)AV_NAME(hsum)(mb)), acc);
+        } else {
+            acc = fmaf(ks.d * dx, (float)A, acc);
+            acc = fmaf(-(ks.dmin * dx), (float)AV_NAME(hsum)(mb), acc);
         }
     }
-    AV_UNROLL for (int i = 0; i < R; i++) AV_UNROLL for (int j = 0; j < T; j++) a->y[(t + j) * a->rows + r + i] = acc[i][j];
+    a->y[t * a->rows + r] = acc;
 }
 
 // ---- float weights ------------------------------------------------------------------------------
@@ -392,45 +566,124 @@ AV_INL void AV_NAME(float_tile)(const qmm_args *a, int type, int64_t r, int64_t 
 
 // ---- row drivers --------------------------------------------------------------------------------
 
-#define AV_ROWS(fname, TILE, TYPE)                                                                          \
-    static AV_TARGET void AV_NAME(fname##_22)(const qmm_args *a, int64_t r, int64_t t) { AV_NAME(TILE)(a, TYPE, r, t, 2, 2); } \
-    static AV_TARGET void AV_NAME(fname##_12)(const qmm_args *a, int64_t r, int64_t t) { AV_NAME(TILE)(a, TYPE, r, t, 1, 2); } \
-    static AV_TARGET void AV_NAME(fname##_21)(const qmm_args *a, int64_t r, int64_t t) { AV_NAME(TILE)(a, TYPE, r, t, 2, 1); } \
-    static AV_TARGET void AV_NAME(fname##_11)(const qmm_args *a, int64_t r, int64_t t) { AV_NAME(TILE)(a, TYPE, r, t, 1, 1); } \
-    static void AV_NAME(fname)(const qmm_args *a, int64_t r0, int64_t r1) {                                \
-        for (int64_t rb = r0; rb < r1; rb += 32) {                                                          \
-            int64_t re = rb + 32 < r1 ? rb + 32 : r1;                                                       \
-            int64_t t = 0;                                                                                  \
-            for (; t + 2 <= a->n_tokens; t += 2) {                                                          \
-                int64_t r = rb;                                                                             \
-                for (; r + 2 <= re; r += 2) AV_NAME(fname##_22)(a, r, t);                                   \
-                for (; r < re; r++) AV_NAME(fname##_12)(a, r, t);                                           \
-            }                                                                                               \
-            for (; t < a->n_tokens; t++) {                                                                  \
-                int64_t r = rb;                                                                             \
-                for (; r + 2 <= re; r += 2) AV_NAME(fname##_21)(a, r, t);                                   \
-                for (; r < re; r++) AV_NAME(fname##_11)(a, r, t);                                           \
-            }                                                                                               \
-        }                                                                                                   \
+// A decoding chunk starts cold: its first PF_TILES tiles are requested up front, the tiles' own
+// prefetching covers the rest, and the last tiles prefetch nothing past the chunk.
+static AV_TARGET void AV_NAME(prefetch_rows)(const qmm_args *a, int64_t r0, int64_t r1) {
+    int64_t end = r0 + AV_PF_TILES * AV_DEC_R < r1 ? r0 + AV_PF_TILES * AV_DEC_R : r1;
+    const uint8_t *p = a->w + r0 * a->row_bytes, *e = a->w + end * a->row_bytes;
+    for (; p < e; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+}
+
+// TILE(a, r, t, R, T, prefetch) for one type and mode; decode in DEC_R-row tiles with prefetch,
+// batches in row blocks x BR x BT register tiles.
+#define AV_ROWS(fname, TILE, BR, BT)                                                                           \
+    static AV_TARGET void AV_NAME(fname##_dec)(const qmm_args *a, int64_t r) { TILE(a, r, 0, AV_DEC_R, 1, 1); }   \
+    static AV_TARGET void AV_NAME(fname##_declast)(const qmm_args *a, int64_t r) { TILE(a, r, 0, AV_DEC_R, 1, 0); } \
+    static AV_TARGET void AV_NAME(fname##_11)(const qmm_args *a, int64_t r, int64_t t) { TILE(a, r, t, 1, 1, 0); } \
+    static AV_TARGET void AV_NAME(fname##_full)(const qmm_args *a, int64_t r, int64_t t) { TILE(a, r, t, BR, BT, 0); } \
+    static AV_TARGET void AV_NAME(fname##_fullpf)(const qmm_args *a, int64_t r, int64_t t) { TILE(a, r, t, BR, BT, 1); } \
+    static AV_TARGET void AV_NAME(fname##_rowtail)(const qmm_args *a, int64_t r, int64_t t) { TILE(a, r, t, 1, BT, 0); } \
+    static AV_TARGET void AV_NAME(fname##_tok1)(const qmm_args *a, int64_t r, int64_t t) { TILE(a, r, t, BR, 1, 0); } \
+    static void AV_NAME(fname)(const qmm_args *a, int64_t r0, int64_t r1) {                                   \
+        if (a->n_tokens == 1) {                                                                                \
+            int64_t r = r0;                                                                                    \
+            AV_NAME(prefetch_rows)(a, r0, r1);                                                                 \
+            for (; r + (AV_PF_TILES + 1) * AV_DEC_R <= r1; r += AV_DEC_R) AV_NAME(fname##_dec)(a, r);          \
+            for (; r + AV_DEC_R <= r1; r += AV_DEC_R) AV_NAME(fname##_declast)(a, r);                          \
+            for (; r < r1; r++) AV_NAME(fname##_11)(a, r, 0);                                                  \
+            return;                                                                                            \
+        }                                                                                                      \
+        for (int64_t rb = r0; rb < r1; rb += AV_BLOCK_ROWS) {                                                  \
+            int64_t re = rb + AV_BLOCK_ROWS < r1 ? rb + AV_BLOCK_ROWS : r1;                                    \
+            int64_t t = 0;                                                                                     \
+            for (; t + (BT) <= a->n_tokens; t += (BT)) {                                                       \
+                int64_t r = rb;                                                                                \
+                /* the first pass over a block streams it from memory: prefetch ahead as decoding does */      \
+                if (t == 0)                                                                                    \
+                    for (; r + (BR) <= re && r + (AV_PF_TILES + 1) * (BR) <= r1; r += (BR)) AV_NAME(fname##_fullpf)(a, r, t); \
+                for (; r + (BR) <= re; r += (BR)) AV_NAME(fname##_full)(a, r, t);                              \
+                for (; r < re; r++) AV_NAME(fname##_rowtail)(a, r, t);                                         \
+            }                                                                                                  \
+            for (; t < a->n_tokens; t++) {                                                                     \
+                int64_t r = rb;                                                                                \
+                for (; r + (BR) <= re; r += (BR)) AV_NAME(fname##_tok1)(a, r, t);                              \
+                for (; r < re; r++) AV_NAME(fname##_11)(a, r, t);                                              \
+            }                                                                                                  \
+        }                                                                                                      \
     }
 
-AV_ROWS(rows_q4_0, simple_tile, PUNA_TYPE_Q4_0)
-AV_ROWS(rows_q4_1, simple_tile, PUNA_TYPE_Q4_1)
-AV_ROWS(rows_q5_0, simple_tile, PUNA_TYPE_Q5_0)
-AV_ROWS(rows_q5_1, simple_tile, PUNA_TYPE_Q5_1)
-AV_ROWS(rows_q8_0, simple_tile, PUNA_TYPE_Q8_0)
-AV_ROWS(rows_q4_K, k_tile, PUNA_TYPE_Q4_K)
-AV_ROWS(rows_q5_K, k_tile, PUNA_TYPE_Q5_K)
-AV_ROWS(rows_q6_K, k_tile, PUNA_TYPE_Q6_K)
-AV_ROWS(rows_f32, float_tile, PUNA_TYPE_F32)
-AV_ROWS(rows_f16, float_tile, PUNA_TYPE_F16)
-AV_ROWS(rows_bf16, float_tile, PUNA_TYPE_BF16)
+// Simple quants: a one-level and a two-level variant, picked by the activation layout.
+#define AV_SIMPLE(name, TYPE)                                                                                  \
+    AV_INL void AV_NAME(name##_t1)(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, const int pf) { \
+        AV_NAME(simple_tile)(a, TYPE, r, t, R, T, pf, 1);                                                      \
+    }                                                                                                          \
+    AV_INL void AV_NAME(name##_t2)(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, const int pf) { \
+        AV_NAME(simple_tile)(a, TYPE, r, t, R, T, pf, 0);                                                      \
+    }                                                                                                          \
+    AV_ROWS(name##_l1, AV_NAME(name##_t1), AV_S_BR, AV_S_BT)                                                   \
+    AV_ROWS(name##_l2, AV_NAME(name##_t2), AV_S_BR, AV_S_BT)                                                   \
+    static void AV_NAME(name)(const qmm_args *a, int64_t r0, int64_t r1) {                                    \
+        if (a->layout.levels == 1) AV_NAME(name##_l1)(a, r0, r1);                                              \
+        else AV_NAME(name##_l2)(a, r0, r1);                                                                    \
+    }
+
+AV_SIMPLE(rows_q4_0, PUNA_TYPE_Q4_0)
+AV_SIMPLE(rows_q4_1, PUNA_TYPE_Q4_1)
+AV_SIMPLE(rows_q5_0, PUNA_TYPE_Q5_0)
+AV_SIMPLE(rows_q5_1, PUNA_TYPE_Q5_1)
+AV_SIMPLE(rows_q8_0, PUNA_TYPE_Q8_0)
+
+// K-quants: the one-level tiles; two levels go pair by pair.
+#define AV_KQ(name, TYPE)                                                                                      \
+    AV_INL void AV_NAME(name##_t1)(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, const int pf) { \
+        AV_NAME(k_tile1)(a, TYPE, r, t, R, T, pf);                                                             \
+    }                                                                                                          \
+    AV_ROWS(name##_l1, AV_NAME(name##_t1), AV_K_BR, AV_K_BT)                                                   \
+    static AV_TARGET void AV_NAME(name)(const qmm_args *a, int64_t r0, int64_t r1) {                          \
+        if (a->layout.levels == 1) {                                                                           \
+            AV_NAME(name##_l1)(a, r0, r1);                                                                     \
+            return;                                                                                            \
+        }                                                                                                      \
+        for (int64_t t = 0; t < a->n_tokens; t++)                                                              \
+            for (int64_t r = r0; r < r1; r++) AV_NAME(k_tile2)(a, TYPE, r, t);                                 \
+    }
+
+AV_KQ(rows_q4_K, PUNA_TYPE_Q4_K)
+AV_KQ(rows_q5_K, PUNA_TYPE_Q5_K)
+AV_KQ(rows_q6_K, PUNA_TYPE_Q6_K)
+
+// Float weights: 2 x 2 tiles, no decode special case (they are small: norms, LoRA-sized matrices).
+#define AV_FLOAT(name, TYPE)                                                                                   \
+    static AV_TARGET void AV_NAME(name##_22)(const qmm_args *a, int64_t r, int64_t t) { AV_NAME(float_tile)(a, TYPE, r, t, 2, 2); } \
+    static AV_TARGET void AV_NAME(name##_12)(const qmm_args *a, int64_t r, int64_t t) { AV_NAME(float_tile)(a, TYPE, r, t, 1, 2); } \
+    static AV_TARGET void AV_NAME(name##_21)(const qmm_args *a, int64_t r, int64_t t) { AV_NAME(float_tile)(a, TYPE, r, t, 2, 1); } \
+    static AV_TARGET void AV_NAME(name##_11)(const qmm_args *a, int64_t r, int64_t t) { AV_NAME(float_tile)(a, TYPE, r, t, 1, 1); } \
+    static void AV_NAME(name)(const qmm_args *a, int64_t r0, int64_t r1) {                                    \
+        for (int64_t rb = r0; rb < r1; rb += 32) {                                                             \
+            int64_t re = rb + 32 < r1 ? rb + 32 : r1;                                                          \
+            int64_t t = 0;                                                                                     \
+            for (; t + 2 <= a->n_tokens; t += 2) {                                                             \
+                int64_t r = rb;                                                                                \
+                for (; r + 2 <= re; r += 2) AV_NAME(name##_22)(a, r, t);                                       \
+                for (; r < re; r++) AV_NAME(name##_12)(a, r, t);                                               \
+            }                                                                                                  \
+            for (; t < a->n_tokens; t++) {                                                                     \
+                int64_t r = rb;                                                                                \
+                for (; r + 2 <= re; r += 2) AV_NAME(name##_21)(a, r, t);                                       \
+                for (; r < re; r++) AV_NAME(name##_11)(a, r, t);                                               \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+
+AV_FLOAT(rows_f32, PUNA_TYPE_F32)
+AV_FLOAT(rows_f16, PUNA_TYPE_F16)
+AV_FLOAT(rows_bf16, PUNA_TYPE_BF16)
 
 static void AV_NAME(fill)(int type, qmm_kernel *k) {
     memset(k, 0, sizeof *k);
     k->quantize = AV_NAME(quantize);
     k->act_format = ACT_Q8_32;
-    k->row_tile = 2;
+    k->row_tile = AV_DEC_R;
     switch (type) {
     case PUNA_TYPE_Q4_0: k->rows = AV_NAME(rows_q4_0); k->aux = AUX_NEG_SUM8; break;
     case PUNA_TYPE_Q4_1: k->rows = AV_NAME(rows_q4_1); k->aux = AUX_SUM_F32; break;
@@ -448,5 +701,8 @@ static void AV_NAME(fill)(int type, qmm_kernel *k) {
 }
 
 #undef AV_ROWS
+#undef AV_SIMPLE
+#undef AV_KQ
+#undef AV_FLOAT
 #undef AV_INL
 #undef AV_UNROLL
