@@ -62,19 +62,56 @@ static inline A2 float a2_dot(int f16, const float *q, const uint8_t *row, int64
     return acc;
 }
 
+// Columns [i0, n) of an axpy, one by one (shared by axpy and wsum so both round the same way).
+static inline A2 void a2_axpy_tail(int f16, float *out, float p, const uint8_t *row, int64_t first, int i0, int n) {
+    for (int i = i0; i < n; i++) out[i] = fmaf(p, a2_scalar(f16, row, first + i), out[i]);
+}
+
 static inline A2 void a2_axpy(int f16, float *out, float p, const uint8_t *row, int64_t first, int n) {
     const int size = f16 ? 2 : 4;
     const __m256 pv = _mm256_set1_ps(p);
     int i = 0;
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, a2_load(f16, row + (first + i) * size), _mm256_loadu_ps(out + i)));
-    for (; i < n; i++) out[i] += p * a2_scalar(f16, row, first + i);
+    a2_axpy_tail(f16, out, p, row, first, i, n);
+}
+
+// Weighted sum of n_pos value rows: the axpy's fmas element by element, with 64 columns at a time
+// held in 8 register accumulators instead of read and written back per row.
+static inline A2 void a2_wsum(int f16, float *out, const float *p, const uint8_t *v, int64_t row_bytes, int64_t first,
+                              int n, int n_pos) {
+    const int size = f16 ? 2 : 4, full = n / 8 * 8;
+    int c0 = 0;
+    for (; c0 + 64 <= full; c0 += 64) {
+        __m256 acc[8];
+        for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
+        for (int j = 0; j < n_pos; j++) {
+            const uint8_t *row = v + j * row_bytes + (first + c0) * size;
+            const __m256 pv = _mm256_set1_ps(p[j]);
+            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(pv, a2_load(f16, row + 8 * c * size), acc[c]);
+        }
+        for (int c = 0; c < 8; c++) _mm256_storeu_ps(out + c0 + 8 * c, acc[c]);
+    }
+    for (int i = c0; i < n; i++) out[i] = 0;
+    for (int j = 0; j < n_pos; j++) {
+        const uint8_t *row = v + j * row_bytes;
+        const __m256 pv = _mm256_set1_ps(p[j]);
+        for (int i = c0; i < full; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, a2_load(f16, row + (first + i) * size), _mm256_loadu_ps(out + i)));
+        a2_axpy_tail(f16, out, p[j], row, first, full, n);
+    }
 }
 
 static A2 float a2_dot_f32(const float *q, const uint8_t *row, int64_t first, int n) { return a2_dot(0, q, row, first, n); }
 static A2 float a2_dot_f16(const float *q, const uint8_t *row, int64_t first, int n) { return a2_dot(1, q, row, first, n); }
 static A2 void a2_axpy_f32(float *out, float p, const uint8_t *row, int64_t first, int n) { a2_axpy(0, out, p, row, first, n); }
 static A2 void a2_axpy_f16(float *out, float p, const uint8_t *row, int64_t first, int n) { a2_axpy(1, out, p, row, first, n); }
+static A2 void a2_wsum_f32(float *out, const float *p, const uint8_t *v, int64_t row_bytes, int64_t first, int n, int n_pos) {
+    a2_wsum(0, out, p, v, row_bytes, first, n, n_pos);
+}
+static A2 void a2_wsum_f16(float *out, const float *p, const uint8_t *v, int64_t row_bytes, int64_t first, int n, int n_pos) {
+    a2_wsum(1, out, p, v, row_bytes, first, n, n_pos);
+}
 
 // q8_0: whole blocks in vectors, a head's partial blocks element by element.
 static A2 float a2_dot_q8_0(const float *q, const uint8_t *row, int64_t first, int n) {
@@ -118,8 +155,9 @@ static A2 void a2_axpy_q8_0(float *out, float p, const uint8_t *row, int64_t fir
 }
 
 int puna_attn_ops_avx2(int kv_type, attn_ops *out) {
-    if (kv_type == PUNA_TYPE_F32) { out->dot = a2_dot_f32; out->axpy = a2_axpy_f32; }
-    else if (kv_type == PUNA_TYPE_F16) { out->dot = a2_dot_f16; out->axpy = a2_axpy_f16; }
+    out->wsum = NULL;
+    if (kv_type == PUNA_TYPE_F32) { out->dot = a2_dot_f32; out->axpy = a2_axpy_f32; out->wsum = a2_wsum_f32; }
+    else if (kv_type == PUNA_TYPE_F16) { out->dot = a2_dot_f16; out->axpy = a2_axpy_f16; out->wsum = a2_wsum_f16; }
     else if (kv_type == PUNA_TYPE_Q8_0) { out->dot = a2_dot_q8_0; out->axpy = a2_axpy_q8_0; }
     else return 0;
     return 1;

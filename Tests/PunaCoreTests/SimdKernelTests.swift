@@ -19,7 +19,9 @@ final class SimdKernelTests: XCTestCase {
     /// (rows, blocks per row, tokens): odd row counts, partial 4-block groups, token counts that
     /// leave remainders after every register tile.
     static let shapes: [(rows: Int, blocks: Int, tokens: Int)] = [(1, 1, 1), (3, 5, 2), (7, 8, 1), (13, 3, 5), (17, 12, 9),
-                                                                  (64, 9, 4), (33, 16, 1), (5, 7, 7), (2, 2, 13)]
+                                                                  (64, 9, 4), (33, 16, 1), (5, 7, 7), (2, 2, 13),
+                                                                  // past one 64-row batch block with its prefetching first pass, and decode tiles with and without prefetch
+                                                                  (130, 5, 11), (41, 3, 1)]
 
     override func tearDown() {
         puna_kernels_set_family(Int32(PUNA_KERNELS_AUTO.rawValue))
