@@ -265,7 +265,14 @@ AV_INL void AV_NAME(codes2)(int type, const uint8_t *p0, int both, AV_NAME(codes
 }
 
 // The f16 at byte `at` of each of the n (1..4) blocks from p, bs bytes apart, as 4 floats (0 past n).
+// A whole group's four are gathered in a general register (integer ops are idle here; vpinsrw
+// would take four vector-port slots per scale), the others with vpinsrw.
 AV_INL __m128 AV_NAME(scales4)(const uint8_t *p, int64_t bs, int at, int n) {
+    if (n == 4) {
+        uint64_t lo = (kq_load32(p + at) & 0xffffu) | (kq_load32(p + bs + at - 2) & 0xffff0000u);
+        uint64_t hi = (kq_load32(p + 2 * bs + at) & 0xffffu) | (kq_load32(p + 3 * bs + at - 2) & 0xffff0000u);
+        return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)(lo | hi << 32)));
+    }
     __m128i v = _mm_cvtsi32_si128(kq_load16(p + at));
     if (n > 1) v = _mm_insert_epi16(v, kq_load16(p + bs + at), 1);
     if (n > 2) v = _mm_insert_epi16(v, kq_load16(p + 2 * bs + at), 2);
@@ -273,15 +280,17 @@ AV_INL __m128 AV_NAME(scales4)(const uint8_t *p, int64_t bs, int at, int n) {
     return _mm_cvtph_ps(v);
 }
 
-// The 4 scales in both 128-bit lanes (an in-lane permute then spreads them; lane-crossing
-// permutes cost several cycles on Zen 3).
-AV_INL __m256 AV_NAME(both_lanes)(__m128 s4) { return _mm256_insertf128_ps(_mm256_castps128_ps256(s4), s4, 1); }
+// [s0 s1 s2 s3 | s1 s2 s3 s3]: an in-lane permute by immediate then gives either half's lanes
+// (lane-crossing permutes cost several cycles on Zen 3, and a constant index vector a register).
+// The empty asm keeps clang from fusing this and the permutes back into vpermpd.
+AV_INL __m256 AV_NAME(both_lanes)(__m128 s4) {
+    __m256 s8 = _mm256_insertf128_ps(_mm256_castps128_ps256(s4), _mm_permute_ps(s4, 0xf9), 1);
+    __asm__("" : "+x"(s8));
+    return s8;
+}
 
 // Lanes of half h from both_lanes(s4): [s(2h) x 4, s(2h + 1) x 4].
-AV_INL __m256 AV_NAME(half_lanes)(__m256 s8, int h) {
-    const __m256i idx = h ? _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3) : _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    return _mm256_permutevar_ps(s8, idx);
-}
+AV_INL __m256 AV_NAME(half_lanes)(__m256 s8, int h) { return h ? _mm256_permute_ps(s8, 0xaa) : _mm256_permute_ps(s8, 0x00); }
 
 // One (row, token) pair over half h of group g: the canonical lane arithmetic. ONE: one level
 // (dx is 256 dx, aux is divided by 256, mw was divided by 256 by the caller).
@@ -323,6 +332,10 @@ AV_INL void AV_NAME(simple_group)(__m256 *acc, const qmm_args *a, int type, cons
     const int has_min = type == PUNA_TYPE_Q4_1 || type == PUNA_TYPE_Q5_1;
     AV_UNROLL for (int i = 0; i < R; i++) {
         const uint8_t *p = w + i * rb + 4 * bs * g;
+        // Each row reads the activations from L1 again: kept in registers across rows they would
+        // push the accumulators out to the stack.
+        const uint8_t *xr = x0;
+        if (R > 1) __asm__("" : "+r"(xr));
         const __m256 d4 = AV_NAME(both_lanes)(AV_NAME(scales4)(p, bs, 0, n));
         __m128 m4s = has_min ? AV_NAME(scales4)(p, bs, 2, n) : _mm_setzero_ps();
         if (ONE && has_min) m4s = _mm_mul_ps(m4s, _mm_set1_ps(1.0f / 256.0f));
@@ -333,7 +346,7 @@ AV_INL void AV_NAME(simple_group)(__m256 *acc, const qmm_args *a, int type, cons
             AV_NAME(codes2)(type, p + 2 * h * bs, 2 * h + 1 < n, &c);
             const __m256 dw = AV_NAME(half_lanes)(d4, h), mw = has_min ? AV_NAME(half_lanes)(m4, h) : _mm256_setzero_ps();
             AV_UNROLL for (int j = 0; j < T; j++)
-                acc[(i * T + j) * 2 + h] = AV_NAME(step)(acc[(i * T + j) * 2 + h], type, &c, dw, mw, x0 + j * tb, &a->layout, g, h, ONE);
+                acc[(i * T + j) * 2 + h] = AV_NAME(step)(acc[(i * T + j) * 2 + h], type, &c, dw, mw, xr + j * tb, &a->layout, g, h, ONE);
         }
     }
 }
