@@ -31,6 +31,9 @@
 #ifndef AV_PF_TILES
 #define AV_PF_TILES 2
 #endif
+#ifndef AV_PF_HINT
+#define AV_PF_HINT _MM_HINT_T0
+#endif
 #ifndef AV_BLOCK_ROWS
 #define AV_BLOCK_ROWS 64
 #endif
@@ -39,7 +42,7 @@
 #define AV_S_BR 1
 #endif
 #ifndef AV_S_BT
-#define AV_S_BT 3
+#define AV_S_BT 4
 #endif
 #ifndef AV_K_BR
 #define AV_K_BR 1
@@ -292,11 +295,23 @@ AV_INL __m256 AV_NAME(both_lanes)(__m128 s4) {
 // Lanes of half h from both_lanes(s4): [s(2h) x 4, s(2h + 1) x 4].
 AV_INL __m256 AV_NAME(half_lanes)(__m256 s8, int h) { return h ? _mm256_permute_ps(s8, 0xaa) : _mm256_permute_ps(s8, 0x00); }
 
-// One (row, token) pair over half h of group g: the canonical lane arithmetic. ONE: one level
-// (dx is 256 dx, aux is divided by 256, mw was divided by 256 by the caller).
+// Where group g's activations lie from a token's start: its q bytes, aux words and scales.
+// Computed per group behind an empty asm, so the compiler cannot hoist "token + offset" for every
+// token and region out of the loop (3 T base registers: more than x86 has).
+typedef struct { int64_t q, aux, d; } AV_NAME(goff);
+
+AV_INL AV_NAME(goff) AV_NAME(group_offsets)(const act_layout *L, int64_t g) {
+    AV_NAME(goff) o = { L->qs_off + 256 * g, L->aux_off + 64 * g, L->d_off + 64 * g };
+    __asm__("" : "+r"(o.q), "+r"(o.aux), "+r"(o.d));
+    return o;
+}
+
+// One (row, token) pair over half h of a group (x: the token's activations, o: the group's
+// offsets): the canonical lane arithmetic. ONE: one level (dx is 256 dx, aux is divided by 256,
+// mw was divided by 256 by the caller).
 AV_INL __m256 AV_NAME(step)(__m256 acc, int type, const AV_NAME(codes) *c, __m256 dw, __m256 mw, const uint8_t *x,
-                            const act_layout *L, int64_t g, int h, const int ONE) {
-    const uint8_t *xq = x + L->qs_off + 256 * g + 32 * h;
+                            AV_NAME(goff) o, int h, const int ONE) {
+    const uint8_t *xq = x + o.q + 32 * h;
     const int q8 = type == PUNA_TYPE_Q8_0, has_min = type == PUNA_TYPE_Q4_1 || type == PUNA_TYPE_Q5_1;
     const int aux_int = type == PUNA_TYPE_Q4_0 || type == PUNA_TYPE_Q5_0;
     __m256i x1l = _mm256_load_si256((const __m256i *)xq), x1h = _mm256_load_si256((const __m256i *)(xq + 64));
@@ -304,8 +319,8 @@ AV_INL __m256 AV_NAME(step)(__m256 acc, int type, const AV_NAME(codes) *c, __m25
         x1l = _mm256_sign_epi8(x1l, c->slo);
         x1h = _mm256_sign_epi8(x1h, c->shi);
     }
-    __m256i aux = aux_int ? _mm256_load_si256((const __m256i *)(x + L->aux_off + 64 * g + 32 * h)) : _mm256_setzero_si256();
-    const __m256 dx = _mm256_load_ps((const float *)(x + L->d_off) + 16 * g + 8 * h);
+    __m256i aux = aux_int ? _mm256_load_si256((const __m256i *)(x + o.aux + 32 * h)) : _mm256_setzero_si256();
+    const __m256 dx = _mm256_load_ps((const float *)(x + o.d + 32 * h));
     __m256i ia;
     if (ONE) {
         ia = AV_NAME(lane_sums)(aux, c->lo, x1l, c->hi, x1h, q8);
@@ -321,7 +336,7 @@ AV_INL __m256 AV_NAME(step)(__m256 acc, int type, const AV_NAME(codes) *c, __m25
     }
     acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(ia), acc);
     if (has_min)
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(mw, dx), _mm256_load_ps((const float *)(x + L->aux_off) + 16 * g + 8 * h), acc);
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(mw, dx), _mm256_load_ps((const float *)(x + o.aux + 32 * h)), acc);
     return acc;
 }
 
@@ -330,6 +345,7 @@ AV_INL void AV_NAME(simple_group)(__m256 *acc, const qmm_args *a, int type, cons
                                   int64_t g, const int R, const int T, const int n, const int ONE) {
     const int64_t bs = AV_NAME(block_bytes)(type), rb = a->row_bytes, tb = a->layout.token_bytes;
     const int has_min = type == PUNA_TYPE_Q4_1 || type == PUNA_TYPE_Q5_1;
+    const AV_NAME(goff) o = AV_NAME(group_offsets)(&a->layout, g);
     AV_UNROLL for (int i = 0; i < R; i++) {
         const uint8_t *p = w + i * rb + 4 * bs * g;
         // Each row reads the activations from L1 again: kept in registers across rows they would
@@ -346,7 +362,7 @@ AV_INL void AV_NAME(simple_group)(__m256 *acc, const qmm_args *a, int type, cons
             AV_NAME(codes2)(type, p + 2 * h * bs, 2 * h + 1 < n, &c);
             const __m256 dw = AV_NAME(half_lanes)(d4, h), mw = has_min ? AV_NAME(half_lanes)(m4, h) : _mm256_setzero_ps();
             AV_UNROLL for (int j = 0; j < T; j++)
-                acc[(i * T + j) * 2 + h] = AV_NAME(step)(acc[(i * T + j) * 2 + h], type, &c, dw, mw, xr + j * tb, &a->layout, g, h, ONE);
+                acc[(i * T + j) * 2 + h] = AV_NAME(step)(acc[(i * T + j) * 2 + h], type, &c, dw, mw, xr + j * tb, o, h, ONE);
         }
     }
 }
@@ -364,13 +380,39 @@ AV_INL void AV_NAME(simple_tile)(const qmm_args *a, int type, int64_t r, int64_t
     for (int64_t g = 0; g < nfull; g++) {
         if (prefetch) {
             const uint8_t *pf = w + AV_PF_TILES * R * rb + g * gbytes * R;
-            AV_UNROLL for (int i = 0; i < (int)((R * gbytes + 63) / 64) + 1; i++) _mm_prefetch((const char *)pf + 64 * i, _MM_HINT_T0);
+            AV_UNROLL for (int i = 0; i < (int)((R * gbytes + 63) / 64) + 1; i++) _mm_prefetch((const char *)pf + 64 * i, AV_PF_HINT);
         }
         AV_NAME(simple_group)(acc, a, type, w, x0, g, R, T, 4, ONE);
     }
     if (rem) AV_NAME(simple_group)(acc, a, type, w, x0, nfull, R, T, rem, ONE);
     AV_UNROLL for (int i = 0; i < R; i++) AV_UNROLL for (int j = 0; j < T; j++)
         a->y[(t + j) * a->rows + r + i] = AV_NAME(reduce16)(acc[(i * T + j) * 2], acc[(i * T + j) * 2 + 1]);
+}
+
+// Batches over long rows: a tile's T tokens of activations (256 bytes a group each) must stay in
+// L1 while every row of a block passes over them, which whole rows of 4096+ columns do not allow.
+// So after the first token tile (whole rows, streaming the block in from memory) the rows are
+// walked in chunks of CHUNK_GROUPS groups, every row of the block per chunk, with the
+// accumulators parked in `park` between chunks. Each lane still adds its blocks in order.
+#ifndef AV_CHUNK_GROUPS
+#define AV_CHUNK_GROUPS 8
+#endif
+
+AV_INL void AV_NAME(simple_tile_chunk)(const qmm_args *a, int type, int64_t r, int64_t t, const int T, int64_t g0,
+                                       int64_t g1, __m256 *park, const int ONE) {
+    const int64_t nb = a->cols / 32, nfull = nb / 4, tb = a->layout.token_bytes;
+    const int rem = (int)(nb % 4);
+    __m256 acc[2 * 8];
+    AV_UNROLL for (int k = 0; k < 2 * T; k++) acc[k] = g0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps((const float *)&park[k]);
+    const uint8_t *w = a->w + r * a->row_bytes, *x0 = a->act + t * tb;
+    const int64_t gend = g1 < nfull ? g1 : nfull;
+    for (int64_t g = g0; g < gend; g++) AV_NAME(simple_group)(acc, a, type, w, x0, g, 1, T, 4, ONE);
+    if (rem && g1 > nfull) AV_NAME(simple_group)(acc, a, type, w, x0, nfull, 1, T, rem, ONE);
+    if (g1 >= nfull + (rem ? 1 : 0)) {
+        AV_UNROLL for (int j = 0; j < T; j++) a->y[(t + j) * a->rows + r] = AV_NAME(reduce16)(acc[2 * j], acc[2 * j + 1]);
+    } else {
+        AV_UNROLL for (int k = 0; k < 2 * T; k++) _mm256_storeu_ps((float *)&park[k], acc[k]);
+    }
 }
 
 // ---- K-quants (super-blocks of 256) -------------------------------------------------------------
@@ -460,7 +502,7 @@ AV_INL void AV_NAME(k_tile1)(const qmm_args *a, int type, int64_t r, int64_t t, 
     for (int64_t b = 0; b < nb; b++) {
         if (prefetch) {
             const uint8_t *pf = w + AV_PF_TILES * R * rb + b * bytes * R;
-            AV_UNROLL for (int i = 0; i < (int)((R * bytes + 63) / 64) + 1; i++) _mm_prefetch((const char *)pf + 64 * i, _MM_HINT_T0);
+            AV_UNROLL for (int i = 0; i < (int)((R * bytes + 63) / 64) + 1; i++) _mm_prefetch((const char *)pf + 64 * i, AV_PF_HINT);
         }
         AV_NAME(kscales) ks[8];
         AV_UNROLL for (int i = 0; i < R; i++) AV_NAME(kscales_load)(type, w + i * rb + bytes * b, &ks[i]);
@@ -589,12 +631,15 @@ AV_INL void AV_NAME(float_tile)(const qmm_args *a, int type, int64_t r, int64_t 
 static AV_TARGET void AV_NAME(prefetch_rows)(const qmm_args *a, int64_t r0, int64_t r1) {
     int64_t end = r0 + AV_PF_TILES * AV_DEC_R < r1 ? r0 + AV_PF_TILES * AV_DEC_R : r1;
     const uint8_t *p = a->w + r0 * a->row_bytes, *e = a->w + end * a->row_bytes;
-    for (; p < e; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+    for (; p < e; p += 64) _mm_prefetch((const char *)p, AV_PF_HINT);
 }
+
+// No chunked walk (K-quants): a null chunk function.
+#define AV_NAME_no_chunk_fn ((void (*)(const qmm_args *, int64_t, int64_t, int64_t, int64_t, __m256 *))0)
 
 // TILE(a, r, t, R, T, prefetch) for one type and mode; decode in DEC_R-row tiles with prefetch,
 // batches in row blocks x BR x BT register tiles.
-#define AV_ROWS(fname, TILE, BR, BT)                                                                           \
+#define AV_ROWS(fname, TILE, BR, BT, CHUNK)                                                                    \
     static AV_TARGET void AV_NAME(fname##_dec)(const qmm_args *a, int64_t r) { TILE(a, r, 0, AV_DEC_R, 1, 1); }   \
     static AV_TARGET void AV_NAME(fname##_declast)(const qmm_args *a, int64_t r) { TILE(a, r, 0, AV_DEC_R, 1, 0); } \
     static AV_TARGET void AV_NAME(fname##_11)(const qmm_args *a, int64_t r, int64_t t) { TILE(a, r, t, 1, 1, 0); } \
@@ -615,6 +660,14 @@ static AV_TARGET void AV_NAME(prefetch_rows)(const qmm_args *a, int64_t r0, int6
             int64_t re = rb + AV_BLOCK_ROWS < r1 ? rb + AV_BLOCK_ROWS : r1;                                    \
             int64_t t = 0;                                                                                     \
             for (; t + (BT) <= a->n_tokens; t += (BT)) {                                                       \
+                const int64_t ng = (a->cols / 32 + 3) / 4;                                                     \
+                if ((CHUNK) && (BR) == 1 && t > 0 && ng > AV_CHUNK_GROUPS) {                                   \
+                    __m256 park[AV_BLOCK_ROWS][2 * (BT)];                                                      \
+                    for (int64_t g0 = 0; g0 < ng; g0 += AV_CHUNK_GROUPS)                                       \
+                        for (int64_t r = rb; r < re; r++)                                                      \
+                            CHUNK(a, r, t, g0, g0 + AV_CHUNK_GROUPS < ng ? g0 + AV_CHUNK_GROUPS : ng, park[r - rb]); \
+                    continue;                                                                                  \
+                }                                                                                              \
                 int64_t r = rb;                                                                                \
                 /* the first pass over a block streams it from memory: prefetch ahead as decoding does */      \
                 if (t == 0)                                                                                    \
@@ -638,8 +691,14 @@ static AV_TARGET void AV_NAME(prefetch_rows)(const qmm_args *a, int64_t r0, int6
     AV_INL void AV_NAME(name##_t2)(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, const int pf) { \
         AV_NAME(simple_tile)(a, TYPE, r, t, R, T, pf, 0);                                                      \
     }                                                                                                          \
-    AV_ROWS(name##_l1, AV_NAME(name##_t1), AV_S_BR, AV_S_BT)                                                   \
-    AV_ROWS(name##_l2, AV_NAME(name##_t2), AV_S_BR, AV_S_BT)                                                   \
+    static AV_TARGET void AV_NAME(name##_c1)(const qmm_args *a, int64_t r, int64_t t, int64_t g0, int64_t g1, __m256 *park) { \
+        AV_NAME(simple_tile_chunk)(a, TYPE, r, t, AV_S_BT, g0, g1, park, 1);                                   \
+    }                                                                                                          \
+    static AV_TARGET void AV_NAME(name##_c2)(const qmm_args *a, int64_t r, int64_t t, int64_t g0, int64_t g1, __m256 *park) { \
+        AV_NAME(simple_tile_chunk)(a, TYPE, r, t, AV_S_BT, g0, g1, park, 0);                                   \
+    }                                                                                                          \
+    AV_ROWS(name##_l1, AV_NAME(name##_t1), AV_S_BR, AV_S_BT, AV_NAME(name##_c1))                               \
+    AV_ROWS(name##_l2, AV_NAME(name##_t2), AV_S_BR, AV_S_BT, AV_NAME(name##_c2))                               \
     static void AV_NAME(name)(const qmm_args *a, int64_t r0, int64_t r1) {                                    \
         if (a->layout.levels == 1) AV_NAME(name##_l1)(a, r0, r1);                                              \
         else AV_NAME(name##_l2)(a, r0, r1);                                                                    \
@@ -656,7 +715,7 @@ AV_SIMPLE(rows_q8_0, PUNA_TYPE_Q8_0)
     AV_INL void AV_NAME(name##_t1)(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, const int pf) { \
         AV_NAME(k_tile1)(a, TYPE, r, t, R, T, pf);                                                             \
     }                                                                                                          \
-    AV_ROWS(name##_l1, AV_NAME(name##_t1), AV_K_BR, AV_K_BT)                                                   \
+    AV_ROWS(name##_l1, AV_NAME(name##_t1), AV_K_BR, AV_K_BT, AV_NAME_no_chunk_fn)                                \
     static AV_TARGET void AV_NAME(name)(const qmm_args *a, int64_t r0, int64_t r1) {                          \
         if (a->layout.levels == 1) {                                                                           \
             AV_NAME(name##_l1)(a, r0, r1);                                                                     \

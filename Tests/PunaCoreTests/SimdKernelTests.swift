@@ -21,7 +21,9 @@ final class SimdKernelTests: XCTestCase {
     static let shapes: [(rows: Int, blocks: Int, tokens: Int)] = [(1, 1, 1), (3, 5, 2), (7, 8, 1), (13, 3, 5), (17, 12, 9),
                                                                   (64, 9, 4), (33, 16, 1), (5, 7, 7), (2, 2, 13),
                                                                   // past one 64-row batch block with its prefetching first pass, and decode tiles with and without prefetch
-                                                                  (130, 5, 11), (41, 3, 1)]
+                                                                  (130, 5, 11), (41, 3, 1),
+                                                                  // rows long enough for AVX2's chunked batch walk (more than 8 groups of 4 blocks)
+                                                                  (70, 37, 9)]
 
     override func tearDown() {
         puna_kernels_set_family(Int32(PUNA_KERNELS_AUTO.rawValue))
