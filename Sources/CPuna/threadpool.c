@@ -95,12 +95,17 @@ static void *worker_main(void *arg) {
         seen = wait_for_generation(pool, seen);
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
         pool->task(pool->ctx, index, pool->n_threads);
-        // Sequentially consistent with the caller's store to caller_sleeping and its load of
-        // remaining: either the caller sees zero or this thread sees it sleeping, never neither.
-        if (atomic_fetch_sub(&pool->remaining, 1) == 1 && atomic_load(&pool->caller_sleeping)) {
-            pthread_mutex_lock(&pool->lock);
-            pthread_cond_signal(&pool->done);
-            pthread_mutex_unlock(&pool->lock);
+        // With the caller's fence after its store to caller_sleeping: either the caller sees zero
+        // or this thread sees it sleeping, never neither. The fences are explicit because an
+        // AArch64 store-release/load-acquire pair, which is enough on the hardware, is not kept in
+        // order by qemu-user on an x86 host; the pool then deadlocked under emulation.
+        if (atomic_fetch_sub(&pool->remaining, 1) == 1) {
+            atomic_thread_fence(memory_order_seq_cst);
+            if (atomic_load(&pool->caller_sleeping)) {
+                pthread_mutex_lock(&pool->lock);
+                pthread_cond_signal(&pool->done);
+                pthread_mutex_unlock(&pool->lock);
+            }
         }
     }
     return NULL;
@@ -193,6 +198,7 @@ void puna_pool_run(puna_pool *pool, puna_task task, void *ctx) {
     }
     pthread_mutex_lock(&pool->lock);
     atomic_store(&pool->caller_sleeping, 1);
+    atomic_thread_fence(memory_order_seq_cst);  // see worker_main
     while (atomic_load(&pool->remaining) != 0) pthread_cond_wait(&pool->done, &pool->lock);
     atomic_store(&pool->caller_sleeping, 0);
     pthread_mutex_unlock(&pool->lock);
