@@ -367,24 +367,32 @@ AV_INL void AV_NAME(simple_group)(__m256 *acc, const qmm_args *a, int type, cons
     }
 }
 
-// Whole rows r..r+R-1 x tokens t..t+T-1. prefetch: pull in the rows PF_TILES tiles ahead meanwhile
-// (the tile's R rows are contiguous, so the group's share of them is one linear range).
-AV_INL void AV_NAME(simple_tile)(const qmm_args *a, int type, int64_t r, int64_t t, const int R, const int T,
-                                 const int prefetch, const int ONE) {
-    const int64_t nb = a->cols / 32, nfull = nb / 4, rb = a->row_bytes, tb = a->layout.token_bytes;
+// Groups [g0, g1) of rows r..r+R-1 x tokens t..t+T-1 into acc, the row's last, partial group
+// included when g1 reaches it. prefetch: pull in the rows PF_TILES tiles ahead meanwhile (the
+// tile's R rows are contiguous, so a group's share of them is one linear range).
+AV_INL void AV_NAME(simple_groups)(__m256 *acc, const qmm_args *a, int type, int64_t r, int64_t t, const int R, const int T,
+                                   int64_t g0, int64_t g1, const int prefetch, const int ONE) {
+    const int64_t nb = a->cols / 32, nfull = nb / 4, rb = a->row_bytes;
     const int64_t gbytes = 4 * AV_NAME(block_bytes)(type);
     const int rem = (int)(nb % 4);
-    __m256 acc[2 * 8];
-    AV_UNROLL for (int k = 0; k < 2 * R * T; k++) acc[k] = _mm256_setzero_ps();
-    const uint8_t *w = a->w + r * rb, *x0 = a->act + t * tb;
-    for (int64_t g = 0; g < nfull; g++) {
+    const uint8_t *w = a->w + r * rb, *x0 = a->act + t * a->layout.token_bytes;
+    const int64_t gend = g1 < nfull ? g1 : nfull;
+    for (int64_t g = g0; g < gend; g++) {
         if (prefetch) {
             const uint8_t *pf = w + AV_PF_TILES * R * rb + g * gbytes * R;
             AV_UNROLL for (int i = 0; i < (int)((R * gbytes + 63) / 64) + 1; i++) _mm_prefetch((const char *)pf + 64 * i, AV_PF_HINT);
         }
         AV_NAME(simple_group)(acc, a, type, w, x0, g, R, T, 4, ONE);
     }
-    if (rem) AV_NAME(simple_group)(acc, a, type, w, x0, nfull, R, T, rem, ONE);
+    if (rem && g1 > nfull) AV_NAME(simple_group)(acc, a, type, w, x0, nfull, R, T, rem, ONE);
+}
+
+// Whole rows r..r+R-1 x tokens t..t+T-1.
+AV_INL void AV_NAME(simple_tile)(const qmm_args *a, int type, int64_t r, int64_t t, const int R, const int T,
+                                 const int prefetch, const int ONE) {
+    __m256 acc[2 * 8];
+    AV_UNROLL for (int k = 0; k < 2 * R * T; k++) acc[k] = _mm256_setzero_ps();
+    AV_NAME(simple_groups)(acc, a, type, r, t, R, T, 0, (a->cols / 32 + 3) / 4, prefetch, ONE);
     AV_UNROLL for (int i = 0; i < R; i++) AV_UNROLL for (int j = 0; j < T; j++)
         a->y[(t + j) * a->rows + r + i] = AV_NAME(reduce16)(acc[(i * T + j) * 2], acc[(i * T + j) * 2 + 1]);
 }
@@ -400,15 +408,10 @@ AV_INL void AV_NAME(simple_tile)(const qmm_args *a, int type, int64_t r, int64_t
 
 AV_INL void AV_NAME(simple_tile_chunk)(const qmm_args *a, int type, int64_t r, int64_t t, const int T, int64_t g0,
                                        int64_t g1, __m256 *park, const int ONE) {
-    const int64_t nb = a->cols / 32, nfull = nb / 4, tb = a->layout.token_bytes;
-    const int rem = (int)(nb % 4);
     __m256 acc[2 * 8];
     AV_UNROLL for (int k = 0; k < 2 * T; k++) acc[k] = g0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps((const float *)&park[k]);
-    const uint8_t *w = a->w + r * a->row_bytes, *x0 = a->act + t * tb;
-    const int64_t gend = g1 < nfull ? g1 : nfull;
-    for (int64_t g = g0; g < gend; g++) AV_NAME(simple_group)(acc, a, type, w, x0, g, 1, T, 4, ONE);
-    if (rem && g1 > nfull) AV_NAME(simple_group)(acc, a, type, w, x0, nfull, 1, T, rem, ONE);
-    if (g1 >= nfull + (rem ? 1 : 0)) {
+    AV_NAME(simple_groups)(acc, a, type, r, t, 1, T, g0, g1, 0, ONE);
+    if (g1 >= (a->cols / 32 + 3) / 4) {
         AV_UNROLL for (int j = 0; j < T; j++) a->y[(t + j) * a->rows + r] = AV_NAME(reduce16)(acc[2 * j], acc[2 * j + 1]);
     } else {
         AV_UNROLL for (int k = 0; k < 2 * T; k++) _mm256_storeu_ps((float *)&park[k], acc[k]);
@@ -656,11 +659,11 @@ static AV_TARGET void AV_NAME(prefetch_rows)(const qmm_args *a, int64_t r0, int6
             for (; r < r1; r++) AV_NAME(fname##_11)(a, r, 0);                                                  \
             return;                                                                                            \
         }                                                                                                      \
+        const int64_t ng = (a->cols / 32 + 3) / 4; /* groups of 4 blocks of 32 (chunked walk) */              \
         for (int64_t rb = r0; rb < r1; rb += AV_BLOCK_ROWS) {                                                  \
             int64_t re = rb + AV_BLOCK_ROWS < r1 ? rb + AV_BLOCK_ROWS : r1;                                    \
             int64_t t = 0;                                                                                     \
             for (; t + (BT) <= a->n_tokens; t += (BT)) {                                                       \
-                const int64_t ng = (a->cols / 32 + 3) / 4;                                                     \
                 if ((CHUNK) && (BR) == 1 && t > 0 && ng > AV_CHUNK_GROUPS) {                                   \
                     __m256 park[AV_BLOCK_ROWS][2 * (BT)];                                                      \
                     for (int64_t g0 = 0; g0 < ng; g0 += AV_CHUNK_GROUPS)                                       \
