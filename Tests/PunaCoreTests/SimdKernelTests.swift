@@ -22,8 +22,9 @@ final class SimdKernelTests: XCTestCase {
                                                                   (64, 9, 4), (33, 16, 1), (5, 7, 7), (2, 2, 13),
                                                                   // past one 64-row batch block with its prefetching first pass, and decode tiles with and without prefetch
                                                                   (130, 5, 11), (41, 3, 1),
-                                                                  // rows long enough for AVX2's chunked batch walk (more than 8 groups of 4 blocks)
-                                                                  (70, 37, 9)]
+                                                                  // rows long enough for AVX2's chunked batch walk (more than 8 groups of 4 blocks):
+                                                                  // 4 whole-row tokens, then 8-token chunk tiles, then single-token tails
+                                                                  (70, 37, 9), (70, 37, 13), (9, 66, 21)]
 
     override func tearDown() {
         puna_kernels_set_family(Int32(PUNA_KERNELS_AUTO.rawValue))
