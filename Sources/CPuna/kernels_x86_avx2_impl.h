@@ -8,7 +8,9 @@
 // accumulators of a (row, token) pair in two ymm (blocks 0-1 and 2-3 of each 4-block group) and
 // walk the row a group at a time, so every register index is a constant. Decoding streams DEC_R
 // rows per tile and prefetches PF_TILES tiles ahead (it is bound by memory bandwidth); batches walk
-// blocks of BLOCK_ROWS rows that stay in L2 while every token passes over them.
+// blocks of BLOCK_ROWS rows that stay in L2 while every token passes over them: first 4 tokens over
+// whole rows (streaming the block in), then 8-token tiles over chunks of the rows (see
+// simple_tile_chunk), which take each half of a group in its own pass so a pair has one accumulator.
 //
 // One activation level (the default) is the fast path: the quantizer stores 256 dx and the integer
 // aux words divided by 256 (both exact), so the step is fma(dw * (256 dx), (float)(p / 256), acc)
