@@ -194,7 +194,8 @@ static act_layout make_act_layout(int format, int64_t cols) {
     // neighbouring groups and tokens still pile up in a few sets. 8 lines apart puts at most 6 of
     // the lines a chunk tile keeps in L1 (8 tokens x 4-8 groups, 4 lines each) in any set, over
     // column counts 256 to 11008 (counted by a script). AVX2, 4096 x 11008 x 128 Q4_0: +25%.
-    if (format == ACT_Q8_32) {
+    // Shorter rows (under 4096 bytes) spread over the sets by themselves and are left unpadded.
+    if (format == ACT_Q8_32 && l.token_bytes >= 4096) {
         int64_t lines = l.token_bytes / 64;
         l.token_bytes += 64 * ((PUNA_TOKEN_LINES_MOD - lines % 64 + 64) % 64);
     }
@@ -312,6 +313,12 @@ int puna_matmul_supports(int type) { return matmul_type_ok(type); }
 const char *puna_matmul_kernel_name(int type) {
     qmm_kernel k;
     return matmul_type_ok(type) ? family_names[select_matmul(type, &k)] : NULL;
+}
+
+int64_t puna_matmul_activation_bytes(int type, int64_t cols) {
+    qmm_kernel k;
+    if (!matmul_type_ok(type) || cols <= 0 || select_matmul(type, &k) == PUNA_KERNELS_REFERENCE || !k.quantize) return 0;
+    return make_act_layout(k.act_format, cols).token_bytes;
 }
 
 // ---- quantized-activation matmuls on one input ------------------------------------------------------

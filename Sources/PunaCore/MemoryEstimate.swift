@@ -299,20 +299,12 @@ public struct MemoryEstimate {
         return e
     }
 
-    /// Bytes one token's activations take once quantized for a matmul against `type` weights
-    /// (ops.c make_act_layout: 8-bit blocks of 32 for the simple quants, of 256 for the K-quants,
-    /// each part padded to 64 bytes); nil for types multiplied with f32 activations.
+    /// Bytes one token's activations take once quantized for a matmul against `type` weights, from
+    /// the layout ops.c uses (make_act_layout, with its padding); nil for types multiplied with f32
+    /// activations.
     static func quantizedActivationBytes(type: GGMLType, cols: Int) -> Int? {
-        switch type {
-        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0:
-            let groups = (cols / 32 + 3) / 4
-            return roundUp(groups * 128, 64) + groups * 64 + roundUp(groups * 64, 64)
-        case .q4_K, .q5_K, .q6_K:
-            let blocks = cols / 256
-            return roundUp(blocks * 256, 64) + roundUp(blocks * 4, 64) + roundUp(blocks * 32, 64)
-        default:
-            return nil
-        }
+        let bytes = puna_matmul_activation_bytes(Int32(type.rawValue), Int64(cols))
+        return bytes > 0 ? Int(bytes) : nil
     }
 
     /// Whether puna_matmul multiplies `type` with the portable reference kernel on this CPU (it

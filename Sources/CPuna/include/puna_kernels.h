@@ -135,6 +135,9 @@ int puna_kernels_activation_levels(void);
 // Name of the family puna_matmul uses for a type now, e.g. "avx512-vnni" or "reference" (types a
 // family lacks fall back to the reference); NULL for a type puna_matmul cannot take.
 const char *puna_matmul_kernel_name(int type);
+// Bytes one token's activations take once quantized for a matmul of `type` weights with `cols`
+// columns under the kernel puna_matmul uses now; 0 when that kernel takes f32 activations.
+int64_t puna_matmul_activation_bytes(int type, int64_t cols);
 
 #ifdef __cplusplus
 }
