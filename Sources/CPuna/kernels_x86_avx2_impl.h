@@ -429,7 +429,7 @@ AV_INL void AV_NAME(simple_tile)(const qmm_args *a, int type, int64_t r, int64_t
                                  const int prefetch, const int ONE) {
     __m256 acc[2 * 8];
     AV_UNROLL for (int k = 0; k < 2 * R * T; k++) acc[k] = _mm256_setzero_ps();
-    AV_NAME(simple_groups)(acc, a, type, r, t, R, T, 0, (a->cols / 32 + 3) / 4, prefetch, ONE, -1);
+    AV_NAME(simple_groups)(acc, a, type, r, t, R, T, 0, a->layout.n_groups, prefetch, ONE, -1);
     AV_UNROLL for (int i = 0; i < R; i++) AV_UNROLL for (int j = 0; j < T; j++)
         a->y[(t + j) * a->rows + r + i] = AV_NAME(reduce16)(acc[(i * T + j) * 2], acc[(i * T + j) * 2 + 1]);
 }
@@ -447,7 +447,7 @@ AV_INL void AV_NAME(simple_tile)(const qmm_args *a, int type, int64_t r, int64_t
 // so a tile holds one accumulator per pair and can take AV_S_CT tokens without spilling.
 AV_INL void AV_NAME(simple_tile_chunk)(const qmm_args *a, int type, int64_t r, int64_t t, const int T, int64_t g0,
                                        int64_t g1, __m256 *park, const int ONE) {
-    const int last = g1 >= (a->cols / 32 + 3) / 4;
+    const int last = g1 >= a->layout.n_groups;
     AV_UNROLL for (int h = 0; h < 2; h++) {
         __m256 acc[8];
         AV_UNROLL for (int j = 0; j < T; j++) acc[j] = g0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps((const float *)&park[2 * j + h]);
@@ -702,7 +702,7 @@ static AV_TARGET void AV_NAME(prefetch_rows)(const qmm_args *a, int64_t r0, int6
             for (; r < r1; r++) AV_NAME(fname##_11)(a, r, 0);                                                  \
             return;                                                                                            \
         }                                                                                                      \
-        const int64_t ng = (a->cols / 32 + 3) / 4; /* groups of 4 blocks of 32 (chunked walk) */              \
+        const int64_t ng = a->layout.n_groups; /* ACT_Q8_32 groups of 4 blocks (chunked walk only) */         \
         for (int64_t rb = r0; rb < r1; rb += AV_BLOCK_ROWS) {                                                  \
             int64_t re = rb + AV_BLOCK_ROWS < r1 ? rb + AV_BLOCK_ROWS : r1;                                    \
             int64_t t = 0;                                                                                     \
