@@ -20,12 +20,13 @@
 
 puna_mapping puna_map_file(const char *path) {
     puna_mapping m = {0};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) { m.error = errno; return m; }
     struct stat st;
     if (fstat(fd, &st) != 0) { m.error = errno; close(fd); return m; }
     if (S_ISDIR(st.st_mode)) { m.error = EISDIR; m.is_directory = 1; close(fd); return m; }
-    if (!S_ISREG(st.st_mode)) { m.error = EINVAL; close(fd); return m; }
+    if (!S_ISREG(st.st_mode)) { m.error = PUNA_ENOTREG; close(fd); return m; }
     m.size = (int64_t)st.st_size;
     if (m.size == 0) { close(fd); return m; }
     void *p = mmap(NULL, (size_t)m.size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -71,24 +72,54 @@ int puna_lock(const puna_mapping *m) {
     return mlock(m->data, (size_t)m->size) == 0 ? 0 : errno;
 }
 
-const char *puna_strerror(int error) { return strerror(error); }
+const char *puna_strerror(int error) {
+    if (error == PUNA_ENOTREG) return "not a regular file (a device, FIFO or socket)";
+    return strerror(error);
+}
 
-uint8_t *puna_read_file(const char *path, int64_t *size, int *error) {
+int puna_file_kind(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return PUNA_FILE_MISSING;
+    if (S_ISREG(st.st_mode)) return PUNA_FILE_REGULAR;
+    if (S_ISDIR(st.st_mode)) return PUNA_FILE_DIRECTORY;
+    if (S_ISFIFO(st.st_mode)) return PUNA_FILE_PIPE;
+    if (S_ISCHR(st.st_mode)) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+        int tty = fd >= 0 && isatty(fd);
+        if (fd >= 0) close(fd);
+        if (tty) return PUNA_FILE_TERMINAL;
+    }
+    return PUNA_FILE_OTHER;
+}
+
+uint8_t *puna_read_file(const char *path, int64_t max_bytes, int64_t *size, int *error) {
     *size = 0;
     *error = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (max_bytes < 0) max_bytes = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) { *error = errno; return NULL; }
     struct stat st;
     if (fstat(fd, &st) != 0) { *error = errno; close(fd); return NULL; }
     if (S_ISDIR(st.st_mode)) { *error = EISDIR; close(fd); return NULL; }
-    // Regular files are read by size; pipes and /dev/stdin grow the buffer as they go.
-    size_t capacity = S_ISREG(st.st_mode) && st.st_size > 0 ? (size_t)st.st_size + 1 : 65536;
+    // Devices other than a terminal (/dev/zero, /dev/full, /dev/urandom) never reach an end.
+    int regular = S_ISREG(st.st_mode);
+    if (!regular && !S_ISFIFO(st.st_mode) && !(S_ISCHR(st.st_mode) && isatty(fd))) {
+        *error = PUNA_ENOTREG; close(fd); return NULL;
+    }
+    if (regular && st.st_size > max_bytes) { *error = EFBIG; close(fd); return NULL; }
+    // Back to blocking reads: a pipe's writer may be slow; a FIFO that had no writer reads as empty.
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    size_t limit = (size_t)max_bytes;
+    size_t capacity = regular && st.st_size > 0 ? (size_t)st.st_size + 1 : 65536;
+    if (capacity > limit + 1) capacity = limit + 1;
     uint8_t *buf = malloc(capacity);
     if (!buf) { *error = ENOMEM; close(fd); return NULL; }
     size_t used = 0;
     for (;;) {
         if (used == capacity) {
+            if (used > limit) { free(buf); close(fd); *error = EFBIG; return NULL; }
             size_t grown = capacity * 2;
+            if (grown > limit + 1) grown = limit + 1;
             uint8_t *next = realloc(buf, grown);
             if (!next) { free(buf); close(fd); *error = ENOMEM; return NULL; }
             buf = next;
@@ -101,6 +132,8 @@ uint8_t *puna_read_file(const char *path, int64_t *size, int *error) {
         }
         if (r == 0) break;
         used += (size_t)r;
+        // One byte past the limit is enough to know the input is too long: stop reading there.
+        if (used > limit) { free(buf); close(fd); *error = EFBIG; return NULL; }
     }
     close(fd);
     *size = (int64_t)used;
@@ -108,10 +141,26 @@ uint8_t *puna_read_file(const char *path, int64_t *size, int *error) {
 }
 
 int puna_open_write(const char *path, int mode) {
-    int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (mode == 1 ? O_APPEND : O_TRUNC);
-    int fd = open(path, flags, 0644);
-    return fd < 0 ? -errno : fd;
+    // O_NONBLOCK so that a FIFO with no reader fails at once instead of blocking; then only regular
+    // files are kept (a device such as /dev/full would be read back on resume, endlessly).
+    int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) return S_ISDIR(st.st_mode) ? -EISDIR : -PUNA_ENOTREG;
+    int fd = open(path, flags | (mode == 1 ? O_APPEND : 0), 0644);
+    if (fd < 0) return errno == ENXIO ? -PUNA_ENOTREG : -errno;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { close(fd); return -PUNA_ENOTREG; }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    // Truncate only once the path is known to be a regular file.
+    if (mode != 1 && ftruncate(fd, 0) != 0) { int e = errno; close(fd); return -e; }
+    return fd;
 }
+
+int64_t puna_fd_size(int fd) {
+    struct stat st;
+    return fstat(fd, &st) == 0 ? (int64_t)st.st_size : -(int64_t)errno;
+}
+
+int puna_ftruncate(int fd, int64_t size) { return ftruncate(fd, (off_t)size) == 0 ? 0 : errno; }
 
 int puna_write_all(int fd, const void *bytes, int64_t count) {
     const uint8_t *p = bytes;

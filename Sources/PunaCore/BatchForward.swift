@@ -32,7 +32,9 @@ extension LlamaModel {
         try validateBatch(slices)
         let wanted = slices.reduce(0) { $0 + ($1.wantsLogits ? 1 : 0) }
         var logits = [Float](repeating: 0, count: wanted * config.vocabSize)
-        logits.withUnsafeMutableBufferPointer { forwardBatch(slices, logits: $0.baseAddress!) }
+        try logits.withUnsafeMutableBufferPointer { (out: inout UnsafeMutableBufferPointer<Float>) throws(PunaError) in
+            try forwardBatch(slices, logits: out.baseAddress!)
+        }
         return logits
     }
 
@@ -58,7 +60,7 @@ extension LlamaModel {
     }
 
     /// The step itself (inputs already validated). Writes the wanted logits rows to `logits`.
-    func forwardBatch(_ slices: [BatchSlice], logits: UnsafeMutablePointer<Float>) {
+    func forwardBatch(_ slices: [BatchSlice], logits: UnsafeMutablePointer<Float>) throws(PunaError) {
         let c = config
         let e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength
         // Row ranges and positions of each sequence in the stacked matrix.
@@ -96,14 +98,14 @@ extension LlamaModel {
         let up = Buffer(n * ff)     // [n][ff]
 
         for (r, token) in allTokens.enumerated() { tokenEmbedding.decodeRow(Int(token), into: x.p + r * e) }
-        if let rowAdapters { addEmbeddingAdapterDeltas(allTokens, into: x.p, adapters: rowAdapters) }
+        if let rowAdapters { try addEmbeddingAdapterDeltas(allTokens, into: x.p, adapters: rowAdapters) }
 
         for (l, layer) in layers.enumerated() {
             // attention: projections over all rows at once, then each sequence against its own cache
             for r in 0..<n { puna_rmsnorm(xb.p + r * e, x.p + r * e, layer.attentionNorm, Int64(e), c.rmsNormEpsilon) }
-            layer.q.forward(pool, xb.p, q.p, nTokens: n, adapters: rowAdapters)
-            layer.k.forward(pool, xb.p, k.p, nTokens: n, adapters: rowAdapters)
-            layer.v.forward(pool, xb.p, v.p, nTokens: n, adapters: rowAdapters)
+            try layer.q.forward(pool, xb.p, q.p, nTokens: n, adapters: rowAdapters)
+            try layer.k.forward(pool, xb.p, k.p, nTokens: n, adapters: rowAdapters)
+            try layer.v.forward(pool, xb.p, v.p, nTokens: n, adapters: rowAdapters)
             for r in 0..<n {
                 rope(q.p + r * e, heads: c.headCount, position: positions[r])
                 rope(k.p + r * kvd, heads: c.headCountKV, position: positions[r])
@@ -112,20 +114,21 @@ extension LlamaModel {
                 let r0 = rowStart[i], count = s.tokens.count, pos0 = s.cache.count
                 let cache = s.cache
                 cache.store(layer: l, start: pos0, n: count, keys: k.p + r0 * kvd, values: v.p + r0 * kvd)
-                _ = puna_attention(pool, att.p + r0 * e, q.p + r0 * e, Int32(cache.type.rawValue),
-                                   cache.keyRow(layer: l, position: 0), cache.valueRow(layer: l, position: 0),
-                                   Int64(cache.rowBytes), Int32(count), Int32(pos0), Int32(c.headCount),
-                                   Int32(c.headCountKV), Int32(c.headDimension), nil, Int32(cache.capacity))
+                try kernelStatus(puna_attention(pool, att.p + r0 * e, q.p + r0 * e, Int32(cache.type.rawValue),
+                                                cache.keyRow(layer: l, position: 0), cache.valueRow(layer: l, position: 0),
+                                                Int64(cache.rowBytes), Int32(count), Int32(pos0), Int32(c.headCount),
+                                                Int32(c.headCountKV), Int32(c.headDimension), nil, Int32(cache.capacity)),
+                                 "puna_attention of layer \(l)")
             }
-            layer.o.forward(pool, att.p, xb.p, nTokens: n, adapters: rowAdapters)
+            try layer.o.forward(pool, att.p, xb.p, nTokens: n, adapters: rowAdapters)
             puna_add(x.p, x.p, xb.p, Int64(n * e))
 
             // feed-forward (SwiGLU)
             for r in 0..<n { puna_rmsnorm(xb.p + r * e, x.p + r * e, layer.ffnNorm, Int64(e), c.rmsNormEpsilon) }
-            layer.gate.forward(pool, xb.p, gate.p, nTokens: n, adapters: rowAdapters)
-            layer.up.forward(pool, xb.p, up.p, nTokens: n, adapters: rowAdapters)
+            try layer.gate.forward(pool, xb.p, gate.p, nTokens: n, adapters: rowAdapters)
+            try layer.up.forward(pool, xb.p, up.p, nTokens: n, adapters: rowAdapters)
             puna_swiglu(gate.p, gate.p, up.p, Int64(n * ff))
-            layer.down.forward(pool, gate.p, xb.p, nTokens: n, adapters: rowAdapters)
+            try layer.down.forward(pool, gate.p, xb.p, nTokens: n, adapters: rowAdapters)
             puna_add(x.p, x.p, xb.p, Int64(n * e))
         }
         for s in slices { s.cache.count += s.tokens.count }
@@ -137,6 +140,6 @@ extension LlamaModel {
             puna_rmsnorm(xb.p + wanted * e, x.p + last * e, outputNorm, Int64(e), c.rmsNormEpsilon)
             wanted += 1
         }
-        if wanted > 0 { output.forward(pool, xb.p, logits, nTokens: wanted, adapters: logitAdapters) }
+        if wanted > 0 { try output.forward(pool, xb.p, logits, nTokens: wanted, adapters: logitAdapters) }
     }
 }

@@ -1,15 +1,19 @@
 import CPuna
 
-/// A record's id: a string or an integer, as the input wrote it, or the line number when it had none.
+/// A record's id: a string or an integer, as the input wrote it, or, when it had none, its line
+/// number, kept apart from the given ids (a line without an id never clashes with an `"id": 3`).
 public enum BatchID: Equatable {
     case string(String)
     case number(Int)
+    /// No id given: the record is known by its 1-based line (output: `"id": null, "line": N`).
+    case line(Int)
 
-    /// Unique text per id; "7" and 7 are different ids.
+    /// Unique text per id; "7", 7 and line 7 are different ids.
     public var key: String {
         switch self {
         case .string(let s): return "s:" + s
         case .number(let n): return "n:\(n)"
+        case .line(let n): return "l:\(n)"
         }
     }
 
@@ -24,7 +28,14 @@ public enum BatchID: Equatable {
         switch self {
         case .string(let s): j.value(s)
         case .number(let n): j.value(n)
+        case .line: j.null()
         }
+    }
+
+    /// For messages: the id, or the line of a record without one.
+    public var described: String {
+        if case .line(let n) = self { return "line \(n) (no id)" }
+        return "id " + json
     }
 
     /// The id of a parsed record or output line: a string or an integer; nil for anything else.
@@ -45,9 +56,19 @@ public struct BatchRequest {
     /// 0-based index among the records (blank lines are not records); `--shard K/N` keeps index % N == K.
     public let index: Int
     public let id: BatchID
-    /// The line's object; nil when the line is not a JSON object (then `inputError` says why).
-    public let fields: JSONValue?
+    /// The line as read. It is parsed again when the record runs: the parsed form of every line of a
+    /// large file at once would take many times the file's size.
+    let text: [UInt8]
+    /// Why the line cannot run (not a JSON object, too long, a bad id); nil for a good line.
     public let inputError: String?
+    /// Field names the line has that no request reads (a typo like "max_token").
+    public let unknownFields: [String]
+
+    /// The line's object; nil when `inputError` is set.
+    public var fields: JSONValue? {
+        guard inputError == nil else { return nil }
+        do throws(PunaError) { return try JSONValue.parse(bytes: text) } catch { return nil }
+    }
 
     /// The adapter the record asks for, as written (also on its error record).
     public var adapterName: String? { fields?["adapter"]?.string }
@@ -75,8 +96,9 @@ extension BatchRequest {
     /// Turn the record into a job: template, prompt tokens, sampling, stops. `adapters` are the
     /// names an `adapter` field may use; the returned name is nil for the base model. Errors
     /// name the field at fault (they become the record's `error`).
-    public func prepare(defaults: BatchDefaults, tokenizer: Tokenizer,
-                        adapters: [String]) throws(PunaError) -> (job: BatchJob, adapter: String?) {
+    /// A prompt that cannot fit in `contextLength` tokens is refused before it is tokenized.
+    public func prepare(defaults: BatchDefaults, tokenizer: Tokenizer, adapters: [String],
+                        contextLength: Int = Int.max) throws(PunaError) -> (job: BatchJob, adapter: String?) {
         if let inputError { throw PunaError(inputError) }
         guard let r = fields else { throw PunaError("not a JSON object") }
 
@@ -147,6 +169,7 @@ extension BatchRequest {
             adapter = name
         }
 
+        try tokenizer.checkCanFit(textBytes: rendered.utf8.count, context: contextLength, what: "the prompt")
         let tokens = tokenizer.encode(rendered, addBOS: tokenizer.addsBOS)
         let job = BatchJob(key: id.key, promptTokens: tokens,
                            maxTokens: try integer("max_tokens", -1...(1 << 24)) ?? defaults.maxTokens,
@@ -169,43 +192,51 @@ public enum BatchInput {
     /// Every record of a JSONL file ("-" reads standard input). A line that is not a JSON object
     /// becomes a record with `inputError`; ids must be unique across the whole file (resume skips
     /// ids found in the output, so a repeated id would be lost), else the whole file is refused.
+    /// The largest input file: it is read whole (records keep their line's bytes).
+    public static let maxInputBytes = 512 << 20
+    /// The longest line one record may take: more text than any context holds (a line is parsed
+    /// whole, at several times its size), so a longer one is that record's error.
+    public static let maxLineBytes = 4 << 20
+
     public static func read(path: String) throws(PunaError) -> [BatchRequest] {
-        var size: Int64 = 0
-        var error: Int32 = 0
-        guard let bytes = puna_read_file(path == "-" ? "/dev/stdin" : path, &size, &error) else {
-            throw PunaError("\(path): cannot read: \(String(cString: puna_strerror(error)))")
+        try withInputBytes(path, maxBytes: maxInputBytes, limitNote: "the largest batch input; split it into several files") {
+            (bytes: UnsafeBufferPointer<UInt8>) throws(PunaError) -> [BatchRequest] in
+            try parse(bytes, source: path)
         }
-        defer { puna_free(bytes) }
-        return try parse(UnsafeBufferPointer(start: bytes, count: Int(size)), source: path)
     }
 
-    public static func parse(_ bytes: UnsafeBufferPointer<UInt8>, source: String) throws(PunaError) -> [BatchRequest] {
+    public static func parse(_ bytes: UnsafeBufferPointer<UInt8>, source: String,
+                             maxLineBytes: Int = BatchInput.maxLineBytes) throws(PunaError) -> [BatchRequest] {
         var records: [BatchRequest] = []
         var firstLine: [String: Int] = [:]
         let failure = forEachLine(bytes) { (lineNumber: Int, line: UnsafeBufferPointer<UInt8>) -> PunaError? in
             guard !isBlank(line) else { return nil }
-            var fields: JSONValue? = nil
             var problem: String? = nil
-            var id = BatchID.number(lineNumber)
-            do throws(PunaError) {
-                let value = try JSONValue.parse(bytes: line)
-                if value.object == nil {
-                    problem = "the line is not a JSON object"
-                } else {
-                    fields = value
-                    if let v = value["id"], !v.isNull {
-                        if let given = BatchID(v) { id = given } else { problem = "field 'id' must be a string or an integer" }
+            var id = BatchID.line(lineNumber)
+            var unknown: [String] = []
+            if line.count > maxLineBytes {
+                problem = "the line has \(line.count) bytes, more than the \(formatBytes(maxLineBytes)) one record may take"
+            } else {
+                do throws(PunaError) {
+                    let value = try JSONValue.parse(bytes: line)
+                    if let keys = value.keys {
+                        if let v = value["id"], !v.isNull {
+                            if let given = BatchID(v) { id = given } else { problem = "field 'id' must be a string or an integer" }
+                        }
+                        unknown = keys.filter { !batchRecordFields.contains($0) }
+                    } else {
+                        problem = "the line is not a JSON object"
                     }
+                } catch {
+                    problem = "invalid JSON: " + (error.message.hasPrefix("JSON: ") ? String(error.message.dropFirst(6)) : error.message)
                 }
-            } catch {
-                problem = "invalid JSON: " + (error.message.hasPrefix("JSON: ") ? String(error.message.dropFirst(6)) : error.message)
             }
             if let earlier = firstLine[id.key] {
                 return PunaError("\(source): line \(lineNumber): id \(id.json) is already used on line \(earlier) (ids must be unique: a rerun skips the ids already in the output)")
             }
             firstLine[id.key] = lineNumber
             records.append(BatchRequest(line: lineNumber, index: records.count, id: id,
-                                        fields: problem == nil ? fields : nil, inputError: problem))
+                                        text: problem == nil ? Array(line) : [], inputError: problem, unknownFields: unknown))
             return nil
         }
         if let failure { throw failure }
@@ -278,6 +309,7 @@ public struct BatchResult {
         j.field("finish_reason", finishReason)
         j.field("tokens_in", tokensIn)
         j.field("tokens_out", tokensOut)
+        if case .line(let n) = id { j.field("line", n) }
         j.key("adapter")
         if let adapter { j.value(adapter) } else { j.null() }
         j.field("ms", milliseconds)
@@ -303,14 +335,14 @@ public final class BatchOutput {
 
     public init(path: String) throws(PunaError) {
         self.path = path
-        if puna_file_exists(path) != 0 {
-            var size: Int64 = 0
-            var error: Int32 = 0
-            guard let bytes = puna_read_file(path, &size, &error) else {
-                throw PunaError("\(path): cannot read: \(String(cString: puna_strerror(error)))")
-            }
-            defer { puna_free(bytes) }
-            let all = UnsafeBufferPointer(start: bytes, count: Int(size))
+        let kind = puna_file_kind(path)
+        guard kind == Int32(PUNA_FILE_MISSING.rawValue) || kind == Int32(PUNA_FILE_REGULAR.rawValue) else {
+            throw PunaError("\(path): the output must be a regular file (it is appended to, and repaired after a crash), not a \(kind == Int32(PUNA_FILE_DIRECTORY.rawValue) ? "directory" : "device, FIFO or socket")")
+        }
+        if kind == Int32(PUNA_FILE_REGULAR.rawValue) {
+            // Mapped, not read: the output of a long run can be large.
+            let existing = try MappedFile(path: path)
+            let all = UnsafeBufferPointer(start: existing.baseAddress?.assumingMemoryBound(to: UInt8.self), count: existing.count)
             // Everything after the last newline is a record whose write never finished.
             var complete = all.count
             while complete > 0 && all[complete - 1] != 0x0A { complete -= 1 }
@@ -322,6 +354,7 @@ public final class BatchOutput {
                 do throws(PunaError) {
                     let value = try JSONValue.parse(bytes: line)
                     if let v = value["id"] { id = BatchID(v) }
+                    if id == nil, value["id"]?.isNull ?? false, let n = value["line"]?.int { id = .line(n) }
                 } catch {}
                 guard let id else {
                     return PunaError("\(path): line \(number) is not a record of puna batch (no id); refusing to append to this file")
@@ -343,16 +376,30 @@ public final class BatchOutput {
         guard fd >= 0 else { throw PunaError("\(path): cannot open for writing: \(String(cString: puna_strerror(-fd)))") }
         self.fd = fd
         // Make the repair (or the new empty file) durable before any record is added.
-        _ = puna_fsync(fd)
+        let synced = puna_fsync(fd)
+        guard synced == 0 else {
+            _ = puna_close(fd)  // the sync error is the one to report
+            throw PunaError("\(path): cannot sync to disk: \(String(cString: puna_strerror(synced)))")
+        }
     }
 
+    // Every record was synced when it was written, so a failing close loses nothing.
     deinit { _ = puna_close(fd) }
 
-    /// Write one record whole (one write(2)) and fsync it.
+    /// Write one record whole (one write(2)) and fsync it. A write that fails part way (a full disk)
+    /// is cut back off, so the file never ends in half a record.
     public func append(_ result: BatchResult) throws(PunaError) {
         let line = result.jsonLine
+        let sizeBefore = puna_fd_size(fd)
         let e = line.withUnsafeBytes { puna_write_all(fd, $0.baseAddress!, Int64($0.count)) }
-        guard e == 0 else { throw PunaError("\(path): cannot write: \(String(cString: puna_strerror(e)))") }
+        guard e == 0 else {
+            var message = "\(path): cannot write: \(String(cString: puna_strerror(e)))"
+            if sizeBefore >= 0 {
+                let t = puna_ftruncate(fd, sizeBefore)
+                if t != 0 { message += "; the unfinished last line could not be cut off (\(String(cString: puna_strerror(t)))): the next run removes it" }
+            }
+            throw PunaError(message)
+        }
         let s = puna_fsync(fd)
         guard s == 0 else { throw PunaError("\(path): cannot sync to disk: \(String(cString: puna_strerror(s)))") }
         doneKeys.insert(result.id.key)

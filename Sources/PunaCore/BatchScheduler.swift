@@ -135,7 +135,9 @@ public final class BatchScheduler {
         let wanted = slices.reduce(0) { $0 + ($1.wantsLogits ? 1 : 0) }
         let vocab = model.config.vocabSize
         if logits.count < wanted * vocab { logits = [Float](repeating: 0, count: wanted * vocab) }
-        logits.withUnsafeMutableBufferPointer { model.forwardBatch(slices, logits: $0.baseAddress!) }
+        try logits.withUnsafeMutableBufferPointer { (out: inout UnsafeMutableBufferPointer<Float>) throws(PunaError) in
+            try model.forwardBatch(slices, logits: out.baseAddress!)
+        }
         steps += 1
 
         var row = 0

@@ -85,15 +85,13 @@ public struct BoardProfile: Equatable {
 
     /// A profile by built-in name, or from a JSON file when the argument is a path (has a '/' or
     /// ends in ".json").
+    static let maxProfileBytes = 1 << 20
+
     public static func load(_ nameOrPath: String) throws(PunaError) -> BoardProfile {
         if nameOrPath.contains("/") || nameOrPath.hasSuffix(".json") {
-            var size: Int64 = 0
-            var error: Int32 = 0
-            guard let bytes = puna_read_file(nameOrPath, &size, &error) else {
-                throw PunaError("board profile \(nameOrPath): cannot read: \(String(cString: puna_strerror(error)))")
+            let text = try withInputBytes(nameOrPath, maxBytes: maxProfileBytes, limitNote: "a board profile is a few KB of JSON") {
+                (bytes: UnsafeBufferPointer<UInt8>) throws(PunaError) -> String in String(decoding: bytes, as: UTF8.self)
             }
-            defer { puna_free(bytes) }
-            let text = String(decoding: UnsafeBufferPointer(start: bytes, count: Int(size)), as: UTF8.self)
             return try parse(text, source: nameOrPath)
         }
         guard let builtin = builtinSources.first(where: { $0.name == nameOrPath }) else {

@@ -38,6 +38,9 @@ public enum GGUFValueType: UInt32 {
 public indirect enum GGUFValue {
     case uint8(UInt8), int8(Int8), uint16(UInt16), int16(Int16), uint32(UInt32), int32(Int32)
     case float32(Float), bool(Bool), string(String), uint64(UInt64), int64(Int64), float64(Double)
+    /// A string whose bytes are not valid UTF-8 (a token piece holding half a character, say), kept
+    /// byte for byte: decoding it would turn its bytes into U+FFFD and make distinct pieces collide.
+    case invalidUTF8String([UInt8])
     case array(GGUFValueType, [GGUFValue])
 
     public var type: GGUFValueType {
@@ -50,7 +53,7 @@ public indirect enum GGUFValue {
         case .int32: return .int32
         case .float32: return .float32
         case .bool: return .bool
-        case .string: return .string
+        case .string, .invalidUTF8String: return .string
         case .uint64: return .uint64
         case .int64: return .int64
         case .float64: return .float64
@@ -82,9 +85,23 @@ public indirect enum GGUFValue {
         }
     }
 
+    /// The string; one that is not valid UTF-8 comes with U+FFFD in place of its bad bytes (for names
+    /// and messages; `stringBytes` has the exact bytes).
     public var stringValue: String? {
-        if case .string(let s) = self { return s }
-        return nil
+        switch self {
+        case .string(let s): return s
+        case .invalidUTF8String(let bytes): return String(decoding: bytes, as: UTF8.self)
+        default: return nil
+        }
+    }
+
+    /// A string's bytes exactly as stored in the file.
+    public var stringBytes: [UInt8]? {
+        switch self {
+        case .string(let s): return Array(s.utf8)
+        case .invalidUTF8String(let bytes): return bytes
+        default: return nil
+        }
     }
 
     public var boolValue: Bool? {
@@ -190,17 +207,21 @@ public final class GGUFFile {
                 throw PunaError("\(file.path): tensor '\(name)' has \(nDims) dimensions (1 to \(GGUFFile.maxDimensions) allowed)")
             }
             var shape: [Int] = []
-            var elements = 1
+            // The product of the non-zero dimensions must fit too: with one zero dimension the element
+            // count stays 0 however large the others are, and the row count is their product.
+            var elements = 1, nonZero = 1
             for d in 0..<Int(nDims) {
                 let dim = try r.u64("dimension \(d) of tensor '\(name)'")
                 guard dim <= UInt64(Int.max) else {
                     throw PunaError("\(file.path): tensor '\(name)' dimension \(d) is \(dim), too large")
                 }
                 let (product, overflow) = elements.multipliedReportingOverflow(by: Int(dim))
-                guard !overflow else {
+                let (nonZeroProduct, nonZeroOverflow) = nonZero.multipliedReportingOverflow(by: max(Int(dim), 1))
+                guard !overflow, !nonZeroOverflow else {
                     throw PunaError("\(file.path): tensor '\(name)' dimensions overflow (element count too large)")
                 }
                 elements = product
+                nonZero = nonZeroProduct
                 shape.append(Int(dim))
             }
             let rawType = try r.u32("type of tensor '\(name)'")
@@ -343,15 +364,20 @@ struct ByteReader {
         return Int(n)
     }
 
-    mutating func string(_ field: String) throws(PunaError) -> String {
+    /// A string's bytes, a view into the mapping.
+    mutating func stringBytes(_ field: String) throws(PunaError) -> UnsafeRawBufferPointer {
         let n = try u64("length of \(field)")
         guard n <= UInt64(remaining) else {
             throw PunaError("\(path): string length of \(field) is \(n), past the end of the file (\(remaining) bytes left)")
         }
-        let start = bytes.baseAddress! + position
-        let s = String(decoding: UnsafeRawBufferPointer(start: start, count: Int(n)), as: UTF8.self)
+        let view = UnsafeRawBufferPointer(start: bytes.baseAddress! + position, count: Int(n))
         position += Int(n)
-        return s
+        return view
+    }
+
+    /// A key or tensor name (bytes that are not UTF-8 become U+FFFD: names are compared as text).
+    mutating func string(_ field: String) throws(PunaError) -> String {
+        String(decoding: try stringBytes(field), as: UTF8.self)
     }
 
     mutating func value(_ type: GGUFValueType, field: String, depth: Int) throws(PunaError) -> GGUFValue {
@@ -367,7 +393,10 @@ struct ByteReader {
             let b = try u8(field)
             guard b <= 1 else { throw PunaError("\(path): \(field) is a bool with value \(b)") }
             return .bool(b == 1)
-        case .string: return .string(try string(field))
+        case .string:
+            let bytes = try stringBytes(field)
+            let s = String(decoding: bytes, as: UTF8.self)
+            return s.utf8.elementsEqual(bytes) ? .string(s) : .invalidUTF8String(Array(bytes))
         case .uint64: return .uint64(try u64(field))
         case .int64: return .int64(Int64(bitPattern: try u64(field)))
         case .float64: return .float64(Double(bitPattern: try u64(field)))

@@ -99,6 +99,9 @@ public struct GGUFWriter {
         case .float32(let v): appendInt(&out, v.bitPattern)
         case .bool(let v): out.append(v ? 1 : 0)
         case .string(let s): appendString(&out, s)
+        case .invalidUTF8String(let bytes):
+            appendInt(&out, UInt64(bytes.count))
+            out.append(contentsOf: bytes)
         case .uint64(let v): appendInt(&out, v)
         case .int64(let v): appendInt(&out, v)
         case .float64(let v): appendInt(&out, v.bitPattern)

@@ -31,16 +31,24 @@ final class Linear {
     /// y[t][0..<rows] = W · x[t][0..<cols] for t < nTokens, plus the LoRA adapters' updates: the
     /// model's active set for every row when `adapters` is nil, else adapters[t] for row t.
     func forward(_ pool: OpaquePointer, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, nTokens: Int,
-                 adapters: [AdapterSet]? = nil) {
+                 adapters: [AdapterSet]? = nil) throws(PunaError) {
         // One token with active adapters: product and deltas in one pool run (LoRA.swift).
         if adapters == nil && nTokens == 1 && adapterState != nil && Linear.forwardOneTokenWithAdapters([self], pool, x, [y]) { return }
-        // Types were checked against puna_matmul_supports at load, so this cannot fail.
-        _ = puna_matmul(pool, Int32(type.rawValue), weights, Int64(rows), Int64(cols), x, Int64(nTokens), y)
-        addAdapterDeltas(pool, x, y, nTokens: nTokens, adapters: adapters)
+        try kernelStatus(puna_matmul(pool, Int32(type.rawValue), weights, Int64(rows), Int64(cols), x, Int64(nTokens), y),
+                         "puna_matmul of \(name) (\(type.name), \(rows)×\(cols))")
+        try addAdapterDeltas(pool, x, y, nTokens: nTokens, adapters: adapters)
     }
 
-    /// Decode row `r` (e.g. one token's embedding) into `out` (cols floats).
+    /// Decode row `r` (e.g. one token's embedding) into `out` (cols floats). Types were checked to
+    /// decode at load.
     func decodeRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
         try? type.decode(weights + r * rowBytes, into: out, count: cols)
     }
+}
+
+/// A C kernel's status. The kernels refuse only arguments the loaders already checked (a type without
+/// a kernel, sizes that do not agree), so a refusal is a bug in Puna: it becomes an error naming the
+/// call rather than numbers computed from buffers the kernel never wrote.
+func kernelStatus(_ status: Int32, _ call: @autoclosure () -> String) throws(PunaError) {
+    if status != 0 { throw PunaError("internal error: \(call()) refused its arguments (status \(status))") }
 }

@@ -163,7 +163,11 @@ public final class LlamaModel {
                 if let vulkan {
                     failure = vulkan.forward(self, Array(tokens[start..<start + n]), cache: cache, logits: destination, allLogits: allLogits)
                 } else {
-                    forward(Array(tokens[start..<start + n]), cache: cache, logits: destination, allLogits: allLogits)
+                    do throws(PunaError) {
+                        try forward(Array(tokens[start..<start + n]), cache: cache, logits: destination, allLogits: allLogits)
+                    } catch {
+                        failure = error
+                    }
                 }
             }
             start += n
@@ -174,7 +178,7 @@ public final class LlamaModel {
 
     /// One batch of tokens through every layer. Writes logits of all tokens (allLogits) or of the
     /// last one to `logits` when it is not nil.
-    func forward(_ tokens: [Int32], cache: KVCache, logits: UnsafeMutablePointer<Float>?, allLogits: Bool) {
+    func forward(_ tokens: [Int32], cache: KVCache, logits: UnsafeMutablePointer<Float>?, allLogits: Bool) throws(PunaError) {
         let c = config
         let n = tokens.count, e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength
         let pos0 = cache.count
@@ -188,29 +192,30 @@ public final class LlamaModel {
         let up = Buffer(n * ff)     // [n][ff]
 
         for (t, token) in tokens.enumerated() { tokenEmbedding.decodeRow(Int(token), into: x.p + t * e) }
-        if !adapterState.active.isEmpty { addEmbeddingAdapterDeltas(tokens, into: x.p, adapters: nil) }
+        if !adapterState.active.isEmpty { try addEmbeddingAdapterDeltas(tokens, into: x.p, adapters: nil) }
 
         for (l, layer) in layers.enumerated() {
             // attention
             for t in 0..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, layer.attentionNorm, Int64(e), c.rmsNormEpsilon) }
-            forwardSharingInput([layer.q, layer.k, layer.v], xb.p, [q.p, k.p, v.p], nTokens: n)
+            try forwardSharingInput([layer.q, layer.k, layer.v], xb.p, [q.p, k.p, v.p], nTokens: n)
             for t in 0..<n {
                 rope(q.p + t * e, heads: c.headCount, position: pos0 + t)
                 rope(k.p + t * kvd, heads: c.headCountKV, position: pos0 + t)
             }
             cache.store(layer: l, start: pos0, n: n, keys: k.p, values: v.p)
-            _ = puna_attention(pool, att.p, q.p, Int32(cache.type.rawValue),
-                               cache.keyRow(layer: l, position: 0), cache.valueRow(layer: l, position: 0),
-                               Int64(cache.rowBytes), Int32(n), Int32(pos0), Int32(c.headCount),
-                               Int32(c.headCountKV), Int32(c.headDimension), nil, Int32(cache.capacity))
-            layer.o.forward(pool, att.p, xb.p, nTokens: n)
+            try kernelStatus(puna_attention(pool, att.p, q.p, Int32(cache.type.rawValue),
+                                            cache.keyRow(layer: l, position: 0), cache.valueRow(layer: l, position: 0),
+                                            Int64(cache.rowBytes), Int32(n), Int32(pos0), Int32(c.headCount),
+                                            Int32(c.headCountKV), Int32(c.headDimension), nil, Int32(cache.capacity)),
+                             "puna_attention of layer \(l)")
+            try layer.o.forward(pool, att.p, xb.p, nTokens: n)
             puna_add(x.p, x.p, xb.p, Int64(n * e))
 
             // feed-forward (SwiGLU)
             for t in 0..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, layer.ffnNorm, Int64(e), c.rmsNormEpsilon) }
-            forwardSharingInput([layer.gate, layer.up], xb.p, [gate.p, up.p], nTokens: n)
+            try forwardSharingInput([layer.gate, layer.up], xb.p, [gate.p, up.p], nTokens: n)
             puna_swiglu(gate.p, gate.p, up.p, Int64(n * ff))
-            layer.down.forward(pool, gate.p, xb.p, nTokens: n)
+            try layer.down.forward(pool, gate.p, xb.p, nTokens: n)
             puna_add(x.p, x.p, xb.p, Int64(n * e))
         }
         cache.count = pos0 + n
@@ -219,23 +224,24 @@ public final class LlamaModel {
         // Only the rows whose logits are wanted go through the final norm and output matrix.
         let first = allLogits ? 0 : n - 1
         for t in first..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, outputNorm, Int64(e), c.rmsNormEpsilon) }
-        output.forward(pool, xb.p + first * e, logits, nTokens: n - first)
+        try output.forward(pool, xb.p + first * e, logits, nTokens: n - first)
     }
 
     /// Matrices that read the same input (Q, K, V; gate, up): one pool run for all of them (ops.c
     /// puna_matmul_many, same bits as one by one), with the active adapters' deltas too when
     /// decoding one token (puna_lora_matmul_many1); other adapter cases go one by one.
-    func forwardSharingInput(_ matrices: [Linear], _ x: UnsafePointer<Float>, _ ys: [UnsafeMutablePointer<Float>], nTokens: Int) {
+    func forwardSharingInput(_ matrices: [Linear], _ x: UnsafePointer<Float>, _ ys: [UnsafeMutablePointer<Float>], nTokens: Int) throws(PunaError) {
         guard adapterState.active.isEmpty else {
             if nTokens == 1 && Linear.forwardOneTokenWithAdapters(matrices, pool, x, ys) { return }
-            for (m, y) in zip(matrices, ys) { m.forward(pool, x, y, nTokens: nTokens) }
+            for (m, y) in zip(matrices, ys) { try m.forward(pool, x, y, nTokens: nTokens) }
             return
         }
         let types = matrices.map { Int32($0.type.rawValue) }
         let weights: [UnsafeRawPointer?] = matrices.map { $0.weights }
         let rows = matrices.map { Int64($0.rows) }
         let outputs: [UnsafeMutablePointer<Float>?] = ys.map { $0 }
-        _ = puna_matmul_many(pool, Int32(matrices.count), types, weights, rows, Int64(matrices[0].cols), x, Int64(nTokens), outputs)
+        try kernelStatus(puna_matmul_many(pool, Int32(matrices.count), types, weights, rows, Int64(matrices[0].cols), x, Int64(nTokens), outputs),
+                         "puna_matmul_many of \(matrices.map { $0.name }.joined(separator: ", "))")
     }
 
     func rope(_ vec: UnsafeMutablePointer<Float>, heads: Int, position: Int) {

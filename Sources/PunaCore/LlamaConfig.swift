@@ -53,11 +53,13 @@ public struct LlamaConfig: Equatable {
             }
             return v
         }
-        func optionalFloat(_ name: String, _ fallback: Float) throws(PunaError) -> Float {
+        // Each number within what a real model uses, by orders of magnitude: outside, the forward
+        // pass computes infinities and NaN (a rope base of 1e-45 gives infinite frequencies).
+        func optionalFloat(_ name: String, _ fallback: Float, _ range: ClosedRange<Double>) throws(PunaError) -> Float {
             let key = "\(arch).\(name)"
             guard let value = gguf[key] else { return fallback }
-            guard let v = value.doubleValue, v.isFinite, v > 0 else {
-                throw PunaError("\(gguf.path): key \(key) must be a positive number")
+            guard let v = value.doubleValue, v.isFinite, range.contains(v) else {
+                throw PunaError("\(gguf.path): key \(key) must be a number from \(range.lowerBound) to \(range.upperBound), found \(value.doubleValue.map { "\($0)" } ?? value.type.name)")
             }
             return Float(v)
         }
@@ -75,18 +77,26 @@ public struct LlamaConfig: Equatable {
             throw PunaError("\(gguf.path): \(arch).attention.head_count \(headCount) is not a multiple of \(arch).attention.head_count_kv \(headCountKV)")
         }
         let headDim = embeddingLength / headCount
+        // LLaMA's heads are embedding_length / head_count wide; a file that says otherwise describes
+        // another shape, which computing with this one would get wrong.
+        for name in ["attention.key_length", "attention.value_length"] where gguf["\(arch).\(name)"] != nil {
+            let v = try required(name)
+            guard v == headDim else {
+                throw PunaError("\(gguf.path): \(arch).\(name) is \(v), but Puna's \(arch) needs it equal to the head size embedding_length / head_count = \(headDim)")
+            }
+        }
         ropeDimensionCount = gguf["\(arch).rope.dimension_count"] == nil ? headDim : try required("rope.dimension_count")
         guard ropeDimensionCount <= headDim, ropeDimensionCount % 2 == 0 else {
             throw PunaError("\(gguf.path): \(arch).rope.dimension_count \(ropeDimensionCount) must be even and at most the head size \(headDim)")
         }
-        ropeFreqBase = try optionalFloat("rope.freq_base", 10000)
-        rmsNormEpsilon = try optionalFloat("attention.layer_norm_rms_epsilon", 1e-5)
+        ropeFreqBase = try optionalFloat("rope.freq_base", 10000, 1...1e10)
+        rmsNormEpsilon = try optionalFloat("attention.layer_norm_rms_epsilon", 1e-5, 1e-12...1)
         ropeScaleLinear = 1
         if let type = gguf.string("\(arch).rope.scaling.type"), type != "none" {
             guard type == "linear" else {
                 throw PunaError("\(gguf.path): \(arch).rope.scaling.type '\(type)' is not supported (only linear)")
             }
-            ropeScaleLinear = try optionalFloat("rope.scaling.factor", 1)
+            ropeScaleLinear = try optionalFloat("rope.scaling.factor", 1, 1e-3...1e4)
         }
         if gguf["\(arch).vocab_size"] != nil {
             vocabSize = try required("vocab_size")
@@ -96,6 +106,15 @@ public struct LlamaConfig: Equatable {
             vocabSize = embd.shape[1]
         } else {
             throw PunaError("\(gguf.path): cannot tell the vocabulary size (no \(arch).vocab_size, tokenizer.ggml.tokens or token_embd.weight)")
+        }
+        // Layers past block_count would be silently dropped: the file is inconsistent.
+        for t in gguf.tensors where t.name.hasPrefix("blk.") {
+            let digits = t.name.utf8.dropFirst(4).prefix { $0 >= 48 && $0 <= 57 }
+            guard !digits.isEmpty else { continue }
+            let layer = Int(String(decoding: digits, as: UTF8.self))  // nil: too many digits for any layer
+            if layer.map({ $0 >= blockCount }) ?? true {
+                throw PunaError("\(gguf.path): tensor '\(t.name)' belongs to a layer past \(arch).block_count = \(blockCount)")
+            }
         }
     }
 }

@@ -404,9 +404,13 @@ public final class LoRAAdapter {
             }
         }
         guard let rValue = config["r"] else { throw PunaError("\(configPath): missing key 'r' (the LoRA rank)") }
-        guard let rank = rValue.int, rank > 0 else { throw PunaError("\(configPath): 'r' must be a positive integer") }
+        guard let rank = checkedRank(rValue) else {
+            throw PunaError("\(configPath): 'r' must be a whole number from 1 to \(maxRank), found \(jsonText(rValue))")
+        }
         guard let alphaValue = config["lora_alpha"] else { throw PunaError("\(configPath): missing key 'lora_alpha'") }
-        guard let alpha = alphaValue.double, alpha.isFinite else { throw PunaError("\(configPath): 'lora_alpha' must be a number") }
+        guard let alpha = checkedAlpha(alphaValue.double) else {
+            throw PunaError("\(configPath): 'lora_alpha' must be a number of magnitude at most \(Int(maxAlpha)), found \(jsonText(alphaValue))")
+        }
         guard let targetsValue = config["target_modules"] else {
             throw PunaError("\(configPath): missing key 'target_modules'")
         }
@@ -451,8 +455,8 @@ public final class LoRAAdapter {
                 warnings.append("target modules that LLaMA does not have: \(unknown.joined(separator: ", ")) (their tensors are ignored)")
             }
         }
-        let rankPattern = try patternTable(config, "rank_pattern", configPath)
-        let alphaPattern = try patternTable(config, "alpha_pattern", configPath)
+        let rankPattern = try patternTable(config, "rank_pattern", configPath, "a whole number from 1 to \(maxRank)") { checkedRank($0).map { Double($0) } }
+        let alphaPattern = try patternTable(config, "alpha_pattern", configPath, "a number of magnitude at most \(Int(maxAlpha))") { checkedAlpha($0.double) }
 
         let tensorsPath = safetensorsPath ?? folder + "/adapter_model.safetensors"
         if safetensorsPath == nil && puna_file_exists(tensorsPath) == 0 {
@@ -561,16 +565,45 @@ public final class LoRAAdapter {
                              pairs: pairs, warnings: warnings, safetensors: file, gguf: nil, savedBaseLayers: baseLayerShapes)
     }
 
+    /// The largest rank accepted from a config: far above any real adapter, and small enough that
+    /// rank × columns arithmetic cannot overflow.
+    static let maxRank = 1 << 16
+    /// The largest |alpha| accepted: real adapters use a few to a few hundred; beyond this alpha/r·B·A
+    /// is no longer a fine-tune but overflow waiting to happen (1e308 became +inf as a Float).
+    static let maxAlpha: Double = 1e6
+
+    /// A rank from JSON: an exact whole number in 1...maxRank (8.7 or 1e19 are refused, not truncated or trapped on).
+    private static func checkedRank(_ value: JSONValue) -> Int? {
+        guard let r = value.int, r >= 1, r <= maxRank else { return nil }
+        return r
+    }
+
+    /// An alpha that is finite and at most maxAlpha in magnitude, so that it and alpha/r stay finite Floats.
+    static func checkedAlpha(_ value: Double?) -> Double? {
+        guard let a = value, a.isFinite, a.magnitude <= maxAlpha else { return nil }
+        return a
+    }
+
+    /// A JSON value as text for a message, cut to a readable length.
+    private static func jsonText(_ value: JSONValue) -> String {
+        if let t = value.numberText { return clipped(t) }
+        if let s = value.string { return "'\(clipped(s))'" }
+        return value.isNull ? "null" : "a non-number"
+    }
+
     /// rank_pattern / alpha_pattern: module name (or suffix) → number. PEFT matches the keys as regular
     /// expressions; Puna takes plain names, which cover what PEFT itself writes.
-    private static func patternTable(_ config: JSONValue, _ key: String, _ path: String) throws(PunaError) -> [(String, Double)] {
+    private static func patternTable(_ config: JSONValue, _ key: String, _ path: String, _ what: String,
+                                     _ check: (JSONValue) -> Double?) throws(PunaError) -> [(String, Double)] {
         guard let value = config[key], !value.isNull else { return [] }
         guard let members = value.object else { throw PunaError("\(path): '\(key)' must be an object") }
         var table: [(String, Double)] = []
         for (k, v) in members {
-            guard let d = v.double, d > 0 else { throw PunaError("\(path): \(key) entry '\(k)' must be a positive number") }
+            guard let d = check(v), d > 0 else {
+                throw PunaError("\(path): \(key) entry '\(clipped(k))' must be \(what) above 0, found \(jsonText(v))")
+            }
             if k.contains(where: { "^$*+?()[]{}|\\".contains($0) }) {
-                throw PunaError("\(path): \(key) entry '\(k)' is a regular expression, which Puna does not evaluate (use plain module names)")
+                throw PunaError("\(path): \(key) entry '\(clipped(k))' is a regular expression, which Puna does not evaluate (use plain module names)")
             }
             table.append((k, d))
         }
@@ -593,7 +626,9 @@ public final class LoRAAdapter {
         guard let adapterType = gguf.string("adapter.type") else { throw PunaError("\(path): missing key adapter.type") }
         guard adapterType == "lora" else { throw PunaError("\(path): adapter.type is '\(adapterType)'; Puna runs LoRA adapters only") }
         guard let alphaValue = gguf["adapter.lora.alpha"] else { throw PunaError("\(path): missing key adapter.lora.alpha") }
-        guard let alpha = alphaValue.doubleValue, alpha.isFinite else { throw PunaError("\(path): adapter.lora.alpha must be a number") }
+        guard let alpha = checkedAlpha(alphaValue.doubleValue) else {
+            throw PunaError("\(path): adapter.lora.alpha must be a number of magnitude at most \(Int(maxAlpha)), found \(alphaValue.doubleValue.map { "\($0)" } ?? alphaValue.type.name)")
+        }
         if gguf["adapter.alora.invocation_tokens"] != nil {
             throw PunaError("\(path): an activated LoRA (aLoRA), which Puna does not support")
         }
@@ -801,7 +836,7 @@ extension LlamaModel {
 
     /// Add the embedding adapters' rows for `tokens` into x ([n][n_embd]); `adapters[t]` selects
     /// the set of token t (nil: the active set for all).
-    func addEmbeddingAdapterDeltas(_ tokens: [Int32], into x: UnsafeMutablePointer<Float>, adapters: [AdapterSet]?) {
+    func addEmbeddingAdapterDeltas(_ tokens: [Int32], into x: UnsafeMutablePointer<Float>, adapters: [AdapterSet]?) throws(PunaError) {
         let groups = adapterGroups(target: "token_embd.weight", nTokens: tokens.count, adapters: adapters, state: adapterState)
         let e = config.embeddingLength
         for g in groups where g.weights.kind == .embedding {
@@ -811,7 +846,8 @@ extension LlamaModel {
                 w.embeddingCoefficients(token: Int(tokens[t]), into: coefficients.p + i * r)
                 for k in 0..<r { coefficients.p[i * r + k] *= g.scales[i] }
             }
-            _ = puna_matmul(pool, Int32(w.b.type.rawValue), w.b.data, Int64(w.b.rows), Int64(r), coefficients.p, Int64(m), delta.p)
+            try kernelStatus(puna_matmul(pool, Int32(w.b.type.rawValue), w.b.data, Int64(w.b.rows), Int64(r), coefficients.p, Int64(m), delta.p),
+                             "puna_matmul of the embedding adapter's B")
             for (i, t) in g.rows.enumerated() { puna_add(x + t * e, x + t * e, delta.p + i * e, Int64(e)) }
         }
     }
@@ -950,17 +986,18 @@ extension Linear {
     /// model for every row (adapters nil), or adapters[t] for row t. Rows sharing a pair go through
     /// one puna_lora_apply (no gathering: it takes the row indices).
     func addAdapterDeltas(_ pool: OpaquePointer, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-                          nTokens: Int, adapters: [AdapterSet]?) {
+                          nTokens: Int, adapters: [AdapterSet]?) throws(PunaError) {
         guard let adapters else {
             // The hot path (every token of run/chat/perplexity): the cached pairs.
             guard let cache = activeAdapterCache() else { return }
             if let factors = cache.factors, let scales = cache.scales {
                 for i in 0..<cache.count {
-                    _ = puna_lora_apply(pool, factors + i, x, y, Int64(rows), Int64(nTokens), nil, nil, scales[i])
+                    try kernelStatus(puna_lora_apply(pool, factors + i, x, y, Int64(rows), Int64(nTokens), nil, nil, scales[i]),
+                                     "puna_lora_apply on \(name)")
                 }
             }
             for (w, s) in cache.others {
-                addDeltaThroughMatmul(pool, w, x, y, nTokens: nTokens, rowList: Array(0..<nTokens), scales: [Float](repeating: s, count: nTokens))
+                try addDeltaThroughMatmul(pool, w, x, y, nTokens: nTokens, rowList: Array(0..<nTokens), scales: [Float](repeating: s, count: nTokens))
             }
             return
         }
@@ -969,23 +1006,24 @@ extension Linear {
             let w = g.weights
             w.prepareTransposedB()
             guard w.transposedB != nil else {
-                addDeltaThroughMatmul(pool, w, x, y, nTokens: nTokens, rowList: g.rows, scales: g.scales)
+                try addDeltaThroughMatmul(pool, w, x, y, nTokens: nTokens, rowList: g.rows, scales: g.scales)
                 continue
             }
             var factors = w.kernelFactors
             let rowIndices = g.rows.map { Int32(truncatingIfNeeded: $0) }
-            rowIndices.withUnsafeBufferPointer { r in
+            let status = rowIndices.withUnsafeBufferPointer { r in
                 g.scales.withUnsafeBufferPointer { s in
-                    _ = puna_lora_apply(pool, &factors, x, y, Int64(rows), Int64(g.rows.count), r.baseAddress, s.baseAddress, 0)
+                    puna_lora_apply(pool, &factors, x, y, Int64(rows), Int64(g.rows.count), r.baseAddress, s.baseAddress, 0)
                 }
             }
+            try kernelStatus(status, "puna_lora_apply on \(name)")
         }
     }
 
     /// The general path for pairs puna_lora_apply does not take: A·x and B·(A·x) through
     /// puna_matmul for the rows in `rowList`, each scaled by its entry of `scales`.
     private func addDeltaThroughMatmul(_ pool: OpaquePointer, _ w: LoRAWeights, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-                                       nTokens: Int, rowList: [Int], scales: [Float]) {
+                                       nTokens: Int, rowList: [Int], scales: [Float]) throws(PunaError) {
         let m = rowList.count, r = w.rank, out = w.b.rows
         // Rows 0..<n in order can be read in place; otherwise gather them.
         var input = x
@@ -997,12 +1035,14 @@ extension Linear {
             input = UnsafePointer(buffer.p)
         }
         let ax = Buffer(m * r), delta = Buffer(m * out)
-        _ = puna_matmul(pool, Int32(w.a.type.rawValue), w.a.data, Int64(r), Int64(cols), input, Int64(m), ax.p)
+        try kernelStatus(puna_matmul(pool, Int32(w.a.type.rawValue), w.a.data, Int64(r), Int64(cols), input, Int64(m), ax.p),
+                         "puna_matmul of an adapter's A on \(name)")
         for i in 0..<m {
             let s = scales[i]
             for k in 0..<r { ax.p[i * r + k] *= s }
         }
-        _ = puna_matmul(pool, Int32(w.b.type.rawValue), w.b.data, Int64(out), Int64(r), ax.p, Int64(m), delta.p)
+        try kernelStatus(puna_matmul(pool, Int32(w.b.type.rawValue), w.b.data, Int64(out), Int64(r), ax.p, Int64(m), delta.p),
+                         "puna_matmul of an adapter's B on \(name)")
         for (i, t) in rowList.enumerated() {
             let row = y + t * rows, d = delta.p + i * out
             if let order = w.outputRows {

@@ -46,3 +46,24 @@ public final class MappedFile {
         if err != 0 { throw PunaError("\(path): mlock failed: \(String(cString: puna_strerror(err)))") }
     }
 }
+
+/// Reads a whole input of at most `maxBytes` bytes — a regular file, a pipe or a terminal; "-" is
+/// standard input — and hands its bytes to `body`. A device such as /dev/zero is refused (its reads
+/// never end) and so is anything longer than `maxBytes`, without reading past the limit; `limitNote`
+/// says in that message why the limit is what it is.
+public func withInputBytes<R>(_ path: String, maxBytes: Int, limitNote: String,
+                              _ body: (UnsafeBufferPointer<UInt8>) throws(PunaError) -> R) throws(PunaError) -> R {
+    var size: Int64 = 0
+    var error: Int32 = 0
+    guard let bytes = puna_read_file(path == "-" ? "/dev/stdin" : path, Int64(maxBytes), &size, &error) else {
+        if error == EFBIG_CODE {
+            throw PunaError("\(path): longer than \(formatBytes(maxBytes)) (\(limitNote))")
+        }
+        throw PunaError("\(path): cannot read: \(String(cString: puna_strerror(error)))")
+    }
+    defer { puna_free(bytes) }
+    return try body(UnsafeBufferPointer(start: bytes, count: Int(size)))
+}
+
+/// EFBIG, as Linux numbers it (Embedded Swift has no Glibc module to name it).
+let EFBIG_CODE: Int32 = 27

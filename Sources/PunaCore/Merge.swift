@@ -58,13 +58,14 @@ struct LowRankUpdate {
     }
 
     /// ΔW's rows [first, first + n) into out ([n][cols]).
-    func rows(_ pool: OpaquePointer, first: Int, count n: Int, into out: UnsafeMutablePointer<Float>) {
-        p.withUnsafeBufferPointer { pp in
+    func rows(_ pool: OpaquePointer, first: Int, count n: Int, into out: UnsafeMutablePointer<Float>) throws(PunaError) {
+        let status = p.withUnsafeBufferPointer { pp in
             qT.withUnsafeBufferPointer { q in
-                _ = puna_matmul(pool, Int32(GGMLType.f32.rawValue), q.baseAddress!, Int64(cols), Int64(k),
-                                pp.baseAddress! + first * k, Int64(n), out)
+                puna_matmul(pool, Int32(GGMLType.f32.rawValue), q.baseAddress!, Int64(cols), Int64(k),
+                            pp.baseAddress! + first * k, Int64(n), out)
             }
         }
+        try kernelStatus(status, "puna_matmul of a merge update")
     }
 }
 
@@ -143,7 +144,7 @@ func transcodeRows(_ pool: OpaquePointer, source: UnsafeRawPointer, sourceType: 
             try sourceType.decode(source + (first + i) * sourceRowBytes, into: merged.p + i * cols, count: cols)
         }
         if let update {
-            update.rows(pool, first: first, count: n, into: delta.p)
+            try update.rows(pool, first: first, count: n, into: delta.p)
             puna_add(merged.p, merged.p, delta.p, Int64(n * cols))
         }
         for i in 0..<n {

@@ -104,11 +104,14 @@ public final class SafetensorsFile {
             }
             guard let dims = value["shape"]?.array else { throw PunaError("\(path): tensor '\(name)' has no shape array") }
             var shape: [Int] = []
-            var elements = 1
+            // As in GGUF: the non-zero dimensions' product must fit as well as the element count.
+            var elements = 1, nonZero = 1
             for d in dims {
                 guard let n = d.int, n >= 0 else { throw PunaError("\(path): tensor '\(name)' has a shape entry that is not a non-negative integer") }
                 let (product, overflow) = elements.multipliedReportingOverflow(by: n)
-                guard !overflow else { throw PunaError("\(path): tensor '\(name)' shape \(shapeText(shape + [n])) overflows") }
+                let (nonZeroProduct, nonZeroOverflow) = nonZero.multipliedReportingOverflow(by: max(n, 1))
+                nonZero = nonZeroProduct
+                guard !overflow, !nonZeroOverflow else { throw PunaError("\(path): tensor '\(name)' shape \(shapeText(shape + [n])) overflows") }
                 elements = product
                 shape.append(n)
             }

@@ -31,6 +31,13 @@ public final class Tokenizer {
     public let addsEOS: Bool
     /// `tokenizer.ggml.add_space_prefix` (default true): the SentencePiece dummy prefix.
     public let addsSpacePrefix: Bool
+    /// The longest piece, in bytes. No token stands for more bytes of text than this ("▁" takes 3 bytes
+    /// for a 1-byte space, `<0xNN>` 6 for one byte), so a text of n bytes needs at least
+    /// n / maxPieceBytes tokens: enough to refuse a prompt that cannot fit before tokenizing it.
+    public let maxPieceBytes: Int
+    /// No piece of more than one byte holds a newline (LLaMA spells it `<0x0A>`): a newline then never
+    /// merges with its neighbours, and text cut after one tokenizes to the same tokens as the whole.
+    private let newlineSeparates: Bool
 
     private let pieces: PieceTable
     private let scores: [Float]
@@ -82,9 +89,9 @@ public final class Tokenizer {
         var texts: [[UInt8]] = []
         texts.reserveCapacity(n)
         for (i, v) in tokenValues.enumerated() {
-            let s = v.stringValue ?? ""
+            let bytes = v.stringBytes ?? []
             // llama.cpp renames empty pieces so they can never match text.
-            texts.append(s.isEmpty ? Array("[EMPTY_\(i)]".utf8) : Array(s.utf8))
+            texts.append(bytes.isEmpty ? Array("[EMPTY_\(i)]".utf8) : bytes)
         }
 
         // scores: optional, f32 or i32, one per token
@@ -189,6 +196,8 @@ public final class Tokenizer {
         }
 
         self.vocabSize = n
+        self.maxPieceBytes = texts.reduce(1) { max($0, $1.count) }
+        self.newlineSeparates = !texts.contains { $0.count > 1 && $0.contains(0x0A) }
         self.pieces = table
         self.scores = scores
         self.types = types
@@ -235,6 +244,20 @@ public final class Tokenizer {
 
     // MARK: encoding
 
+    /// The most bytes of text that could still fit in `context` tokens (beyond, every token would
+    /// have to cover more than the longest piece).
+    public func maxBytes(fitting context: Int) -> Int {
+        let (n, overflow) = max(context, 0).multipliedReportingOverflow(by: maxPieceBytes)
+        return overflow ? Int.max : n
+    }
+
+    /// Refuses, before tokenizing, a text that cannot fit in `context` tokens whatever it holds.
+    public func checkCanFit(textBytes: Int, context: Int, what: String) throws(PunaError) {
+        guard textBytes <= maxBytes(fitting: context) else {
+            throw PunaError("\(what) has \(textBytes) bytes: at least \(textBytes / maxPieceBytes) tokens (no token of this vocabulary spans more than \(maxPieceBytes) bytes), more than the context length \(context) (raise -c)")
+        }
+    }
+
     /// Tokenizes with the file's defaults for BOS and EOS.
     public func encode(_ text: String) -> [Int32] {
         encode(text, addBOS: addsBOS, addEOS: addsEOS)
@@ -251,8 +274,43 @@ public final class Tokenizer {
         var output: [Int32] = []
         output.reserveCapacity(text.count / 3 + 4)
         if addBOS { output.append(bosID) }
+        append(text, startsText: true, parseSpecial: parseSpecial, to: &output)
+        if addEOS { output.append(eosID) }
+        return output
+    }
+
+    /// Tokenizes a long text (a perplexity corpus) window by window, each cut after a newline, so that
+    /// the merge loop's working memory (tens of bytes per text byte) stays that of one window. The
+    /// tokens equal `encode(utf8:addBOS:)`'s: where a newline can merge with its neighbours the text is
+    /// taken whole.
+    public func encodeLong(utf8 text: UnsafeBufferPointer<UInt8>, addBOS: Bool, window: Int = 1 << 20) -> [Int32] {
+        var output: [Int32] = []
+        output.reserveCapacity(text.count / 3 + 4)
+        if addBOS { output.append(bosID) }
+        var start = 0
+        while start < text.count {
+            var end = text.count
+            if newlineSeparates && text.count - start > max(window, 1) {
+                // The last newline within the window ends it; a window without one runs to the next.
+                var cut = start + max(window, 1)
+                while cut > start && text[cut - 1] != 0x0A { cut -= 1 }
+                if cut == start {
+                    cut = start + max(window, 1)
+                    while cut < text.count && text[cut - 1] != 0x0A { cut += 1 }
+                }
+                end = cut
+            }
+            append(Array(UnsafeBufferPointer(rebasing: text[start..<end])), startsText: start == 0, parseSpecial: false, to: &output)
+            start = end
+        }
+        return output
+    }
+
+    /// Tokens of `text` appended to `output`. `startsText`: the text begins the input (its first
+    /// fragment gets the dummy space); false for the later windows of `encodeLong`.
+    private func append(_ text: [UInt8], startsText: Bool, parseSpecial: Bool, to output: inout [Int32]) {
         // A fragment that starts the text or follows a cut-out token gets the dummy space.
-        var previousWasToken = true
+        var previousWasToken = startsText
         for fragment in partition(text, parseSpecial: parseSpecial) {
             switch fragment {
             case .token(let id):
@@ -264,8 +322,6 @@ public final class Tokenizer {
                 previousWasToken = false
             }
         }
-        if addEOS { output.append(eosID) }
-        return output
     }
 
     private enum Fragment {

@@ -393,7 +393,7 @@ final class VulkanBackend {
 
         let embeddings = context.hostFloats(input)
         for (t, token) in tokens.enumerated() { m.tokenEmbedding.decodeRow(Int(token), into: embeddings + t * e) }
-        m.addEmbeddingAdapterDeltas(tokens, into: embeddings, adapters: nil)   // embedding LoRA, on the CPU
+        try m.addEmbeddingAdapterDeltas(tokens, into: embeddings, adapters: nil)   // embedding LoRA, on the CPU
         let adapters = m.activeAdapters
         if !adapters.isEmpty { try prepareAdapters(m, adapters, tokens: n) }
         if let factors = m.ropeFactors {
@@ -467,9 +467,9 @@ final class VulkanBackend {
         // Partial offload: the remaining layers and the output on the CPU, as LlamaModel.forward.
         let xs = Buffer(n * e)
         xs.p.update(from: context.hostFloats(readback), count: n * e)
-        m.forwardLayersOnCPU(xs, from: gpuLayerCount, tokens: n, cache: cache, pos0: pos0)
+        try m.forwardLayersOnCPU(xs, from: gpuLayerCount, tokens: n, cache: cache, pos0: pos0)
         cache.count = pos0 + n
-        m.outputOnCPU(xs, tokens: n, logits: logits, allLogits: allLogits)
+        try m.outputOnCPU(xs, tokens: n, logits: logits, allLogits: allLogits)
     }
 }
 
@@ -477,7 +477,7 @@ extension LlamaModel {
     /// Layers from `first` on, on the CPU, for n tokens in `x` at positions pos0... Mirrors
     /// LlamaModel.forward. (The CPU cache keeps room for every layer; the GPU layers' rows are
     /// never touched, so those pages are never backed by memory.)
-    func forwardLayersOnCPU(_ x: Buffer, from first: Int, tokens n: Int, cache: KVCache, pos0: Int) {
+    func forwardLayersOnCPU(_ x: Buffer, from first: Int, tokens n: Int, cache: KVCache, pos0: Int) throws(PunaError) {
         let c = config
         let e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength
         let xb = Buffer(n * e), q = Buffer(n * e), k = Buffer(n * kvd), v = Buffer(n * kvd), att = Buffer(n * e)
@@ -485,37 +485,38 @@ extension LlamaModel {
         for l in first..<layers.count {
             let layer = layers[l]
             for t in 0..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, layer.attentionNorm, Int64(e), c.rmsNormEpsilon) }
-            layer.q.forward(pool, xb.p, q.p, nTokens: n)
-            layer.k.forward(pool, xb.p, k.p, nTokens: n)
-            layer.v.forward(pool, xb.p, v.p, nTokens: n)
+            try layer.q.forward(pool, xb.p, q.p, nTokens: n)
+            try layer.k.forward(pool, xb.p, k.p, nTokens: n)
+            try layer.v.forward(pool, xb.p, v.p, nTokens: n)
             for t in 0..<n {
                 rope(q.p + t * e, heads: c.headCount, position: pos0 + t)
                 rope(k.p + t * kvd, heads: c.headCountKV, position: pos0 + t)
             }
             cache.store(layer: l, start: pos0, n: n, keys: k.p, values: v.p)
-            _ = puna_attention(pool, att.p, q.p, Int32(cache.type.rawValue),
+            try kernelStatus(puna_attention(pool, att.p, q.p, Int32(cache.type.rawValue),
                                cache.keyRow(layer: l, position: 0), cache.valueRow(layer: l, position: 0),
                                Int64(cache.rowBytes), Int32(n), Int32(pos0), Int32(c.headCount),
-                               Int32(c.headCountKV), Int32(c.headDimension), nil, Int32(cache.capacity))
-            layer.o.forward(pool, att.p, xb.p, nTokens: n)
+                               Int32(c.headCountKV), Int32(c.headDimension), nil, Int32(cache.capacity)),
+                             "puna_attention of layer \(l)")
+            try layer.o.forward(pool, att.p, xb.p, nTokens: n)
             puna_add(x.p, x.p, xb.p, Int64(n * e))
             for t in 0..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, layer.ffnNorm, Int64(e), c.rmsNormEpsilon) }
-            layer.gate.forward(pool, xb.p, gate.p, nTokens: n)
-            layer.up.forward(pool, xb.p, up.p, nTokens: n)
+            try layer.gate.forward(pool, xb.p, gate.p, nTokens: n)
+            try layer.up.forward(pool, xb.p, up.p, nTokens: n)
             puna_swiglu(gate.p, gate.p, up.p, Int64(n * ff))
-            layer.down.forward(pool, gate.p, xb.p, nTokens: n)
+            try layer.down.forward(pool, gate.p, xb.p, nTokens: n)
             puna_add(x.p, x.p, xb.p, Int64(n * e))
         }
     }
 
     /// Final norm and output matrix on the CPU for the rows whose logits are wanted.
-    func outputOnCPU(_ x: Buffer, tokens n: Int, logits: UnsafeMutablePointer<Float>?, allLogits: Bool) {
+    func outputOnCPU(_ x: Buffer, tokens n: Int, logits: UnsafeMutablePointer<Float>?, allLogits: Bool) throws(PunaError) {
         guard let logits else { return }
         let e = config.embeddingLength
         let xb = Buffer(n * e)
         let first = allLogits ? 0 : n - 1
         for t in first..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, outputNorm, Int64(e), config.rmsNormEpsilon) }
-        output.forward(pool, xb.p + first * e, logits, nTokens: n - first)
+        try output.forward(pool, xb.p + first * e, logits, nTokens: n - first)
     }
 
     /// Whether the forward pass runs on a Vulkan device (useVulkan succeeded).

@@ -31,13 +31,14 @@ enum BatchCommand {
         Alpaca style) and optionally "id", "system", "template", "max_tokens", "temperature", "top_k", "top_p", \
         "min_p", "repeat_penalty", "repeat_last_n", "seed", "stop" (list), "adapter"; the flags give the defaults. \
         Each finished record is appended to the output as {"id","text","finish_reason","tokens_in","tokens_out",\
-        "adapter","ms"} (plus "error" when it failed) and synced to disk, so a rerun after a crash skips what is done.
+        "adapter","ms"} (plus "error" when it failed; a line without "id" gets "id": null and "line": N) and \
+        synced to disk, so a rerun after a crash skips what is done.
         """
 
     static func run(_ arguments: [String]) throws(PunaError) -> Int32 {
         let args = try ParsedArguments(command: "batch", arguments: arguments, specs: specs)
         if args.has("-h") {
-            out(helpText(usage: "puna batch -m MODEL -i IN.jsonl -o OUT.jsonl [--parallel N] [--shard K/N] [options]",
+            out(helpText(usage: "puna batch [-m MODEL] -i IN.jsonl -o OUT.jsonl [--parallel N] [--shard K/N] [options]",
                          summary: summary, specs: specs))
             return 0
         }
@@ -91,7 +92,8 @@ enum BatchCommand {
                 let request = pending[next]
                 next += 1
                 do throws(PunaError) {
-                    var (job, adapter) = try request.prepare(defaults: defaults, tokenizer: model.tokenizer, adapters: adapterNames)
+                    var (job, adapter) = try request.prepare(defaults: defaults, tokenizer: model.tokenizer, adapters: adapterNames,
+                                                               contextLength: context)
                     if let adapter, let entry = adapters.first(where: { $0.name == adapter }) { job.adapters = entry.set }
                     if let problem = scheduler.problem(with: job) { throw PunaError(problem) }
                     try scheduler.admit(job)
@@ -212,8 +214,7 @@ enum BatchCommand {
     static func warnUnknownFields(_ records: [BatchRequest], source: String) {
         var seen: [String] = []
         for r in records {
-            guard let keys = r.fields?.keys else { continue }
-            for k in keys where !batchRecordFields.contains(k) && !seen.contains(k) {
+            for k in r.unknownFields where !seen.contains(k) {
                 seen.append(k)
                 errLine("puna batch: \(source): line \(r.line): ignoring field '\(k)' (not a request field)")
             }

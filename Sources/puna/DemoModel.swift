@@ -1,8 +1,8 @@
 import CPuna
 import PunaCore
 
-/// The bundled demo in models/demo (made by scripts/train-demo): `puna run` and `puna chat` use its
-/// base when no -m is given, `puna chat` then adds its adapter and the Guanaco template, and
+/// The bundled demo in models/demo (made by scripts/train-demo): `puna run`, `chat`, `batch` and
+/// `perplexity` use its base when no -m is given, `puna chat` then adds its adapter and the Guanaco template, and
 /// `--lora demo` names its adapter.
 enum DemoModel {
     static let baseFile = "fortune-llama-q8_0.gguf"
@@ -14,9 +14,12 @@ enum DemoModel {
     /// build or an install keeps the demo when the current directory is elsewhere.
     nonisolated(unsafe) static var executablePath: String?
 
+    /// The commands that generate or score text: without -m they use the demo base.
+    static let defaultingCommands = ["run", "chat", "batch", "perplexity"]
+
     /// Whether a command falls back to the demo base when no -m is given.
     static func isDefault(for args: ParsedArguments) -> Bool {
-        (args.command == "run" || args.command == "chat") && !args.has("-m")
+        defaultingCommands.contains(args.command) && !args.has("-m")
     }
 
     /// The demo file `name`, from the first folder of `searchFolders()` that has it.
@@ -59,7 +62,7 @@ enum DemoModel {
         return nil
     }
 
-    /// The arguments with the demo filled in: for run and chat without -m, -m is the demo base; every
+    /// The arguments with the demo filled in: for the defaulting commands without -m, -m is the demo base; every
     /// --lora demo / --lora-scaled demo:S names the demo adapter's file; chat on the demo base with no
     /// adapter asked for gets the demo adapter. Other flags and positionals are kept as they are.
     static func resolve(_ args: ParsedArguments) throws(PunaError) -> ParsedArguments {

@@ -3,7 +3,7 @@ import PunaCore
 
 /// Flags shared by the commands that load a model.
 enum CommonFlags {
-    static let model = FlagSpec(names: ["-m", "--model"], value: "FILE", help: "GGUF model file (run, chat: default the bundled demo, models/demo)")
+    static let model = FlagSpec(names: ["-m", "--model"], value: "FILE", help: "GGUF model file (run, chat, batch, perplexity: default the bundled demo, models/demo)")
     static let threads = FlagSpec(names: ["-t", "--threads"], value: "N", help: "threads (default: one per CPU)")
     static let context = FlagSpec(names: ["-c", "--ctx-size"], value: "N", help: "context length (default: the model's, at most 4096)")
     static let batch = FlagSpec(names: ["-b", "--batch-size"], value: "N", help: "prompt tokens per matrix step (default 256)")
@@ -20,7 +20,9 @@ enum CommonFlags {
     /// --act-levels (kernels_internal.h): how quantized matmuls quantize their activations.
     static func applyActivationLevels(_ args: ParsedArguments, default fallback: Int = 0) throws(PunaError) {
         let levels = try args.int("--act-levels", range: 1...2) ?? fallback
-        _ = puna_kernels_set_activation_levels(Int32(levels))
+        guard puna_kernels_set_activation_levels(Int32(levels)) == 0 else {
+            throw PunaError("flag --act-levels: the kernels refused \(levels) levels")
+        }
     }
 
     /// The --board profile, if one was named.
@@ -51,7 +53,7 @@ enum CommonFlags {
     static func loadModel(_ args: ParsedArguments, defaultContext: Int? = nil, defaultType: String? = nil,
                           contextDecidedLater: Bool = false, logitRows: Int = 1,
                           defaultActivationLevels: Int = 0) throws(PunaError) -> (LlamaModel, Int64) {
-        let args = try DemoModel.resolve(args)  // run/chat without -m, and --lora demo: the bundled demo
+        let args = try DemoModel.resolve(args)  // run/chat/batch/perplexity without -m, and --lora demo: the bundled demo
         let path = try args.require("-m")
         let board = try boardProfile(args)
         if let board {
@@ -142,22 +144,19 @@ func fixed(_ d: Double, _ decimals: Int) -> String {
     return j.string
 }
 
-/// Text of -p, or of the file named by -f ("-" reads standard input).
-func promptText(_ args: ParsedArguments) throws(PunaError) -> String? {
+/// Text of -p, or of the file named by -f ("-" reads standard input). The file may hold at most
+/// `maxBytes` (a prompt longer than the context can hold is refused before it is read whole).
+func promptText(_ args: ParsedArguments, maxBytes: Int) throws(PunaError) -> String? {
     if let p = args.string("-p") {
         if args.has("-f") { throw PunaError("give either -p or -f, not both") }
         return p
     }
     guard let path = args.string("-f") else { return nil }
-    return try readTextFile(path == "-" ? "/dev/stdin" : path)
+    return try readTextFile(path, maxBytes: maxBytes, limitNote: "more text than the context can hold")
 }
 
-func readTextFile(_ path: String) throws(PunaError) -> String {
-    var size: Int64 = 0
-    var error: Int32 = 0
-    guard let bytes = puna_read_file(path, &size, &error) else {
-        throw PunaError("\(path): cannot read: \(String(cString: puna_strerror(error)))")
+func readTextFile(_ path: String, maxBytes: Int, limitNote: String) throws(PunaError) -> String {
+    try withInputBytes(path, maxBytes: maxBytes, limitNote: limitNote) { (bytes: UnsafeBufferPointer<UInt8>) throws(PunaError) -> String in
+        String(decoding: bytes, as: UTF8.self)
     }
-    defer { puna_free(bytes) }
-    return String(decoding: UnsafeBufferPointer(start: bytes, count: Int(size)), as: UTF8.self)
 }

@@ -12,21 +12,26 @@ enum PerplexityCommand {
     /// Perplexity as llama.cpp's llama-perplexity computes it: the text is cut into chunks of -c
     /// tokens, each evaluated from an empty cache with BOS in its first position, and only the
     /// second half of each chunk is scored (so every scored token has at least c/2 of context).
+    /// The largest text scored (wikitext-2's test set is 1.3 MB); it is tokenized a window at a time.
+    static let maxTextBytes = 256 << 20
+
     static func run(_ arguments: [String]) throws(PunaError) -> Int32 {
         let args = try ParsedArguments(command: "perplexity", arguments: arguments, specs: specs)
         if args.has("-h") {
-            out(helpText(usage: "puna perplexity -m MODEL -f TEXT [-c CTX]",
+            out(helpText(usage: "puna perplexity [-m MODEL] -f TEXT [-c CTX]",
                          summary: "Perplexity of a text, chunked as llama.cpp's llama-perplexity.", specs: specs))
             return 0
         }
         let path = try args.require("-f")
-        let text = try readTextFile(path)
         // Every chunk's logits come back at once: a context's worth of rows.
         let (model, _) = try CommonFlags.loadModel(args, logitRows: Int.max)
         let cache = try CommonFlags.makeCache(args, model: model, logitRows: Int.max)
         let n = cache.capacity
         guard n >= 8 else { throw PunaError("-c \(n) is too small for perplexity (at least 8)") }
-        let tokens = model.tokenizer.encode(text, addBOS: model.tokenizer.addsBOS)
+        let tokens = try withInputBytes(path, maxBytes: maxTextBytes, limitNote: "the most text puna perplexity scores; cut the file") {
+            (bytes: UnsafeBufferPointer<UInt8>) throws(PunaError) -> [Int32] in
+            model.tokenizer.encodeLong(utf8: bytes, addBOS: model.tokenizer.addsBOS)
+        }
         var chunks = tokens.count / n
         if let limit = try args.int("--chunks", range: 1...(1 << 30)) { chunks = min(chunks, limit) }
         guard chunks > 0 else {

@@ -53,7 +53,8 @@ final class BatchTests: XCTestCase {
     func byID(_ list: [[String: Any]], file: StaticString = #filePath, line: UInt = #line) -> [String: [String: Any]] {
         var out: [String: [String: Any]] = [:]
         for r in list {
-            let key = r["id"] is String ? "s:\(r["id"]!)" : "n:\(r["id"]!)"
+            // A line without an id is known by its line number: "id": null, "line": N.
+            let key = r["id"] is String ? "s:\(r["id"]!)" : r["id"] is NSNull ? "l:\(r["line"] ?? "?")" : "n:\(r["id"]!)"
             XCTAssertNil(out[key], "id \(key) appears twice", file: file, line: line)
             out[key] = r
         }
@@ -365,7 +366,7 @@ final class BatchTests: XCTestCase {
         XCTAssertTrue(err.contains("14 records, 12 errors"), err)
         let got = byID(try records(out))
         let expected: [String: String] = [
-            "n:2": "invalid JSON", "n:3": "not a JSON object", "n:4": "field 'id' must be a string or an integer",
+            "l:2": "invalid JSON", "l:3": "not a JSON object", "l:4": "field 'id' must be a string or an integer",
             "s:none": "needs a 'prompt' or an 'instruction'", "s:both": "not both", "s:tmpl": "unknown template 'nonsense'",
             "s:temp": "field 'temperature' must be a number", "s:topp": "field 'top_p': 1.5 is out of range",
             "s:seed": "field 'seed' must be an integer", "s:stop": "field 'stop' must be a list of strings",
@@ -458,9 +459,9 @@ final class BatchTests: XCTestCase {
         let got = byID(union)  // fails on an id in two shards
         XCTAssertEqual(Set(got.keys), Set(want.keys))
         for (id, r) in want { XCTAssertEqual(essence(got[id]!), essence(r), id) }
-        // The bad line (line 5, record index 4) went to shard 0 with its line number as id.
+        // The bad line (line 5, record index 4) went to shard 0, known by its line number.
         let shard0 = byID(try records(dir.appendingPathComponent("shard0.jsonl").path))
-        XCTAssertEqual(shard0["n:5"]?["finish_reason"] as? String, "error")
+        XCTAssertEqual(shard0["l:5"]?["finish_reason"] as? String, "error")
         // Pointing a shard at another shard's output is noticed.
         let mixed = try Fixtures.runPuna(["batch", "-m", m, "-i", input, "-o", dir.appendingPathComponent("shard0.jsonl").path,
                                           "--shard", "1/4", "-n", "1"])

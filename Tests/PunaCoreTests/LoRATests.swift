@@ -183,14 +183,14 @@ final class LoRATests: XCTestCase {
             var x = [Float](repeating: 0, count: n * linear.cols)
             for i in 0..<x.count { x[i] = Float(sin(Double(i) * 0.37)) }
             var batched = [Float](repeating: 0, count: n * linear.rows)
-            x.withUnsafeBufferPointer { xp in
-                batched.withUnsafeMutableBufferPointer { linear.forward(m.pool, xp.baseAddress!, $0.baseAddress!, nTokens: n, adapters: sets) }
+            try x.withUnsafeBufferPointer { xp in
+                try batched.withUnsafeMutableBufferPointer { try linear.forward(m.pool, xp.baseAddress!, $0.baseAddress!, nTokens: n, adapters: sets) }
             }
             for (t, set) in sets.enumerated() {
                 m.activeAdapters = set
                 var single = [Float](repeating: 0, count: linear.rows)
-                x.withUnsafeBufferPointer { xp in
-                    single.withUnsafeMutableBufferPointer { linear.forward(m.pool, xp.baseAddress! + t * linear.cols, $0.baseAddress!, nTokens: 1) }
+                try x.withUnsafeBufferPointer { xp in
+                    try single.withUnsafeMutableBufferPointer { try linear.forward(m.pool, xp.baseAddress! + t * linear.cols, $0.baseAddress!, nTokens: 1) }
                 }
                 let row = Array(batched[(t * linear.rows)..<((t + 1) * linear.rows)])
                 XCTAssertLessThanOrEqual(relative(row, single), 1e-6, "\(linear.name) row \(t)")
@@ -201,11 +201,11 @@ final class LoRATests: XCTestCase {
         let tokens: [Int32] = [5, 77, 300, 5]
         let e = m.config.embeddingLength
         var x = [Float](repeating: 0, count: tokens.count * e)
-        x.withUnsafeMutableBufferPointer { m.addEmbeddingAdapterDeltas(tokens, into: $0.baseAddress!, adapters: sets) }
+        try x.withUnsafeMutableBufferPointer { try m.addEmbeddingAdapterDeltas(tokens, into: $0.baseAddress!, adapters: sets) }
         for (t, set) in sets.enumerated() {
             m.activeAdapters = set
             var single = [Float](repeating: 0, count: e)
-            single.withUnsafeMutableBufferPointer { m.addEmbeddingAdapterDeltas([tokens[t]], into: $0.baseAddress!, adapters: nil) }
+            try single.withUnsafeMutableBufferPointer { try m.addEmbeddingAdapterDeltas([tokens[t]], into: $0.baseAddress!, adapters: nil) }
             XCTAssertEqual(Array(x[(t * e)..<((t + 1) * e)]), single, "embedding row \(t)")
             XCTAssertEqual(single.allSatisfy { $0 == 0 }, set.entries.allSatisfy { $0.adapter !== b }, "row \(t)")
         }

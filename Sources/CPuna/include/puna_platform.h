@@ -33,10 +33,24 @@ int puna_lock(const puna_mapping *m);
 const char *puna_strerror(int error);
 
 // ---- plain file I/O ------------------------------------------------------------------------
-// Read a whole file into a malloc'ed buffer (caller frees with puna_free). Returns NULL and sets *error.
-uint8_t *puna_read_file(const char *path, int64_t *size, int *error);
-// Open for writing: mode 0 = truncate/create, 1 = append/create. Returns fd or -errno.
+// What a path names (stat, without opening it: opening a FIFO can block).
+enum puna_file_kind { PUNA_FILE_MISSING = 0, PUNA_FILE_REGULAR = 1, PUNA_FILE_DIRECTORY = 2, PUNA_FILE_PIPE = 3,
+                      PUNA_FILE_TERMINAL = 4, PUNA_FILE_OTHER = 5 };
+int puna_file_kind(const char *path);
+// Returned as the error of the calls below for a path they do not accept (a device such as /dev/zero,
+// whose reads never end, or a socket); puna_strerror names it.
+#define PUNA_ENOTREG 10000
+// Read a whole file, pipe or terminal into a malloc'ed buffer (caller frees with puna_free), at most
+// max_bytes of it. Returns NULL and sets *error: EFBIG when there is more than max_bytes (nothing more
+// is read), PUNA_ENOTREG for a device or socket. A FIFO with no writer reads as empty, never blocks.
+uint8_t *puna_read_file(const char *path, int64_t max_bytes, int64_t *size, int *error);
+// Open a regular file for writing: mode 0 = truncate/create, 1 = append/create. Returns fd or -errno;
+// -PUNA_ENOTREG when the path exists and is not a regular file (opening never blocks on a FIFO).
 int puna_open_write(const char *path, int mode);
+// Size of an open file, or -errno.
+int64_t puna_fd_size(int fd);
+// Cut an open file back to `size` bytes; returns 0 or errno.
+int puna_ftruncate(int fd, int64_t size);
 // Write all bytes; returns 0 or errno.
 int puna_write_all(int fd, const void *bytes, int64_t count);
 int puna_fsync(int fd);
