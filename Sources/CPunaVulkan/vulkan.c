@@ -1,8 +1,8 @@
 // Vulkan plumbing for Puna: loader, device query, memory, pipelines, command recording.
 // See include/puna_vulkan.h for the contract. Decisions, briefly:
-// - Headers: <vulkan/vulkan.h> with VK_NO_PROTOTYPES; every entry point comes from
-//   vkGetInstanceProcAddr / vkGetDeviceProcAddr after dlopen("libvulkan.so.1"). A build without
-//   the headers compiles a stub that reports "built without Vulkan support".
+// - Headers: Puna's own vk_api.h (no build-time dependency on libvulkan-dev, so every build carries
+//   the backend); every entry point comes from vkGetInstanceProcAddr / vkGetDeviceProcAddr after
+//   dlopen("libvulkan.so.1"), and a machine without libvulkan or a driver gets a run-time error.
 // - One descriptor-set layout (5 storage buffers) and one pipeline layout (128 bytes of push
 //   constants) serve every shader; descriptor sets are cached by their bindings, which repeat
 //   every token, so steady-state decoding allocates nothing.
@@ -12,15 +12,16 @@
 //   the imported file mapping itself.
 #include "puna_vulkan.h"
 #include "generated/shaders.h"
+#include "puna_quants.h"
+#include "vk_api.h"
 
-#include <string.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
-
-#if defined(__has_include)
-#if __has_include(<vulkan/vulkan.h>)
-#define PUNA_HAVE_VULKAN 1
-#endif
-#endif
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 int puna_vk_shader_count(void) { return (int)PUNA_VK_SPIRV_COUNT; }
 const char *puna_vk_shader_name(int i) { return i >= 0 && i < (int)PUNA_VK_SPIRV_COUNT ? puna_vk_spirv_table[i].name : NULL; }
@@ -41,73 +42,7 @@ const char *puna_vk_device_type_name(int type) {
     }
 }
 
-#ifndef PUNA_HAVE_VULKAN
-// ---- stub: built without Vulkan headers ---------------------------------------------------------
-static const char no_vulkan[] = "this puna was built without Vulkan support (no <vulkan/vulkan.h> at build time)";
-int puna_vk_compiled_in(void) { return 0; }
-int puna_vk_load(void) { return 0; }
-const char *puna_vk_load_error(void) { return no_vulkan; }
-int puna_vk_device_count(void) { return 0; }
-int puna_vk_device_query(int index, puna_vk_device_info *out) { (void)index; (void)out; return -1; }
-puna_vk *puna_vk_create(int device_index, int force_baseline, char *err, size_t err_len) {
-    (void)device_index; (void)force_baseline;
-    if (err && err_len) snprintf(err, err_len, "%s", no_vulkan);
-    return NULL;
-}
-void puna_vk_destroy(puna_vk *vk) { (void)vk; }
-int puna_vk_device_index(const puna_vk *vk) { (void)vk; return -1; }
-const puna_vk_device_info *puna_vk_info(const puna_vk *vk) { (void)vk; return NULL; }
-int puna_vk_tier(const puna_vk *vk) { (void)vk; return 0; }
-const char *puna_vk_error(const puna_vk *vk) { (void)vk; return no_vulkan; }
-int puna_vk_hung(const puna_vk *vk) { (void)vk; return 0; }
-int puna_vk_alloc(puna_vk *vk, uint64_t b, int m, int d, puna_vk_buffer *o) { (void)vk; (void)b; (void)m; (void)d; (void)o; return -1; }
-void puna_vk_free(puna_vk *vk, puna_vk_buffer b) { (void)vk; (void)b; }
-void *puna_vk_host_pointer(puna_vk *vk, puna_vk_buffer b) { (void)vk; (void)b; return NULL; }
-int puna_vk_write(puna_vk *vk, puna_vk_buffer d, uint64_t o, const void *s, uint64_t n) { (void)vk; (void)d; (void)o; (void)s; (void)n; return -1; }
-int puna_vk_import_host(puna_vk *vk, const void *p, uint64_t n) { (void)vk; (void)p; (void)n; return 0; }
-int puna_vk_native_type(int type) { (void)type; return 0; }
-int puna_vk_upload_matrix(puna_vk *vk, int t, const void *d, int64_t r, int64_t c, puna_vk_buffer *o, int *g, int *z) {
-    (void)vk; (void)t; (void)d; (void)r; (void)c; (void)o; (void)g; (void)z; return -1;
-}
-uint64_t puna_vk_matrix_bytes(int type, int64_t rows, int64_t cols) { (void)type; (void)rows; (void)cols; return 0; }
-uint64_t puna_vk_max_binding_bytes(const puna_vk *vk) { (void)vk; return 0; }
-int puna_vk_begin(puna_vk *vk) { (void)vk; return -1; }
-int puna_vk_submit(puna_vk *vk) { (void)vk; return -1; }
-void puna_vk_copy(puna_vk *vk, puna_vk_buffer s, uint64_t so, puna_vk_buffer d, uint64_t dof, uint64_t n) { (void)vk; (void)s; (void)so; (void)d; (void)dof; (void)n; }
-void puna_vk_matmul(puna_vk *vk, int t, puna_vk_buffer w, uint32_t r, uint32_t c, puna_vk_buffer x, uint32_t xo,
-                    puna_vk_buffer y, uint32_t yo, uint32_t n, float a, int acc) {
-    (void)vk; (void)t; (void)w; (void)r; (void)c; (void)x; (void)xo; (void)y; (void)yo; (void)n; (void)a; (void)acc;
-}
-void puna_vk_rmsnorm(puna_vk *vk, puna_vk_buffer w, puna_vk_buffer x, uint32_t xo, puna_vk_buffer o, uint32_t oo,
-                     uint32_t n, uint32_t t, float e) {
-    (void)vk; (void)w; (void)x; (void)xo; (void)o; (void)oo; (void)n; (void)t; (void)e;
-}
-void puna_vk_rope(puna_vk *vk, puna_vk_buffer t, puna_vk_buffer v, uint32_t n, uint32_t h, uint32_t d, uint32_t p) {
-    (void)vk; (void)t; (void)v; (void)n; (void)h; (void)d; (void)p;
-}
-void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, puna_vk_buffer kc, puna_vk_buffer vc,
-                      uint32_t n, uint32_t d, uint32_t p, int f) {
-    (void)vk; (void)k; (void)v; (void)kc; (void)vc; (void)n; (void)d; (void)p; (void)f;
-}
-void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer kc, puna_vk_buffer vc, puna_vk_buffer o,
-                       uint32_t n, uint32_t p, uint32_t h, uint32_t kvh, uint32_t d, int f) {
-    (void)vk; (void)q; (void)kc; (void)vc; (void)o; (void)n; (void)p; (void)h; (void)kvh; (void)d; (void)f;
-}
-void puna_vk_swiglu(puna_vk *vk, puna_vk_buffer g, puna_vk_buffer u, uint32_t n) { (void)vk; (void)g; (void)u; (void)n; }
-void puna_vk_rope_table(float *out, int n, int p, int d, float b, const float *f) { (void)out; (void)n; (void)p; (void)d; (void)b; (void)f; }
-
-#else
-// ---- the real thing ------------------------------------------------------------------------------
-#define VK_NO_PROTOTYPES
-#include <vulkan/vulkan.h>
-#include <dlfcn.h>
-#include <math.h>
-#include <stdarg.h>
-#include <stdlib.h>
-#include <unistd.h>
-
-#include "puna_quants.h"
-
+// ---- loader ------------------------------------------------------------------------------------
 // Entry points, by the level they are fetched at.
 #define PUNA_VK_GLOBAL_FUNCS(X) \
     X(vkCreateInstance) X(vkEnumerateInstanceExtensionProperties)
@@ -142,7 +77,6 @@ static VkPhysicalDevice g_physical[16];
 static puna_vk_device_info g_info[16];
 static uint32_t g_physical_count;
 
-int puna_vk_compiled_in(void) { return 1; }
 const char *puna_vk_load_error(void) { return g_load_error; }
 
 static int has_extension(const VkExtensionProperties *list, uint32_t n, const char *name) {
@@ -1186,4 +1120,3 @@ void puna_vk_rope_table(float *out, int n_tokens, int pos0, int rope_dims, float
         }
     }
 }
-#endif

@@ -1,8 +1,8 @@
 // Puna's Vulkan compute layer: a small C API over Vulkan for the model code in Swift.
 //
-// libvulkan.so.1 is opened with dlopen at run time (the build includes <vulkan/vulkan.h> with
-// VK_NO_PROTOTYPES and links nothing), so a puna binary on a machine without Vulkan still runs on
-// the CPU and can say why the GPU is not used. Nothing here exposes a Vulkan type: Swift sees plain
+// libvulkan.so.1 is opened with dlopen at run time (the build declares the Vulkan types itself, in
+// vk_api.h, and links nothing), so every puna binary carries the backend, and on a machine without
+// Vulkan it still runs on the CPU and can say why the GPU is not used. Nothing here exposes a Vulkan type: Swift sees plain
 // C integers, pointers and the opaque context.
 //
 // Model flow: puna_vk_create picks a device and a shader tier; weights go up once with
@@ -20,8 +20,6 @@ extern "C" {
 #endif
 
 // ---- loader and devices ------------------------------------------------------------------------
-// 0 when this build had no Vulkan headers (then every call below reports that).
-int puna_vk_compiled_in(void);
 // Open libvulkan and create the instance (once; later calls return the first result). 1 on
 // success; 0 with a reason in puna_vk_load_error().
 int puna_vk_load(void);
