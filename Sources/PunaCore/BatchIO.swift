@@ -32,12 +32,6 @@ public enum BatchID: Equatable {
         }
     }
 
-    /// For messages: the id, or the line of a record without one.
-    public var described: String {
-        if case .line(let n) = self { return "line \(n) (no id)" }
-        return "id " + json
-    }
-
     /// The id of a parsed record or output line: a string or an integer; nil for anything else.
     init?(_ value: JSONValue) {
         if let s = value.string { self = .string(s); return }
@@ -189,15 +183,15 @@ private func rangeText(_ r: ClosedRange<Double>) -> String {
 
 /// Reading batch input files.
 public enum BatchInput {
-    /// Every record of a JSONL file ("-" reads standard input). A line that is not a JSON object
-    /// becomes a record with `inputError`; ids must be unique across the whole file (resume skips
-    /// ids found in the output, so a repeated id would be lost), else the whole file is refused.
     /// The largest input file: it is read whole (records keep their line's bytes).
     public static let maxInputBytes = 512 << 20
     /// The longest line one record may take: more text than any context holds (a line is parsed
     /// whole, at several times its size), so a longer one is that record's error.
     public static let maxLineBytes = 4 << 20
 
+    /// Every record of a JSONL file ("-" reads standard input). A line that is not a JSON object
+    /// becomes a record with `inputError`; ids must be unique across the whole file (resume skips
+    /// ids found in the output, so a repeated id would be lost), else the whole file is refused.
     public static func read(path: String) throws(PunaError) -> [BatchRequest] {
         try withInputBytes(path, maxBytes: maxInputBytes, limitNote: "the largest batch input; split it into several files") {
             (bytes: UnsafeBufferPointer<UInt8>) throws(PunaError) -> [BatchRequest] in

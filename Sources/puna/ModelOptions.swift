@@ -152,11 +152,7 @@ func promptText(_ args: ParsedArguments, maxBytes: Int) throws(PunaError) -> Str
         return p
     }
     guard let path = args.string("-f") else { return nil }
-    return try readTextFile(path, maxBytes: maxBytes, limitNote: "more text than the context can hold")
-}
-
-func readTextFile(_ path: String, maxBytes: Int, limitNote: String) throws(PunaError) -> String {
-    try withInputBytes(path, maxBytes: maxBytes, limitNote: limitNote) { (bytes: UnsafeBufferPointer<UInt8>) throws(PunaError) -> String in
-        String(decoding: bytes, as: UTF8.self)
+    return try withInputBytes(path, maxBytes: maxBytes, limitNote: "more text than the context can hold") {
+        (bytes: UnsafeBufferPointer<UInt8>) throws(PunaError) -> String in String(decoding: bytes, as: UTF8.self)
     }
 }
