@@ -22,14 +22,37 @@ public struct MemoryEstimate {
 
     public var items: [Item] = []
 
-    public var totalBytes: Int { items.reduce(0) { $0 + $1.bytes } }
+    public var totalBytes: Int { items.reduce(0) { MemoryEstimate.sum($0, $1.bytes) } }
+
+    /// The most an estimate says: 128 PiB, more than any machine has. Sizes come from file headers,
+    /// which a hostile file can make overflow any product, so the arithmetic saturates here instead
+    /// (an estimate of "more than any machine has" serves as well as the exact figure).
+    public static let saturated = Int.max >> 6
+
+    /// a · b · …, at most `saturated` (negative factors count as 0).
+    static func product(_ factors: Int...) -> Int {
+        var p = 1
+        for f in factors {
+            let (r, overflow) = p.multipliedReportingOverflow(by: max(f, 0))
+            if overflow || r > saturated { return saturated }
+            p = r
+        }
+        return p
+    }
+
+    /// a + b + …, at most `saturated`.
+    static func sum(_ terms: Int...) -> Int {
+        var total = 0
+        for t in terms { total = min(total + min(max(t, 0), saturated), saturated) }
+        return total
+    }
 
     public init() {}
 
     public mutating func add(_ key: String, _ name: String, _ bytes: Int) { items.append(Item(key: key, name: name, bytes: bytes)) }
 
     /// Bytes of the items with this key (0 when absent).
-    public func bytes(_ key: String) -> Int { items.reduce(0) { $0 + ($1.key == key ? $1.bytes : 0) } }
+    public func bytes(_ key: String) -> Int { items.reduce(0) { MemoryEstimate.sum($0, $1.key == key ? $1.bytes : 0) } }
 
     /// Bytes of one K or V cache entry per element for a cache type.
     public static func cacheBytesPerElement(_ type: GGMLType) -> Double {
@@ -145,7 +168,7 @@ public struct MemoryEstimate {
     public static func llama(config c: LlamaConfig, weightBytes: Int, weightType: GGMLType = .q8_0, settings: Settings) -> MemoryEstimate {
         var matrices: [String: Matrix] = [:]
         func add(_ name: String, _ rows: Int, _ cols: Int) {
-            matrices[name] = Matrix(name: name, type: weightType, rows: rows, cols: cols, bytes: weightType.rowBytes(cols).map { $0 * rows } ?? 0)
+            matrices[name] = Matrix(name: name, type: weightType, rows: rows, cols: cols, bytes: weightType.rowBytes(cols).map { product($0, rows) } ?? 0)
         }
         let e = c.embeddingLength, kv = c.kvDimension, ff = c.feedForwardLength
         add("token_embd.weight", c.vocabSize, e)
@@ -195,12 +218,12 @@ public struct MemoryEstimate {
         if s.mergeAdapters {
             for (target, k) in adapterTargets {
                 guard let m = matrices[target] else { continue }
-                mergedBytes += m.bytes
+                mergedBytes = sum(mergedBytes, m.bytes)
                 mergedCount += 1
                 // Merge.swift: ΔW's two f32 factors, and transcodeRows' buffers for ~2^18 weights.
                 let chunk = max(1, min(m.rows, (1 << 18) / max(m.cols, 1)))
-                let rowBytes = m.type.rowBytes(m.cols) ?? m.cols * 4
-                let work = 4 * (m.rows + m.cols) * k + 4 * (2 * chunk * m.cols + m.cols) + chunk * rowBytes
+                let rowBytes = m.type.rowBytes(m.cols) ?? product(m.cols, 4)
+                let work = sum(product(4, sum(m.rows, m.cols), k), product(4, sum(product(2, chunk, m.cols), m.cols)), product(chunk, rowBytes))
                 mergeWork = max(mergeWork, work)
             }
         }
@@ -218,19 +241,19 @@ public struct MemoryEstimate {
                 var tables = 0
                 if a.reordersRotaryRows {
                     for t in a.targets where t.hasSuffix(".attn_q.weight") || t.hasSuffix(".attn_k.weight") {
-                        tables += 8 * (matrices[t]?.rows ?? 0)
+                        tables = sum(tables, product(8, matrices[t]?.rows ?? 0))
                     }
                 }
                 let copies = a.ownedBytes > 0 ? "; B transposed into owned memory, \(formatBytes(a.ownedBytes))" : ""
                 e.add("adapters", "LoRA adapter \(a.name) (memory-mapped, rank \(a.rank), \(a.targets.count) matrices\(copies))",
-                      a.mappedBytes + a.ownedBytes + tables)
+                      sum(a.mappedBytes, a.ownedBytes, tables))
             }
         }
 
         // 2. KV cache: K and V rows of every layer for every position (KVCache).
-        let keyRow = s.keyType.rowBytes(kvd) ?? kvd * 2
-        let valueRow = s.valueType.rowBytes(kvd) ?? kvd * 2
-        let kvBytes = s.sequences * c.blockCount * s.context * (keyRow + valueRow)
+        let keyRow = s.keyType.rowBytes(kvd) ?? product(kvd, 2)
+        let valueRow = s.valueType.rowBytes(kvd) ?? product(kvd, 2)
+        let kvBytes = product(s.sequences, c.blockCount, s.context, sum(keyRow, valueRow))
         let types = s.keyType == s.valueType ? s.keyType.name : "K \(s.keyType.name) + V \(s.valueType.name)"
         let seqs = s.sequences > 1 ? ", \(s.sequences) sequences" : ""
         e.add("kv_cache", "KV cache (\(types), \(s.context) positions\(seqs))", kvBytes)
@@ -239,16 +262,16 @@ public struct MemoryEstimate {
         // gate, up [n][ff] (Llama.swift forward), the logits evaluate returns, and the adapters'
         // buffers (LoRA.swift): A·x and B·(A·x) of the widest matrix that goes through puna_matmul
         // (embedding pairs, quantized factors; the LoRA kernels need none), row lists and scales.
-        var activations = 4 * n * (4 * embd + 2 * kvd + 2 * ff) + 4 * allLogitRows * vocab
+        var activations = sum(product(4, n, sum(product(4, embd), product(2, kvd), product(2, ff))), product(4, allLogitRows, vocab))
         if !s.mergeAdapters && !adapterTargets.isEmpty {
             var widest = 0
             for a in s.adapters {
                 for target in a.targets where target == "token_embd.weight" || !a.usesLoRAKernels {
                     let rows = target == "token_embd.weight" ? embd : (matrices[target]?.rows ?? 0)
-                    widest = max(widest, (adapterTargets[target] ?? 0) + rows)
+                    widest = max(widest, sum(adapterTargets[target] ?? 0, rows))
                 }
             }
-            activations += 4 * n * widest + 16 * n * s.adapters.count
+            activations = sum(activations, product(4, n, widest), product(16, n, s.adapters.count))
         }
         e.add("activations", "activations (batch \(n))", activations)
 
@@ -262,7 +285,7 @@ public struct MemoryEstimate {
             if usesReferenceKernel(m.type) {
                 if m.type != .f32 { scratchFloats = max(scratchFloats, referenceScratchFloats(cols: m.cols)) }
             } else if let perToken = quantizedActivationBytes(type: m.type, cols: m.cols) {
-                quantized = max(quantized, perToken * tokens)
+                quantized = max(quantized, product(perToken, tokens))
             }
         }
         if !s.mergeAdapters && !s.adapters.isEmpty {
@@ -280,22 +303,22 @@ public struct MemoryEstimate {
             // threads (lora.c); one token's A·x of every pair of Q, K and V (or gate and up) follows
             // the quantized activations in the pool's buffer (ops.c puna_lora_matmul_many1).
             let sumRank = adapterTargets.values.max() ?? 0
-            scratchFloats = max(scratchFloats, (n * maxRank + threads - 1) / threads)
-            quantized += 64 + 4 * 3 * sumRank
+            scratchFloats = max(scratchFloats, sum(product(n, maxRank), threads - 1) / threads)
+            quantized = sum(quantized, 64, product(12, sumRank))
         }
         let quantizedBytes = quantized == 0 ? 0 : roundUp(max(quantized, 64), 4096)
-        let scratchBytes = 4 * threads * roundUp(max(scratchFloats, 16), 16)
+        let scratchBytes = product(4, threads, roundUp(max(scratchFloats, 16), 16))
         e.add("thread_buffers", "thread pool buffers (\(threads) thread\(threads == 1 ? "" : "s"): quantized activations, scores)",
-              quantizedBytes + scratchBytes)
+              sum(quantizedBytes, scratchBytes))
 
         // 5. tables the model keeps in Swift: norm weights decoded to f32, RoPE factors, the
         // tokenizer and GGUF metadata, the sampler's arrays.
-        let norms = 4 * ((2 * c.blockCount + 1) * embd + c.ropeDimensionCount / 2)
-        e.add("tables", "norms, tokenizer, sampler", norms + vocab * (tokenizerBytesPerEntry + samplerBytesPerEntry))
+        let norms = product(4, sum(product(sum(product(2, c.blockCount), 1), embd), c.ropeDimensionCount / 2))
+        e.add("tables", "norms, tokenizer, sampler", sum(norms, product(vocab, tokenizerBytesPerEntry + samplerBytesPerEntry)))
 
         // 6. the program: code, libraries, thread stacks.
         e.add("program", "program (code, libraries, \(threads) thread stack\(threads == 1 ? "" : "s"))",
-              programBytes + threads * stackBytesPerThread)
+              sum(programBytes, product(threads, stackBytesPerThread)))
         return e
     }
 
@@ -303,6 +326,8 @@ public struct MemoryEstimate {
     /// the layout ops.c uses (make_act_layout, with its padding); nil for types multiplied with f32
     /// activations.
     static func quantizedActivationBytes(type: GGMLType, cols: Int) -> Int? {
+        // Past 2^40 columns the layout's own arithmetic would overflow: no such row fits anywhere.
+        guard cols < 1 << 40 else { return saturated }
         let bytes = puna_matmul_activation_bytes(Int32(type.rawValue), Int64(cols))
         return bytes > 0 ? Int(bytes) : nil
     }
@@ -317,12 +342,12 @@ public struct MemoryEstimate {
     /// Floats per thread the reference matmul decodes rows into (ops.c: about 256 KiB of rows,
     /// at most 32, a multiple of 4).
     static func referenceScratchFloats(cols: Int) -> Int {
-        var group = min((256 * 1024) / max(cols * 4, 1), 32)
+        var group = min((256 * 1024) / max(product(cols, 4), 1), 32)
         group -= group % 4
-        return max(group, 4) * cols
+        return product(max(group, 4), cols)
     }
 
-    static func roundUp(_ n: Int, _ multiple: Int) -> Int { (n + multiple - 1) / multiple * multiple }
+    static func roundUp(_ n: Int, _ multiple: Int) -> Int { sum(n, multiple - 1) / multiple * multiple }
 
     // MARK: budget
 

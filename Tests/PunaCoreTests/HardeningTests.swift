@@ -180,6 +180,29 @@ final class HardeningTests: XCTestCase {
         }
     }
 
+    func testMemoryEstimateSaturatesOnHostileSizes() throws {
+        // Found by the gguf fuzz target: a [2^57, 0] tensor (0 elements, so the file is well formed)
+        // overflowed the estimate's activation sizes; block_count and context of 2^30 its KV cache.
+        let path = try modelWith("estimate.gguf") { m, _ in
+            m["llama.block_count"] = .uint32(1 << 30)
+            m["llama.context_length"] = .uint32(1 << 30)
+        }
+        var w = GGUFWriter()
+        let source = try GGUFFile(path: path)
+        for key in source.keys { w.set(key, source[key]!) }
+        for t in source.tensors { w.addTensor(name: t.name, shape: t.shape, type: t.type, bytes: Array(source.data(of: t))) }
+        w.addTensor(name: "extra.weight", shape: [1 << 57, 0], type: .q8_0, bytes: [])
+        let hostile = write(w.serialize(), "estimate2.gguf")
+        let gguf = try GGUFFile(path: hostile)
+        let config = try LlamaConfig(gguf: gguf)
+        let estimate = MemoryEstimate.llama(gguf: gguf, config: config, settings: MemoryEstimate.Settings(context: 1 << 30, batch: 512, threads: 2))
+        XCTAssertEqual(estimate.bytes("kv_cache"), MemoryEstimate.saturated)
+        XCTAssertLessThanOrEqual(estimate.totalBytes, MemoryEstimate.saturated)
+        let (status, out, err) = try runPuna(["info", "-m", hostile, "--ctx", "16777216"])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.contains("TiB"), out)
+    }
+
     // MARK: adapters
 
     static let loraDir = Fixtures.root.appendingPathComponent("lora")
