@@ -208,7 +208,7 @@ final class BatchSequence {
         if job.maxTokens >= 0 && generated.count >= job.maxTokens { return .length }
         let id = sampler.sample(logits)
         sampler.accept(id)
-        if job.stopAtEOS && id == stream.tokenizer.eosID { return .eos }
+        if job.stopAtEOS && stream.tokenizer.isEndOfGeneration(id) { return .eos }
         generated.append(id)
         let before = text.count
         text.append(contentsOf: stream.append(id).utf8)

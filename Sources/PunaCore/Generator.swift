@@ -90,7 +90,7 @@ public final class Generator: Sequence, IteratorProtocol {
         if options.maxTokens >= 0 && tokens.count >= options.maxTokens { return finish(.length) }
         let id = logits.withUnsafeMutableBufferPointer { sampler.sample($0) }
         sampler.accept(id)
-        if options.stopAtEOS && id == model.tokenizer.eosID { return finish(.eos) }
+        if options.stopAtEOS && model.tokenizer.isEndOfGeneration(id) { return finish(.eos) }
         tokens.append(id)
         toEvaluate = id
 

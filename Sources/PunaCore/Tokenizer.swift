@@ -40,6 +40,23 @@ public final class Tokenizer {
     private let newlineSeparates: Bool
 
     private let pieces: PieceTable
+    /// The BPE model ("gpt2", "gemma4"); nil for SentencePiece ("llama").
+    private let bpe: BPEModel?
+    /// `tokenizer.ggml.model`: "llama", "gpt2" or "gemma4".
+    public let modelName: String
+    /// The pre-tokenizer of a BPE vocabulary (`tokenizer.ggml.pre`, "default" when absent); nil for SPM.
+    public let preTokenizerName: String?
+    /// Tokens that end generation, ascending: EOS, `tokenizer.ggml.eot_token_id`,
+    /// `tokenizer.ggml.eom_token_id`, and the pieces of `endOfGenerationTexts` the vocabulary has.
+    public let endOfGenerationIDs: [Int32]
+
+    /// Pieces that end a turn or the text in the chat formats llama.cpp knows (it stops on these too).
+    public static let endOfGenerationTexts: [String] = [
+        "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+        "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+        "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+        "<\u{FF5C}end\u{2581}of\u{2581}sentence\u{FF5C}>",
+    ]
     private let scores: [Float]
     private let types: [TokenType]
     /// What each token prints in normal decoding (control/unknown/unused: nothing), flattened.
@@ -56,6 +73,7 @@ public final class Tokenizer {
     public static let tokensKey = "tokenizer.ggml.tokens"
     public static let scoresKey = "tokenizer.ggml.scores"
     public static let tokenTypeKey = "tokenizer.ggml.token_type"
+    public static let preKey = "tokenizer.ggml.pre"
 
     public convenience init(gguf: GGUFFile) throws(PunaError) {
         try self.init(metadata: gguf.metadata, source: gguf.path)
@@ -71,8 +89,29 @@ public final class Tokenizer {
         guard let model = modelValue.stringValue else {
             throw fail("\(Tokenizer.modelKey) must be a string, found \(modelValue.type.name)")
         }
-        guard model == "llama" else {
-            throw fail("\(Tokenizer.modelKey) is '\(model)'; Puna supports only 'llama' (SentencePiece BPE)")
+        let isBPE: Bool
+        switch model {
+        case "llama": isBPE = false
+        case "gpt2", "gemma4": isBPE = true
+        default:
+            throw fail("\(Tokenizer.modelKey) is '\(model)'; Puna supports 'llama' (SentencePiece BPE), 'gpt2' (byte-level BPE) and 'gemma4'")
+        }
+        // the pre-tokenizer: gemma4 has its own; an unknown name is refused, not guessed
+        var preTokenizer: PreTokenizer? = nil
+        if isBPE {
+            var preName: String? = nil
+            if model == "gemma4" {
+                preName = "gemma4"
+            } else if let preValue = metadata[Tokenizer.preKey] {
+                guard let name = preValue.stringValue else {
+                    throw fail("\(Tokenizer.preKey) must be a string, found \(preValue.type.name)")
+                }
+                preName = name
+            }
+            guard let pre = PreTokenizer.named(preName) else {
+                throw fail("\(Tokenizer.preKey) is '\(preName ?? "")', a pre-tokenizer Puna does not know; supported: \(PreTokenizer.supportedNames.joined(separator: ", "))")
+            }
+            preTokenizer = pre
         }
 
         // tokens: array of strings
@@ -142,13 +181,21 @@ public final class Tokenizer {
             guard let b = value.boolValue else { throw fail("\(key) must be a bool, found \(value.type.name)") }
             return b
         }
-        bosID = try tokenID("tokenizer.ggml.bos_token_id", default: 1)!
-        eosID = try tokenID("tokenizer.ggml.eos_token_id", default: 2)!
-        unknownID = try tokenID("tokenizer.ggml.unknown_token_id", default: 0)!
+        // llama.cpp's defaults: SentencePiece 1/2/0; byte-level BPE 11/11 (GPT-2's), no unknown token;
+        // gemma4 none. A missing id is -1.
+        let defaultBOS: Int32? = model == "llama" ? 1 : model == "gpt2" && n > 11 ? 11 : nil
+        let defaultEOS: Int32? = model == "llama" ? 2 : model == "gpt2" && n > 11 ? 11 : nil
+        bosID = try tokenID("tokenizer.ggml.bos_token_id", default: defaultBOS) ?? -1
+        eosID = try tokenID("tokenizer.ggml.eos_token_id", default: defaultEOS) ?? -1
+        unknownID = try tokenID("tokenizer.ggml.unknown_token_id", default: isBPE ? nil : 0) ?? -1
         paddingID = try tokenID("tokenizer.ggml.padding_token_id", default: nil)
-        addsBOS = try flag("tokenizer.ggml.add_bos_token", default: true)
-        addsEOS = try flag("tokenizer.ggml.add_eos_token", default: false)
-        addsSpacePrefix = try flag("tokenizer.ggml.add_space_prefix", default: true)
+        let eotID = try tokenID("tokenizer.ggml.eot_token_id", default: nil)
+        let eomID = try tokenID("tokenizer.ggml.eom_token_id", default: nil)
+        // llama3's pre-tokenizer implies a BOS unless the file says otherwise (as in llama.cpp)
+        let llama3Pre = preTokenizer.map { ["llama3", "llama-v3", "llama-bpe", "falcon3"].contains($0.name) } ?? false
+        addsBOS = try flag("tokenizer.ggml.add_bos_token", default: !isBPE || llama3Pre) && bosID >= 0
+        addsEOS = try flag("tokenizer.ggml.add_eos_token", default: false) && eosID >= 0
+        addsSpacePrefix = try flag("tokenizer.ggml.add_space_prefix", default: !isBPE)
 
         // lookup table; a repeated piece would make one of the ids unreachable (llama.cpp refuses it too)
         let table = PieceTable(texts)
@@ -162,6 +209,17 @@ public final class Tokenizer {
         printedOffsets.reserveCapacity(n + 1)
         for i in 0..<n {
             switch types[i] {
+            case .normal where model == "gpt2":
+                // byte-level: each character stands for one byte (a piece outside the alphabet prints as is;
+                // one that is not even UTF-8 cannot come from a byte-level vocabulary)
+                if let bytes = ByteLevel.decode(texts[i][...]) {
+                    printed.append(contentsOf: bytes)
+                } else {
+                    guard ByteLevel.isValidUTF8(texts[i]) else {
+                        throw fail("\(Tokenizer.tokensKey)[\(i)] is not valid UTF-8, which no byte-level BPE piece can be")
+                    }
+                    printed.append(contentsOf: texts[i])
+                }
             case .normal:
                 Tokenizer.appendUnescaped(texts[i], to: &printed)
             case .userDefined:
@@ -195,9 +253,36 @@ public final class Tokenizer {
             return ids
         }
 
+        // BPE merges (after the table, which they are checked against)
+        if let preTokenizer {
+            guard let mergesValue = metadata[BPEModel.mergesKey] else {
+                throw fail("missing \(BPEModel.mergesKey): a '\(model)' tokenizer needs its merges")
+            }
+            guard case .array(let element, let merges) = mergesValue, element == .string else {
+                throw fail("\(BPEModel.mergesKey) must be an array of strings, found \(Tokenizer.describe(mergesValue))")
+            }
+            self.bpe = try BPEModel(preTokenizer: preTokenizer, byteLevel: model == "gpt2",
+                                    ignoreMerges: llama3Pre, merges: merges, pieces: table, source: source)
+        } else {
+            self.bpe = nil
+        }
+        self.modelName = model
+        self.preTokenizerName = preTokenizer?.name
+
+        // end of generation: eos, eot, eom, and the tokens llama.cpp stops on by their text
+        var eog: [Int32] = []
+        for id in [eosID, eotID ?? -1, eomID ?? -1] where id >= 0 && !eog.contains(id) { eog.append(id) }
+        for text in Tokenizer.endOfGenerationTexts {
+            let id = table.find(Array(text.utf8))
+            if id >= 0 && !eog.contains(id) { eog.append(id) }
+        }
+        eog.sort()
+        self.endOfGenerationIDs = eog
+
         self.vocabSize = n
         self.maxPieceBytes = texts.reduce(1) { max($0, $1.count) }
-        self.newlineSeparates = !texts.contains { $0.count > 1 && $0.contains(0x0A) }
+        // BPE pre-tokenizers may join a newline to its neighbours ("\\s*[\\r\\n]+", ".\\n\\n"): no cuts
+        self.newlineSeparates = !isBPE && !texts.contains { $0.count > 1 && $0.contains(0x0A) }
         self.pieces = table
         self.scores = scores
         self.types = types
@@ -216,6 +301,16 @@ public final class Tokenizer {
 
     /// Control tokens (BOS, EOS, chat markers): not text, printed only on request.
     public func isControl(_ id: Int32) -> Bool { tokenType(id) == .control }
+
+    /// Whether generation stops at this token (see `endOfGenerationIDs`).
+    public func isEndOfGeneration(_ id: Int32) -> Bool {
+        var lo = 0, hi = endOfGenerationIDs.count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if endOfGenerationIDs[mid] < id { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < endOfGenerationIDs.count && endOfGenerationIDs[lo] == id
+    }
 
     public func score(_ id: Int32) -> Float { isValid(id) ? scores[Int(id)] : 0 }
 
@@ -273,9 +368,9 @@ public final class Tokenizer {
     public func encode(utf8 text: [UInt8], addBOS: Bool, addEOS: Bool = false, parseSpecial: Bool = false) -> [Int32] {
         var output: [Int32] = []
         output.reserveCapacity(text.count / 3 + 4)
-        if addBOS { output.append(bosID) }
+        if addBOS && bosID >= 0 { output.append(bosID) }
         append(text, startsText: true, parseSpecial: parseSpecial, to: &output)
-        if addEOS { output.append(eosID) }
+        if addEOS && eosID >= 0 { output.append(eosID) }
         return output
     }
 
@@ -286,7 +381,7 @@ public final class Tokenizer {
     public func encodeLong(utf8 text: UnsafeBufferPointer<UInt8>, addBOS: Bool, window: Int = 1 << 20) -> [Int32] {
         var output: [Int32] = []
         output.reserveCapacity(text.count / 3 + 4)
-        if addBOS { output.append(bosID) }
+        if addBOS && bosID >= 0 { output.append(bosID) }
         var start = 0
         while start < text.count {
             var end = text.count
@@ -317,6 +412,11 @@ public final class Tokenizer {
                 output.append(id)
                 previousWasToken = true
             case .text(let range):
+                if let bpe {
+                    bpe.tokenize(text[range], pieces: pieces, into: &output)
+                    previousWasToken = false
+                    continue
+                }
                 MergeSession.tokenize(text[range], spacePrefix: addsSpacePrefix && previousWasToken,
                                  tokenizer: self, into: &output)
                 previousWasToken = false
@@ -599,7 +699,7 @@ private struct BigramHeap {
 }
 
 /// Vocabulary pieces as bytes with an open-addressing hash index (FNV-1a, linear probing).
-private struct PieceTable {
+struct PieceTable {
     private let storage: [UInt8]
     private let offsets: [Int32]
     private let slots: [Int32]

@@ -410,7 +410,7 @@ final class TokenizerTests: XCTestCase {
         }
         let tokens = "tokenizer.ggml.tokens", scores = "tokenizer.ggml.scores", types = "tokenizer.ggml.token_type"
         assertError(with("tokenizer.ggml.model", nil), mentions: "tokenizer.ggml.model")
-        assertError(with("tokenizer.ggml.model", .string("gpt2")), mentions: "tokenizer.ggml.model")
+        assertError(with("tokenizer.ggml.model", .string("bert")), mentions: "tokenizer.ggml.model")
         assertError(with("tokenizer.ggml.model", .uint32(1)), mentions: "tokenizer.ggml.model")
         assertError(with(tokens, nil), mentions: tokens)
         assertError(with(tokens, .array(.int32, [.int32(1)])), mentions: tokens)
