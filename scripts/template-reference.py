@@ -10,7 +10,7 @@ It renders with messages, tools (None unless given), documents (None), add_gener
 the tokenizer's special tokens (bos_token, eos_token, ...). strftime_now uses a fixed date here
 (2026-01-15 10:30:00) so the output is reproducible; Puna's tests pass the same date.
 
-usage: template-reference.py TEMPLATE.jinja... > cases.json
+usage: template-reference.py [--bos TEXT] [--eos TEXT] TEMPLATE.jinja... > cases.json
 Prints {"cases": [{template, case, messages, add_generation_prompt, bos_token, eos_token, tools,
 output | error}]}: output is the rendered text, error the exception's type and message.
 """
@@ -88,9 +88,17 @@ def make_env():
 
 
 def main():
+    global BOS, EOS
     env = make_env()
     cases = []
-    for path in sys.argv[1:]:
+    args = sys.argv[1:]
+    while args and args[0] in ("--bos", "--eos"):
+        if args[0] == "--bos":
+            BOS = args[1]
+        else:
+            EOS = args[1]
+        args = args[2:]
+    for path in args:
         name = os.path.basename(path)
         with open(path, encoding="utf-8") as f:
             source = f.read()

@@ -117,3 +117,150 @@ final class ChatTemplateTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(Double(fullyPassing), 0.9 * Double(table.count), "fewer than 90% of the templates match jinja2")
     }
 }
+
+/// Jinja semantics that are easy to get wrong, and hostile templates: each must fail with an error
+/// that names the construct and the line, without hanging or crashing.
+final class JinjaRendererTests: XCTestCase {
+    let now = JinjaDate(year: 2026, month: 1, day: 15, hour: 10, minute: 30)
+
+    func render(_ source: String, _ vars: [(String, JinjaValue)] = [], limits: JinjaLimits = JinjaLimits()) throws(PunaError) -> String {
+        try JinjaTemplate(source, limits: limits).render(vars, now: now)
+    }
+
+    func expectError(_ source: String, _ fragments: [String], limits: JinjaLimits = JinjaLimits(),
+                     file: StaticString = #filePath, line: UInt = #line) {
+        let start = Date()
+        do {
+            let out = try render(source, limits: limits)
+            XCTFail("rendered \(out.utf8.count) bytes instead of failing", file: file, line: line)
+        } catch {
+            for f in fragments {
+                XCTAssertTrue(error.message.contains(f), "'\(error.message)' does not mention '\(f)'", file: file, line: line)
+            }
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 20, "took too long", file: file, line: line)
+    }
+
+    func testPythonSemantics() throws {
+        XCTAssertEqual(try render("{{ [1, 'a', none, true, 2.5, {'k': \"it's\"}] }}"), "[1, 'a', None, True, 2.5, {'k': \"it's\"}]")
+        XCTAssertEqual(try render("{{ 7 / 2 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ -7 % 3 }} {{ 2 ** 10 }} {{ 1.0 }} {{ 3 * 1.5 }}"), "3.5 3 -4 2 1024 1.0 4.5")
+        XCTAssertEqual(try render("{{ 'abc'[::-1] }}{{ [1,2,3][1:] }}{{ 'héllo'[1] }}"), "cba[2, 3]é")
+        XCTAssertEqual(try render("{{ x }}|{{ x is defined }}|{{ none is none }}|{{ x | default('d') }}"), "|False|True|d")
+        XCTAssertEqual(try render("{{ 'a' ~ 1 ~ none }}{{ 'b' + 'c' }}{{ 'x' in 'xyz' }}"), "a1NonebcTrue")
+        XCTAssertEqual(try render("{{ {'b': 1, 'a': [1, 'é']} | tojson }}|{{ [1] | tojson(indent=2) }}"), "{\"b\": 1, \"a\": [1, \"é\"]}|[\n  1\n]")
+        XCTAssertEqual(try render("{{ '  a b  '.strip() }}|{{ 'a,b,,c'.split(',') }}|{{ ' x  y '.split() }}|{{ 'hello world' | title }}"),
+                       "a b|['a', 'b', '', 'c']|['x', 'y']|Hello World")
+        XCTAssertEqual(try render("{% for x in [1,2,3] if x != 2 %}{{ loop.index }}{{ x }}{{ ',' if not loop.last }}{% else %}none{% endfor %}"), "11,23")
+        XCTAssertEqual(try render("{% set ns = namespace(n=0) %}{% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }}"), "3")
+        XCTAssertEqual(try render("{% macro m(a, b='B') %}{{ a }}{{ b }}{% endmacro %}{{ m(1) }}{{ m(2, b=3) }}"), "1B23")
+        XCTAssertEqual(try render("  {% if true %}\n  yes\n  {% endif %}\nend\n"), "  yes\nend")
+        XCTAssertEqual(try render("a  {%- if true -%}  b  {%- endif %}"), "ab")
+        XCTAssertEqual(try render("{{ strftime_now('%d %b %Y') }}|{{ strftime_now('%B %-d, %Y') }}"), "15 Jan 2026|January 15, 2026")
+        XCTAssertEqual(try render("{% set x %}block {{ 1 }}{% endset %}{{ x | upper }}"), "BLOCK 1")
+    }
+
+    func testHostileTemplates() {
+        // Runaway recursion.
+        expectError("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}\n{{ f(0) }}", ["macro 'f'", "line 1", "runaway recursion"])
+        // Huge range.
+        expectError("x\n{% for i in range(1000000000) %}{% endfor %}", ["line 2", "range()"])
+        // Loops whose product never ends.
+        expectError("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", ["for loop", "iterations"])
+        // Deep nesting of tags and of expressions.
+        expectError(String(repeating: "{% if true %}", count: 300), ["nesting deeper than"])
+        expectError("{{ " + String(repeating: "(", count: 5000) + "1" + String(repeating: ")", count: 5000) + " }}", ["nesting deeper than", "line 1"])
+        // Output bombs: printed text and doubled strings.
+        var small = JinjaLimits()
+        small.maxOutputBytes = 1 << 20
+        expectError("{% set s = 'x' * 1000 %}{% for i in range(100000) %}{{ s }}{% endfor %}", ["output exceeds"], limits: small)
+        expectError("{% set ns = namespace(s='x') %}\n\n{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", ["line 3", "string exceeds"], limits: small)
+        expectError("{{ 'x' * 100000000000 }}", ["line 1", "string exceeds"])
+        // Unterminated tags.
+        expectError("a\n{% if x %}\nb", ["'{% if %}' opened on line 2 is never closed"])
+        expectError("a\n\n{{ x ", ["line 3", "unterminated '{{'"])
+        expectError("{# never closed", ["line 1", "unterminated comment"])
+        expectError("{{ 'abc }}", ["line 1", "unterminated string"])
+        expectError("{% for x in y %}{% endif %}", ["unexpected '{% endif %}'"])
+        // Unknown filter and test (outside an if: at parse time, as jinja2).
+        expectError("a\nb\n{{ x | frobnicate }}", ["line 3", "unsupported filter 'frobnicate'"])
+        expectError("{% if true %}\n{{ x | frobnicate }}{% endif %}", ["line 2", "unsupported filter 'frobnicate'"])
+        expectError("{{ x is frobnicated }}", ["line 1", "unsupported test 'frobnicated'"])
+        // No file access or unsupported tags.
+        expectError("{% include 'secret.txt' %}", ["line 1", "unsupported construct '{% include %}'"])
+        expectError("\n{% import 'x' as y %}", ["line 2", "unsupported construct '{% import %}'"])
+        expectError("{% for x in y recursive %}{% endfor %}", ["recursive"])
+        // The sandbox: inputs cannot be modified; raise_exception is an error.
+        expectError("{% set l = [1] %}{{ l.append(2) }}", ["list.append"])
+        expectError("{{ raise_exception('no system role') }}", ["raise_exception: no system role"])
+        expectError("{{ x.y }}", ["'x' is undefined"])
+    }
+
+    /// The PromptFormat choice: `auto` takes the file's chat template when present.
+    func testPromptFormatResolution() throws {
+        let chat = try ChatTemplate(source: "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
+                                    bosToken: "<s>", eosToken: "</s>", now: now)
+        guard case .chat = try PromptFormat.resolve(nil, chatTemplate: chat, fallback: .raw, what: "t") else { return XCTFail() }
+        guard case .chat = try PromptFormat.resolve("auto", chatTemplate: chat, fallback: .raw, what: "t") else { return XCTFail() }
+        guard case .builtin(.raw) = try PromptFormat.resolve("auto", chatTemplate: nil, fallback: .raw, what: "t") else { return XCTFail() }
+        guard case .builtin(.alpaca) = try PromptFormat.resolve("alpaca", chatTemplate: chat, fallback: .raw, what: "t") else { return XCTFail() }
+        XCTAssertThrowsError(try PromptFormat.resolve("chatml", chatTemplate: chat, fallback: .raw, what: "t"))
+        XCTAssertEqual(try PromptFormat.chat(chat).render(prompt: "Hi", system: "Be brief."), "<|system|>Be brief.<|user|>Hi<|assistant|>")
+        XCTAssertEqual(try PromptFormat.chat(chat).render(prompt: "Hi", input: "ctx"), "<|user|>Hi\nctx<|assistant|>")
+    }
+}
+
+/// `puna template` on vocab-only GGUF files that carry a chat template, against jinja2.
+final class TemplateCommandTests: XCTestCase {
+    func testVocabFilesMatchJinja2() throws {
+        guard let tree = LlamaTree.path else { throw XCTSkip("llama.cpp tree not found (set PUNA_LLAMA_TREE)") }
+        guard let python = ChatTemplateTests.jinjaPython else { throw XCTSkip("no Python with jinja2 (see ChatTemplateTests)") }
+        let repo = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent()
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("puna-template-\(getpid())")
+        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: tmp) }
+        for vocab in ["qwen2", "phi-3", "command-r", "gemma-4"] {
+            let path = tree + "/models/ggml-vocab-\(vocab).gguf"
+            guard FileManager.default.fileExists(atPath: path) else { continue }
+            let gguf = try GGUFFile(path: path)
+            let source = gguf[ChatTemplate.metadataKey]!.stringValue!
+            let chat = try XCTUnwrap(try ChatTemplate(gguf: gguf))
+            let jinja = tmp.appendingPathComponent("\(vocab).jinja")
+            try source.write(to: jinja, atomically: true, encoding: .utf8)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: python)
+            process.arguments = [repo.appendingPathComponent("scripts/template-reference.py").path, "--bos", chat.bosToken, "--eos", chat.eosToken, jinja.path]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            try process.run()
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            let cases = try JSONValue.parse(bytes: [UInt8](data))["cases"]!.array!
+            for c in cases where c["error"] == nil && c["tools"]?.isNull != false {
+                let messagesFile = tmp.appendingPathComponent("m.json")
+                var j = JSONWriter()
+                j.beginObject(); j.key("messages"); writeJSON(c["messages"]!, &j); j.endObject()
+                try j.string.write(to: messagesFile, atomically: true, encoding: .utf8)
+                var arguments = ["template", "-m", path, "-i", messagesFile.path]
+                if c["add_generation_prompt"]?.bool == false { arguments.append("--no-generation-prompt") }
+                let (status, out, err) = try Fixtures.runPuna(arguments)
+                XCTAssertEqual(status, 0, "\(vocab) \(c["case"]!.string!): \(err)")
+                if source.contains("strftime_now") { continue }  // the CLI uses today's date
+                XCTAssertEqual(out, c["output"]!.string!, "\(vocab) \(c["case"]!.string!)")
+            }
+        }
+        let (status, _, err) = try Fixtures.runPuna(["template", "-m", tree + "/models/ggml-vocab-llama-spm.gguf", "-i", "/dev/null"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertFalse(err.isEmpty)
+    }
+
+    func writeJSON(_ v: JSONValue, _ j: inout JSONWriter) {
+        switch v {
+        case .null: j.null()
+        case .bool(let b): j.value(b)
+        case .number(let d, _): j.value(d, decimals: d == d.rounded() ? 0 : 6)
+        case .string(let s): j.value(s)
+        case .array(let a): j.beginArray(); for x in a { writeJSON(x, &j) }; j.endArray()
+        case .object(let o): j.beginObject(); for m in o { j.key(m.key); writeJSON(m.value, &j) }; j.endObject()
+        }
+    }
+}
