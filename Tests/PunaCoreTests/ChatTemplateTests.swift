@@ -193,6 +193,7 @@ final class JinjaRendererTests: XCTestCase {
         expectError("{% set l = [1] %}{{ l.append(2) }}", ["list.append"])
         expectError("{{ raise_exception('no system role') }}", ["raise_exception: no system role"])
         expectError("{{ x.y }}", ["'x' is undefined"])
+        XCTAssertEqual(try? render(#"{{ "<b>"|safe + "\"x\" & y" }}|{{ "<" ~ "<"|safe }}"#), "<b>&#34;x&#34; &amp; y|<<")
     }
 
     /// The PromptFormat choice: `auto` takes the file's chat template when present.

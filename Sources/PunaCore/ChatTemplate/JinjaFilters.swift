@@ -91,7 +91,10 @@ extension JinjaRenderer {
             }
         }
         switch name {
-        case "safe", "e", "escape": return v
+        case "safe": return .markup(v.pythonStr)
+        case "e", "escape":
+            if case .markup = v { return v }
+            return .markup(htmlEscape(v.pythonStr))
         case "string": return .string(v.pythonStr)
         case "trim":
             let chars = arg(args, kwargs, 0, "chars")
@@ -162,7 +165,7 @@ extension JinjaRenderer {
             case .string(let s):
                 let t = pyStrip(s, chars: nil, left: true, right: true)
                 if let i = Int(t.replacingUnderscores()) { return .int(i) }
-                if let d = Double(t), d.isFinite, abs(d) < 9e18 { return .int(Int(d)) }
+                if let d = jinjaParseDouble(t), d.isFinite, abs(d) < 9e18 { return .int(Int(d)) }
                 return dflt
             default: return dflt
             }
@@ -172,7 +175,7 @@ extension JinjaRenderer {
             case .float: return v
             case .int(let i): return .float(Double(i))
             case .bool(let b): return .float(b ? 1 : 0)
-            case .string(let s): return Double(pyStrip(s, chars: nil, left: true, right: true)).map { .float($0) } ?? dflt
+            case .string(let s): return jinjaParseDouble(pyStrip(s, chars: nil, left: true, right: true)).map { .float($0) } ?? dflt
             default: return dflt
             }
         case "abs":
@@ -734,4 +737,20 @@ func pyTitle(_ s: String) -> String {
 
 extension String {
     func replacingUnderscores() -> String { pyReplace(self, "_", "", count: -1) }
+}
+
+/// markupsafe's escape: & < > " ' as HTML entities.
+func htmlEscape(_ s: String) -> String {
+    var out = ""
+    for u in s.unicodeScalars {
+        switch u {
+        case "&": out += "&amp;"
+        case "<": out += "&lt;"
+        case ">": out += "&gt;"
+        case "\"": out += "&#34;"
+        case "'": out += "&#39;"
+        default: out.unicodeScalars.append(u)
+        }
+    }
+    return out
 }

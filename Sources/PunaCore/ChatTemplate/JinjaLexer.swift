@@ -206,7 +206,7 @@ struct JinjaLexer {
         var literal = ""
         for b in src[s..<pos] where b != UInt8(ascii: "_") { literal.unicodeScalars.append(Unicode.Scalar(b)) }
         if isFloat {
-            guard let d = Double(literal) else { throw error("bad number '\(literal)'") }
+            guard let d = jinjaParseDouble(literal) else { throw error("bad number '\(literal)'") }
             tokens.append(JinjaToken(kind: .float(d), line: line))
         } else {
             guard let i = Int(literal) else { throw error("integer '\(clipped(literal, maxBytes: 40))' out of range") }

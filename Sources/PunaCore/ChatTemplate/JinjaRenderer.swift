@@ -170,7 +170,14 @@ final class JinjaRenderer {
 
     // MARK: expressions
 
+    /// An expression's value; a Markup string reads as a plain string (only `+` tells them apart).
     func eval(_ e: JinjaExpr, _ scope: JinjaScope) throws(PunaError) -> JinjaValue {
+        let v = try evalRaw(e, scope)
+        if case .markup(let s) = v { return .string(s) }
+        return v
+    }
+
+    func evalRaw(_ e: JinjaExpr, _ scope: JinjaScope) throws(PunaError) -> JinjaValue {
         switch e {
         case .literal(let v): return v
         case .name(let n, _): return scope.lookup(n) ?? .undefined(hint: "'\(n)' is undefined")
@@ -234,6 +241,17 @@ final class JinjaRenderer {
                 return v
             }
         case .binary(let op, let a, let b, let line):
+            if op == "+" {
+                let x = try evalRaw(a, scope), y = try evalRaw(b, scope)
+                switch (x, y) {
+                case (.markup(let p), .markup(let q)): return .markup(p + q)
+                case (.markup(let p), .string(let q)): return .markup(p + htmlEscape(q))
+                case (.string(let p), .markup(let q)): return .markup(htmlEscape(p) + q)
+                default:
+                    func plain(_ v: JinjaValue) -> JinjaValue { if case .markup(let s) = v { return .string(s) }; return v }
+                    return try binary(op, plain(x), plain(y), line: line)
+                }
+            }
             return try binary(op, try eval(a, scope), try eval(b, scope), line: line)
         case .and(let a, let b):
             let l = try eval(a, scope)

@@ -1,3 +1,5 @@
+import CPuna
+
 /// The values a chat template computes with: Python's types as jinja2 sees them. Lists and dicts are
 /// values (the sandbox HF renders in forbids mutating them); a namespace, a macro and the helper
 /// objects (cycler, joiner) are references because templates mutate or call them.
@@ -18,6 +20,9 @@ public indirect enum JinjaValue {
     /// A Python generator (what jinja2's map, select, reject, unique, reverse and items filters
     /// return): iterable once converted, but without len(), indexing or a JSON form.
     case iterator([JinjaValue])
+    /// A string marked safe (`|safe`, markupsafe's Markup): `+` with a plain string HTML-escapes
+    /// the plain one. Only `+` sees this case; everything else reads it as a string.
+    case markup(String)
 
     /// A JSON document as the template sees it (numbers with a fraction or exponent are floats).
     public init(json: JSONValue) {
@@ -47,7 +52,7 @@ public indirect enum JinjaValue {
         case .bool(let b): return b
         case .int(let i): return i != 0
         case .float(let d): return d != 0
-        case .string(let s): return !s.isEmpty
+        case .string(let s), .markup(let s): return !s.isEmpty
         case .list(let l): return !l.isEmpty
         case .dict(let d): return d.count > 0
         case .namespace, .callable, .iterator: return true
@@ -63,6 +68,7 @@ public indirect enum JinjaValue {
         case .int: return "int"
         case .float: return "float"
         case .string: return "str"
+        case .markup: return "Markup"
         case .list: return "list"
         case .dict: return "dict"
         case .namespace: return "Namespace"
@@ -75,7 +81,7 @@ public indirect enum JinjaValue {
     var pythonStr: String {
         switch self {
         case .undefined: return ""
-        case .string(let s): return s
+        case .string(let s), .markup(let s): return s
         default: return pythonRepr
         }
     }
@@ -89,6 +95,7 @@ public indirect enum JinjaValue {
         case .int(let i): return String(i)
         case .float(let d): return pythonFloatRepr(d)
         case .string(let s): return pythonStringRepr(s)
+        case .markup(let s): return "Markup(" + pythonStringRepr(s) + ")"
         case .list(let l):
             var out = "["
             for (i, v) in l.enumerated() { if i > 0 { out += ", " }; out += v.pythonRepr }
@@ -255,4 +262,11 @@ func pythonStringRepr(_ s: String) -> String {
 func hex2(_ v: UInt32) -> String {
     let digits: [Character] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f"]
     return String(digits[Int((v >> 4) & 15)]) + String(digits[Int(v & 15)])
+}
+
+/// A decimal number as Python's float() reads it (strtod through CPuna: Embedded Swift has no
+/// Double(String)).
+func jinjaParseDouble(_ s: String) -> Double? {
+    var value = 0.0
+    return puna_parse_double(s, &value) == 1 ? value : nil
 }
