@@ -265,3 +265,61 @@ final class TemplateCommandTests: XCTestCase {
         }
     }
 }
+
+/// run/chat/template with a model file that carries a chat template (a fixture model rewritten
+/// with a `tokenizer.chat_template` key).
+final class ChatTemplateCLITests: XCTestCase {
+    func withTemplate(_ template: String) throws -> String {
+        let gguf = try GGUFFile(path: Fixtures.models.appendingPathComponent("tiny-gqa-q8_0.gguf").path)
+        var w = GGUFWriter(alignment: gguf.alignment)
+        for k in gguf.keys where k != "general.alignment" { w.set(k, gguf.metadata[k]!) }
+        w.set(ChatTemplate.metadataKey, .string(template))
+        for t in gguf.tensors { w.addTensor(name: t.name, shape: t.shape, type: t.type, bytes: Array(gguf.data(of: t))) }
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("puna-chat-\(UUID().uuidString).gguf").path
+        try w.write(to: out)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: out) }
+        return out
+    }
+
+    static let extending = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+
+    func testRunChatAndTemplateUseTheFileTemplate() throws {
+        let model = try withTemplate(ChatTemplateCLITests.extending)
+        let messages = FileManager.default.temporaryDirectory.appendingPathComponent("puna-msgs-\(UUID().uuidString).json")
+        try #"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}"#.write(to: messages, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: messages) }
+        var (status, out, err) = try Fixtures.runPuna(["template", "-m", model, "-i", messages.path])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertEqual(out, "system: Be brief.\nuser: Hi\nassistant: ")
+        (status, out, err) = try Fixtures.runPuna(["template", "-m", model, "-i", messages.path, "--no-generation-prompt"])
+        XCTAssertEqual(out, "system: Be brief.\nuser: Hi\n")
+        (status, out, err) = try Fixtures.runPuna(["template", "-m", model, "-i", messages.path, "--template", "guanaco"])
+        XCTAssertEqual(out, "Be brief.\n### Human: Hi ### Assistant:")
+
+        (status, out, err) = try Fixtures.runPuna(["run", "-m", model, "-p", "Hi", "--system", "Be brief.", "-n", "4", "--temp", "0"])
+        XCTAssertEqual(status, 0, err)
+        // A conversation whose rendering extends the cached text: no re-evaluation.
+        (status, out, err) = try Fixtures.runPuna(["chat", "-m", model, "-n", "6", "--temp", "0"], stdin: "Hello there\nAnd again\nThird\n")
+        XCTAssertEqual(status, 0, err)
+        XCTAssertFalse(err.contains("re-evaluating"), err)
+        XCTAssertGreaterThanOrEqual(out.split(separator: "\n", omittingEmptySubsequences: false).count, 3, out)
+    }
+
+    func testChatReevaluatesWhenEarlierTurnsRenderDifferently() throws {
+        // Earlier replies are dropped from the rendering: it no longer extends the cached text.
+        let model = try withTemplate("{% for m in messages if m.role != 'assistant' %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:")
+        let (status, out, err) = try Fixtures.runPuna(["chat", "-m", model, "-n", "6", "--temp", "0"], stdin: "Hello there\nAnd again\n")
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(err.contains("re-evaluating from token"), err)
+        XCTAssertGreaterThanOrEqual(out.split(separator: "\n", omittingEmptySubsequences: false).count, 2, out)
+    }
+
+    func testBrokenTemplateIsAnErrorUnlessABuiltInIsChosen() throws {
+        let model = try withTemplate("line one\n{{ messages | frobnicate }}")
+        var (status, _, err) = try Fixtures.runPuna(["run", "-m", model, "-p", "Hi", "-n", "2"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(err.contains("line 2") && err.contains("unsupported filter 'frobnicate'"), err)
+        (status, _, err) = try Fixtures.runPuna(["run", "-m", model, "-p", "Hi", "-n", "2", "--template", "raw"])
+        XCTAssertEqual(status, 0, err)
+    }
+}
