@@ -166,6 +166,13 @@ final class JinjaRendererTests: XCTestCase {
         expectError("x\n{% for i in range(1000000000) %}{% endfor %}", ["line 2", "range()"])
         // Loops whose product never ends.
         expectError("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", ["for loop", "iterations"])
+        // Exponential recursion (each level calls itself twice) and work that loops over big strings.
+        expectError("{% macro f(n) %}{% if n < 60 %}{{ f(n + 1) }}{{ f(n + 1) }}{% endif %}{% endmacro %}{{ f(0) }}", ["units of work"])
+        expectError("{% set s = 'x' * 4000000 %}{% for i in range(100000) %}{% if 'y' in s %}{% endif %}{% endfor %}", ["units of work", "line 1"])
+        expectError("{{ range(100000) | list | sort | length }}", ["units of work"])
+        // A chain of 100 000 operators (a left-deep tree) is refused before it is walked.
+        expectError("{{ 1" + String(repeating: " + 1", count: 100_000) + " }}", ["chains more than", "line 1"])
+        expectError("{{ x" + String(repeating: "|trim", count: 100_000) + " }}", ["chains more than"])
         // Deep nesting of tags and of expressions.
         expectError(String(repeating: "{% if true %}", count: 300), ["nesting deeper than"])
         expectError("{{ " + String(repeating: "(", count: 5000) + "1" + String(repeating: ")", count: 5000) + " }}", ["nesting deeper than", "line 1"])
@@ -194,6 +201,26 @@ final class JinjaRendererTests: XCTestCase {
         expectError("{{ raise_exception('no system role') }}", ["raise_exception: no system role"])
         expectError("{{ x.y }}", ["'x' is undefined"])
         XCTAssertEqual(try? render(#"{{ "<b>"|safe + "\"x\" & y" }}|{{ "<" ~ "<"|safe }}"#), "<b>&#34;x&#34; &amp; y|<<")
+    }
+
+    /// The work budget leaves room for long conversations with real templates (200 turns of 4 KB).
+    func testLongConversationsFitTheBudget() throws {
+        guard let tree = LlamaTree.path else { throw XCTSkip("llama.cpp tree not found (set PUNA_LLAMA_TREE)") }
+        let text = String(repeating: "word ", count: 800)
+        var messages: [JinjaValue] = []
+        for i in 0..<200 {
+            var d = JinjaDict()
+            d["role"] = .string(i % 2 == 0 ? "user" : "assistant")
+            d["content"] = .string(text)
+            messages.append(.dict(d))
+        }
+        for name in ["Qwen-Qwen3-0.6B.jinja", "meta-llama-Llama-3.1-8B-Instruct.jinja", "openai-gpt-oss-120b.jinja",
+                     "deepseek-ai-DeepSeek-V3.1.jinja", "google-gemma-4-31B-it.jinja"] {
+            let source = try String(contentsOfFile: tree + "/models/templates/" + name, encoding: .utf8)
+            let out = try JinjaTemplate(source).render([("messages", .list(messages)), ("add_generation_prompt", .bool(true)),
+                                                        ("bos_token", .string("<s>")), ("eos_token", .string("</s>"))], now: now)
+            XCTAssertGreaterThan(out.utf8.count, 200 * 4000, name)
+        }
     }
 
     /// The PromptFormat choice: `auto` takes the file's chat template when present.

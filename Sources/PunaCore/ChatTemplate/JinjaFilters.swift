@@ -78,6 +78,8 @@ extension JinjaRenderer {
     // MARK: filters
 
     func applyFilter(_ name: String, _ v: JinjaValue, _ args: [JinjaValue], _ kwargs: [(String, JinjaValue)], _ scope: JinjaScope, line: Int) throws(PunaError) -> JinjaValue {
+        try charge(v, line: line)
+        for a in args { try charge(a, line: line) }
         func str(_ i: Int, _ key: String, _ dflt: String) -> String {
             guard let a = arg(args, kwargs, i, key) else { return dflt }
             return a.pythonStr
@@ -220,6 +222,7 @@ extension JinjaRenderer {
             if flag(0, "reverse") { items.reverse() }
             return .list(items)
         case "unique":
+            if case .list(let l) = v { try charge(l.count * l.count, line: line) }
             let cs = flag(0, "case_sensitive")
             let attr = arg(args, kwargs, 1, "attribute")
             var seen: [JinjaValue] = [], out: [JinjaValue] = []
@@ -327,6 +330,7 @@ extension JinjaRenderer {
             var out = ""
             try writeJSON(v, &out, indent: indent, level: 0, itemSep: itemSep, keySep: keySep,
                           sortKeys: arg(args, kwargs, 3, "sort_keys")?.truthy ?? false, ascii: ensureASCII, line: line, depth: 0)
+            try charge(out.utf8.count, line: line)
             return .string(out)
         default:
             throw error(line, "unsupported filter '\(name)'")
@@ -340,6 +344,7 @@ extension JinjaRenderer {
 
     /// A stable sort by `key` with Python's ordering (mixed types fail as in Python).
     func sortValues(_ items: inout [JinjaValue], key: (JinjaValue) throws(PunaError) -> JinjaValue, line: Int) throws(PunaError) {
+        try charge(items.count * items.count, line: line)  // insertion sort: quadratic at worst
         var keyed: [(JinjaValue, JinjaValue)] = []
         for x in items { keyed.append((try key(x), x)) }
         // Insertion sort: stable, and lets comparison errors propagate; template lists are small.
@@ -372,6 +377,8 @@ extension JinjaRenderer {
     // MARK: methods
 
     func callMethod(_ obj: JinjaValue, _ name: String, _ args: [JinjaValue], _ kwargs: [(String, JinjaValue)], line: Int) throws(PunaError) -> JinjaValue {
+        try charge(obj, line: line)
+        for a in args { try charge(a, line: line) }
         switch obj {
         case .string(let s):
             func sArg(_ i: Int, _ key: String) -> String? {

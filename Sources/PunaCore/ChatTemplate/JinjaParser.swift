@@ -49,10 +49,19 @@ struct JinjaParser {
     var index = 0
     var depth = 0
     let maxDepth: Int
+    let maxChain: Int
 
-    init(tokens: [JinjaToken], maxDepth: Int) {
+    init(tokens: [JinjaToken], maxDepth: Int, maxChain: Int = 1_000) {
         self.tokens = tokens
         self.maxDepth = maxDepth
+        self.maxChain = maxChain
+    }
+
+    /// Chains of operators, filters and postfixes build left-deep trees that evaluation walks
+    /// recursively: bound their length as nesting is bounded.
+    func checkChain(_ n: inout Int) throws(PunaError) {
+        n += 1
+        if n > maxChain { throw error("an expression chains more than \(maxChain) operators") }
     }
 
     var current: JinjaToken { tokens[index] }
@@ -319,13 +328,15 @@ struct JinjaParser {
 
     mutating func parseOr() throws(PunaError) -> JinjaExpr {
         var e = try parseAnd()
-        while skipName("or") { e = .or(e, try parseAnd()) }
+        var n = 0
+        while skipName("or") { try checkChain(&n); e = .or(e, try parseAnd()) }
         return e
     }
 
     mutating func parseAnd() throws(PunaError) -> JinjaExpr {
         var e = try parseNot()
-        while skipName("and") { e = .and(e, try parseNot()) }
+        var n = 0
+        while skipName("and") { try checkChain(&n); e = .and(e, try parseNot()) }
         return e
     }
 
@@ -342,7 +353,9 @@ struct JinjaParser {
 
     mutating func parseCompare() throws(PunaError) -> JinjaExpr {
         var e = try parseMath1()
+        var n = 0
         while true {
+            try checkChain(&n)
             let l = line
             if case .op(let o) = current.kind, o == "==" || o == "!=" || o == "<" || o == ">" || o == "<=" || o == ">=" {
                 advance()
@@ -361,7 +374,9 @@ struct JinjaParser {
 
     mutating func parseMath1() throws(PunaError) -> JinjaExpr {
         var e = try parseConcat()
+        var n = 0
         while case .op(let o) = current.kind, o == "+" || o == "-" {
+            try checkChain(&n)
             let l = line
             advance()
             e = .binary(o, e, try parseConcat(), line: l)
@@ -371,7 +386,9 @@ struct JinjaParser {
 
     mutating func parseConcat() throws(PunaError) -> JinjaExpr {
         var e = try parseMath2()
+        var n = 0
         while isOp("~") {
+            try checkChain(&n)
             let l = line
             advance()
             e = .binary("~", e, try parseMath2(), line: l)
@@ -381,7 +398,9 @@ struct JinjaParser {
 
     mutating func parseMath2() throws(PunaError) -> JinjaExpr {
         var e = try parsePow()
+        var n = 0
         while case .op(let o) = current.kind, o == "*" || o == "/" || o == "//" || o == "%" {
+            try checkChain(&n)
             let l = line
             advance()
             e = .binary(o, e, try parsePow(), line: l)
@@ -391,7 +410,9 @@ struct JinjaParser {
 
     mutating func parsePow() throws(PunaError) -> JinjaExpr {
         var e = try parseUnary(withFilter: true)
+        var n = 0
         while isOp("**") {
+            try checkChain(&n)
             let l = line
             advance()
             e = .binary("**", e, try parseUnary(withFilter: true), line: l)
@@ -477,7 +498,9 @@ struct JinjaParser {
 
     mutating func parsePostfix(_ base: JinjaExpr) throws(PunaError) -> JinjaExpr {
         var e = base
+        var n = 0
         while true {
+            try checkChain(&n)
             let l = line
             if isOp(".") {
                 advance()
@@ -514,7 +537,9 @@ struct JinjaParser {
 
     mutating func parseFilterExpr(_ base: JinjaExpr) throws(PunaError) -> JinjaExpr {
         var e = base
+        var n = 0
         while true {
+            try checkChain(&n)
             let l = line
             if isOp("|") {
                 advance()

@@ -9,6 +9,7 @@ final class JinjaRenderer {
     var buffers: [String] = [""]
     var iterations = 0
     var callDepth = 0
+    var work = 0
 
     init(limits: JinjaLimits, now: JinjaDate) {
         self.limits = limits
@@ -20,6 +21,24 @@ final class JinjaRenderer {
 
     func error(_ line: Int, _ message: String) -> PunaError { PunaError("chat template line \(line): \(message)") }
 
+    /// Count `units` of work (steps, or bytes and items walked) against the rendering's budget.
+    func charge(_ units: Int, line: Int) throws(PunaError) {
+        work += units
+        if work > limits.maxWork {
+            throw error(line, "the template does more than \(limits.maxWork) units of work (a runaway loop or recursion?)")
+        }
+    }
+
+    /// The work of walking a value once: a string's bytes, a container's items.
+    func charge(_ v: JinjaValue, line: Int) throws(PunaError) {
+        switch v {
+        case .string(let s), .markup(let s): try charge(s.utf8.count + 1, line: line)
+        case .list(let l), .iterator(let l): try charge(l.count + 1, line: line)
+        case .dict(let d): try charge(d.count + 1, line: line)
+        default: try charge(1, line: line)
+        }
+    }
+
     func renderTemplate(_ nodes: [JinjaNode]) throws(PunaError) -> String {
         let root = JinjaScope(parent: globals)
         _ = try render(nodes, root)
@@ -27,6 +46,7 @@ final class JinjaRenderer {
     }
 
     func emit(_ s: String, line: Int) throws(PunaError) {
+        try charge(s.utf8.count + 1, line: line)
         buffers[buffers.count - 1] += s
         if buffers[buffers.count - 1].utf8.count > limits.maxOutputBytes {
             throw error(line, "output exceeds \(limits.maxOutputBytes) bytes")
@@ -56,6 +76,7 @@ final class JinjaRenderer {
     }
 
     func render(_ node: JinjaNode, _ scope: JinjaScope) throws(PunaError) -> Flow {
+        try charge(1, line: 0)
         switch node {
         case .text(let t):
             try emit(t, line: 0)
@@ -158,6 +179,7 @@ final class JinjaRenderer {
 
     /// The items a for loop (or `list`) walks: a list's elements, a dict's keys, a string's characters.
     func iterate(_ v: JinjaValue, line: Int) throws(PunaError) -> [JinjaValue] {
+        try charge(v, line: line)
         switch v {
         case .list(let l), .iterator(let l): return l
         case .dict(let d): return d.keys
@@ -178,6 +200,7 @@ final class JinjaRenderer {
     }
 
     func evalRaw(_ e: JinjaExpr, _ scope: JinjaScope) throws(PunaError) -> JinjaValue {
+        try charge(1, line: 0)
         switch e {
         case .literal(let v): return v
         case .name(let n, _): return scope.lookup(n) ?? .undefined(hint: "'\(n)' is undefined")
@@ -296,6 +319,8 @@ final class JinjaRenderer {
     }
 
     func getItem(_ v: JinjaValue, _ idx: JinjaValue, line: Int) throws(PunaError) -> JinjaValue {
+        if case .string = v { try charge(v, line: line) }
+        if case .dict = v { try charge(v, line: line) }
         switch (v, idx) {
         case (.undefined(let hint), _): throw error(line, "\(hint) (reading an item)")
         case (.dict(let d), _): return d[value: idx] ?? .undefined(hint: "'dict object' has no attribute \(idx.pythonRepr)")
@@ -312,6 +337,7 @@ final class JinjaRenderer {
     }
 
     func slice(_ v: JinjaValue, _ a: JinjaValue?, _ b: JinjaValue?, _ c: JinjaValue?, line: Int) throws(PunaError) -> JinjaValue {
+        try charge(v, line: line)
         func intOrNil(_ x: JinjaValue?) throws(PunaError) -> Int? {
             guard let x else { return nil }
             switch x {
@@ -356,6 +382,8 @@ final class JinjaRenderer {
     // MARK: operators
 
     func binary(_ op: String, _ a: JinjaValue, _ b: JinjaValue, line: Int) throws(PunaError) -> JinjaValue {
+        try charge(a, line: line)
+        try charge(b, line: line)
         switch op {
         case "~": return try checkSize(a.pythonStr + b.pythonStr, line: line)
         case "==": return .bool(equal(a, b))
@@ -379,15 +407,21 @@ final class JinjaRenderer {
         switch (a, b) {
         case (.string(let x), .string(let y)) where op == "+": return try checkSize(x + y, line: line)
         case (.list(let x), .list(let y)) where op == "+":
-            if x.count + y.count > limits.maxOutputBytes { throw error(line, "list too long") }
+            if x.count + y.count > limits.maxListItems { throw error(line, "list longer than \(limits.maxListItems) items") }
             return .list(x + y)
         case (.string(let s), _) where op == "*", (_, .string(let s)) where op == "*":
             guard let n = (a.isIntLike ? a : b).intValue else { throw fail }
-            if n > 0 && s.utf8.count * n > limits.maxOutputBytes { throw error(line, "string exceeds \(limits.maxOutputBytes) bytes") }
+            if n > 0 && (s.utf8.count.multipliedReportingOverflow(by: n).overflow || s.utf8.count * n > limits.maxOutputBytes) {
+                throw error(line, "string exceeds \(limits.maxOutputBytes) bytes")
+            }
+            if n > 0 { try charge(s.utf8.count * n, line: line) }
             return .string(n > 0 ? String(repeating: s, count: n) : "")
         case (.list(let l), _) where op == "*", (_, .list(let l)) where op == "*":
             guard let n = (a.isIntLike ? a : b).intValue else { throw fail }
-            if n > 0 && l.count * n > limits.maxOutputBytes { throw error(line, "list too long") }
+            if n > 0 && l.count.multipliedReportingOverflow(by: n).overflow || (n > 0 && l.count * n > limits.maxListItems) {
+                throw error(line, "list longer than \(limits.maxListItems) items")
+            }
+            if n > 0 { try charge(l.count * n, line: line) }
             var out: [JinjaValue] = []
             if n > 0 { for _ in 0..<n { out += l } }
             return .list(out)
@@ -554,6 +588,7 @@ final class JinjaRenderer {
     }
 
     func callMacro(_ m: JinjaMacro, _ args: [JinjaValue], _ kwargs: [(String, JinjaValue)], caller: JinjaMacro?, line: Int) throws(PunaError) -> JinjaValue {
+        try charge(1 + args.count, line: line)
         callDepth += 1
         defer { callDepth -= 1 }
         if callDepth > limits.maxCallDepth {
@@ -607,6 +642,7 @@ final class JinjaRenderer {
             if step == 0 { throw error(line, "range() step must not be zero") }
             let count = step > 0 ? (stop > start ? (stop - start + step - 1) / step : 0) : (start > stop ? (start - stop - step - 1) / -step : 0)
             if count > limits.maxRange { throw error(line, "range() of \(count) items is longer than the sandbox allows (\(limits.maxRange))") }
+            try charge(count, line: line)
             var out: [JinjaValue] = []
             out.reserveCapacity(count)
             var v = start

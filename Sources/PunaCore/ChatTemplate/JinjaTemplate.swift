@@ -13,6 +13,13 @@ public struct JinjaLimits {
     public var maxNestingDepth = 100
     /// `range()` longer than this is refused (jinja2's sandbox allows 100 000 items).
     public var maxRange = 100_000
+    /// Work units in one rendering: one per tag and expression evaluated, plus the bytes or items
+    /// each string and list operation walks (the corpus of real templates needs thousands; long conversations a few million).
+    public var maxWork = 20_000_000
+    /// Items a list built by `*` or `+` may hold.
+    public var maxListItems = 1_000_000
+    /// Operands one chain of binary operators (`a + b + c …`) may have (its tree is walked recursively).
+    public var maxOperatorChain = 1_000
     public init() {}
 }
 
@@ -33,7 +40,7 @@ public struct JinjaTemplate {
     public init(_ source: String, limits: JinjaLimits = JinjaLimits()) throws(PunaError) {
         var lexer = JinjaLexer(source)
         let tokens = try lexer.tokenize()
-        var parser = JinjaParser(tokens: tokens, maxDepth: limits.maxNestingDepth)
+        var parser = JinjaParser(tokens: tokens, maxDepth: limits.maxNestingDepth, maxChain: limits.maxOperatorChain)
         nodes = try parser.parseTemplate()
         self.limits = limits
         try JinjaTemplate.checkNames(nodes)
