@@ -53,6 +53,9 @@ CONVERSATIONS = [
     ("empty-content", [EMPTY], True),
     ("unicode", [SYS, UNI, A_UNI, U1], True),
     ("tools", [SYS, U1, CALL, RESULT], True, TOOLS),
+    ("reasoning", [U1, {"role": "assistant", "content": "4", "reasoning_content": "2 plus 2 makes 4."}, U2], True),
+    ("consecutive-users", [SYS, U1, U2], True),
+    ("system-only", [SYS], True),
 ]
 
 
