@@ -332,6 +332,32 @@ final class ChatTemplateCLITests: XCTestCase {
         XCTAssertGreaterThanOrEqual(out.split(separator: "\n", omittingEmptySubsequences: false).count, 3, out)
     }
 
+    /// Batch records use the file's template by default ("auto"), or the one they name; the
+    /// prompt token counts show which: the chat rendering adds "user: " and "\nassistant: ".
+    func testBatchUsesTheFileTemplate() throws {
+        let model = try withTemplate(ChatTemplateCLITests.extending)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("puna-batch-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let input = dir.appendingPathComponent("in.jsonl").path, output = dir.appendingPathComponent("out.jsonl").path
+        try """
+            {"id": "auto", "prompt": "Hello there"}
+            {"id": "raw", "prompt": "Hello there", "template": "raw"}
+            {"id": "named-auto", "prompt": "Hello there", "template": "auto"}
+
+            """.write(toFile: input, atomically: true, encoding: .utf8)
+        let (status, _, err) = try Fixtures.runPuna(["batch", "-m", model, "-i", input, "-o", output, "-n", "2", "--parallel", "1"])
+        XCTAssertEqual(status, 0, err)
+        var tokensIn: [String: Int] = [:]
+        for line in try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n") {
+            let record = try JSONValue.parse(String(line))
+            tokensIn[record["id"]!.string!] = record["tokens_in"]?.int
+        }
+        let auto = try XCTUnwrap(tokensIn["auto"]), raw = try XCTUnwrap(tokensIn["raw"])
+        XCTAssertGreaterThan(auto, raw)
+        XCTAssertEqual(tokensIn["named-auto"], auto)
+    }
+
     func testChatReevaluatesWhenEarlierTurnsRenderDifferently() throws {
         // Earlier replies are dropped from the rendering: it no longer extends the cached text.
         let model = try withTemplate("{% for m in messages if m.role != 'assistant' %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:")
