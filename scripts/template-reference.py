@@ -11,6 +11,7 @@ the tokenizer's special tokens (bos_token, eos_token, ...). strftime_now uses a 
 (2026-01-15 10:30:00) so the output is reproducible; Puna's tests pass the same date.
 
 usage: template-reference.py [--bos TEXT] [--eos TEXT] TEMPLATE.jinja... > cases.json
+       template-reference.py --snippets < snippets.json > results.json
 Prints {"cases": [{template, case, messages, add_generation_prompt, bos_token, eos_token, tools,
 output | error}]}: output is the rendered text, error the exception's type and message.
 """
@@ -90,9 +91,24 @@ def make_env():
     return env
 
 
+def snippets(env):
+    """Render each template of a JSON list read from stdin with the "multi-turn" conversation."""
+    results = []
+    for source in json.load(sys.stdin):
+        try:
+            out = env.from_string(source).render(messages=[SYS, U1, A1, U2], tools=None, documents=None,
+                                                 add_generation_prompt=True, bos_token=BOS, eos_token=EOS)
+            results.append({"output": out})
+        except Exception as e:
+            results.append({"error": f"{type(e).__name__}: {e}"})
+    json.dump(results, sys.stdout, ensure_ascii=False)
+
+
 def main():
     global BOS, EOS
     env = make_env()
+    if sys.argv[1:] == ["--snippets"]:
+        return snippets(env)
     cases = []
     args = sys.argv[1:]
     while args and args[0] in ("--bos", "--eos"):

@@ -376,3 +376,85 @@ final class ChatTemplateCLITests: XCTestCase {
         XCTAssertEqual(status, 0, err)
     }
 }
+
+/// Jinja expressions and statements one by one, against jinja2 (scripts/template-reference.py --snippets).
+final class JinjaSnippetTests: XCTestCase {
+    static let snippets: [String] = [
+        "{{ x is sequence }}{{ x is iterable }}{{ none is iterable }}{{ 1 is number }}{{ true is number }}{{ true is integer }}{{ 1.0 is float }}",
+        "{{ '3.7'|int }}|{{ '42'|int }}|{{ 'x'|int(5) }}|{{ 3.9|int }}|{{ '2.5'|float }}|{{ 'a'|float }}",
+        "{{ 2.567|round(2) }}|{{ 2.5|round }}|{{ 3.5|round }}|{{ -2.5|round }}|{{ 7|round }}",
+        "{{ '%s and %s'|format('a', 1) }}|{{ '{} {}'.format('a', 2) }}|{{ '{0}{1}{0}'.format('x','y') }}|{{ '{name}!'.format(name='n') }}",
+        // (tuples print as lists here: jinja2 prints dictsort's pairs as ('a', 1))
+        "{% for k, v in {'b': 2, 'a': 1}|dictsort %}{{ k }}{{ v }}{% endfor %}|{{ {'b': 2, 'a': 1}|items|list|length }}|{{ ({'b': 2, 'a': 1}.items()|list)[0][0] }}",
+        "{% for m in messages %}{{ loop.previtem.role if loop.previtem is defined else '-' }}/{{ loop.nextitem.role if not loop.last else '-' }}/{{ loop.revindex }};{% endfor %}",
+        "{{ 'a\\nb\\n\\nc'|indent(2) }}|{{ 'a\\nb'|indent(2, true) }}|{{ 'a\\n\\nb'|indent(width=3, blank=true) }}",
+        "{{ messages|map(attribute='role')|join(',') }}|{{ messages|join('|', attribute='role') }}|{{ messages|selectattr('role', 'equalto', 'user')|list|length }}",
+        "{{ [3,1,2]|sort }}|{{ ['b','A','c']|sort }}|{{ ['b','A','c']|sort(case_sensitive=true) }}|{{ [3,1,2]|sort(reverse=true) }}|{{ messages|sort(attribute='role')|map(attribute='role')|list }}",
+        "{{ [1,2,2,3,1]|unique|list }}|{{ ['a','A','b']|unique|list }}|{{ [1,2,3]|sum }}|{{ [1,5,3]|min }}|{{ [1,5,3]|max }}|{{ ['b','a']|first }}|{{ 'abc'|last }}",
+        "{{ 'hello world-foo (bar)'|title }}|{{ 'hELLO'|capitalize }}|{{ 'abc'|upper }}|{{ 'ÀB'|lower }}|{{ 'abc'|center(9) }}|",
+        "{{ ' a  b '.split(' ') }}|{{ 'a b c'.split(None, 1) }}|{{ 'a,b,c'.rsplit(',', 1) }}|{{ 'abcabc'.replace('b', 'X', 1) }}|{{ 'xxaxx'.strip('x') }}|{{ 'abc'.startswith(('x','a')) }}",
+        "{{ 'abc'.find('c') }}|{{ 'abc'.find('z') }}|{{ 'abcabc'.count('bc') }}|{{ '-'.join(['a','b']) }}|{{ 'a\\nb\\r\\nc'.splitlines() }}|{{ '12'.isdigit() }}",
+        "{{ [1, [2, 'x'], {'k': none, 'f': 1.5e-7, 't': true}] }}|{{ 1e16 }}|{{ 1.5e300 * 1e10 }}|{{ 0.1 + 0.2 }}|{{ 10 / 4 }}|{{ 2 ** -1 }}",
+        "{{ {'a': [1, {'b': 'é\"\\n'}], 'c': none}|tojson }}|{{ {'a': 1, 'b': [1, 2]}|tojson(indent=2) }}|{{ [1]|tojson(separators=(',', ':')) }}",
+        "{{ 'abcdef'[1:4] }}|{{ 'abcdef'[::2] }}|{{ 'abcdef'[-2:] }}|{{ [1,2,3,4][::-2] }}|{{ [1,2,3][5:] }}|{{ 'abc'[-1] }}|{{ [1,2][5] }}|",
+        "{% set ns = namespace(a=1, b=[]) %}{% set ns.a = ns.a + 1 %}{{ ns.a }}|{% set x = 1 %}{% for i in [1] %}{% set x = 5 %}{% endfor %}{{ x }}|{% if true %}{% set y = 3 %}{% endif %}{{ y }}",
+        "{% macro m(a, b=2) %}[{{ a }}-{{ b }}]{% endmacro %}{{ m(1) }}{{ m(1, 3) }}{{ m(b=4, a=0) }}|{% set c = cycler('x', 'y') %}{{ c.next() }}{{ c.next() }}{{ c.next() }}|{% set j = joiner('+') %}{{ j() }}a{{ j() }}b",
+        "{% for i in range(3) %}{{ loop.cycle('o', 'e') }}{% endfor %}|{% for a, b in [[1, 2], [3, 4]] %}{{ a + b }},{% endfor %}|{% for k, v in {'x': 1}.items() %}{{ k }}={{ v }}{% endfor %}",
+        "{{ 'a' if false }}|{{ none|default('d') }}|{{ ''|default('d', true) }}|{{ undefined_thing|default('u') }}|{{ none is none }}|{{ not none }}",
+        "{{ 1 == 1.0 }}|{{ 'a' < 'b' }}|{{ [1, 2] < [1, 3] }}|{{ 1 in [1.0] }}|{{ 'k' in {'k': 1} }}|{{ 'b' not in 'abc' }}",
+        "{{ 7 // -2 }}|{{ -7 % 3 }}|{{ 7 % -3 }}|{{ 7.5 // 2 }}|{{ -7.5 % 2 }}|{{ 3 * 'ab' }}|{{ [0] * 3 }}|{{ 'a' ~ 1.0 ~ true }}",
+        "{% filter upper %}up {{ 'x' }}{% endfilter %}|{% set b %}  block  {% endset %}[{{ b|trim }}]|{% for x in [] %}no{% else %}empty{% endfor %}",
+        "{%- for m in messages -%}\n  {{- m.role }}\n{% endfor %}\n  {% if true %}\n    kept\n  {% endif %}\n{# comment #}\nend",
+        "{{ messages[0].content|wordcount }}|{{ messages|length }}|{{ messages[0]|length }}|{{ 'héllo'|length }}|{{ messages|reverse|map(attribute='role')|first }}",
+        "{{ [1,2,3]|select('odd')|list }}|{{ [1,2,3]|reject('odd')|list }}|{{ [0,1,'',none,'a']|select|list }}|{{ messages|rejectattr('role', 'in', ['user'])|map(attribute='role')|list }}",
+        "{{ raise_exception('boom') if messages|length > 100 else 'fine' }}|{{ strftime_now('%Y-%m-%d %H:%M %A %a %j %b %B %p %I %y %e') }}",
+        "{{ {'a': 1}.get('a') }}|{{ {'a': 1}.get('z') }}|{{ {'a': 1}.get('z', 5) }}|{{ {'a': 1}.keys()|list }}|{{ {'a': 1}.values()|list }}|{{ {1: 'x', 2: 'y'}[2] }}",
+        "{{ x.y }}",
+        "{{ messages.append(1) }}",
+        "{{ 1 + 'a' }}",
+        "{{ range(3)|list }}{{ range(1, 10, 3)|list }}{{ range(5, 0, -2)|list }}",
+        "{{ 'a' ~ none }}|{{ none ~ 'b' }}|{{ undefined_x ~ 'c' }}|{{ undefined_x|length }}|{{ undefined_x|list }}|{{ undefined_x is defined }}",
+        "{{ 'x'|safe + '<y>' }}|{{ '<y>' + 'x'|safe }}|{{ '<a>'|e }}|{{ '<a>'|escape|safe }}",
+        "{{ messages[0]['role'] }}{{ messages[-1].role }}{{ messages[0].nonexistent is defined }}{{ messages[0].nonexistent }}|{{ (messages|last).content }}",
+    ]
+
+    static func render(_ source: String, _ messages: JinjaValue) -> (String?, String?) {
+        do throws(PunaError) {
+            let out = try JinjaTemplate(source).render([("messages", messages), ("tools", .none), ("documents", .none),
+                                                        ("add_generation_prompt", .bool(true)), ("bos_token", .string("<s>")),
+                                                        ("eos_token", .string("</s>"))], now: ChatTemplateTests.fixedNow)
+            return (out, nil)
+        } catch {
+            return (nil, error.message)
+        }
+    }
+
+    func testSnippetsMatchJinja2() throws {
+        guard let python = ChatTemplateTests.jinjaPython else { throw XCTSkip("no Python with jinja2 (see ChatTemplateTests)") }
+        let repo = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [repo.appendingPathComponent("scripts/template-reference.py").path, "--snippets"]
+        let input = Pipe(), output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        var j = JSONWriter()
+        j.beginArray(); for s in JinjaSnippetTests.snippets { j.value(s) }; j.endArray()
+        input.fileHandleForWriting.write(Data(j.bytes))
+        input.fileHandleForWriting.closeFile()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let results = try JSONValue.parse(bytes: [UInt8](data)).array!
+        XCTAssertEqual(results.count, JinjaSnippetTests.snippets.count)
+        let messages = JinjaValue(json: try JSONValue.parse(#"[{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hello! What is 2+2?"}, {"role": "assistant", "content": "2+2 is 4."}, {"role": "user", "content": "And 3+3?"}]"#))
+        for (source, expected) in zip(JinjaSnippetTests.snippets, results) {
+            let (got, error) = JinjaSnippetTests.render(source, messages)
+            if let want = expected["output"]?.string {
+                XCTAssertEqual(got, want, "\(source)\n(puna error: \(error ?? "none"))")
+            } else {
+                XCTAssertNil(got, "\(source): jinja2 fails (\(expected["error"]?.string ?? "")) but puna rendered")
+            }
+        }
+    }
+}

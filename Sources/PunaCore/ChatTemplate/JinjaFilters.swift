@@ -192,8 +192,10 @@ extension JinjaRenderer {
             let method = str(1, "method", "common")
             var scale = 1.0
             for _ in 0..<max(0, min(precision, 15)) { scale *= 10 }
+            // Python's round() (method "common") rounds half to even and keeps an int an int.
+            if method == "common", case .int = v { return v }
             let x = d * scale
-            let r: Double = method == "floor" ? x.rounded(.down) : method == "ceil" ? x.rounded(.up) : x.rounded(.toNearestOrAwayFromZero)
+            let r: Double = method == "floor" ? x.rounded(.down) : method == "ceil" ? x.rounded(.up) : x.rounded(.toNearestOrEven)
             return .float(r / scale)
         case "sum":
             var items = try iterate(v, line: line)

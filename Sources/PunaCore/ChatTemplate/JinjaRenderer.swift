@@ -237,6 +237,18 @@ final class JinjaRenderer {
                 case .string, .list, .dict:
                     return try callMethod(obj, name, a, k, line: line)
                 case .undefined(let hint): throw error(line, "\(hint) (calling '\(name)')")
+                case .callable(let c):
+                    // cycler objects: next(), reset(); a cycler itself is not callable.
+                    if case .cycler(let items) = c.kind {
+                        if name == "reset" { c.state = 0; return .none }
+                        if name == "next" {
+                            guard !items.isEmpty else { return .none }
+                            let v = items[c.state % items.count]
+                            c.state += 1
+                            return v
+                        }
+                    }
+                    throw error(line, "unsupported method '\(c.name).\(name)()'")
                 default:
                     return try call(try getAttr(obj, name, line: line), a, k, line: line, what: name)
                 }
@@ -574,11 +586,8 @@ final class JinjaRenderer {
         case .joiner(let sep):
             c.state += 1
             return .string(c.state == 1 ? "" : sep)
-        case .cycler(let items):
-            guard !items.isEmpty else { return .none }
-            let v = items[c.state % items.count]
-            c.state += 1
-            return v
+        case .cycler:
+            throw error(line, "'Cycler' object is not callable (use .next())")
         case .loopCycle(let i):
             guard !args.isEmpty else { throw error(line, "no items for cycling given") }
             return args[i % args.count]
