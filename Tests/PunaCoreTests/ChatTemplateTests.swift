@@ -384,8 +384,8 @@ final class JinjaSnippetTests: XCTestCase {
         "{{ '3.7'|int }}|{{ '42'|int }}|{{ 'x'|int(5) }}|{{ 3.9|int }}|{{ '2.5'|float }}|{{ 'a'|float }}",
         "{{ 2.567|round(2) }}|{{ 2.5|round }}|{{ 3.5|round }}|{{ -2.5|round }}|{{ 7|round }}",
         "{{ '%s and %s'|format('a', 1) }}|{{ '{} {}'.format('a', 2) }}|{{ '{0}{1}{0}'.format('x','y') }}|{{ '{name}!'.format(name='n') }}",
-        // (tuples print as lists here: jinja2 prints dictsort's pairs as ('a', 1))
-        "{% for k, v in {'b': 2, 'a': 1}|dictsort %}{{ k }}{{ v }}{% endfor %}|{{ {'b': 2, 'a': 1}|items|list|length }}|{{ ({'b': 2, 'a': 1}.items()|list)[0][0] }}",
+        "{{ {'b': 2, 'a': 1}|dictsort }}|{{ {'b': 2, 'a': 1}|items|list }}|{{ {'b': 2, 'a': 1}.items()|list }}|{{ (1,) }}{{ () }}{{ (1, 'a')|tojson }}",
+        "{{ (1, 2) == [1, 2] }}|{{ (1, 2) == (1, 2) }}|{{ (1, 2) + (3,) }}|{{ (1, 2)[1] }}|{{ (1, 2, 3)[1:] }}|{{ 2 in (1, 2) }}|{{ '%s-%s' % (1, 'x') }}|{% set a, b = 1, 2 %}{{ a }}{{ b }}",
         "{% for m in messages %}{{ loop.previtem.role if loop.previtem is defined else '-' }}/{{ loop.nextitem.role if not loop.last else '-' }}/{{ loop.revindex }};{% endfor %}",
         "{{ 'a\\nb\\n\\nc'|indent(2) }}|{{ 'a\\nb'|indent(2, true) }}|{{ 'a\\n\\nb'|indent(width=3, blank=true) }}",
         "{{ messages|map(attribute='role')|join(',') }}|{{ messages|join('|', attribute='role') }}|{{ messages|selectattr('role', 'equalto', 'user')|list|length }}",

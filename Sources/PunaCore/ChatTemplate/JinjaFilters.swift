@@ -29,7 +29,7 @@ extension JinjaRenderer {
         case "mapping": if case .dict = v { return true } else { return false }
         case "iterable", "sequence":
             switch v {
-            case .string, .list, .dict, .undefined: return true
+            case .string, .list, .tuple, .dict, .undefined: return true
             case .iterator: return name == "iterable"
             default: return false
             }
@@ -108,7 +108,7 @@ extension JinjaRenderer {
         case "length", "count":
             switch v {
             case .string(let s): return .int(s.unicodeScalars.count)
-            case .list(let l): return .int(l.count)
+            case .list(let l), .tuple(let l): return .int(l.count)
             case .dict(let d): return .int(d.count)
             case .undefined: return .int(0)
             default: throw error(line, "object of type '\(v.typeName)' has no len()")
@@ -143,7 +143,7 @@ extension JinjaRenderer {
             return v
         case "items":
             switch v {
-            case .dict(let d): return .iterator(d.entries.map { .list([$0.key, $0.value]) })
+            case .dict(let d): return .iterator(d.entries.map { .tuple([$0.key, $0.value]) })
             case .undefined: return .iterator([])
             default: throw error(line, "items: '\(v.typeName)' is not a mapping")
             }
@@ -151,9 +151,9 @@ extension JinjaRenderer {
             guard case .dict(let d) = v else { throw error(line, "dictsort: '\(v.typeName)' is not a mapping") }
             let byValue = str(1, "by", "key") == "value"
             let cs = flag(0, "case_sensitive")
-            var pairs = d.entries.map { JinjaValue.list([$0.key, $0.value]) }
+            var pairs = d.entries.map { JinjaValue.tuple([$0.key, $0.value]) }
             try sortValues(&pairs, key: { (p) throws(PunaError) in
-                guard case .list(let kv) = p else { return p }
+                guard case .tuple(let kv) = p else { return p }
                 return cs ? kv[byValue ? 1 : 0] : lowerIfString(kv[byValue ? 1 : 0])
             }, line: line)
             if flag(2, "reverse") { pairs.reverse() }
@@ -300,7 +300,7 @@ extension JinjaRenderer {
             let left = (width - n) / 2 + ((width - n) % 2 & width % 2)
             return .string(String(repeating: " ", count: left) + s + String(repeating: " ", count: width - n - left))
         case "format":
-            return .string(try percentFormat(try needString(), .list(args), line: line))
+            return .string(try percentFormat(try needString(), .tuple(args), line: line))
         case "batch":
             guard let n = args.first?.intValue, n > 0 else { throw error(line, "batch needs a positive size") }
             let items = try iterate(v, line: line)
@@ -325,7 +325,7 @@ extension JinjaRenderer {
                 }
             }
             var itemSep = indent == nil ? ", " : ",", keySep = ": "
-            if case .list(let seps) = arg(args, kwargs, 2, "separators") ?? .none, seps.count == 2 {
+            if let sepArg = arg(args, kwargs, 2, "separators"), let seps = try? iterate(sepArg, line: line), seps.count == 2 {
                 itemSep = seps[0].pythonStr; keySep = seps[1].pythonStr
             }
             let ensureASCII = arg(args, kwargs, 0, "ensure_ascii")?.truthy ?? false
@@ -411,7 +411,7 @@ extension JinjaRenderer {
                 var candidates: [String] = []
                 switch a {
                 case .string(let p): candidates = [p]
-                case .list(let l):
+                case .tuple(let l):
                     for x in l {
                         guard case .string(let p) = x else { throw error(line, "\(name) takes strings") }
                         candidates.append(p)
@@ -459,7 +459,7 @@ extension JinjaRenderer {
             case "get":
                 guard let k = args.first else { throw error(line, "get needs a key") }
                 return d[value: k] ?? (args.count > 1 ? args[1] : .none)
-            case "items": return .list(d.entries.map { .list([$0.key, $0.value]) })
+            case "items": return .list(d.entries.map { .tuple([$0.key, $0.value]) })
             case "keys": return .list(d.keys)
             case "values": return .list(d.entries.map { $0.value })
             case "update", "pop", "popitem", "setdefault", "clear":
@@ -467,7 +467,7 @@ extension JinjaRenderer {
             default:
                 if let v = d[name] { return try call(v, args, kwargs, line: line, what: name) }
             }
-        case .list(let l):
+        case .list(let l), .tuple(let l):
             switch name {
             case "index":
                 guard let x = args.first else { throw error(line, "index needs an argument") }
@@ -543,7 +543,7 @@ extension JinjaRenderer {
         case .float(let d):
             if d.isNaN { out += "NaN" } else if d.isInfinite { out += d < 0 ? "-Infinity" : "Infinity" } else { out += pythonFloatRepr(d) }
         case .string(let s): jsonString(s, &out, ascii: ascii)
-        case .list(let l):
+        case .list(let l), .tuple(let l):
             if l.isEmpty { out += "[]"; return }
             out += "["
             for (i, x) in l.enumerated() {

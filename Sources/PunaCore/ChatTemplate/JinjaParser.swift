@@ -3,6 +3,7 @@ indirect enum JinjaExpr {
     case literal(JinjaValue)
     case name(String, line: Int)
     case list([JinjaExpr])
+    case tuple([JinjaExpr])
     case dict([(JinjaExpr, JinjaExpr)], line: Int)
     case attr(JinjaExpr, String, line: Int)
     case item(JinjaExpr, JinjaExpr, line: Int)
@@ -307,7 +308,7 @@ struct JinjaParser {
             if case .blockEnd = current.kind { break }
             items.append(try parseExpression())
         }
-        return .list(items)
+        return .tuple(items)
     }
 
     mutating func parseExpression() throws(PunaError) -> JinjaExpr { try parseCondExpr(allowIf: true) }
@@ -459,7 +460,7 @@ struct JinjaParser {
         case .float(let d): advance(); return .literal(.float(d))
         case .op("("):
             advance()
-            if skipOp(")") { return .list([]) }
+            if skipOp(")") { return .tuple([]) }
             let first = try parseExpression()
             if skipOp(")") { return first }
             var items = [first]
@@ -468,7 +469,7 @@ struct JinjaParser {
                 items.append(try parseExpression())
             }
             try expectOp(")")
-            return .list(items)
+            return .tuple(items)
         case .op("["):
             advance()
             var items: [JinjaExpr] = []

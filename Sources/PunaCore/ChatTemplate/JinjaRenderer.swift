@@ -33,7 +33,7 @@ final class JinjaRenderer {
     func charge(_ v: JinjaValue, line: Int) throws(PunaError) {
         switch v {
         case .string(let s), .markup(let s): try charge(s.utf8.count + 1, line: line)
-        case .list(let l), .iterator(let l): try charge(l.count + 1, line: line)
+        case .list(let l), .iterator(let l), .tuple(let l): try charge(l.count + 1, line: line)
         case .dict(let d): try charge(d.count + 1, line: line)
         default: try charge(1, line: line)
         }
@@ -181,7 +181,7 @@ final class JinjaRenderer {
     func iterate(_ v: JinjaValue, line: Int) throws(PunaError) -> [JinjaValue] {
         try charge(v, line: line)
         switch v {
-        case .list(let l), .iterator(let l): return l
+        case .list(let l), .iterator(let l), .tuple(let l): return l
         case .dict(let d): return d.keys
         case .string(let s): return s.unicodeScalars.map { .string(String(Character($0))) }
         case .undefined: return []
@@ -208,6 +208,10 @@ final class JinjaRenderer {
             var out: [JinjaValue] = []
             for i in items { out.append(try eval(i, scope)) }
             return .list(out)
+        case .tuple(let items):
+            var out: [JinjaValue] = []
+            for i in items { out.append(try eval(i, scope)) }
+            return .tuple(out)
         case .dict(let pairs, let line):
             var d = JinjaDict()
             for (k, v) in pairs {
@@ -234,7 +238,7 @@ final class JinjaRenderer {
             if case .attr(let objExpr, let name, _) = fn {
                 let obj = try eval(objExpr, scope)
                 switch obj {
-                case .string, .list, .dict:
+                case .string, .list, .tuple, .dict:
                     return try callMethod(obj, name, a, k, line: line)
                 case .undefined(let hint): throw error(line, "\(hint) (calling '\(name)')")
                 case .callable(let c):
@@ -337,7 +341,7 @@ final class JinjaRenderer {
         case (.undefined(let hint), _): throw error(line, "\(hint) (reading an item)")
         case (.dict(let d), _): return d[value: idx] ?? .undefined(hint: "'dict object' has no attribute \(idx.pythonRepr)")
         case (.namespace(let ns), .string(let k)): return ns.dict[k] ?? .undefined(hint: "'Namespace' has no attribute '\(k)'")
-        case (.list(let l), .int(let i)):
+        case (.list(let l), .int(let i)), (.tuple(let l), .int(let i)):
             let j = i < 0 ? l.count + i : i
             return j >= 0 && j < l.count ? l[j] : .undefined(hint: "list index \(i) out of range")
         case (.string(let s), .int(let i)):
@@ -381,6 +385,7 @@ final class JinjaRenderer {
         }
         switch v {
         case .list(let l): return .list(try indices(l.count).map { l[$0] })
+        case .tuple(let l): return .tuple(try indices(l.count).map { l[$0] })
         case .string(let s):
             let u = Array(s.unicodeScalars)
             var out = String.UnicodeScalarView()
@@ -418,6 +423,9 @@ final class JinjaRenderer {
         let fail = error(line, "unsupported operand type(s) for \(op): '\(a.typeName)' and '\(b.typeName)'")
         switch (a, b) {
         case (.string(let x), .string(let y)) where op == "+": return try checkSize(x + y, line: line)
+        case (.tuple(let x), .tuple(let y)) where op == "+":
+            if x.count + y.count > limits.maxListItems { throw error(line, "tuple longer than \(limits.maxListItems) items") }
+            return .tuple(x + y)
         case (.list(let x), .list(let y)) where op == "+":
             if x.count + y.count > limits.maxListItems { throw error(line, "list longer than \(limits.maxListItems) items") }
             return .list(x + y)
@@ -500,7 +508,7 @@ final class JinjaRenderer {
         switch (a, b) {
         case (.undefined, .undefined), (.none, .none): return true
         case (.string(let x), .string(let y)): return x == y
-        case (.list(let x), .list(let y)):
+        case (.list(let x), .list(let y)), (.tuple(let x), .tuple(let y)):
             guard x.count == y.count else { return false }
             for (p, q) in zip(x, y) where !equal(p, q) { return false }
             return true
@@ -524,7 +532,7 @@ final class JinjaRenderer {
             let xs = Array(x.unicodeScalars), ys = Array(y.unicodeScalars)
             for (p, q) in zip(xs, ys) where p != q { return p.value < q.value ? -1 : 1 }
             return xs.count == ys.count ? 0 : (xs.count < ys.count ? -1 : 1)
-        case (.list(let x), .list(let y)):
+        case (.list(let x), .list(let y)), (.tuple(let x), .tuple(let y)):
             for (p, q) in zip(x, y) where !equal(p, q) { return try compare(p, q, line: line, op: op) }
             return x.count == y.count ? 0 : (x.count < y.count ? -1 : 1)
         default:
@@ -540,7 +548,7 @@ final class JinjaRenderer {
                 throw error(line, "'in <string>' requires string as left operand, not \(item.typeName)")
             }
             return sub.isEmpty || s.utf8Contains(sub)
-        case .list(let l), .iterator(let l):
+        case .list(let l), .iterator(let l), .tuple(let l):
             for x in l where equal(x, item) { return true }
             return false
         case .dict(let d):
@@ -552,7 +560,7 @@ final class JinjaRenderer {
 
     func percentFormat(_ fmt: String, _ arg: JinjaValue, line: Int) throws(PunaError) -> String {
         var args: [JinjaValue]
-        if case .list(let l) = arg { args = l } else { args = [arg] }
+        if case .tuple(let l) = arg { args = l } else { args = [arg] }
         var out = ""
         var it = fmt.unicodeScalars.makeIterator()
         while let u = it.next() {

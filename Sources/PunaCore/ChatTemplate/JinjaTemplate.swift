@@ -97,7 +97,7 @@ public struct JinjaTemplate {
     static func checkExpr(_ e: JinjaExpr, soft: Bool) throws(PunaError) {
         switch e {
         case .literal, .name: return
-        case .list(let items): for i in items { try checkExpr(i, soft: soft) }
+        case .list(let items), .tuple(let items): for i in items { try checkExpr(i, soft: soft) }
         case .dict(let pairs, _): for p in pairs { try checkExpr(p.0, soft: soft); try checkExpr(p.1, soft: soft) }
         case .attr(let o, _, _): try checkExpr(o, soft: soft)
         case .item(let o, let i, _): try checkExpr(o, soft: soft); try checkExpr(i, soft: soft)

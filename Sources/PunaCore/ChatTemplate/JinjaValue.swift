@@ -11,8 +11,11 @@ public indirect enum JinjaValue {
     case int(Int)
     case float(Double)
     case string(String)
-    /// A Python list (tuples are lists here).
+    /// A Python list.
     case list([JinjaValue])
+    /// A Python tuple: `(a, b)` literals, dict items, dictsort pairs. Like a list, but printed in
+    /// parentheses and never equal to a list.
+    case tuple([JinjaValue])
     /// A Python dict with string keys, members in insertion order.
     case dict(JinjaDict)
     case namespace(JinjaNamespace)
@@ -53,7 +56,7 @@ public indirect enum JinjaValue {
         case .int(let i): return i != 0
         case .float(let d): return d != 0
         case .string(let s), .markup(let s): return !s.isEmpty
-        case .list(let l): return !l.isEmpty
+        case .list(let l), .tuple(let l): return !l.isEmpty
         case .dict(let d): return d.count > 0
         case .namespace, .callable, .iterator: return true
         }
@@ -70,6 +73,7 @@ public indirect enum JinjaValue {
         case .string: return "str"
         case .markup: return "Markup"
         case .list: return "list"
+        case .tuple: return "tuple"
         case .dict: return "dict"
         case .namespace: return "Namespace"
         case .callable: return "function"
@@ -96,6 +100,10 @@ public indirect enum JinjaValue {
         case .float(let d): return pythonFloatRepr(d)
         case .string(let s): return pythonStringRepr(s)
         case .markup(let s): return "Markup(" + pythonStringRepr(s) + ")"
+        case .tuple(let l):
+            var out = "("
+            for (i, v) in l.enumerated() { if i > 0 { out += ", " }; out += v.pythonRepr }
+            return out + (l.count == 1 ? ",)" : ")")
         case .list(let l):
             var out = "["
             for (i, v) in l.enumerated() { if i > 0 { out += ", " }; out += v.pythonRepr }
