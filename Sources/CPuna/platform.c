@@ -381,3 +381,12 @@ const char *puna_cpu_arch(void) {
     return "unknown";
 #endif
 }
+
+int puna_local_time(int32_t out[6]) {
+    time_t now = time(NULL);
+    struct tm tm;
+    if (now == (time_t)-1 || localtime_r(&now, &tm) == NULL) return -1;
+    out[0] = tm.tm_year + 1900; out[1] = tm.tm_mon + 1; out[2] = tm.tm_mday;
+    out[3] = tm.tm_hour; out[4] = tm.tm_min; out[5] = tm.tm_sec;
+    return 0;
+}

@@ -70,8 +70,11 @@ public struct BatchRequest {
 
 /// Settings a record falls back on when it does not set them (from the command line).
 public struct BatchDefaults {
-    /// nil: raw for a `prompt`, alpaca for an `instruction`.
+    /// nil ("auto"): the model file's chat template when it has one, else raw for a `prompt` and
+    /// alpaca for an `instruction`.
     public var template: PromptTemplate? = nil
+    /// The model file's `tokenizer.chat_template`, used for "auto".
+    public var chatTemplate: ChatTemplate? = nil
     public var system: String? = nil
     public var maxTokens: Int = 128
     public var sampler = SamplerSettings(seed: 0)
@@ -117,14 +120,14 @@ extension BatchRequest {
         let prompt = try text("prompt"), instruction = try text("instruction")
         if prompt != nil && instruction != nil { throw PunaError("give either 'prompt' or 'instruction', not both") }
         guard let body = prompt ?? instruction else { throw PunaError("the record needs a 'prompt' or an 'instruction'") }
-        var template = defaults.template ?? (instruction != nil ? .alpaca : .raw)
+        let fallback: PromptTemplate = instruction != nil ? .alpaca : .raw
+        var template: PromptFormat
+        if let t = defaults.template { template = .builtin(t) }
+        else { template = try PromptFormat.resolve(nil, chatTemplate: defaults.chatTemplate, fallback: fallback, what: "") }
         if let name = try text("template") {
-            guard let t = PromptTemplate(name: name) else {
-                throw PunaError("field 'template': unknown template '\(name)' (choose from \(PromptTemplate.names.joined(separator: ", ")))")
-            }
-            template = t
+            template = try PromptFormat.resolve(name, chatTemplate: defaults.chatTemplate, fallback: fallback, what: "field 'template'")
         }
-        let rendered = template.render(prompt: body, input: try text("input"), system: try text("system") ?? defaults.system)
+        let rendered = try template.render(prompt: body, input: try text("input"), system: try text("system") ?? defaults.system)
 
         var sampler = defaults.sampler
         if let v = try number("temperature", 0...100) { sampler.temperature = v }
@@ -164,7 +167,7 @@ extension BatchRequest {
         }
 
         try tokenizer.checkCanFit(textBytes: rendered.utf8.count, context: contextLength, what: "the prompt")
-        let tokens = tokenizer.encode(rendered, addBOS: tokenizer.addsBOS)
+        let tokens = template.tokens(rendered, tokenizer: tokenizer)
         let job = BatchJob(key: id.key, promptTokens: tokens,
                            maxTokens: try integer("max_tokens", -1...(1 << 24)) ?? defaults.maxTokens,
                            sampler: sampler, stopStrings: stops, stopAtEOS: defaults.stopAtEOS)

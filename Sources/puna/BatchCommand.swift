@@ -49,7 +49,7 @@ enum BatchCommand {
         let parallel = try args.int("-np", range: 1...1024) ?? 4
         let shard = try parseShard(args.string("--shard"))
         let interval = try args.float("--progress-interval", range: 0...86400) ?? 5
-        let defaults = try batchDefaults(args)
+        var defaults = try batchDefaults(args)
 
         let records = try BatchInput.read(path: inPath)
         let output = try BatchOutput(path: outPath)
@@ -74,6 +74,10 @@ enum BatchCommand {
 
         // The KV caches (one per sequence) are checked by checkMemory once -c and --parallel are known.
         let (model, _) = try CommonFlags.loadModel(args, contextDecidedLater: true)
+        // "auto" (no --template): the file's chat template. A template that does not parse is an
+        // error then; with a built-in template chosen it only matters to records that ask for "auto".
+        if defaults.template == nil { defaults.chatTemplate = try ChatTemplate(gguf: model.gguf) }
+        else { defaults.chatTemplate = try? ChatTemplate(gguf: model.gguf) }
         let adapters = try loadAdapters(args, model: model)
         let adapterNames = adapters.map { $0.name }
         let board = try CommonFlags.boardProfile(args)
@@ -139,10 +143,10 @@ enum BatchCommand {
     static func batchDefaults(_ args: ParsedArguments) throws(PunaError) -> BatchDefaults {
         var d = BatchDefaults()
         if let name = args.string("--template") {
-            guard let t = PromptTemplate(name: name) else {
-                throw PunaError("flag --template: unknown template '\(name)' (choose from \(PromptTemplate.names.joined(separator: ", ")))")
+            if case .builtin(let t) = try PromptFormat.resolve(name, chatTemplate: nil, fallback: .raw, what: "flag --template"),
+               name.lowercased() != "auto" {
+                d.template = t
             }
-            d.template = t
         }
         d.system = args.string("--system")
         d.maxTokens = try args.int("-n", range: -1...(1 << 24)) ?? 128

@@ -12,6 +12,7 @@ let commandSummaries: [(String, String)] = [
     ("batch", "work through a JSONL file of prompts (batched, resumable, shardable)"),
     ("bench", "measure prompt and decode speed (like llama-bench)"),
     ("merge", "write a GGUF with LoRA adapters merged into the weights"),
+    ("template", "print the prompt a conversation renders to with the model's chat template"),
     ("info", "show a GGUF file's hyperparameters, tensor types and memory estimate"),
     ("devices", "list Vulkan devices (for --backend vulkan --device N)"),
 ]
@@ -42,6 +43,7 @@ func runCLI(_ arguments: [String]) -> Int32 {
         case "perplexity": return try PerplexityCommand.run(rest)
         case "batch": return try BatchCommand.run(rest)
         case "bench": return try BenchCommand.run(rest)
+        case "template": return try TemplateCommand.run(rest)
         case "-h", "--help", "help":
             out(globalHelp())
             return 0

@@ -18,17 +18,18 @@ enum RunCommand {
         }
         guard args.positionals.isEmpty else { throw PunaError("'puna run' takes no positional argument '\(args.positionals[0])' (use -p)") }
         guard args.has("-p") || args.has("-f") else { throw PunaError("'puna run' needs -p TEXT or -f FILE") }
-        let template = try CommonFlags.template(args)
-        let options = try CommonFlags.generationOptions(args, template: template)
+        _ = try CommonFlags.generationOptions(args, template: try CommonFlags.template(args))  // flags checked before loading
         let (model, loadNs) = try CommonFlags.loadModel(args)
+        let template = try CommonFlags.resolveTemplate(args, gguf: model.gguf)
+        let options = try CommonFlags.generationOptions(args, template: template)
         let cache = try CommonFlags.makeCache(args, model: model)
         // The prompt is read after the model: a file longer than the context can hold is refused
         // before it is read whole, let alone tokenized.
         let tokenizer = model.tokenizer
         let prompt = try promptText(args, maxBytes: tokenizer.maxBytes(fitting: cache.capacity))!
-        let text = template.render(prompt: prompt, input: args.string("--input"), system: args.string("--system"))
+        let text = try template.render(prompt: prompt, input: args.string("--input"), system: args.string("--system"))
         try tokenizer.checkCanFit(textBytes: text.utf8.count, context: cache.capacity, what: "the prompt")
-        let tokens = tokenizer.encode(text, addBOS: tokenizer.addsBOS)
+        let tokens = template.tokens(text, tokenizer: tokenizer)
         let generator = try Generator(model: model, cache: cache, prompt: tokens, options: options)
         for step in generator { out(step.text) }
         outLine("")

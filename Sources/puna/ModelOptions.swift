@@ -41,7 +41,7 @@ enum CommonFlags {
         FlagSpec(names: ["--repeat-last-n"], value: "N", help: "tokens the penalty looks back on (default 64, -1 = context)"),
         FlagSpec(names: ["-s", "--seed"], value: "S", help: "random seed (default: from the clock)"),
         FlagSpec(names: ["--stop"], value: "STR", help: "stop before this string (repeatable)", repeatable: true),
-        FlagSpec(names: ["--template"], value: "NAME", help: "prompt template: \(PromptTemplate.names.joined(separator: ", ")) (default raw)"),
+        FlagSpec(names: ["--template"], value: "NAME", help: "prompt template: \(PromptFormat.names.joined(separator: ", ")) (default auto: the model's tokenizer.chat_template when it has one, else raw)"),
         FlagSpec(names: ["--system"], value: "TEXT", help: "system text for the template"),
         FlagSpec(names: ["--ignore-eos"], value: nil, help: "keep generating past end-of-sequence"),
     ]
@@ -112,16 +112,23 @@ enum CommonFlags {
         return s
     }
 
-    static func template(_ args: ParsedArguments) throws(PunaError) -> PromptTemplate {
-        // Chat on the demo base (no -m) talks in the format its adapter was trained on.
-        let name = args.string("--template") ?? (args.command == "chat" && DemoModel.isDefault(for: args) ? "guanaco" : "raw")
-        guard let t = PromptTemplate(name: name) else {
-            throw PunaError("flag --template: unknown template '\(name)' (choose from \(PromptTemplate.names.joined(separator: ", ")))")
-        }
-        return t
+    /// The prompt format: --template NAME, or `auto` (the default): the file's chat template when
+    /// it has one, else raw (guanaco for chat on the demo base, the format its adapter was trained on).
+    /// Checks the name before the model is loaded; `resolveTemplate` picks the chat template after.
+    static func template(_ args: ParsedArguments) throws(PunaError) -> PromptFormat {
+        let fallback: PromptTemplate = args.command == "chat" && DemoModel.isDefault(for: args) ? .guanaco : .raw
+        return try PromptFormat.resolve(args.string("--template"), chatTemplate: nil, fallback: fallback, what: "flag --template")
     }
 
-    static func generationOptions(_ args: ParsedArguments, template: PromptTemplate) throws(PunaError) -> GenerationOptions {
+    /// `template(args)` with the loaded file's chat template for `auto`.
+    static func resolveTemplate(_ args: ParsedArguments, gguf: GGUFFile) throws(PunaError) -> PromptFormat {
+        let name = args.string("--template")
+        if let name, name.lowercased() != "auto" { return try template(args) }
+        let fallback: PromptTemplate = args.command == "chat" && DemoModel.isDefault(for: args) ? .guanaco : .raw
+        return try PromptFormat.resolve(nil, chatTemplate: try ChatTemplate(gguf: gguf), fallback: fallback, what: "flag --template")
+    }
+
+    static func generationOptions(_ args: ParsedArguments, template: PromptFormat) throws(PunaError) -> GenerationOptions {
         var g = GenerationOptions()
         g.maxTokens = try args.int("-n", range: -1...(1 << 24)) ?? 128
         g.sampler = try samplerSettings(args)

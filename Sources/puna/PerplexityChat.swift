@@ -96,12 +96,17 @@ enum ChatCommand {
                          specs: specs))
             return 0
         }
-        let template = try CommonFlags.template(args)
-        var options = try CommonFlags.generationOptions(args, template: template)
-        if !args.has("-n") { options.maxTokens = 512 }
+        _ = try CommonFlags.generationOptions(args, template: try CommonFlags.template(args))  // flags checked before loading
         let (model, _) = try CommonFlags.loadModel(args)
+        let format = try CommonFlags.resolveTemplate(args, gguf: model.gguf)
+        var options = try CommonFlags.generationOptions(args, template: format)
+        if !args.has("-n") { options.maxTokens = 512 }
         let cache = try CommonFlags.makeCache(args, model: model)
         let system = args.string("--system")
+        if case .chat(let chatTemplate) = format {
+            return try chatWithTemplate(chatTemplate, model: model, cache: cache, options: options, system: system)
+        }
+        guard case .builtin(let template) = format else { return 1 }
         let interactive = puna_stdout_is_tty() != 0
         var line = [CChar](repeating: 0, count: 1 << 16)
         var isFirst = true
@@ -138,6 +143,89 @@ enum ChatCommand {
                 // Keep the reply up to (not including) a stop string, so the next turn's text follows it.
                 cache.truncate(to: turnStart + tokens.count + generator.keptTokenCount)
             }
+        }
+        return 0
+    }
+
+    /// Chat with the model file's chat template. Each turn renders the whole conversation (with the
+    /// generation prompt) and evaluates only what is new: when the rendering extends the text the
+    /// cache holds (earlier rendering plus the reply), just the new suffix is tokenized and fed.
+    /// Templates that re-render earlier turns differently (e.g. dropping a previous reply's
+    /// reasoning) do not extend it: then the whole rendering is tokenized, the cache is cut back to
+    /// the longest common token prefix, and the rest is evaluated again.
+    static func chatWithTemplate(_ template: ChatTemplate, model: LlamaModel, cache: KVCache, options: GenerationOptions,
+                                 system: String?) throws(PunaError) -> Int32 {
+        let tokenizer = model.tokenizer
+        let interactive = puna_stdout_is_tty() != 0
+        var line = [CChar](repeating: 0, count: 1 << 16)
+        var messages: [ChatMessage] = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
+        var cachedText: String? = nil    // the text whose tokens the cache holds, when known exactly
+        var cachedTokens: [Int32] = []   // the tokens the cache holds
+        while true {
+            if interactive { out("> ") }
+            let n = line.withUnsafeMutableBufferPointer { puna_read_line($0.baseAddress, Int64($0.count)) }
+            if n < 0 { break }
+            let user = String(decoding: line[0..<Int(n)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if user.isEmpty { continue }
+            messages.append(ChatMessage(role: "user", content: user))
+            let rendered: String
+            do throws(PunaError) {
+                rendered = try template.render(messages: messages, addGenerationPrompt: true)
+            } catch {
+                errLine("puna: \(error.message)")
+                messages.removeLast()
+                continue
+            }
+            var newTokens: [Int32]
+            if let cachedText, cache.count == cachedTokens.count, !cachedTokens.isEmpty,
+               rendered.utf8.count > cachedText.utf8.count, rendered.utf8.starts(with: cachedText.utf8) {
+                let suffix = String(decoding: Array(rendered.utf8.dropFirst(cachedText.utf8.count)), as: UTF8.self)
+                newTokens = tokenizer.encode(suffix, addBOS: false, parseSpecial: true)
+            } else {
+                let all = template.tokens(rendered, tokenizer: tokenizer)
+                var common = 0
+                let held = min(cachedTokens.count, cache.count)
+                while common < held && common < all.count - 1 && all[common] == cachedTokens[common] { common += 1 }
+                if held > 0 && common < held {
+                    errLine("puna: note: the chat template renders earlier turns differently; re-evaluating from token \(common)")
+                }
+                cache.truncate(to: common)
+                cachedTokens.removeSubrange(common...)
+                newTokens = Array(all[common...])
+            }
+            let turnStart = cache.count
+            let generator: Generator
+            do throws(PunaError) {
+                generator = try Generator(model: model, cache: cache, prompt: newTokens, options: options)
+            } catch {
+                errLine("puna: \(error.message); conversation reset")
+                cache.reset()
+                cachedTokens = []
+                cachedText = nil
+                messages = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
+                continue
+            }
+            var reply = ""
+            for step in generator {
+                out(step.text)
+                reply += step.text
+            }
+            outLine("")
+            if generator.finishReason == .contextFull {
+                errLine("puna: context full; conversation reset")
+                cache.reset()
+                cachedTokens = []
+                cachedText = nil
+                messages = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
+                continue
+            }
+            messages.append(ChatMessage(role: "assistant", content: reply))
+            // The cache holds the prompt and the reply's evaluated tokens (the last sampled token is
+            // evaluated only when another follows; an end-of-generation token never is).
+            let kept = max(0, min(cache.count - turnStart - newTokens.count, generator.tokens.count))
+            cache.truncate(to: turnStart + newTokens.count + kept)
+            cachedTokens += newTokens + generator.tokens.prefix(kept)
+            cachedText = kept == generator.tokens.count ? rendered + reply : nil
         }
         return 0
     }

@@ -89,6 +89,9 @@ double puna_log_probability(const float *row, int64_t n, int64_t target);
 // ---- clocks and memory ---------------------------------------------------------------------
 // Monotonic nanoseconds.
 int64_t puna_now_ns(void);
+// Local calendar time (for chat templates' strftime_now): year, month 1-12, day, hour, minute,
+// second into out[0..5]. Returns 0, or -1 when the clock or time zone cannot be read.
+int puna_local_time(int32_t out[6]);
 // Peak resident set size of this process in bytes (VmHWM), 0 if unknown.
 int64_t puna_peak_rss_bytes(void);
 // Current resident set size in bytes (VmRSS), 0 if unknown.
