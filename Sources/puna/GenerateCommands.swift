@@ -111,27 +111,36 @@ enum TokenizeCommand {
         FlagSpec(names: ["--no-bos"], value: nil, help: "do not add BOS even when the vocab asks for it"),
         FlagSpec(names: ["--json"], value: nil, help: "print {\"tokens\":[…]}"),
         FlagSpec(names: ["-p", "--prompt"], value: "TEXT", help: "text (or give it after --)"),
+        FlagSpec(names: ["-f", "--file"], value: "FILE", help: "read the text from a file ('-' = stdin; at most 256 MiB)"),
+        FlagSpec(names: ["--parse-special"], value: nil, help: "text spelling a special token (e.g. <|im_start|>) becomes that token; by default it is plain text"),
         helpFlag,
     ]
+
+    static let maxFileBytes = 256 << 20
 
     static func run(_ arguments: [String]) throws(PunaError) -> Int32 {
         let args = try ParsedArguments(command: "tokenize", arguments: arguments, specs: specs)
         if args.has("-h") {
-            out(helpText(usage: "puna tokenize -m MODEL [--no-bos] [--json] -- TEXT",
+            out(helpText(usage: "puna tokenize -m MODEL [--no-bos] [--parse-special] [--json] (-p TEXT | -f FILE | -- TEXT)",
                          summary: "Print the token ids of a text. Works on vocab-only GGUF files.", specs: specs))
             return 0
         }
         let path = try args.require("-m")
         let text: String
+        let sources = (args.has("-p") ? 1 : 0) + (args.has("-f") ? 1 : 0) + (args.positionals.isEmpty ? 0 : 1)
+        guard sources <= 1 else { throw PunaError("give the text once: with -p, -f or after --") }
         if let p = args.string("-p") {
-            guard args.positionals.isEmpty else { throw PunaError("give the text either with -p or after --, not both") }
             text = p
+        } else if let file = args.string("-f") {
+            text = try withInputBytes(file, maxBytes: maxFileBytes, limitNote: "the most text puna tokenize reads") {
+                (bytes: UnsafeBufferPointer<UInt8>) throws(PunaError) -> String in String(decoding: bytes, as: UTF8.self)
+            }
         } else {
             guard !args.positionals.isEmpty else { throw PunaError("'puna tokenize' needs a text (puna tokenize -m MODEL -- TEXT)") }
             text = args.positionals.joined(separator: " ")
         }
         let tokenizer = try Tokenizer(gguf: GGUFFile(path: path))
-        let ids = tokenizer.encode(text, addBOS: tokenizer.addsBOS && !args.has("--no-bos"))
+        let ids = tokenizer.encode(text, addBOS: tokenizer.addsBOS && !args.has("--no-bos"), parseSpecial: args.has("--parse-special"))
         if args.has("--json") {
             var j = JSONWriter()
             j.beginObject()

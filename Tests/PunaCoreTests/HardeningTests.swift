@@ -422,6 +422,22 @@ final class HardeningTests: XCTestCase {
         }
     }
 
+    func testTokenizeParsesSpecialTokensOnlyWhenAsked() throws {
+        guard let tree = LlamaTree.path else { throw XCTSkip("no llama.cpp tree (PUNA_LLAMA_TREE)") }
+        let vocab = tree + "/models/ggml-vocab-qwen2.gguf"
+        let plain = try runPuna(["tokenize", "-m", vocab, "--json", "--", "<|im_start|>hi"])
+        let special = try runPuna(["tokenize", "-m", vocab, "--json", "--parse-special", "--", "<|im_start|>hi"])
+        XCTAssertEqual(plain.status, 0, plain.err)
+        XCTAssertFalse(plain.out.contains("151644"), plain.out)          // literal text by default
+        XCTAssertTrue(special.out.hasPrefix("{\"tokens\":[151644,"), special.out)
+        try Data("hello world".utf8).write(to: URL(fileURLWithPath: file("t.txt")))
+        let fromFile = try runPuna(["tokenize", "-m", vocab, "--json", "-f", file("t.txt")])
+        let fromArgument = try runPuna(["tokenize", "-m", vocab, "--json", "--", "hello world"])
+        XCTAssertEqual(fromFile.out, fromArgument.out)
+        let device = try runPuna(["tokenize", "-m", vocab, "-f", "/dev/zero"], timeout: 30)
+        XCTAssertEqual(device.status, 1, device.err)
+    }
+
     // MARK: the demo model as default
 
     func testBatchAndPerplexityDefaultToTheDemoModel() throws {
