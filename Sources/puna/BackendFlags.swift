@@ -1,6 +1,6 @@
 import PunaCore
 
-/// --backend, --device, --gpu-layers: where the forward pass runs (PunaCore/Vulkan.swift).
+/// --backend, --device, --gpu-layers: where the forward pass runs (PunaCore/Backends/Vulkan/Vulkan.swift).
 enum BackendFlags {
     static let specs: [FlagSpec] = [
         FlagSpec(names: ["--backend"], value: "NAME", help: "cpu (default) or vulkan (without a usable device: a note, then the CPU)"),
