@@ -601,27 +601,45 @@ void puna_rmsnorm(float *out, const float *x, const float *weight, int64_t n, fl
     else for (i = 0; i < n; i++) out[i] = x[i] * scale;
 }
 
-void puna_rope_factors(float *vec, int n_heads, int head_dim, int rope_dims, int pos, float freq_base,
-                       const float *freq_factors) {
+void puna_rope_ex(float *vec, int n_heads, int head_dim, int rope_dims, int pos, float freq_base,
+                  const float *freq_factors, int style, float attn_factor) {
     if (rope_dims > head_dim) rope_dims = head_dim;
+    const int half = rope_dims / 2;
+    // Pair i: (2i, 2i+1) in GGML's normal style, (i, i + rope_dims/2) in the NEOX style that
+    // Hugging Face's rotate_half computes (the checkpoint's own order, which convert_hf_to_gguf.py
+    // keeps for Qwen, Phi-3, Gemma...).
+    const int first_stride = style == PUNA_ROPE_NEOX ? 1 : 2;
+    const int partner = style == PUNA_ROPE_NEOX ? half : 1;
     // Angles in f32 step by step as transformers computes them (inv_freq = 1 / base^(2i/d), then
     // pos * inv_freq), so conformance against it is not limited by a different angle rounding.
-    for (int i = 0; 2 * i + 1 < rope_dims; i++) {
+    for (int i = 0; i < half; i++) {
         float inv_freq = 1.0f / powf(freq_base, (float)(2 * i) / (float)rope_dims);
         float theta = (float)pos * inv_freq;
         if (freq_factors) theta /= freq_factors[i];
-        float c = cosf(theta), s = sinf(theta);
+        float c = cosf(theta) * attn_factor, s = sinf(theta) * attn_factor;
         for (int h = 0; h < n_heads; h++) {
-            float *p = vec + (int64_t)h * head_dim + 2 * i;
-            float x0 = p[0], x1 = p[1];
+            float *p = vec + (int64_t)h * head_dim + first_stride * i;
+            float x0 = p[0], x1 = p[partner];
             p[0] = x0 * c - x1 * s;
-            p[1] = x0 * s + x1 * c;
+            p[partner] = x0 * s + x1 * c;
         }
     }
 }
 
+void puna_rope_factors(float *vec, int n_heads, int head_dim, int rope_dims, int pos, float freq_base,
+                       const float *freq_factors) {
+    puna_rope_ex(vec, n_heads, head_dim, rope_dims, pos, freq_base, freq_factors, PUNA_ROPE_NORMAL, 1.0f);
+}
+
 void puna_rope(float *vec, int n_heads, int head_dim, int rope_dims, int pos, float freq_base) {
-    puna_rope_factors(vec, n_heads, head_dim, rope_dims, pos, freq_base, NULL);
+    puna_rope_ex(vec, n_heads, head_dim, rope_dims, pos, freq_base, NULL, PUNA_ROPE_NORMAL, 1.0f);
+}
+
+double puna_ln(double x) { return log(x); }
+
+void puna_add_bias(float *x, const float *bias, int64_t n_rows, int64_t n) {
+    for (int64_t r = 0; r < n_rows; r++)
+        for (int64_t i = 0; i < n; i++) x[r * n + i] += bias[i];
 }
 
 void puna_swiglu(float *out, const float *gate, const float *up, int64_t n) {
@@ -711,6 +729,8 @@ typedef struct {
     int64_t kv_row_bytes;
     int n_tokens, pos0, n_heads, head_dim, group;  // group: query heads per kv head
     float scale;
+    int window;        // > 0: a token sees only the last `window` positions (itself included)
+    float softcap;     // > 0: scores become softcap * tanh(score / softcap)
     float *scratch;
     int64_t scratch_stride;
     _Atomic int next;  // next (token, head) pair, token-major
@@ -719,17 +739,22 @@ typedef struct {
 static void attention_one(const attention_job *job, int t, int h, float *scores) {
     const int hd = job->head_dim, kvh = h / job->group;
     const int n_pos = job->pos0 + t + 1;  // causal: this token sees positions 0 .. pos0 + t
+    const int lo = job->window > 0 && n_pos > job->window ? n_pos - job->window : 0;
+    const int n_seen = n_pos - lo;
     const int64_t q_stride = (int64_t)job->n_heads * hd, first = (int64_t)kvh * hd;
     const float *qh = job->q + t * q_stride + (int64_t)h * hd;
     float *oh = job->out + t * q_stride + (int64_t)h * hd;
-    for (int j = 0; j < n_pos; j++) scores[j] = job->ops.dot(qh, job->k + j * job->kv_row_bytes, first, hd) * job->scale;
-    puna_softmax(scores, n_pos);
+    const uint8_t *k = job->k + (int64_t)lo * job->kv_row_bytes, *v = job->v + (int64_t)lo * job->kv_row_bytes;
+    for (int j = 0; j < n_seen; j++) scores[j] = job->ops.dot(qh, k + j * job->kv_row_bytes, first, hd) * job->scale;
+    if (job->softcap > 0)
+        for (int j = 0; j < n_seen; j++) scores[j] = job->softcap * tanhf(scores[j] / job->softcap);
+    puna_softmax(scores, n_seen);
     if (job->ops.wsum) {
-        job->ops.wsum(oh, scores, job->v, job->kv_row_bytes, first, hd, n_pos);
+        job->ops.wsum(oh, scores, v, job->kv_row_bytes, first, hd, n_seen);
         return;
     }
     for (int d = 0; d < hd; d++) oh[d] = 0;
-    for (int j = 0; j < n_pos; j++) job->ops.axpy(oh, scores[j], job->v + j * job->kv_row_bytes, first, hd);
+    for (int j = 0; j < n_seen; j++) job->ops.axpy(oh, scores[j], v + j * job->kv_row_bytes, first, hd);
 }
 
 static void attention_task(void *ctx, int thread_index, int n_threads) {
@@ -748,6 +773,14 @@ static void attention_task(void *ctx, int thread_index, int n_threads) {
 int puna_attention(puna_pool *pool, float *out, const float *q, int kv_type, const void *k_cache,
                    const void *v_cache, int64_t kv_row_bytes, int n_tokens, int pos0, int n_heads,
                    int n_kv_heads, int head_dim, float *scratch, int n_ctx) {
+    return puna_attention_ex(pool, out, q, kv_type, k_cache, v_cache, kv_row_bytes, n_tokens, pos0, n_heads,
+                             n_kv_heads, head_dim, scratch, n_ctx, NULL);
+}
+
+int puna_attention_ex(puna_pool *pool, float *out, const float *q, int kv_type, const void *k_cache,
+                      const void *v_cache, int64_t kv_row_bytes, int n_tokens, int pos0, int n_heads,
+                      int n_kv_heads, int head_dim, float *scratch, int n_ctx, const puna_attention_options *options) {
+    if (options && (options->window < 0 || !(options->scale > 0) || !(options->softcap >= 0))) return -1;
     if (kv_type != PUNA_TYPE_F32 && kv_type != PUNA_TYPE_F16 && kv_type != PUNA_TYPE_Q8_0) return -1;
     if (n_tokens < 0 || pos0 < 0 || n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0) return -1;
     if (n_heads % n_kv_heads != 0) return -1;
@@ -771,7 +804,9 @@ int puna_attention(puna_pool *pool, float *out, const float *q, int kv_type, con
     job.n_heads = n_heads;
     job.head_dim = head_dim;
     job.group = n_heads / n_kv_heads;
-    job.scale = 1.0f / sqrtf((float)head_dim);
+    job.scale = options ? options->scale : 1.0f / sqrtf((float)head_dim);
+    job.window = options ? options->window : 0;
+    job.softcap = options ? options->softcap : 0;
     atomic_init(&job.next, 0);
     if (scratch) {
         if (n_ctx < needed) return -1;

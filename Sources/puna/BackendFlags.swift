@@ -11,7 +11,7 @@ enum BackendFlags {
 
     /// Moves the model to the requested backend (after adapters are applied: weights upload here)
     /// and prints what the backend set-up says on stderr.
-    static func apply(_ args: ParsedArguments, model: LlamaModel) throws(PunaError) {
+    static func apply(_ args: ParsedArguments, model: LanguageModel) throws(PunaError) {
         let name = args.string("--backend") ?? "cpu"
         let device = try args.int("--device", range: 0...255)
         let layers = try args.int("--gpu-layers", range: 0...100_000)

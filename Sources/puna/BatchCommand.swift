@@ -162,7 +162,7 @@ enum BatchCommand {
     /// The KV cache type, after refusing a `--parallel` × `-c` that does not fit the memory budget:
     /// the same budget as every other command (--mem, --board, the cgroup limit, physical memory;
     /// MemoryFlags) and the same estimate, with one KV cache per sequence and the loaded adapters.
-    static func checkMemory(_ args: ParsedArguments, model: LlamaModel, context: Int, parallel: Int,
+    static func checkMemory(_ args: ParsedArguments, model: LanguageModel, context: Int, parallel: Int,
                             board: BoardProfile?, adapters: [AdapterSet] = []) throws(PunaError) -> GGMLType {
         let (_, key, value) = try MemoryFlags.cacheSettings(args, trainedContext: model.config.contextLength, board: board,
                                                             defaultContext: context, defaultType: nil)
@@ -182,7 +182,7 @@ enum BatchCommand {
     }
 
     /// The --lora NAME=PATH and --lora-scaled NAME=PATH:SCALE adapters, loaded for `model`.
-    static func loadAdapters(_ args: ParsedArguments, model: LlamaModel) throws(PunaError) -> [(name: String, set: AdapterSet)] {
+    static func loadAdapters(_ args: ParsedArguments, model: LanguageModel) throws(PunaError) -> [(name: String, set: AdapterSet)] {
         var requested: [(flag: String, name: String, path: String, scale: Float)] = []
         for item in args.strings("--adapter") {
             let (name, path) = try splitName(item, flag: "--lora", form: "NAME=PATH")

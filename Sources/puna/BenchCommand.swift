@@ -74,7 +74,7 @@ enum BenchCommand {
         let warmup = !args.has("--no-warmup")
 
         let loadStart = puna_now_ns()
-        let model = try LlamaModel(path: path, options: ModelOptions(threads: threads, batchSize: batch))
+        let model = try LanguageModel(path: path, options: ModelOptions(threads: threads, batchSize: batch))
         try AdapterFlags.apply(args, model: model)  // --lora / --lora-scaled, applied per token unless --merge-lora
         if backend == "vulkan" {
             // A benchmark must not quietly measure the CPU: no fallback here.

@@ -29,7 +29,7 @@ enum InfoCommand {
         if args.has("--merge-lora") && !args.has("--lora") { throw PunaError("flag --merge-lora needs --lora") }
         let path = try args.require("-m")
         let gguf = try GGUFFile(path: path)
-        let config: LlamaConfig? = gguf.tensors.isEmpty ? (try? LlamaConfig(gguf: gguf)) : try LlamaConfig(gguf: gguf)
+        let config: ModelConfig? = gguf.tensors.isEmpty ? (try? ModelConfig(gguf: gguf)) : try ModelConfig(gguf: gguf)
         let requestedContext = try args.int("-c", range: 1...(1 << 24))
 
         var typeCounts: [String: Int] = [:]
@@ -69,6 +69,11 @@ enum InfoCommand {
                 j.field("n_rot", c.ropeDimensionCount)
                 j.field("rope_freq_base", c.ropeFreqBase)
                 j.field("rms_norm_eps", c.rmsNormEpsilon)
+                j.field("head_dim", c.headDimension)
+                j.key("features")
+                j.beginArray()
+                for f in c.features(gguf: gguf) { j.value(f) }
+                j.endArray()
             }
             j.key("tokenizer_model"); if let m = tokenizerModel { j.value(m) } else { j.null() }
             j.key("tokenizer_vocab_size"); if let n = vocabTokens { j.value(n) } else { j.null() }
@@ -110,6 +115,8 @@ enum InfoCommand {
                 ("context (trained)", "\(c.contextLength)"),
                 ("vocab", "\(c.vocabSize)"),
             ]
+            let features = c.features(gguf: gguf)
+            if !features.isEmpty { rows.append(("layer", features.joined(separator: "; "))) }
         }
         rows.append(("tokenizer", "\(tokenizerModel ?? "(none)")\(vocabTokens.map { ", \($0) tokens" } ?? "")"))
         rows.append(("tensors", gguf.tensors.isEmpty ? "none (vocab-only file)" : "\(gguf.tensors.count), \(formatBytes(gguf.tensorBytes))"))

@@ -78,7 +78,7 @@ enum MemoryFlags {
     static func checkBeforeLoading(_ args: ParsedArguments, gguf: GGUFFile, board: BoardProfile?, threads: Int, batch: Int,
                                    defaultContext: Int?, defaultType: String?, contextDecidedLater: Bool,
                                    logitRows: Int) throws(PunaError) {
-        let config = try LlamaConfig(gguf: gguf)
+        let config = try ModelConfig(gguf: gguf)
         var (context, key, value) = try cacheSettings(args, trainedContext: config.contextLength, board: board,
                                                      defaultContext: defaultContext, defaultType: defaultType)
         if contextDecidedLater && !args.has("-c") { context = 0 }
@@ -96,7 +96,7 @@ enum MemoryFlags {
     }
 
     /// After loading: give back the mapped pages of tensors a merge replaced, then --mlock.
-    static func afterLoading(_ args: ParsedArguments, model: LlamaModel) throws(PunaError) {
+    static func afterLoading(_ args: ParsedArguments, model: LanguageModel) throws(PunaError) {
         if model.mergedWeightBytes > 0 { model.releaseReplacedWeights() }
         if args.has("--mlock") {
             do throws(PunaError) {
@@ -108,7 +108,7 @@ enum MemoryFlags {
     }
 
     /// Before the KV cache is allocated, with the model loaded (its adapters active or merged).
-    static func checkBeforeCache(_ args: ParsedArguments, model: LlamaModel, board: BoardProfile?, context: Int,
+    static func checkBeforeCache(_ args: ParsedArguments, model: LanguageModel, board: BoardProfile?, context: Int,
                                  key: GGMLType, value: GGMLType, logitRows: Int) throws(PunaError) {
         let estimate = model.memoryEstimate(context: context, keyType: key, valueType: value, logitRows: logitRows)
         var settings = MemoryEstimate.Settings(context: context, keyType: key, valueType: value, batch: model.batchSize,

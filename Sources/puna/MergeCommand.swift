@@ -32,7 +32,7 @@ enum AdapterFlags {
     }
 
     /// Load the requested adapters for `model`; warnings go to stderr.
-    static func load(_ args: ParsedArguments, model: LlamaModel) throws(PunaError) -> AdapterSet {
+    static func load(_ args: ParsedArguments, model: LanguageModel) throws(PunaError) -> AdapterSet {
         var set = AdapterSet()
         let verbose = args.has("--verbose")
         for (path, scale) in try requested(args) {
@@ -47,7 +47,7 @@ enum AdapterFlags {
     }
 
     /// Load the adapters and make them active, or merge them with --merge-lora.
-    static func apply(_ args: ParsedArguments, model: LlamaModel) throws(PunaError) {
+    static func apply(_ args: ParsedArguments, model: LanguageModel) throws(PunaError) {
         let set = try load(args, model: model)
         if set.isEmpty {
             if args.has("--merge-lora") { throw PunaError("flag --merge-lora needs --lora or --lora-scaled") }
@@ -117,7 +117,7 @@ enum MergeCommand {
         let path = try args.require("-m")
         let threads = try args.int("-t", range: 1...1024) ?? 0
         let start = puna_now_ns()
-        let model = try LlamaModel(path: path, options: ModelOptions(threads: threads))
+        let model = try LanguageModel(path: path, options: ModelOptions(threads: threads))
         let set = try AdapterFlags.load(args, model: model)
         let summary = try model.writeMerged(set, to: output, type: type)
         let seconds = Double(puna_now_ns() - start) / 1e9
@@ -137,8 +137,8 @@ enum MergeCommand {
 /// `puna info --lora PATH [-m BASE]`: what an adapter holds (checked against the base when given).
 enum AdapterInfo {
     static func run(_ args: ParsedArguments) throws(PunaError) -> Int32 {
-        var model: LlamaModel? = nil
-        if let p = args.string("-m") { model = try LlamaModel(path: p, options: ModelOptions(threads: 1)) }
+        var model: LanguageModel? = nil
+        if let p = args.string("-m") { model = try LanguageModel(path: p, options: ModelOptions(threads: 1)) }
         let json = args.has("--json")
         var j = JSONWriter()
         if json { j.beginArray() }

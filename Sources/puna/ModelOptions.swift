@@ -52,7 +52,7 @@ enum CommonFlags {
     /// logitRows: rows of logits one evaluation returns.
     static func loadModel(_ args: ParsedArguments, defaultContext: Int? = nil, defaultType: String? = nil,
                           contextDecidedLater: Bool = false, logitRows: Int = 1,
-                          defaultActivationLevels: Int = 0) throws(PunaError) -> (LlamaModel, Int64) {
+                          defaultActivationLevels: Int = 0) throws(PunaError) -> (LanguageModel, Int64) {
         let args = try DemoModel.resolve(args)  // run/chat/batch/perplexity without -m, and --lora demo: the bundled demo
         let path = try args.require("-m")
         let board = try boardProfile(args)
@@ -68,14 +68,14 @@ enum CommonFlags {
         let gguf = try GGUFFile(path: path)
         try MemoryFlags.checkBeforeLoading(args, gguf: gguf, board: board, threads: threads, batch: batch, defaultContext: defaultContext,
                                            defaultType: defaultType, contextDecidedLater: contextDecidedLater, logitRows: logitRows)
-        let model = try LlamaModel(gguf: gguf, options: ModelOptions(threads: threads, batchSize: batch))
+        let model = try LanguageModel(gguf: gguf, options: ModelOptions(threads: threads, batchSize: batch))
         try AdapterFlags.apply(args, model: model)  // --lora / --lora-scaled / --merge-lora
         try BackendFlags.apply(args, model: model)  // --backend / --device / --gpu-layers (after adapters: uploads weights)
         try MemoryFlags.afterLoading(args, model: model)  // merged tensors' mapped pages released; --mlock
         return (model, puna_now_ns() - start)
     }
 
-    static func makeCache(_ args: ParsedArguments, model: LlamaModel, defaultContext: Int? = nil,
+    static func makeCache(_ args: ParsedArguments, model: LanguageModel, defaultContext: Int? = nil,
                           defaultType: String? = nil, logitRows: Int = 1) throws(PunaError) -> KVCache {
         let board = try boardProfile(args)
         let (context, type, valueType) = try MemoryFlags.cacheSettings(args, trainedContext: model.config.contextLength, board: board,

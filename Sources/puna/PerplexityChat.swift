@@ -153,7 +153,7 @@ enum ChatCommand {
     /// Templates that re-render earlier turns differently (e.g. dropping a previous reply's
     /// reasoning) do not extend it: then the whole rendering is tokenized, the cache is cut back to
     /// the longest common token prefix, and the rest is evaluated again.
-    static func chatWithTemplate(_ template: ChatTemplate, model: LlamaModel, cache: KVCache, options: GenerationOptions,
+    static func chatWithTemplate(_ template: ChatTemplate, model: LanguageModel, cache: KVCache, options: GenerationOptions,
                                  system: String?) throws(PunaError) -> Int32 {
         let tokenizer = model.tokenizer
         let interactive = puna_stdout_is_tty() != 0

@@ -109,8 +109,8 @@ final class BatchTests: XCTestCase {
         let schedule: [[Int]] = [[3, 5, 1], [1, 0, 1], [2, 4, 0], [1, 2, 0], [1, 1, 0]]
         for cacheType in [GGMLType.f32, .f16] {
             for file in files {
-                let single = try LlamaModel(path: model(file + ".gguf"), options: ModelOptions(threads: 1))
-                let batched = try LlamaModel(path: model(file + ".gguf"), options: ModelOptions(threads: 2, batchSize: 3))
+                let single = try LanguageModel(path: model(file + ".gguf"), options: ModelOptions(threads: 1))
+                let batched = try LanguageModel(path: model(file + ".gguf"), options: ModelOptions(threads: 2, batchSize: 3))
                 let vocab = single.config.vocabSize
                 var reference: [[Float]] = []
                 for s in sequences {
@@ -152,9 +152,9 @@ final class BatchTests: XCTestCase {
         let lora = Fixtures.root.appendingPathComponent("lora")
         let sequences: [[Int32]] = [[1, 339, 440, 432, 310], [1, 306, 432, 407, 366, 307, 430], [1, 432, 267], [1, 341, 416]]
         for file in ["tiny-gqa-f32", "tiny-gqa-q4_0", "tiny-gqa-q8_0"] {
-            let single = try LlamaModel(path: model(file + ".gguf"), options: ModelOptions(threads: 1))
-            let batched = try LlamaModel(path: model(file + ".gguf"), options: ModelOptions(threads: 2))
-            func sets(_ m: LlamaModel) throws -> [AdapterSet] {
+            let single = try LanguageModel(path: model(file + ".gguf"), options: ModelOptions(threads: 1))
+            let batched = try LanguageModel(path: model(file + ".gguf"), options: ModelOptions(threads: 2))
+            func sets(_ m: LanguageModel) throws -> [AdapterSet] {
                 let all = try LoRAAdapter.load(path: lora.appendingPathComponent("gqa-all").path, for: m)
                 let alpaca = try LoRAAdapter.load(path: lora.appendingPathComponent("gqa-alpaca.gguf").path, for: m)
                 return [.none, AdapterSet([(all, 1)]), AdapterSet([(alpaca, 1)]), AdapterSet([(all, 0.5)])]
@@ -187,7 +187,7 @@ final class BatchTests: XCTestCase {
     }
 
     func testBatchRefusesBadSlices() throws {
-        let m = try LlamaModel(path: model("tiny-mha-q8_0.gguf"), options: ModelOptions(threads: 1))
+        let m = try LanguageModel(path: model("tiny-mha-q8_0.gguf"), options: ModelOptions(threads: 1))
         let cache = try m.makeCache(contextLength: 4)
         XCTAssertThrowsError(try m.evaluateBatch([])) { XCTAssertTrue("\($0)".contains("no sequences"), "\($0)") }
         XCTAssertThrowsError(try m.evaluateBatch([BatchSlice(cache: cache, tokens: [1, 2, 3, 4, 5], wantsLogits: true)])) {

@@ -30,7 +30,7 @@ final class ConformanceTests: XCTestCase {
         defer { puna_kernels_set_activation_levels(0) }
         for entry in try models() {
             let file = entry["file"] as! String, type = entry["type"] as! String
-            let model = try LlamaModel(path: Fixtures.models.appendingPathComponent(file).path, options: ModelOptions(threads: 2))
+            let model = try LanguageModel(path: Fixtures.models.appendingPathComponent(file).path, options: ModelOptions(threads: 2))
             let expected = try Fixtures.floats(Fixtures.models.appendingPathComponent(entry["logits"] as! String))
             for levels in [2, 1] {
             puna_kernels_set_activation_levels(Int32(levels))
@@ -59,8 +59,8 @@ final class ConformanceTests: XCTestCase {
         let manifest = try Fixtures.manifest()
         let tokens = try XCTUnwrap((manifest["reference"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
         let path = Fixtures.models.appendingPathComponent("tiny-gqa-f32.gguf").path
-        let whole = try LlamaModel(path: path, options: ModelOptions(threads: 2, batchSize: 512))
-        let byThree = try LlamaModel(path: path, options: ModelOptions(threads: 1, batchSize: 3))
+        let whole = try LanguageModel(path: path, options: ModelOptions(threads: 2, batchSize: 512))
+        let byThree = try LanguageModel(path: path, options: ModelOptions(threads: 1, batchSize: 3))
         let a = try whole.evaluate(tokens, cache: whole.makeCache(contextLength: 32, type: .f32), allLogits: true)
         let b = try byThree.evaluate(tokens, cache: byThree.makeCache(contextLength: 32, type: .f32), allLogits: true)
         let cache = try whole.makeCache(contextLength: 32, type: .f32)
@@ -80,7 +80,7 @@ final class ConformanceTests: XCTestCase {
         var checked = 0
         for entry in try models() where entry["type"] as? String == "f32" {
             let expected = try XCTUnwrap((entry["greedy"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
-            let model = try LlamaModel(path: Fixtures.models.appendingPathComponent(entry["file"] as! String).path)
+            let model = try LanguageModel(path: Fixtures.models.appendingPathComponent(entry["file"] as! String).path)
             let cache = try model.makeCache(contextLength: 128, type: .f32)
             var logits = try model.evaluate(prompt, cache: cache)
             var produced: [Int32] = []
@@ -98,7 +98,7 @@ final class ConformanceTests: XCTestCase {
 
     func testBadInputs() throws {
         let path = Fixtures.models.appendingPathComponent("tiny-mha-f32.gguf").path
-        let model = try LlamaModel(path: path)
+        let model = try LanguageModel(path: path)
         let cache = try model.makeCache(contextLength: 8)
         XCTAssertThrowsError(try model.evaluate([1, 512], cache: cache)) { e in
             XCTAssertTrue((e as! PunaError).message.contains("token id 512"), "\(e)")
@@ -123,15 +123,15 @@ final class ConformanceTests: XCTestCase {
             return out
         }
         let missingTensor = try rewrite(dropTensor: "blk.1.ffn_up.weight")
-        XCTAssertThrowsError(try LlamaModel(path: missingTensor)) { e in
+        XCTAssertThrowsError(try LanguageModel(path: missingTensor)) { e in
             XCTAssertTrue((e as! PunaError).message.contains("missing tensor 'blk.1.ffn_up.weight'"), "\(e)")
         }
         let wrongShape = try rewrite(reshape: "blk.0.attn_k.weight")
-        XCTAssertThrowsError(try LlamaModel(path: wrongShape)) { e in
+        XCTAssertThrowsError(try LanguageModel(path: wrongShape)) { e in
             XCTAssertTrue((e as! PunaError).message.contains("'blk.0.attn_k.weight' has shape"), "\(e)")
         }
         let missingKey = try rewrite(dropKey: "llama.embedding_length")
-        XCTAssertThrowsError(try LlamaModel(path: missingKey)) { e in
+        XCTAssertThrowsError(try LanguageModel(path: missingKey)) { e in
             XCTAssertTrue((e as! PunaError).message.contains("missing key llama.embedding_length"), "\(e)")
         }
         for p in [missingTensor, wrongShape, missingKey] { try? FileManager.default.removeItem(atPath: p) }
@@ -141,7 +141,7 @@ final class ConformanceTests: XCTestCase {
 /// The library API as README shows it: open, tokenize, generate as an iterator, read logits.
 final class LibraryAPITests: XCTestCase {
     func testReadmeExampleFlow() throws {
-        let model = try LlamaModel(path: Fixtures.models.appendingPathComponent("tiny-gqa-f32.gguf").path,
+        let model = try LanguageModel(path: Fixtures.models.appendingPathComponent("tiny-gqa-f32.gguf").path,
                                    options: ModelOptions(threads: 2))
         let cache = try model.makeCache(contextLength: 128)
         let prompt = model.tokenizer.encode("You may convey", addBOS: true)
@@ -170,7 +170,7 @@ final class LibraryAPITests: XCTestCase {
     }
 
     func testStopStringIsNotPrinted() throws {
-        let model = try LlamaModel(path: Fixtures.models.appendingPathComponent("tiny-gqa-f32.gguf").path)
+        let model = try LanguageModel(path: Fixtures.models.appendingPathComponent("tiny-gqa-f32.gguf").path)
         let prompt = model.tokenizer.encode("You may convey", addBOS: true)
         var options = GenerationOptions(maxTokens: 20, sampler: .greedy, stopAtEOS: false)
         // Generate once freely, then stop on a piece of that very text.

@@ -154,20 +154,26 @@ final class HardeningTests: XCTestCase {
     }
 
     func testOutOfRangeHyperparametersAreRefused() throws {
-        let good = try LlamaModel(path: Fixtures.models.appendingPathComponent("tiny-mha-f32.gguf").path, options: ModelOptions(threads: 1))
+        let good = try LanguageModel(path: Fixtures.models.appendingPathComponent("tiny-mha-f32.gguf").path, options: ModelOptions(threads: 1))
         let headDim = good.config.headDimension, layers = good.config.blockCount
         // Matching key/value lengths are fine.
         let same = try modelWith("same.gguf") { m, k in
             m["llama.attention.key_length"] = .uint32(UInt32(headDim)); k.append("llama.attention.key_length")
         }
-        XCTAssertNoThrow(try LlamaModel(path: same, options: ModelOptions(threads: 1)))
-        for key in ["llama.attention.key_length", "llama.attention.value_length"] {
-            let path = try modelWith("kv.gguf") { m, k in m[key] = .uint32(UInt32(headDim * 2)); k.append(key) }
-            let msg = message { _ = try LlamaModel(path: path, options: ModelOptions(threads: 1)) }
-            XCTAssertTrue(msg.contains(key) && msg.contains("\(headDim * 2)"), msg)
+        XCTAssertNoThrow(try LanguageModel(path: same, options: ModelOptions(threads: 1)))
+        // A key length other than n_embd / n_heads is a head size of its own (Qwen3): this file's
+        // Q matrix then has the wrong shape, which the error names. A value length unlike the key
+        // length is refused by name.
+        let keyLength = try modelWith("kv.gguf") { m, k in
+            for key in ["llama.attention.key_length", "llama.attention.value_length"] { m[key] = .uint32(UInt32(headDim * 2)); k.append(key) }
         }
+        let keyMessage = message { _ = try LanguageModel(path: keyLength, options: ModelOptions(threads: 1)) }
+        XCTAssertTrue(keyMessage.contains("blk.0.attn_q.weight") && keyMessage.contains("expected"), keyMessage)
+        let valueLength = try modelWith("kv.gguf") { m, k in m["llama.attention.value_length"] = .uint32(UInt32(headDim * 2)); k.append("llama.attention.value_length") }
+        let valueMessage = message { _ = try LanguageModel(path: valueLength, options: ModelOptions(threads: 1)) }
+        XCTAssertTrue(valueMessage.contains("llama.attention.value_length") && valueMessage.contains("\(headDim * 2)"), valueMessage)
         let fewer = try modelWith("blocks.gguf") { m, _ in m["llama.block_count"] = .uint32(UInt32(layers - 1)) }
-        let blocks = message { _ = try LlamaModel(path: fewer, options: ModelOptions(threads: 1)) }
+        let blocks = message { _ = try LanguageModel(path: fewer, options: ModelOptions(threads: 1)) }
         XCTAssertTrue(blocks.contains("llama.block_count") && blocks.contains("blk.\(layers - 1)."), blocks)
         for (key, value) in [("llama.rope.freq_base", GGUFValue.float32(1e-45)), ("llama.rope.freq_base", .float32(.infinity)),
                              ("llama.attention.layer_norm_rms_epsilon", .float32(0)), ("llama.attention.layer_norm_rms_epsilon", .float32(1e30))] {
@@ -175,7 +181,7 @@ final class HardeningTests: XCTestCase {
                 if m[key] == nil { k.append(key) }
                 m[key] = value
             }
-            let msg = message { _ = try LlamaModel(path: path, options: ModelOptions(threads: 1)) }
+            let msg = message { _ = try LanguageModel(path: path, options: ModelOptions(threads: 1)) }
             XCTAssertTrue(msg.contains(key), msg)
         }
     }
@@ -194,7 +200,7 @@ final class HardeningTests: XCTestCase {
         w.addTensor(name: "extra.weight", shape: [1 << 57, 0], type: .q8_0, bytes: [])
         let hostile = write(w.serialize(), "estimate2.gguf")
         let gguf = try GGUFFile(path: hostile)
-        let config = try LlamaConfig(gguf: gguf)
+        let config = try ModelConfig(gguf: gguf)
         let estimate = MemoryEstimate.llama(gguf: gguf, config: config, settings: MemoryEstimate.Settings(context: 1 << 30, batch: 512, threads: 2))
         XCTAssertEqual(estimate.bytes("kv_cache"), MemoryEstimate.saturated)
         XCTAssertLessThanOrEqual(estimate.totalBytes, MemoryEstimate.saturated)
@@ -218,7 +224,7 @@ final class HardeningTests: XCTestCase {
     }
 
     func adapterError(_ path: String) throws -> String {
-        let base = try LlamaModel(path: Fixtures.models.appendingPathComponent("tiny-mha-f32.gguf").path, options: ModelOptions(threads: 1))
+        let base = try LanguageModel(path: Fixtures.models.appendingPathComponent("tiny-mha-f32.gguf").path, options: ModelOptions(threads: 1))
         return message { _ = try LoRAAdapter.load(path: path, for: base) }
     }
 
@@ -237,7 +243,7 @@ final class HardeningTests: XCTestCase {
         let rank = try adapterError(try adapterFolder { $0["r"] = 1e19 })
         XCTAssertTrue(rank.contains("'r'"), rank)
         // Sane patterns still load.
-        let base = try LlamaModel(path: Fixtures.models.appendingPathComponent("tiny-mha-f32.gguf").path, options: ModelOptions(threads: 1))
+        let base = try LanguageModel(path: Fixtures.models.appendingPathComponent("tiny-mha-f32.gguf").path, options: ModelOptions(threads: 1))
         XCTAssertNoThrow(try LoRAAdapter.load(path: try adapterFolder { $0["alpha_pattern"] = ["q_proj": 32] }, for: base))
 
         // A GGUF LoRA whose alpha is FLT_MAX: merging wrote NaN weights and exited 0.

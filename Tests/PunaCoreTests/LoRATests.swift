@@ -28,11 +28,11 @@ final class LoRATests: XCTestCase {
         return worst / scale
     }
 
-    func model(_ base: String, threads: Int = 2) throws -> LlamaModel {
-        try LlamaModel(path: path(base), options: ModelOptions(threads: threads))
+    func model(_ base: String, threads: Int = 2) throws -> LanguageModel {
+        try LanguageModel(path: path(base), options: ModelOptions(threads: threads))
     }
 
-    func logits(_ model: LlamaModel) throws -> [Float] {
+    func logits(_ model: LanguageModel) throws -> [Float] {
         let t = try tokens()
         return try model.evaluate(t, cache: model.makeCache(contextLength: t.count, type: .f32), allLogits: true)
     }
@@ -178,7 +178,7 @@ final class LoRATests: XCTestCase {
         let a = try LoRAAdapter.load(path: path("mha-all"), for: m)
         let b = try LoRAAdapter.load(path: path("mha-head"), for: m)
         let sets = [AdapterSet([(a, 1)]), AdapterSet.none, AdapterSet([(b, 0.5), (a, 1)]), AdapterSet([(b, 0.5)])]
-        for linear in [m.layers[0].q, m.layers[1].down, m.output] {
+        for linear in [m.layers[0].q!, m.layers[1].down, m.output] {
             let n = sets.count
             var x = [Float](repeating: 0, count: n * linear.cols)
             for i in 0..<x.count { x[i] = Float(sin(Double(i) * 0.37)) }

@@ -29,7 +29,7 @@ final class MemoryTests: XCTestCase {
     /// The KV cache item is what KVCache allocates, for every supported type and both head layouts.
     func testKVCacheItemEqualsAllocation() throws {
         for file in ["tiny-mha-f32.gguf", "tiny-gqa-q8_0.gguf"] {
-            let m = try LlamaModel(path: model(file), options: ModelOptions(threads: 1))
+            let m = try LanguageModel(path: model(file), options: ModelOptions(threads: 1))
             for type in KVCache.supportedTypes {
                 for context in [1, 96, 1024] {
                     let cache = try m.makeCache(contextLength: context, type: type)
@@ -41,7 +41,7 @@ final class MemoryTests: XCTestCase {
             }
         }
         // Separate K and V types are counted separately: f32 K + f16 V is 3/4 of f32 + f32.
-        let c = try LlamaConfig(gguf: GGUFFile(path: model("tiny-gqa-f32.gguf")))
+        let c = try ModelConfig(gguf: GGUFFile(path: model("tiny-gqa-f32.gguf")))
         let mixed = MemoryEstimate.llama(config: c, weightBytes: 0, settings: .init(context: 64, keyType: .f32, valueType: .f16))
         let both = MemoryEstimate.llama(config: c, weightBytes: 0, settings: .init(context: 64, keyType: .f32))
         XCTAssertEqual(mixed.bytes("kv_cache") * 4, both.bytes("kv_cache") * 3)
@@ -53,7 +53,7 @@ final class MemoryTests: XCTestCase {
     func testAdapterAndMergedItemsEqualWhatIsLoaded() throws {
         let base = model("tiny-gqa-q8_0.gguf")
         let gguf = try GGUFFile(path: base)
-        let config = try LlamaConfig(gguf: gguf)
+        let config = try ModelConfig(gguf: gguf)
         for name in ["gqa-all", "gqa-alpaca", "gqa-all.gguf"] {
             let footprint = MemoryEstimate.AdapterFootprint(try LoRAAdapter.inspect(path: adapter(name)))
             var settings = MemoryEstimate.Settings(context: 128, adapters: [footprint])
@@ -61,7 +61,7 @@ final class MemoryTests: XCTestCase {
             settings.mergeAdapters = true
             let merged = MemoryEstimate.llama(gguf: gguf, config: config, settings: settings)
 
-            let m = try LlamaModel(path: base, options: ModelOptions(threads: 1))
+            let m = try LanguageModel(path: base, options: ModelOptions(threads: 1))
             let loaded = try LoRAAdapter.load(path: adapter(name), for: m)
             var tables = 0
             for w in loaded.weights.values { tables += 8 * (w.outputRows?.count ?? 0) }

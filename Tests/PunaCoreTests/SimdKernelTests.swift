@@ -455,7 +455,7 @@ final class QuantizedKVCacheTests: XCTestCase {
         var report: [String] = []
         for entry in try XCTUnwrap(manifest["models"] as? [[String: Any]]) where ["f32", "q4_0", "q4_k_m"].contains(entry["type"] as! String) {
             let file = entry["file"] as! String
-            let model = try LlamaModel(path: Fixtures.models.appendingPathComponent(file).path, options: ModelOptions(threads: 2))
+            let model = try LanguageModel(path: Fixtures.models.appendingPathComponent(file).path, options: ModelOptions(threads: 2))
             let expected = try Fixtures.floats(Fixtures.models.appendingPathComponent(entry["logits"] as! String))
             let logits = try model.evaluate(tokens, cache: model.makeCache(contextLength: 64, type: .q8_0), allLogits: true)
             let scale = expected.reduce(0) { max($0, abs($1)) }

@@ -46,21 +46,21 @@ final class VulkanTests: XCTestCase {
     }
 
     /// Logits on the CPU, with the reference kernels unless told otherwise.
-    func cpuLogits(_ model: LlamaModel, _ tokens: [Int32], cacheType: GGMLType, context: Int = 64,
+    func cpuLogits(_ model: LanguageModel, _ tokens: [Int32], cacheType: GGMLType, context: Int = 64,
                    referenceKernels: Bool = true) throws -> [Float] {
         puna_kernels_set_reference_only(referenceKernels ? 1 : 0)
         defer { puna_kernels_set_reference_only(0) }
         return try model.evaluate(tokens, cache: model.makeCache(contextLength: context, type: cacheType), allLogits: true)
     }
 
-    func useGPU(_ model: LlamaModel, _ tier: Tier, device: VulkanDevice, gpuLayers: Int = -1) throws {
+    func useGPU(_ model: LanguageModel, _ tier: Tier, device: VulkanDevice, gpuLayers: Int = -1) throws {
         try model.useVulkan(VulkanOptions(gpuLayers: gpuLayers, forceBaseline: tier == .baseline, required: true))
         let note = try XCTUnwrap(model.backendNote)
         let expected = tier == .subgroup && device.subgroupArithmetic ? "subgroup tier" : "baseline tier"
         XCTAssertTrue(note.contains(expected), note)
     }
 
-    func greedyTokens(_ model: LlamaModel, prompt: [Int32], count: Int) throws -> [Int32] {
+    func greedyTokens(_ model: LanguageModel, prompt: [Int32], count: Int) throws -> [Int32] {
         let cache = try model.makeCache(contextLength: 64, type: .f32)
         var logits = try model.evaluate(prompt, cache: cache)
         var produced: [Int32] = []
@@ -139,12 +139,12 @@ final class VulkanTests: XCTestCase {
             let file = entry["file"] as! String, type = entry["type"] as! String
             let tolerance = Self.tolerance(type)
             let expected = try Fixtures.floats(Fixtures.models.appendingPathComponent(entry["logits"] as! String))
-            let cpu = try LlamaModel(path: path(file), options: ModelOptions(threads: 2))
+            let cpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
             let cpuF32 = try cpuLogits(cpu, tokens, cacheType: .f32)
             let cpuF16 = try cpuLogits(cpu, tokens, cacheType: .f16)
             let cpuFast = try cpuLogits(cpu, tokens, cacheType: .f32, referenceKernels: false)
             for tier in Tier.allCases {
-                let gpu = try LlamaModel(path: path(file), options: ModelOptions(threads: 2))
+                let gpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
                 try useGPU(gpu, tier, device: device)
                 let gpuF32 = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: .f32), allLogits: true)
                 let gpuF16 = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: .f16), allLogits: true)
@@ -176,13 +176,13 @@ final class VulkanTests: XCTestCase {
             let file = entry["file"] as! String, type = entry["type"] as! String
             guard seenTypes.insert(type).inserted else { continue }
             let expected = try XCTUnwrap((entry["greedy"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
-            let cpu = try LlamaModel(path: path(file), options: ModelOptions(threads: 2))
+            let cpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
             puna_kernels_set_reference_only(1)
             let cpuTokens = try greedyTokens(cpu, prompt: prompt, count: 32)
             puna_kernels_set_reference_only(0)
             XCTAssertEqual(cpuTokens, expected, "\(file): CPU reference kernels vs transformers")
             for tier in Tier.allCases {
-                let gpu = try LlamaModel(path: path(file), options: ModelOptions(threads: 2))
+                let gpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
                 try useGPU(gpu, tier, device: device)
                 XCTAssertEqual(try greedyTokens(gpu, prompt: prompt, count: 32), cpuTokens, "\(file) \(tier)")
             }
@@ -202,10 +202,10 @@ final class VulkanTests: XCTestCase {
             seed = seed &* 1_103_515_245 &+ 12345
             return Int32(3 + (seed >> 16) % 509)
         }
-        let cpu = try LlamaModel(path: path(file), options: ModelOptions(threads: 2))
+        let cpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
         let cpuF16 = try cpuLogits(cpu, tokens, cacheType: .f16, context: 160)
         for tier in Tier.allCases {
-            let gpu = try LlamaModel(path: path(file), options: ModelOptions(threads: 2, batchSize: 7))
+            let gpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2, batchSize: 7))
             try useGPU(gpu, tier, device: device)
             let logits = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 160, type: .f16), allLogits: true)
             let d = relative(logits, cpuF16, scale: cpuF16)
@@ -216,7 +216,7 @@ final class VulkanTests: XCTestCase {
             XCTAssertEqual(q8, logits, "\(tier): q8_0 cache on the GPU")
         }
 
-        let partial = try LlamaModel(path: path(file), options: ModelOptions(threads: 2))
+        let partial = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
         try useGPU(partial, .baseline, device: device, gpuLayers: 1)
         XCTAssertTrue(partial.backendNote!.contains("1/2 layers on the GPU"), partial.backendNote!)
         puna_kernels_set_reference_only(1)
@@ -226,16 +226,16 @@ final class VulkanTests: XCTestCase {
         print("\(file) --gpu-layers 1: \(d)")
         XCTAssertLessThanOrEqual(d, 1e-3)
 
-        let imported = try LlamaModel(path: path(file), options: ModelOptions(threads: 2))
+        let imported = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
         try useGPU(imported, .baseline, device: device)
         setenv("PUNA_VK_NO_IMPORT", "1", 1)
-        let copied = try LlamaModel(path: path(file), options: ModelOptions(threads: 2))
+        let copied = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
         defer { unsetenv("PUNA_VK_NO_IMPORT") }
         try useGPU(copied, .baseline, device: device)
         XCTAssertTrue(copied.backendNote!.contains("weights 0 B zero-copy"), copied.backendNote!)
         // The discrete-GPU path: device memory never mapped, weights through the staging buffer.
         setenv("PUNA_VK_STAGING", "1", 1)
-        let staged = try LlamaModel(path: path(file), options: ModelOptions(threads: 2))
+        let staged = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
         defer { unsetenv("PUNA_VK_STAGING") }
         try useGPU(staged, .baseline, device: device)
         XCTAssertTrue(staged.backendNote!.contains("weights 0 B zero-copy"), staged.backendNote!)
@@ -280,18 +280,18 @@ final class VulkanTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(cases.count, 10)
         var report: [String] = []
         for c in cases {
-            func load(_ model: LlamaModel) throws {
+            func load(_ model: LanguageModel) throws {
                 var set = AdapterSet()
                 for (source, scale) in c.adapters { set.entries.append((try LoRAAdapter.load(path: p(source), for: model), scale)) }
                 model.activeAdapters = set
             }
             let expected = try Fixtures.floats(dir.appendingPathComponent(c.reference))
-            let cpu = try LlamaModel(path: p(c.base), options: ModelOptions(threads: 2))
+            let cpu = try LanguageModel(path: p(c.base), options: ModelOptions(threads: 2))
             let cpuBase = try cpuLogits(cpu, tokens, cacheType: .f32)
             try load(cpu)
             let cpuAdapted = try cpuLogits(cpu, tokens, cacheType: .f32)
             for tier in Tier.allCases {
-                let gpu = try LlamaModel(path: p(c.base), options: ModelOptions(threads: 2))
+                let gpu = try LanguageModel(path: p(c.base), options: ModelOptions(threads: 2))
                 try load(gpu)
                 try useGPU(gpu, tier, device: device)
                 let logits = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: .f32), allLogits: true)
@@ -323,13 +323,13 @@ final class VulkanTests: XCTestCase {
         let prompt = try XCTUnwrap((Fixtures.manifest()["greedy"] as? [String: Any])?["prompt_tokens"] as? [Int]).map { Int32($0) }
         let base = dir.appendingPathComponent(entry["base"] as! String).standardized.path
         let folder = dir.appendingPathComponent(entry["peft_folder"] as! String).path
-        let cpu = try LlamaModel(path: base, options: ModelOptions(threads: 2))
+        let cpu = try LanguageModel(path: base, options: ModelOptions(threads: 2))
         cpu.activeAdapters = AdapterSet([(try LoRAAdapter.load(path: folder, for: cpu), 1)])
         puna_kernels_set_reference_only(1)
         let cpuTokens = try greedyTokens(cpu, prompt: prompt, count: 32)
         puna_kernels_set_reference_only(0)
         for tier in Tier.allCases {
-            let gpu = try LlamaModel(path: base, options: ModelOptions(threads: 2))
+            let gpu = try LanguageModel(path: base, options: ModelOptions(threads: 2))
             gpu.activeAdapters = AdapterSet([(try LoRAAdapter.load(path: folder, for: gpu), 1)])
             try useGPU(gpu, tier, device: device)
             let tokens = try greedyTokens(gpu, prompt: prompt, count: 32)

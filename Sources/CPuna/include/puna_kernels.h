@@ -69,6 +69,16 @@ void puna_rope(float *vec, int n_heads, int head_dim, int rope_dims, int pos, fl
 // "rope_freqs" tensor of LLaMA 3.1-style scaling); NULL means no factors.
 void puna_rope_factors(float *vec, int n_heads, int head_dim, int rope_dims, int pos, float freq_base,
                        const float *freq_factors);
+// The general form: style PUNA_ROPE_NORMAL rotates adjacent pairs (2i, 2i+1), PUNA_ROPE_NEOX rotates
+// (i, i + rope_dims/2) within the first rope_dims of each head; cos and sin are scaled by
+// attn_factor (LongRoPE's magnitude correction; 1 otherwise).
+enum { PUNA_ROPE_NORMAL = 0, PUNA_ROPE_NEOX = 2 };
+void puna_rope_ex(float *vec, int n_heads, int head_dim, int rope_dims, int pos, float freq_base,
+                  const float *freq_factors, int style, float attn_factor);
+// Natural logarithm (Embedded Swift has no libm import of its own).
+double puna_ln(double x);
+// x[r][i] += bias[i] for n_rows rows of n floats.
+void puna_add_bias(float *x, const float *bias, int64_t n_rows, int64_t n);
 
 // out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)). out may alias gate or up.
 void puna_swiglu(float *out, const float *gate, const float *up, int64_t n);
@@ -93,6 +103,18 @@ void puna_softmax(float *x, int64_t n);
 int puna_attention(puna_pool *pool, float *out, const float *q, int kv_type, const void *k_cache,
                    const void *v_cache, int64_t kv_row_bytes, int n_tokens, int pos0, int n_heads,
                    int n_kv_heads, int head_dim, float *scratch, int n_ctx);
+
+// Options of puna_attention_ex: the score scale (puna_attention uses 1/sqrt(head_dim)), a sliding
+// window (> 0: each token attends only to the last `window` positions, itself included; 0: all),
+// and soft-capping of the scaled scores (> 0: softcap * tanh(score / softcap); 0: none).
+typedef struct {
+    float scale;
+    int window;
+    float softcap;
+} puna_attention_options;
+int puna_attention_ex(puna_pool *pool, float *out, const float *q, int kv_type, const void *k_cache,
+                      const void *v_cache, int64_t kv_row_bytes, int n_tokens, int pos0, int n_heads,
+                      int n_kv_heads, int head_dim, float *scratch, int n_ctx, const puna_attention_options *options);
 
 // ---- dispatch ------------------------------------------------------------------------------
 // Quantized weights are multiplied by the fastest kernel family the CPU runs: the activations are

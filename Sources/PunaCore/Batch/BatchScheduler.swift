@@ -46,7 +46,7 @@ public struct BatchCompletion {
 /// from the job, and its logits do not depend on what shares the step (see `evaluateBatch`), so the
 /// text is the same for any `parallel`, admission order, prompt chunking or thread count.
 public final class BatchScheduler {
-    public let model: LlamaModel
+    public let model: LanguageModel
     public let parallel: Int
     public let contextLength: Int
 
@@ -61,7 +61,7 @@ public final class BatchScheduler {
     private var slots: [BatchSequence?]
     private let caches: [KVCache]
 
-    public init(model: LlamaModel, parallel: Int, contextLength: Int, cacheType: GGMLType = .f16) throws(PunaError) {
+    public init(model: LanguageModel, parallel: Int, contextLength: Int, cacheType: GGMLType = .f16) throws(PunaError) {
         guard parallel >= 1 else { throw PunaError("--parallel must be at least 1") }
         self.model = model
         self.parallel = parallel

@@ -37,7 +37,7 @@ public struct GeneratedToken {
 /// The prompt is evaluated by `init` (so its errors surface there); each `next()` samples one token
 /// and evaluates it lazily on the following call.
 public final class Generator: Sequence, IteratorProtocol {
-    public let model: LlamaModel
+    public let model: LanguageModel
     public let cache: KVCache
     public let options: GenerationOptions
     public private(set) var finishReason: FinishReason? = nil
@@ -59,7 +59,7 @@ public final class Generator: Sequence, IteratorProtocol {
     private let stops: [[UInt8]]
 
     /// Evaluate `prompt` (appended to whatever `cache` already holds) and get ready to sample.
-    public init(model: LlamaModel, cache: KVCache, prompt: [Int32], options: GenerationOptions) throws(PunaError) {
+    public init(model: LanguageModel, cache: KVCache, prompt: [Int32], options: GenerationOptions) throws(PunaError) {
         self.model = model
         self.cache = cache
         self.options = options

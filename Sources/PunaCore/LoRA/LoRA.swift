@@ -185,7 +185,7 @@ public final class LoRAAdapter {
 
     /// Load an adapter (a PEFT folder, its adapter_model.safetensors, or a GGUF LoRA file) for
     /// `model`: every factor's shape is checked against the base matrix it updates.
-    public static func load(path: String, for model: LlamaModel) throws(PunaError) -> LoRAAdapter {
+    public static func load(path: String, for model: LanguageModel) throws(PunaError) -> LoRAAdapter {
         try LoRAAdapter(path: path, base: model)
     }
 
@@ -195,16 +195,17 @@ public final class LoRAAdapter {
         try LoRAAdapter(path: path, base: nil)
     }
 
-    /// The base tensor names a target module maps to, e.g. q_proj → attn_q.
-    static let moduleTargets: [String: String] = [
-        "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-        "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
-    ]
-    static let knownModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                               "lm_head", "embed_tokens"]
-    static let ggufBlockTargets = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+    /// The base tensor stem a target module maps to, e.g. q_proj → attn_q (every architecture's
+    /// modules: Architecture.peftModules).
+    static let moduleTargets: [String: String] = {
+        var map: [String: String] = [:]
+        for m in Architecture.allPEFTModules { map[m.module] = m.stem }
+        return map
+    }()
+    static let knownModules: [String] = Architecture.allPEFTModules.map { $0.module } + ["lm_head", "embed_tokens"]
+    static let ggufBlockTargets = LayerTensor.matrices.map { $0.stem }
 
-    private init(path: String, base: LlamaModel?) throws(PunaError) {
+    private init(path: String, base: LanguageModel?) throws(PunaError) {
         let parsed: ParsedAdapter
         if puna_file_exists(path) == 0 {
             throw PunaError("\(path): no such file or folder")
@@ -226,6 +227,9 @@ public final class LoRAAdapter {
             }
         }
 
+        if let model = base, let adapterArch = parsed.gguf?.architecture, adapterArch != model.config.architecture {
+            throw PunaError("\(path): adapter for architecture '\(clipped(adapterArch))' but the base model \(model.gguf.path) is '\(model.config.architecture)'")
+        }
         // Bind to the base: shapes, layer indices, Q/K row order.
         var weights: [String: LoRAWeights] = [:]
         var bytes = 0
@@ -452,7 +456,7 @@ public final class LoRAAdapter {
         } else {
             let unknown = targetModules.filter { $0 != "all-linear" && !knownModules.contains($0) }
             if !unknown.isEmpty {
-                warnings.append("target modules that LLaMA does not have: \(unknown.joined(separator: ", ")) (their tensors are ignored)")
+                warnings.append("target modules that no architecture Puna runs has: \(unknown.joined(separator: ", ")) (their tensors are ignored)")
             }
         }
         let rankPattern = try patternTable(config, "rank_pattern", configPath, "a whole number from 1 to \(maxRank)") { checkedRank($0).map { Double($0) } }
@@ -554,7 +558,7 @@ public final class LoRAAdapter {
                                  declaredRank: lookupPattern(rankPattern, key).map { Int($0) } ?? rank))
         }
         if !unknownModules.isEmpty {
-            warnings.append("ignored LoRA tensors of modules that LLaMA does not have: \(unknownModules.joined(separator: ", "))")
+            warnings.append("ignored LoRA tensors of modules that no architecture Puna runs has: \(unknownModules.joined(separator: ", "))")
         }
         var baseLayerShapes: [(name: String, target: String, shape: [Int])] = []
         for name in savedBaseLayers {
@@ -632,8 +636,8 @@ public final class LoRAAdapter {
         if gguf["adapter.alora.invocation_tokens"] != nil {
             throw PunaError("\(path): an activated LoRA (aLoRA), which Puna does not support")
         }
-        if let arch = gguf.architecture, !LlamaConfig.supportedArchitectures.contains(arch) {
-            throw PunaError("\(path): adapter for architecture '\(arch)'; Puna runs \(LlamaConfig.supportedArchitectures.joined(separator: ", "))")
+        if let arch = gguf.architecture, !ModelConfig.supportedArchitectures.contains(arch) {
+            throw PunaError("\(path): adapter for architecture '\(arch)'; Puna runs \(ModelConfig.supportedArchitectures.joined(separator: ", "))")
         }
 
         var halves: [String: (a: GGUFTensorInfo?, b: GGUFTensorInfo?)] = [:]
@@ -689,7 +693,7 @@ public final class LoRAAdapter {
         }
         var warnings: [String] = []
         if !unknown.isEmpty {
-            warnings.append("ignored LoRA tensors of matrices that LLaMA does not have: \(unknown.joined(separator: ", "))")
+            warnings.append("ignored LoRA tensors of matrices that no architecture Puna runs has: \(unknown.joined(separator: ", "))")
         }
         var maxRank = 0
         for p in pairs { maxRank = max(maxRank, p.kind == .embedding ? p.a.cols : p.a.rows) }
@@ -780,7 +784,7 @@ final class AdapterState {
     private(set) var generation = 0
 }
 
-extension LlamaModel {
+extension LanguageModel {
     /// Adapters applied to every evaluation. Set it between requests to enable, disable or
     /// re-scale adapters without reloading the base; the adapters must have been loaded with
     /// `LoRAAdapter.load(path:for:)` for this model.
@@ -795,7 +799,7 @@ extension LlamaModel {
     /// Every matrix of the model with its GGUF tensor name (the tied output head under "output.weight").
     var namedMatrices: [Linear] {
         var all: [Linear] = [tokenEmbedding]
-        for l in layers { all += [l.q, l.k, l.v, l.o, l.gate, l.up, l.down] }
+        for l in layers { all += l.matrices }
         all.append(output)
         return all
     }
@@ -806,17 +810,8 @@ extension LlamaModel {
         if target == "output.weight" { return output }
         let parts = target.split(separator: ".")
         guard parts.count == 4, parts[0] == "blk", let i = Int(parts[1]), i >= 0, i < layers.count else { return nil }
-        let l = layers[i]
-        switch parts[2] {
-        case "attn_q": return l.q
-        case "attn_k": return l.k
-        case "attn_v": return l.v
-        case "attn_output": return l.o
-        case "ffn_gate": return l.gate
-        case "ffn_up": return l.up
-        case "ffn_down": return l.down
-        default: return nil
-        }
+        let name = "blk.\(i).\(parts[2]).weight"
+        return layers[i].matrices.first { $0.name == name }
     }
 
     /// (rows updated by B, inputs of A) for a target: a linear layer's outputs × inputs; for the
@@ -829,6 +824,7 @@ extension LlamaModel {
 
     /// Head count of a Q or K projection (whose rows convert_hf_to_gguf.py reordered), else nil.
     func rotaryHeads(_ target: String) -> Int? {
+        guard architecture.reordersQueryKeyRows else { return nil }
         if target.hasSuffix(".attn_q.weight") { return config.headCount }
         if target.hasSuffix(".attn_k.weight") { return config.headCountKV }
         return nil

@@ -174,7 +174,7 @@ func transcodeRows(_ pool: OpaquePointer, source: UnsafeRawPointer, sourceType: 
     return stats
 }
 
-extension LlamaModel {
+extension LanguageModel {
     /// Fold the adapters into the weights: every matrix they update is replaced by W + Σ s·B·A
     /// encoded in its own type, in owned memory (untouched matrices stay mapped). The adapters are
     /// not made active; the returned report gives the rounding/requantization error per type.
@@ -267,7 +267,7 @@ extension LlamaModel {
         for key in gguf.keys { writer.set(key, gguf.metadata[key]!) }
         writer.set("general.alignment", .uint32(UInt32(alignment)))
         if let type {
-            if let ftype = LlamaModel.fileType(type) { writer.set("general.file_type", .uint32(ftype)) }
+            if let ftype = LanguageModel.fileType(type) { writer.set("general.file_type", .uint32(ftype)) }
             if type.isQuantized && gguf["general.quantization_version"] == nil {
                 writer.set("general.quantization_version", .uint32(2))
             }

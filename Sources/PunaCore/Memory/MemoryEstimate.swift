@@ -4,7 +4,7 @@ import CPuna
 /// Shared by `puna info --ctx N` and the start of every run (which refuses before loading when the
 /// total exceeds the budget).
 ///
-/// Every item follows what the code really allocates (Llama.swift `forward`, KVCache, the thread
+/// Every item follows what the code really allocates (LanguageModel `forwardLayers`, KVCache, the thread
 /// pool's buffers in ops.c/threadpool.c, LoRA.swift, Merge.swift); the only approximations are the
 /// Swift-side tables (tokenizer, GGUF metadata) and the program itself, measured on x86_64 Linux.
 /// The KV cache is counted full: its pages are touched as positions fill, so a run that stops
@@ -150,7 +150,7 @@ public struct MemoryEstimate {
     // MARK: entry points
 
     /// Estimate for a model file before loading it: `gguf` only has its header parsed.
-    public static func llama(gguf: GGUFFile, config: LlamaConfig, settings: Settings) -> MemoryEstimate {
+    public static func llama(gguf: GGUFFile, config: ModelConfig, settings: Settings) -> MemoryEstimate {
         var matrices: [String: Matrix] = [:]
         for t in gguf.tensors where t.shape.count >= 2 {
             matrices[t.name] = Matrix(name: t.name, type: t.type, rows: t.rowCount, cols: t.rowLength, bytes: t.byteCount)
@@ -165,18 +165,18 @@ public struct MemoryEstimate {
 
     /// Estimate for a model file whose tensors are all of one type `weightType` (when only the
     /// hyperparameters are known).
-    public static func llama(config c: LlamaConfig, weightBytes: Int, weightType: GGMLType = .q8_0, settings: Settings) -> MemoryEstimate {
+    public static func llama(config c: ModelConfig, weightBytes: Int, weightType: GGMLType = .q8_0, settings: Settings) -> MemoryEstimate {
         var matrices: [String: Matrix] = [:]
         func add(_ name: String, _ rows: Int, _ cols: Int) {
             matrices[name] = Matrix(name: name, type: weightType, rows: rows, cols: cols, bytes: weightType.rowBytes(cols).map { product($0, rows) } ?? 0)
         }
-        let e = c.embeddingLength, kv = c.kvDimension, ff = c.feedForwardLength
+        let e = c.embeddingLength, qd = c.queryDimension, kv = c.kvDimension, ff = c.feedForwardLength
         add("token_embd.weight", c.vocabSize, e)
         add("output.weight", c.vocabSize, e)
         for l in 0..<c.blockCount {
             let p = "blk.\(l)."
-            add(p + "attn_q.weight", e, e); add(p + "attn_k.weight", kv, e); add(p + "attn_v.weight", kv, e)
-            add(p + "attn_output.weight", e, e); add(p + "ffn_gate.weight", ff, e); add(p + "ffn_up.weight", ff, e)
+            add(p + "attn_q.weight", qd, e); add(p + "attn_k.weight", kv, e); add(p + "attn_v.weight", kv, e)
+            add(p + "attn_output.weight", e, qd); add(p + "ffn_gate.weight", ff, e); add(p + "ffn_up.weight", ff, e)
             add(p + "ffn_down.weight", e, ff)
         }
         return llama(config: c, fileBytes: weightBytes, matrices: matrices, settings: settings)
@@ -184,7 +184,7 @@ public struct MemoryEstimate {
 
     /// The original signature: mapped weights, KV cache of `context` positions, activations for a
     /// prompt batch of `batch` tokens, and per-thread buffers (tensor types unknown: q8_0 assumed).
-    public static func llama(config c: LlamaConfig, weightBytes: Int, context: Int, cacheType: GGMLType = .f16,
+    public static func llama(config c: ModelConfig, weightBytes: Int, context: Int, cacheType: GGMLType = .f16,
                              batch: Int = 512, threads: Int = 4) -> MemoryEstimate {
         llama(config: c, weightBytes: weightBytes, settings: Settings(context: context, keyType: cacheType, batch: batch, threads: threads))
     }
@@ -200,7 +200,7 @@ public struct MemoryEstimate {
     static let tokenizerBytesPerEntry = 224
     static let samplerBytesPerEntry = 40
 
-    static func llama(config c: LlamaConfig, fileBytes: Int, matrices: [String: Matrix], settings s: Settings) -> MemoryEstimate {
+    static func llama(config c: ModelConfig, fileBytes: Int, matrices: [String: Matrix], settings s: Settings) -> MemoryEstimate {
         var e = MemoryEstimate()
         // (A context of 0: not known yet, the batch is the bound.)
         let n = max(1, s.context > 0 ? min(s.batch, s.context) : s.batch)
@@ -258,11 +258,18 @@ public struct MemoryEstimate {
         let seqs = s.sequences > 1 ? ", \(s.sequences) sequences" : ""
         e.add("kv_cache", "KV cache (\(types), \(s.context) positions\(seqs))", kvBytes)
 
-        // 3. activations of one forward step of n tokens: x, xb, q, att [n][embd]; k, v [n][kvd];
-        // gate, up [n][ff] (Llama.swift forward), the logits evaluate returns, and the adapters'
+        // 3. activations of one forward step of n tokens (LanguageModel.forwardLayers): x, xb
+        // [n][embd]; q, att [n][q_dim]; k, v [n][kvd]; gate, up [n][ff]; a fused matrix's output
+        // before its split ([n][q_dim + 2 kvd] or [n][2 ff]) when the model has one; the rows going
+        // through the output norm [logit rows][embd]; the logits evaluate returns, and the adapters'
         // buffers (LoRA.swift): A·x and B·(A·x) of the widest matrix that goes through puna_matmul
         // (embedding pairs, quantized factors; the LoRA kernels need none), row lists and scales.
-        var activations = sum(product(4, n, sum(product(4, embd), product(2, kvd), product(2, ff))), product(4, allLogitRows, vocab))
+        let qd = c.queryDimension
+        var fusedWidth = 0
+        if matrices.keys.contains(where: { $0.hasSuffix(".attn_qkv.weight") }) { fusedWidth = sum(qd, product(2, kvd)) }
+        if !matrices.keys.contains(where: { $0.hasSuffix(".ffn_gate.weight") }) { fusedWidth = max(fusedWidth, product(2, ff)) }
+        var activations = sum(product(4, n, sum(product(2, embd), product(2, qd), product(2, kvd), product(2, ff), fusedWidth)),
+                              product(4, logitRows, embd), product(4, allLogitRows, vocab))
         if !s.mergeAdapters && !adapterTargets.isEmpty {
             var widest = 0
             for a in s.adapters {
@@ -313,7 +320,11 @@ public struct MemoryEstimate {
 
         // 5. tables the model keeps in Swift: norm weights decoded to f32, RoPE factors, the
         // tokenizer and GGUF metadata, the sampler's arrays.
-        let norms = product(4, sum(product(sum(product(2, c.blockCount), 1), embd), c.ropeDimensionCount / 2))
+        // (At most: biases of Q, K, V and per-head Q/K norms where the architecture has them, both
+        // sets of LongRoPE factors.)
+        let perLayerExtras = sum(qd, product(2, kvd), product(2, c.headDimension))
+        let norms = product(4, sum(product(sum(product(2, c.blockCount), 1), embd), product(c.blockCount, perLayerExtras),
+                                   product(3, c.ropeDimensionCount / 2)))
         e.add("tables", "norms, tokenizer, sampler", sum(norms, product(vocab, tokenizerBytesPerEntry + samplerBytesPerEntry)))
 
         // 6. the program: code, libraries, thread stacks.
@@ -464,7 +475,7 @@ public struct MemoryEstimate {
     }
 }
 
-extension LlamaModel {
+extension LanguageModel {
     /// Bytes of the weight matrices merged adapters have replaced with owned copies.
     public var mergedWeightBytes: Int {
         var bytes = 0
@@ -500,7 +511,7 @@ extension LlamaModel {
 
 // MARK: - mmap discipline
 
-extension LlamaModel {
+extension LanguageModel {
     /// madvise at load. The matrices are read front to back on every token: WILLNEED starts
     /// reading them all now, in large requests. The token embedding is read one row per token, so
     /// it gets RANDOM instead (no read-ahead around a row, no pages charged for rows never used),

@@ -1,7 +1,9 @@
 import CPuna
 
 /// A weight matrix used where the mapping puts it: `rows` outputs × `cols` inputs of a GGML type,
-/// row-major as GGUF stores it (ne[0] = cols). `forward` computes y = W·x for a batch of tokens.
+/// row-major as GGUF stores it (ne[0] = cols), with its bias when the file has one. `forward`
+/// computes y = W·x (+ the active LoRA updates) (+ b) for a batch of tokens: the one entry every
+/// matrix of the model goes through.
 final class Linear {
     let name: String
     let type: GGMLType
@@ -9,14 +11,17 @@ final class Linear {
     let cols: Int
     /// The mapped tensor, or `ownedWeights` once adapters were merged into it (Merge.swift).
     var weights: UnsafeRawPointer
+    /// [rows], added after the product and the adapters' updates (Qwen2's Q/K/V).
+    let bias: [Float]?
     var ownedWeights: UnsafeMutableRawPointer? = nil
     /// The model's active LoRA adapters, added on top of W·x in `forward` (LoRA.swift).
     var adapterState: AdapterState? = nil
     /// This matrix's pairs of the active set, ready for the LoRA kernel (LoRA.swift).
     var adapterCache: LinearAdapterCache? = nil
 
-    init(name: String, type: GGMLType, rows: Int, cols: Int, weights: UnsafeRawPointer) {
+    init(name: String, type: GGMLType, rows: Int, cols: Int, weights: UnsafeRawPointer, bias: [Float]? = nil) {
         self.name = name
+        self.bias = bias
         self.type = type
         self.rows = rows
         self.cols = cols
@@ -33,10 +38,42 @@ final class Linear {
     func forward(_ pool: OpaquePointer, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, nTokens: Int,
                  adapters: [AdapterSet]? = nil) throws(PunaError) {
         // One token with active adapters: product and deltas in one pool run (LoRA.swift).
-        if adapters == nil && nTokens == 1 && adapterState != nil && Linear.forwardOneTokenWithAdapters([self], pool, x, [y]) { return }
+        if adapters == nil && nTokens == 1 && adapterState != nil && Linear.forwardOneTokenWithAdapters([self], pool, x, [y]) {
+            addBias(y, nTokens: 1)
+            return
+        }
         try kernelStatus(puna_matmul(pool, Int32(type.rawValue), weights, Int64(rows), Int64(cols), x, Int64(nTokens), y),
                          "puna_matmul of \(name) (\(type.name), \(rows)×\(cols))")
         try addAdapterDeltas(pool, x, y, nTokens: nTokens, adapters: adapters)
+        addBias(y, nTokens: nTokens)
+    }
+
+    /// Matrices that read the same input (Q, K, V; gate, up): one pool run for all of them (ops.c
+    /// puna_matmul_many, same bits as one by one), with the active adapters' deltas too when
+    /// decoding one token (puna_lora_matmul_many1); other adapter cases go one by one.
+    static func forward(_ matrices: [Linear], _ pool: OpaquePointer, _ x: UnsafePointer<Float>, _ ys: [UnsafeMutablePointer<Float>],
+                        nTokens: Int, adapters: [AdapterSet]?) throws(PunaError) {
+        let anyAdapters = adapters != nil || matrices.contains { !($0.adapterState?.active.isEmpty ?? true) }
+        if anyAdapters {
+            if adapters == nil && nTokens == 1 && Linear.forwardOneTokenWithAdapters(matrices, pool, x, ys) {
+                for (m, y) in zip(matrices, ys) { m.addBias(y, nTokens: 1) }
+                return
+            }
+            for (m, y) in zip(matrices, ys) { try m.forward(pool, x, y, nTokens: nTokens, adapters: adapters) }
+            return
+        }
+        let types = matrices.map { Int32($0.type.rawValue) }
+        let weights: [UnsafeRawPointer?] = matrices.map { $0.weights }
+        let rows = matrices.map { Int64($0.rows) }
+        let outputs: [UnsafeMutablePointer<Float>?] = ys.map { $0 }
+        try kernelStatus(puna_matmul_many(pool, Int32(matrices.count), types, weights, rows, Int64(matrices[0].cols), x, Int64(nTokens), outputs),
+                         "puna_matmul_many of \(matrices.map { $0.name }.joined(separator: ", "))")
+        for (m, y) in zip(matrices, ys) { m.addBias(y, nTokens: nTokens) }
+    }
+
+    func addBias(_ y: UnsafeMutablePointer<Float>, nTokens: Int) {
+        guard let bias else { return }
+        puna_add_bias(y, bias, Int64(nTokens), Int64(rows))
     }
 
     /// Decode row `r` (e.g. one token's embedding) into `out` (cols floats). Types were checked to

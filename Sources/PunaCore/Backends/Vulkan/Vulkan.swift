@@ -3,9 +3,9 @@ import CPunaVulkan
 
 // The Swift side of the Vulkan backend is thin: CPunaVulkan does the Vulkan work (loader, memory,
 // pipelines, recording); this file uploads the model's weights and records the same sequence of
-// ops as `LlamaModel.forward`, one command buffer per batch of tokens.
+// ops as `LanguageModel.forward`, one command buffer per batch of tokens.
 
-/// Settings for running a model on a Vulkan device (`LlamaModel.useVulkan`).
+/// Settings for running a model on a Vulkan device (`LanguageModel.useVulkan`).
 public struct VulkanOptions {
     /// Device index as `puna devices` lists them; -1 picks the best usable one.
     public var device: Int
@@ -14,7 +14,7 @@ public struct VulkanOptions {
     public var gpuLayers: Int
     /// Keep to the baseline shader tier (as PUNA_VK_BASELINE=1 does).
     public var forceBaseline: Bool
-    /// Throw when the GPU cannot be used, instead of running on the CPU with `LlamaModel.backendNote`.
+    /// Throw when the GPU cannot be used, instead of running on the CPU with `LanguageModel.backendNote`.
     public var required: Bool
 
     public init(device: Int = -1, gpuLayers: Int = -1, forceBaseline: Bool = false, required: Bool = false) {
@@ -188,7 +188,7 @@ final class VulkanBackend {
     let outputNorm: puna_vk_buffer?
     let output: VulkanMatrix?
 
-    // Activations for up to maxBatch tokens (see LlamaModel.forward for their roles).
+    // Activations for up to maxBatch tokens (see LanguageModel.forward for their roles).
     let x, xb, q, k, v, att, gate, up, logits: puna_vk_buffer
     let input: puna_vk_buffer        // host: token embeddings in
     let ropeTable: puna_vk_buffer    // host: (cos, sin) per token and pair
@@ -206,13 +206,33 @@ final class VulkanBackend {
     var loraScratch: puna_vk_buffer? = nil    // A·x of a batch
     var loraScratchFloats = 0
 
-    init(model m: LlamaModel, options: VulkanOptions) throws(PunaError) {
+    /// The parts of a model's architecture the shaders do not compute (empty: the whole model can
+    /// run on the GPU). A model with any of them runs on the CPU, with this in `backendNote`.
+    static func unsupportedFeatures(of m: LanguageModel) -> [String] {
+        let c = m.config
+        var missing: [String] = []
+        if c.ropeStyle != .adjacentPairs { missing.append("RoPE over head halves (NEOX style)") }
+        if m.layers.contains(where: { $0.qkv != nil }) { missing.append("fused QKV") }
+        if m.layers.contains(where: { $0.gate == nil }) { missing.append("fused gate/up") }
+        if m.layers.contains(where: { $0.q?.bias != nil || $0.k?.bias != nil || $0.v?.bias != nil }) { missing.append("Q/K/V biases") }
+        if m.layers.contains(where: { $0.queryNorm != nil || $0.keyNorm != nil }) { missing.append("per-head Q/K norms") }
+        if c.headDimension * c.headCount != c.embeddingLength { missing.append("heads of size key_length != n_embd / n_heads") }
+        if c.slidingWindow > 0 { missing.append("sliding-window attention") }
+        if m.longRoPEFactors != nil || c.ropeAttentionFactor != 1 { missing.append("LongRoPE") }
+        return missing
+    }
+
+    init(model m: LanguageModel, options: VulkanOptions) throws(PunaError) {
         let c = m.config
         let e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength, vocab = c.vocabSize
         // Shapes the shaders handle: whole 32-column chunks, even KV rows, head_dim <= 256.
         guard e % 32 == 0, ff % 32 == 0, kvd % 2 == 0, c.headDimension <= 256, c.headDimension % 2 == 0,
               c.headCountKV > 0, c.headCount % c.headCountKV == 0, c.ropeDimensionCount <= c.headDimension else {
             throw PunaError("vulkan: model shape not supported (n_embd \(e), n_ff \(ff), head_dim \(c.headDimension); needs multiples of 32 and head_dim <= 256)")
+        }
+        let missing = VulkanBackend.unsupportedFeatures(of: m)
+        guard missing.isEmpty else {
+            throw PunaError("vulkan: the shaders do not compute \(missing.joined(separator: ", ")) of this \(c.architecture) model yet")
         }
         let ctx = try VulkanContext(device: options.device, forceBaseline: options.forceBaseline)
         context = ctx
@@ -237,8 +257,8 @@ final class VulkanBackend {
             let l = m.layers[i]
             layers.append(Layer(attentionNorm: try ctx.floats(l.attentionNorm, "blk.\(i).attn_norm"),
                                 ffnNorm: try ctx.floats(l.ffnNorm, "blk.\(i).ffn_norm"),
-                                q: try matrix(l.q), k: try matrix(l.k), v: try matrix(l.v), o: try matrix(l.o),
-                                gate: try matrix(l.gate), up: try matrix(l.up), down: try matrix(l.down)))
+                                q: try matrix(l.q!), k: try matrix(l.k!), v: try matrix(l.v!), o: try matrix(l.o),
+                                gate: try matrix(l.gate!), up: try matrix(l.up), down: try matrix(l.down)))
         }
         self.layers = layers
         let whole = gpuLayerCount == total
@@ -274,9 +294,9 @@ final class VulkanBackend {
 
     /// Uploads the factors of every active pair that updates a GPU matrix (before recording: an
     /// upload may run a transfer) and sizes the scratch for A·x.
-    private func prepareAdapters(_ m: LlamaModel, _ adapters: AdapterSet, tokens: Int) throws(PunaError) {
+    private func prepareAdapters(_ m: LanguageModel, _ adapters: AdapterSet, tokens: Int) throws(PunaError) {
         var targets: [Linear] = []
-        for l in m.layers.prefix(gpuLayerCount) { targets += [l.q, l.k, l.v, l.o, l.gate, l.up, l.down] }
+        for l in m.layers.prefix(gpuLayerCount) { targets += l.matrices }
         if output != nil { targets.append(m.output) }
         var widest = 0
         for target in targets {
@@ -358,8 +378,8 @@ final class VulkanBackend {
         return made
     }
 
-    /// LlamaModel.forward on the GPU (and the CPU for layers past gpuLayerCount). nil on success.
-    func forward(_ m: LlamaModel, _ tokens: [Int32], cache: KVCache, logits: UnsafeMutablePointer<Float>?,
+    /// LanguageModel.forward on the GPU (and the CPU for layers past gpuLayerCount). nil on success.
+    func forward(_ m: LanguageModel, _ tokens: [Int32], cache: KVCache, logits: UnsafeMutablePointer<Float>?,
                  allLogits: Bool) -> PunaError? {
         var start = 0
         while start < tokens.count {
@@ -377,7 +397,7 @@ final class VulkanBackend {
         return nil
     }
 
-    private func forwardBatch(_ m: LlamaModel, _ tokens: [Int32], cache: KVCache, logits: UnsafeMutablePointer<Float>?,
+    private func forwardBatch(_ m: LanguageModel, _ tokens: [Int32], cache: KVCache, logits: UnsafeMutablePointer<Float>?,
                               allLogits: Bool) throws(PunaError) {
         let c = m.config
         let n = tokens.count, e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength, vocab = c.vocabSize
@@ -424,11 +444,11 @@ final class VulkanBackend {
             // attention
             puna_vk_rmsnorm(vk, layer.attentionNorm, x, 0, xb, 0, UInt32(e), UInt32(n), eps)
             mm(layer.q, xb, 0, q, tokens: n, accumulate: false)
-            lora(cpuLayer.q, xb, q, tokens: n)
+            lora(cpuLayer.q!, xb, q, tokens: n)
             mm(layer.k, xb, 0, k, tokens: n, accumulate: false)
-            lora(cpuLayer.k, xb, k, tokens: n)
+            lora(cpuLayer.k!, xb, k, tokens: n)
             mm(layer.v, xb, 0, v, tokens: n, accumulate: false)
-            lora(cpuLayer.v, xb, v, tokens: n)
+            lora(cpuLayer.v!, xb, v, tokens: n)
             puna_vk_rope(vk, ropeTable, q, UInt32(n), UInt32(c.headCount), UInt32(hd), UInt32(pairs))
             puna_vk_rope(vk, ropeTable, k, UInt32(n), UInt32(c.headCountKV), UInt32(hd), UInt32(pairs))
             puna_vk_kv_store(vk, k, v, kv.keys[l], kv.values[l], UInt32(n), UInt32(kvd), UInt32(pos0), f16)
@@ -439,7 +459,7 @@ final class VulkanBackend {
             // feed-forward (SwiGLU)
             puna_vk_rmsnorm(vk, layer.ffnNorm, x, 0, xb, 0, UInt32(e), UInt32(n), eps)
             mm(layer.gate, xb, 0, gate, tokens: n, accumulate: false)
-            lora(cpuLayer.gate, xb, gate, tokens: n)
+            lora(cpuLayer.gate!, xb, gate, tokens: n)
             mm(layer.up, xb, 0, up, tokens: n, accumulate: false)
             lora(cpuLayer.up, xb, up, tokens: n)
             puna_vk_swiglu(vk, gate, up, UInt32(n * ff))
@@ -464,61 +484,19 @@ final class VulkanBackend {
             if let logits { logits.update(from: context.hostFloats(readback), count: (n - first) * vocab) }
             return
         }
-        // Partial offload: the remaining layers and the output on the CPU, as LlamaModel.forward.
+        // Partial offload: the remaining layers and the output on the CPU, as LanguageModel.forward.
+        // (The CPU cache keeps room for every layer; the GPU layers' rows are never touched, so
+        // those pages are never backed by memory.)
         let xs = Buffer(n * e)
         xs.p.update(from: context.hostFloats(readback), count: n * e)
-        try m.forwardLayersOnCPU(xs, from: gpuLayerCount, tokens: n, cache: cache, pos0: pos0)
+        try m.forwardLayers(xs, rows: n, sequences: [LanguageModel.SequenceRows(cache: cache, firstRow: 0, count: n)],
+                            layers: gpuLayerCount..<m.layers.count, adapters: nil)
         cache.count = pos0 + n
-        try m.outputOnCPU(xs, tokens: n, logits: logits, allLogits: allLogits)
+        if let logits { try m.forwardOutput(xs, rows: allLogits ? Array(0..<n) : [n - 1], logits: logits, adapters: nil) }
     }
 }
 
-extension LlamaModel {
-    /// Layers from `first` on, on the CPU, for n tokens in `x` at positions pos0... Mirrors
-    /// LlamaModel.forward. (The CPU cache keeps room for every layer; the GPU layers' rows are
-    /// never touched, so those pages are never backed by memory.)
-    func forwardLayersOnCPU(_ x: Buffer, from first: Int, tokens n: Int, cache: KVCache, pos0: Int) throws(PunaError) {
-        let c = config
-        let e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength
-        let xb = Buffer(n * e), q = Buffer(n * e), k = Buffer(n * kvd), v = Buffer(n * kvd), att = Buffer(n * e)
-        let gate = Buffer(n * ff), up = Buffer(n * ff)
-        for l in first..<layers.count {
-            let layer = layers[l]
-            for t in 0..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, layer.attentionNorm, Int64(e), c.rmsNormEpsilon) }
-            try layer.q.forward(pool, xb.p, q.p, nTokens: n)
-            try layer.k.forward(pool, xb.p, k.p, nTokens: n)
-            try layer.v.forward(pool, xb.p, v.p, nTokens: n)
-            for t in 0..<n {
-                rope(q.p + t * e, heads: c.headCount, position: pos0 + t)
-                rope(k.p + t * kvd, heads: c.headCountKV, position: pos0 + t)
-            }
-            cache.store(layer: l, start: pos0, n: n, keys: k.p, values: v.p)
-            try kernelStatus(puna_attention(pool, att.p, q.p, Int32(cache.type.rawValue),
-                               cache.keyRow(layer: l, position: 0), cache.valueRow(layer: l, position: 0),
-                               Int64(cache.rowBytes), Int32(n), Int32(pos0), Int32(c.headCount),
-                               Int32(c.headCountKV), Int32(c.headDimension), nil, Int32(cache.capacity)),
-                             "puna_attention of layer \(l)")
-            try layer.o.forward(pool, att.p, xb.p, nTokens: n)
-            puna_add(x.p, x.p, xb.p, Int64(n * e))
-            for t in 0..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, layer.ffnNorm, Int64(e), c.rmsNormEpsilon) }
-            try layer.gate.forward(pool, xb.p, gate.p, nTokens: n)
-            try layer.up.forward(pool, xb.p, up.p, nTokens: n)
-            puna_swiglu(gate.p, gate.p, up.p, Int64(n * ff))
-            try layer.down.forward(pool, gate.p, xb.p, nTokens: n)
-            puna_add(x.p, x.p, xb.p, Int64(n * e))
-        }
-    }
-
-    /// Final norm and output matrix on the CPU for the rows whose logits are wanted.
-    func outputOnCPU(_ x: Buffer, tokens n: Int, logits: UnsafeMutablePointer<Float>?, allLogits: Bool) throws(PunaError) {
-        guard let logits else { return }
-        let e = config.embeddingLength
-        let xb = Buffer(n * e)
-        let first = allLogits ? 0 : n - 1
-        for t in first..<n { puna_rmsnorm(xb.p + t * e, x.p + t * e, outputNorm, Int64(e), config.rmsNormEpsilon) }
-        try output.forward(pool, xb.p + first * e, logits, nTokens: n - first)
-    }
-
+extension LanguageModel {
     /// Whether the forward pass runs on a Vulkan device (useVulkan succeeded).
     public var usesVulkan: Bool { vulkan != nil }
 
