@@ -636,6 +636,42 @@ void puna_rope(float *vec, int n_heads, int head_dim, int rope_dims, int pos, fl
 }
 
 double puna_ln(double x) { return log(x); }
+double puna_pow(double x, double y) { return pow(x, y); }
+
+void puna_layernorm(float *out, const float *x, const float *weight, const float *bias, int64_t n, float eps) {
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += x[i];
+    const float mean = (float)(sum / (double)n);
+    double squares = 0;
+    for (int64_t i = 0; i < n; i++) squares += (double)(x[i] - mean) * (double)(x[i] - mean);
+    const float scale = (float)(1.0 / sqrt(squares / (double)n + (double)eps));
+    for (int64_t i = 0; i < n; i++) {
+        float y = (x[i] - mean) * scale;
+        if (weight) y *= weight[i];
+        if (bias) y += bias[i];
+        out[i] = y;
+    }
+}
+
+static inline float gelu_tanh(float x) {
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+void puna_gelu(float *out, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = gelu_tanh(x[i]);
+}
+
+void puna_geglu(float *out, const float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = gelu_tanh(gate[i]) * up[i];
+}
+
+void puna_softcap(float *x, int64_t n, float cap) {
+    for (int64_t i = 0; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
+}
+
+void puna_scale(float *x, int64_t n, float factor) {
+    for (int64_t i = 0; i < n; i++) x[i] *= factor;
+}
 
 void puna_add_bias(float *x, const float *bias, int64_t n_rows, int64_t n) {
     for (int64_t r = 0; r < n_rows; r++)
@@ -731,6 +767,8 @@ typedef struct {
     float scale;
     int window;        // > 0: a token sees only the last `window` positions (itself included)
     float softcap;     // > 0: scores become softcap * tanh(score / softcap)
+    int ring_rows;     // > 0: position j is in cache row j % ring_rows
+    const float *alibi_slopes;  // [n_heads] or NULL
     float *scratch;
     int64_t scratch_stride;
     _Atomic int next;  // next (token, head) pair, token-major
@@ -744,17 +782,33 @@ static void attention_one(const attention_job *job, int t, int h, float *scores)
     const int64_t q_stride = (int64_t)job->n_heads * hd, first = (int64_t)kvh * hd;
     const float *qh = job->q + t * q_stride + (int64_t)h * hd;
     float *oh = job->out + t * q_stride + (int64_t)h * hd;
-    const uint8_t *k = job->k + (int64_t)lo * job->kv_row_bytes, *v = job->v + (int64_t)lo * job->kv_row_bytes;
-    for (int j = 0; j < n_seen; j++) scores[j] = job->ops.dot(qh, k + j * job->kv_row_bytes, first, hd) * job->scale;
+    // Rows of positions lo .. n_pos - 1: one run from lo's row, or, in a ring that wraps, a run to
+    // the ring's end and one from its start.
+    const int64_t rb = job->kv_row_bytes;
+    const int start = job->ring_rows > 0 ? lo % job->ring_rows : lo;
+    const int first_run = job->ring_rows > 0 && start + n_seen > job->ring_rows ? job->ring_rows - start : n_seen;
+    const uint8_t *k = job->k + (int64_t)start * rb, *v = job->v + (int64_t)start * rb;
+    for (int j = 0; j < n_seen; j++) {
+        const uint8_t *row = j < first_run ? k + j * rb : job->k + (int64_t)(j - first_run) * rb;
+        scores[j] = job->ops.dot(qh, row, first, hd) * job->scale;
+    }
     if (job->softcap > 0)
         for (int j = 0; j < n_seen; j++) scores[j] = job->softcap * tanhf(scores[j] / job->softcap);
+    if (job->alibi_slopes) {
+        // ALiBi: slope * (key position - query position); the query's own offset cancels in the softmax.
+        const float slope = job->alibi_slopes[h];
+        for (int j = 0; j < n_seen; j++) scores[j] += slope * (float)(lo + j - (n_pos - 1));
+    }
     puna_softmax(scores, n_seen);
-    if (job->ops.wsum) {
-        job->ops.wsum(oh, scores, v, job->kv_row_bytes, first, hd, n_seen);
+    if (job->ops.wsum && first_run == n_seen) {
+        job->ops.wsum(oh, scores, v, rb, first, hd, n_seen);
         return;
     }
     for (int d = 0; d < hd; d++) oh[d] = 0;
-    for (int j = 0; j < n_seen; j++) job->ops.axpy(oh, scores[j], v + j * job->kv_row_bytes, first, hd);
+    for (int j = 0; j < n_seen; j++) {
+        const uint8_t *row = j < first_run ? v + j * rb : job->v + (int64_t)(j - first_run) * rb;
+        job->ops.axpy(oh, scores[j], row, first, hd);
+    }
 }
 
 static void attention_task(void *ctx, int thread_index, int n_threads) {
@@ -780,7 +834,10 @@ int puna_attention(puna_pool *pool, float *out, const float *q, int kv_type, con
 int puna_attention_ex(puna_pool *pool, float *out, const float *q, int kv_type, const void *k_cache,
                       const void *v_cache, int64_t kv_row_bytes, int n_tokens, int pos0, int n_heads,
                       int n_kv_heads, int head_dim, float *scratch, int n_ctx, const puna_attention_options *options) {
-    if (options && (options->window < 0 || !(options->scale > 0) || !(options->softcap >= 0))) return -1;
+    if (options && (options->window < 0 || !(options->scale > 0) || !(options->softcap >= 0) || options->ring_rows < 0)) return -1;
+    // A ring must hold every position a token sees plus the step's later tokens, which were
+    // stored before attention ran: window + n_tokens - 1 rows.
+    if (options && options->ring_rows > 0 && (options->window <= 0 || options->ring_rows < options->window + n_tokens - 1)) return -1;
     if (kv_type != PUNA_TYPE_F32 && kv_type != PUNA_TYPE_F16 && kv_type != PUNA_TYPE_Q8_0) return -1;
     if (n_tokens < 0 || pos0 < 0 || n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0) return -1;
     if (n_heads % n_kv_heads != 0) return -1;
@@ -807,6 +864,8 @@ int puna_attention_ex(puna_pool *pool, float *out, const float *q, int kv_type, 
     job.scale = options ? options->scale : 1.0f / sqrtf((float)head_dim);
     job.window = options ? options->window : 0;
     job.softcap = options ? options->softcap : 0;
+    job.ring_rows = options ? options->ring_rows : 0;
+    job.alibi_slopes = options ? options->alibi_slopes : NULL;
     atomic_init(&job.next, 0);
     if (scratch) {
         if (n_ctx < needed) return -1;

@@ -77,9 +77,20 @@ void puna_rope_ex(float *vec, int n_heads, int head_dim, int rope_dims, int pos,
                   const float *freq_factors, int style, float attn_factor);
 // Natural logarithm (Embedded Swift has no libm import of its own).
 double puna_ln(double x);
+double puna_pow(double x, double y);
 // x[r][i] += bias[i] for n_rows rows of n floats.
 void puna_add_bias(float *x, const float *bias, int64_t n_rows, int64_t n);
 
+// LayerNorm: out[i] = (x[i] - mean) / sqrt(var + eps) * weight[i] + bias[i] (weight/bias NULL:
+// 1/0); mean and variance accumulated in double. out may alias x.
+void puna_layernorm(float *out, const float *x, const float *weight, const float *bias, int64_t n, float eps);
+// The tanh approximation of GELU (Hugging Face's gelu_pytorch_tanh, BLOOM's gelu):
+// out[i] = gelu(x[i]); puna_geglu: out[i] = gelu(gate[i]) * up[i]. out may alias the inputs.
+void puna_gelu(float *out, const float *x, int64_t n);
+void puna_geglu(float *out, const float *gate, const float *up, int64_t n);
+// In place: x[i] = cap * tanh(x[i] / cap) (Gemma 2's soft-capping); x[i] *= factor.
+void puna_softcap(float *x, int64_t n, float cap);
+void puna_scale(float *x, int64_t n, float factor);
 // out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)). out may alias gate or up.
 void puna_swiglu(float *out, const float *gate, const float *up, int64_t n);
 // out[i] = a[i] + b[i]. out may alias a or b.
@@ -106,11 +117,15 @@ int puna_attention(puna_pool *pool, float *out, const float *q, int kv_type, con
 
 // Options of puna_attention_ex: the score scale (puna_attention uses 1/sqrt(head_dim)), a sliding
 // window (> 0: each token attends only to the last `window` positions, itself included; 0: all),
-// and soft-capping of the scaled scores (> 0: softcap * tanh(score / softcap); 0: none).
+// soft-capping of the scaled scores (> 0: softcap * tanh(score / softcap); 0: none), a ring cache
+// (> 0: position j lives in row j % ring_rows, which needs window > 0 and ring_rows >= window +
+// n_tokens - 1; 0: row j), and ALiBi (n_heads slopes: score += slope * (key pos - query pos); NULL: none).
 typedef struct {
     float scale;
     int window;
     float softcap;
+    int ring_rows;
+    const float *alibi_slopes;
 } puna_attention_options;
 int puna_attention_ex(puna_pool *pool, float *out, const float *q, int kv_type, const void *k_cache,
                       const void *v_cache, int64_t kv_row_bytes, int n_tokens, int pos0, int n_heads,

@@ -227,6 +227,17 @@ public final class LoRAAdapter {
             }
         }
 
+        // Target modules the base's architecture (or, unbound, any architecture) does not have.
+        var warnings = parsed.warnings
+        if parsed.format == .peft {
+            let known = base.map { $0.architecture.peftModules.map { $0.module } + ["lm_head", "embed_tokens"] } ?? LoRAAdapter.knownModules
+            let isPattern = parsed.targetModules.count == 1 && parsed.targetModules[0].contains(where: { "^$*+?()[]{}|\\".contains($0) })
+            let unknown = parsed.targetModules.filter { $0 != "all-linear" && !known.contains($0) }
+            if !unknown.isEmpty && !isPattern {
+                let owner = base.map { "the base's architecture (\($0.config.architecture)) does not have" } ?? "no architecture Puna runs has"
+                warnings.append("target modules that \(owner): \(unknown.joined(separator: ", ")) (their tensors are ignored)")
+            }
+        }
         if let model = base, let adapterArch = parsed.gguf?.architecture, adapterArch != model.config.architecture {
             throw PunaError("\(path): adapter for architecture '\(clipped(adapterArch))' but the base model \(model.gguf.path) is '\(model.config.architecture)'")
         }
@@ -330,7 +341,7 @@ public final class LoRAAdapter {
         self.targetModules = parsed.targetModules
         self.targets = weights.keys.sorted { LoRAAdapter.targetOrder($0) < LoRAAdapter.targetOrder($1) }
         self.tensorBytes = bytes
-        self.warnings = parsed.warnings
+        self.warnings = warnings
         self.isBound = base != nil
         self.weights = weights
         self.safetensors = parsed.safetensors
@@ -453,11 +464,6 @@ public final class LoRAAdapter {
         if targetModules.count == 1, targetModules[0] != "all-linear", !knownModules.contains(targetModules[0]),
            targetModules[0].contains(where: { "^$*+?()[]{}|\\".contains($0) }) {
             warnings.append("target_modules is a regular expression; the targets are taken from the tensors present")
-        } else {
-            let unknown = targetModules.filter { $0 != "all-linear" && !knownModules.contains($0) }
-            if !unknown.isEmpty {
-                warnings.append("target modules that no architecture Puna runs has: \(unknown.joined(separator: ", ")) (their tensors are ignored)")
-            }
         }
         let rankPattern = try patternTable(config, "rank_pattern", configPath, "a whole number from 1 to \(maxRank)") { checkedRank($0).map { Double($0) } }
         let alphaPattern = try patternTable(config, "alpha_pattern", configPath, "a number of magnitude at most \(Int(maxAlpha))") { checkedAlpha($0.double) }
@@ -523,7 +529,9 @@ public final class LoRAAdapter {
             let components = module.split(separator: ".").map { String($0) }
             let leaf = components.last ?? ""
             var target: String? = nil
-            if let li = components.firstIndex(of: "layers"), li + 1 < components.count, let layer = Int(components[li + 1]) {
+            // "model.layers.N..." (LLaMA, Qwen, Phi, Gemma) or "transformer.h.N..." (BLOOM)
+            let li = components.indices.first { i in (components[i] == "layers" || components[i] == "h") && i + 1 < components.count && Int(components[i + 1]) != nil }
+            if let li, let layer = Int(components[li + 1]) {
                 if let t = moduleTargets[leaf] { target = "blk.\(layer).\(t).weight" }
             } else if leaf == "lm_head" {
                 target = "output.weight"

@@ -253,10 +253,14 @@ public struct MemoryEstimate {
         // 2. KV cache: K and V rows of every layer for every position (KVCache).
         let keyRow = s.keyType.rowBytes(kvd) ?? product(kvd, 2)
         let valueRow = s.valueType.rowBytes(kvd) ?? product(kvd, 2)
-        let kvBytes = product(s.sequences, c.blockCount, s.context, sum(keyRow, valueRow))
+        // Local (sliding-window) layers keep a ring of rows instead of the whole context.
+        let rows = c.kvRowsTotal(context: s.context, step: s.batch)
+        let firstLocal = c.slidingWindow > 0 ? (0..<min(c.blockCount, 64)).first { c.isLocal(layer: $0) } : nil
+        let kvBytes = product(s.sequences, rows, sum(keyRow, valueRow))
         let types = s.keyType == s.valueType ? s.keyType.name : "K \(s.keyType.name) + V \(s.valueType.name)"
         let seqs = s.sequences > 1 ? ", \(s.sequences) sequences" : ""
-        e.add("kv_cache", "KV cache (\(types), \(s.context) positions\(seqs))", kvBytes)
+        let rings = firstLocal.map { ", sliding-window layers keep \(c.kvRows(layer: $0, context: s.context, step: s.batch)) rows each" } ?? ""
+        e.add("kv_cache", "KV cache (\(types), \(s.context) positions\(seqs)\(rings))", kvBytes)
 
         // 3. activations of one forward step of n tokens (LanguageModel.forwardLayers): x, xb
         // [n][embd]; q, att [n][q_dim]; k, v [n][kvd]; gate, up [n][ff]; a fused matrix's output

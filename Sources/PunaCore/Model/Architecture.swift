@@ -18,10 +18,12 @@ struct Architecture {
     let peftModules: [(module: String, matrix: LayerTensor)]
     /// Whether `<arch>.rope.scaling.type = longrope` with rope_factors_short/long tensors is read.
     let readsLongRoPE: Bool
+    var norm: NormKind = .rms
+    var feedForward: FeedForwardKind = .swiglu
     /// The architecture's own keys, after the common ones (ModelConfig.init).
     let readKeys: (ConfigKeys, inout ModelConfig) throws(PunaError) -> Void
 
-    static let all: [Architecture] = [.llama, .qwen2, .qwen3, .phi3]
+    static let all: [Architecture] = [.llama, .qwen2, .qwen3, .phi3, .gemma2, .gemma3, .bloom]
 
     static func named(_ name: String) -> Architecture? {
         for a in all where a.name == name { return a }
@@ -33,9 +35,12 @@ struct Architecture {
 /// has is the architecture's choice; the forward pass reads them all through `LanguageModel.Layer`.
 enum LayerTensor: Equatable {
     case attentionNorm, query, key, value, fusedQKV, output
-    case queryBias, keyBias, valueBias
+    case queryBias, keyBias, valueBias, fusedQKVBias, outputBias
     case queryNorm, keyNorm
-    case ffnNorm, gate, up, down
+    case attentionPostNorm
+    case ffnNorm, gate, up, down, upBias, downBias
+    case ffnPostNorm
+    case attentionNormBias, ffnNormBias
 
     var name: String {
         switch self {
@@ -48,6 +53,14 @@ enum LayerTensor: Equatable {
         case .queryBias: return "attn_q.bias"
         case .keyBias: return "attn_k.bias"
         case .valueBias: return "attn_v.bias"
+        case .fusedQKVBias: return "attn_qkv.bias"
+        case .outputBias: return "attn_output.bias"
+        case .upBias: return "ffn_up.bias"
+        case .downBias: return "ffn_down.bias"
+        case .attentionPostNorm: return "post_attention_norm.weight"
+        case .ffnPostNorm: return "post_ffw_norm.weight"
+        case .attentionNormBias: return "attn_norm.bias"
+        case .ffnNormBias: return "ffn_norm.bias"
         case .queryNorm: return "attn_q_norm.weight"
         case .keyNorm: return "attn_k_norm.weight"
         case .ffnNorm: return "ffn_norm.weight"
@@ -56,6 +69,11 @@ enum LayerTensor: Equatable {
         case .down: return "ffn_down.weight"
         }
     }
+
+    /// Tensors that are refused unless the architecture lists them (a file with them describes
+    /// a computation Puna's version of the architecture would silently skip).
+    static let optionalParts: [LayerTensor] = [.queryBias, .keyBias, .valueBias, .fusedQKVBias, .outputBias, .upBias, .downBias,
+                                               .queryNorm, .keyNorm, .attentionPostNorm, .ffnPostNorm, .attentionNormBias, .ffnNormBias]
 
     /// The GGUF stem LoRA targets use ("attn_q" of "blk.3.attn_q.weight").
     var stem: String { String(name.dropLast(".weight".count)) }
@@ -100,7 +118,18 @@ extension ModelConfig {
         if has(.fusedQKV) { out.append("fused QKV") }
         if has(.queryBias) || has(.keyBias) || has(.valueBias) { out.append("Q/K/V biases") }
         if has(.queryNorm) || has(.keyNorm) { out.append("per-head Q/K RMSNorm") }
-        if !has(.gate) && !gguf.tensors.isEmpty { out.append("fused gate/up") }
+        if has(.attentionPostNorm) || has(.ffnPostNorm) { out.append("post-norms after attention and feed-forward") }
+        if norm == .layerNorm { out.append("LayerNorm with bias") }
+        if alibiMaxBias != nil { out.append("ALiBi (no RoPE)") }
+        if feedForward == .geglu { out.append("GeGLU (tanh GELU)") }
+        if feedForward == .gelu { out.append("GELU feed-forward without gate") }
+        if embeddingScale != 1 { out.append("embeddings × \(embeddingScale)") }
+        if attentionSoftcap > 0 { out.append("attention soft-cap \(attentionSoftcap)") }
+        if finalLogitSoftcap > 0 { out.append("final logit soft-cap \(finalLogitSoftcap)") }
+        if let s = attentionScale { out.append("attention scale \(s)") }
+        if slidingWindowPattern > 0 && slidingWindow > 0 { out.append("local layers: all but every \(slidingWindowPattern)th") }
+        if let base = localRopeFreqBase { out.append("local layers' RoPE base \(base)") }
+        if !has(.gate) && !gguf.tensors.isEmpty && feedForward != .gelu { out.append("fused gate/up") }
         if slidingWindow > 0 { out.append("sliding-window attention (\(slidingWindow))") }
         if gguf.tensorInfo("output.weight") == nil && !gguf.tensors.isEmpty { out.append("tied embeddings") }
         return out

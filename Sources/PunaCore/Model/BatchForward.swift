@@ -52,6 +52,7 @@ extension LanguageModel {
             guard s.cache.layers == config.blockCount, s.cache.kvDimension == config.kvDimension else {
                 throw PunaError("batch sequence \(i): the KV cache was made for a different model")
             }
+            try s.cache.checkCanContinue(tokens: s.tokens.count, window: config.slidingWindow)
             // Two slices on one cache would both write the same positions.
             for j in 0..<i where slices[j].cache === s.cache {
                 throw PunaError("batch sequences \(j) and \(i) share one KV cache")

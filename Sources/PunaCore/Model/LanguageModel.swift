@@ -26,8 +26,10 @@ public final class LanguageModel {
     public let batchSize: Int
 
     let tokenEmbedding: Linear       // [vocab][n_embd]
+    let tokenEmbeddingNorm: Norm?    // [n_embd]: LayerNorm right after the embedding (BLOOM)
     let layers: [Layer]
-    let outputNorm: [Float]          // [n_embd]
+    let outputNorm: Norm             // [n_embd]
+    let alibiSlopes: [Float]?        // [n_heads] (BLOOM)
     let output: Linear               // [vocab][n_embd], reading the embedding's bytes when tied
     let ropeFactors: [Float]?        // [rope_dims/2]: rope_freqs.weight (Llama 3.1+), or linear scaling
     let longRoPEFactors: (short: [Float], long: [Float])?   // [rope_dims/2] each (Phi-3's LongRoPE)
@@ -41,7 +43,7 @@ public final class LanguageModel {
     /// One transformer block. Which of the optional parts a layer has is its architecture's choice
     /// (Architectures/); the forward pass below handles every combination.
     struct Layer {
-        let attentionNorm: [Float]           // [n_embd]
+        let attentionNorm: Norm              // [n_embd]
         let q: Linear?                       // [q_dim][n_embd] (+ bias [q_dim])
         let k: Linear?                       // [kv_dim][n_embd] (+ bias)
         let v: Linear?                       // [kv_dim][n_embd] (+ bias)
@@ -49,10 +51,15 @@ public final class LanguageModel {
         let queryNorm: [Float]?              // [head_dim]: RMSNorm of each query head before RoPE
         let keyNorm: [Float]?                // [head_dim]
         let o: Linear                        // [n_embd][q_dim]
-        let ffnNorm: [Float]                 // [n_embd]
-        let gate: Linear?                    // [n_ff][n_embd]; nil when up holds gate and up
+        let attentionPostNorm: Norm?         // [n_embd]: on the attention output before the residual add (Gemma)
+        let ffnNorm: Norm                    // [n_embd]
+        let gate: Linear?                    // [n_ff][n_embd]; nil when up holds gate and up, or without gate (BLOOM)
         let up: Linear                       // [n_ff][n_embd], or [2 n_ff][n_embd]: gate rows, then up rows
         let down: Linear                     // [n_embd][n_ff]
+        let ffnPostNorm: Norm?               // [n_embd]
+        let attentionWindow: Int             // 0, or the sliding window of a local layer
+        let ropeFreqBase: Float              // this layer's RoPE base (Gemma 3's local layers have their own)
+        let ropeScaled: Bool                 // whether the model's frequency factors apply to this layer
 
         /// The matrices in computing order (LoRA targets, merges, uploads).
         var matrices: [Linear] {
@@ -105,8 +112,15 @@ public final class LanguageModel {
             return linear
         }
 
+        func norm(_ prefix: String, required: Bool = true) throws(PunaError) -> Norm? {
+            guard required || gguf.tensorInfo(prefix + ".weight") != nil else { return nil }
+            let bias = c.norm == .layerNorm ? try vector(prefix + ".bias", e) : nil
+            return Norm(weight: try vector(prefix + ".weight", e), bias: bias)
+        }
+
         let e = c.embeddingLength, qd = c.queryDimension, kv = c.kvDimension, ff = c.feedForwardLength, vocab = c.vocabSize
         tokenEmbedding = try matrix("token_embd.weight", rows: vocab, cols: e)
+        tokenEmbeddingNorm = c.norm == .layerNorm ? try norm("token_embd_norm", required: gguf.tensorInfo("token_embd_norm.weight") != nil) : nil
         var layers: [Layer] = []
         for i in 0..<c.blockCount {
             let p = "blk.\(i)."
@@ -115,29 +129,40 @@ public final class LanguageModel {
                 throw PunaError("\(gguf.path): missing tensor '\(p + t.name)' (\(arch.name) needs it)")
             }
             // Tensors the architecture has no use for would be silently ignored: refuse them.
-            for t in [LayerTensor.queryBias, .keyBias, .valueBias, .queryNorm, .keyNorm] where has(t) {
+            for t in LayerTensor.optionalParts where has(t) {
                 guard arch.requiredLayerTensors.contains(t) || arch.optionalLayerTensors.contains(t) else {
                     throw PunaError("\(gguf.path): tensor '\(p + t.name)' is not part of Puna's \(arch.name) architecture")
                 }
             }
             let fusedQKV = has(.fusedQKV)
-            let fusedGateUp = !has(.gate)
+            let fusedGateUp = !has(.gate) && c.feedForward != .gelu
+            let local = c.isLocal(layer: i)
             layers.append(Layer(
-                attentionNorm: try vector(p + LayerTensor.attentionNorm.name, e),
+                attentionNorm: try norm(p + "attn_norm")!,
                 q: fusedQKV ? nil : try matrix(p + LayerTensor.query.name, rows: qd, cols: e, bias: p + LayerTensor.queryBias.name),
                 k: fusedQKV ? nil : try matrix(p + LayerTensor.key.name, rows: kv, cols: e, bias: p + LayerTensor.keyBias.name),
                 v: fusedQKV ? nil : try matrix(p + LayerTensor.value.name, rows: kv, cols: e, bias: p + LayerTensor.valueBias.name),
-                qkv: fusedQKV ? try matrix(p + LayerTensor.fusedQKV.name, rows: qd + 2 * kv, cols: e) : nil,
+                qkv: fusedQKV ? try matrix(p + LayerTensor.fusedQKV.name, rows: qd + 2 * kv, cols: e, bias: p + LayerTensor.fusedQKVBias.name) : nil,
                 queryNorm: has(.queryNorm) ? try vector(p + LayerTensor.queryNorm.name, c.headDimension) : nil,
                 keyNorm: has(.keyNorm) ? try vector(p + LayerTensor.keyNorm.name, c.headDimension) : nil,
-                o: try matrix(p + LayerTensor.output.name, rows: e, cols: qd),
-                ffnNorm: try vector(p + LayerTensor.ffnNorm.name, e),
-                gate: fusedGateUp ? nil : try matrix(p + LayerTensor.gate.name, rows: ff, cols: e),
-                up: try matrix(p + LayerTensor.up.name, rows: fusedGateUp ? 2 * ff : ff, cols: e),
-                down: try matrix(p + LayerTensor.down.name, rows: e, cols: ff)))
+                o: try matrix(p + LayerTensor.output.name, rows: e, cols: qd, bias: p + LayerTensor.outputBias.name),
+                attentionPostNorm: has(.attentionPostNorm) ? try norm(p + "post_attention_norm") : nil,
+                ffnNorm: try norm(p + "ffn_norm")!,
+                gate: fusedGateUp || c.feedForward == .gelu ? nil : try matrix(p + LayerTensor.gate.name, rows: ff, cols: e),
+                up: try matrix(p + LayerTensor.up.name, rows: fusedGateUp ? 2 * ff : ff, cols: e, bias: p + LayerTensor.upBias.name),
+                down: try matrix(p + LayerTensor.down.name, rows: e, cols: ff, bias: p + LayerTensor.downBias.name),
+                ffnPostNorm: has(.ffnPostNorm) ? try norm(p + "post_ffw_norm") : nil,
+                attentionWindow: c.attentionWindow(layer: i),
+                ropeFreqBase: local ? c.localRopeFreqBase ?? c.ropeFreqBase : c.ropeFreqBase,
+                ropeScaled: !(local && c.localRopeFreqBase != nil)))
         }
         self.layers = layers
-        outputNorm = try vector("output_norm.weight", e)
+        outputNorm = try norm("output_norm")!
+        if let maxBias = c.alibiMaxBias {
+            alibiSlopes = LanguageModel.alibiSlopes(heads: c.headCount, maxBias: maxBias)
+        } else {
+            alibiSlopes = nil
+        }
         if gguf.tensorInfo("output.weight") == nil {
             // Tied: the output head reads the embedding's bytes, but is its own matrix so that an
             // adapter (or a merge) can change one without the other.
@@ -190,7 +215,8 @@ public final class LanguageModel {
     public func makeCache(contextLength: Int? = nil, type: GGMLType = .f16) throws(PunaError) -> KVCache {
         let n = contextLength ?? config.contextLength
         guard n > 0 else { throw PunaError("context length must be positive") }
-        return try KVCache(layers: config.blockCount, capacity: n, kvDimension: config.kvDimension, type: type)
+        let rings = (0..<config.blockCount).map { config.isLocal(layer: $0) ? config.kvRows(layer: $0, context: n, step: batchSize) : 0 }
+        return try KVCache(layers: config.blockCount, capacity: n, kvDimension: config.kvDimension, type: type, ringRows: rings)
     }
 
     /// Run `tokens` through the model after the positions already in `cache`, append their keys and
@@ -206,6 +232,7 @@ public final class LanguageModel {
         guard cache.layers == config.blockCount, cache.kvDimension == config.kvDimension else {
             throw PunaError("the KV cache was made for a different model (use model.makeCache)")
         }
+        try cache.checkCanContinue(tokens: min(tokens.count, batchSize), window: config.slidingWindow)
         let vocab = config.vocabSize
         var logits = [Float](repeating: 0, count: allLogits ? tokens.count * vocab : vocab)
         var start = 0
@@ -238,6 +265,7 @@ public final class LanguageModel {
         let x = Buffer(n * e)       // [n][e] residual stream
         for (t, token) in tokens.enumerated() { tokenEmbedding.decodeRow(Int(token), into: x.p + t * e) }
         if !adapterState.active.isEmpty { try addEmbeddingAdapterDeltas(tokens, into: x.p, adapters: nil) }
+        prepareEmbeddings(x, rows: n)
         let sequence = SequenceRows(cache: cache, firstRow: 0, count: n)
         try forwardLayers(x, rows: n, sequences: [sequence], layers: 0..<layers.count, adapters: nil)
         for s in [sequence] { s.cache.count += s.count }
@@ -274,12 +302,12 @@ public final class LanguageModel {
         let fused = Buffer(n * fusedWidth)   // [n][q_dim + 2 kv_dim] or [n][2 ff]: a fused matrix's output before the split
         var positions: [Int] = []   // position of every row
         for s in sequences { for t in 0..<s.count { positions.append(s.cache.count + t) } }
-        var options = puna_attention_options(scale: 1 / Float(hd).squareRoot(), window: Int32(c.slidingWindow), softcap: 0)
+        let attentionScale = c.attentionScale ?? 1 / Float(hd).squareRoot()
 
         for l in range {
             let layer = layers[l]
             // attention: Q, K, V over all rows (three matrices, or one fused that is split per row)
-            for r in 0..<n { puna_rmsnorm(xb.p + r * e, x.p + r * e, layer.attentionNorm, Int64(e), c.rmsNormEpsilon) }
+            for r in 0..<n { layer.attentionNorm.apply(xb.p + r * e, x.p + r * e, e, c) }
             if let qkv = layer.qkv {
                 try qkv.forward(pool, xb.p, fused.p, nTokens: n, adapters: adapters)
                 split(fused, width: qd + 2 * kvd, rows: n, into: [(q, qd), (k, kvd), (v, kvd)])
@@ -290,44 +318,67 @@ public final class LanguageModel {
                 if let norm = layer.queryNorm { for h in 0..<c.headCount { puna_rmsnorm(q.p + r * qd + h * hd, q.p + r * qd + h * hd, norm, Int64(hd), c.rmsNormEpsilon) } }
                 if let norm = layer.keyNorm { for h in 0..<c.headCountKV { puna_rmsnorm(k.p + r * kvd + h * hd, k.p + r * kvd + h * hd, norm, Int64(hd), c.rmsNormEpsilon) } }
             }
-            for s in sequences {
-                for r in s.firstRow..<s.firstRow + s.count {
-                    rope(q.p + r * qd, heads: c.headCount, position: positions[r], context: s.cache.capacity)
-                    rope(k.p + r * kvd, heads: c.headCountKV, position: positions[r], context: s.cache.capacity)
+            if alibiSlopes == nil {
+                for s in sequences {
+                    for r in s.firstRow..<s.firstRow + s.count {
+                        rope(q.p + r * qd, heads: c.headCount, position: positions[r], context: s.cache.capacity, layer: layer)
+                        rope(k.p + r * kvd, heads: c.headCountKV, position: positions[r], context: s.cache.capacity, layer: layer)
+                    }
                 }
             }
             for s in sequences {
                 let r0 = s.firstRow, cache = s.cache, pos0 = cache.count
                 cache.store(layer: l, start: pos0, n: s.count, keys: k.p + r0 * kvd, values: v.p + r0 * kvd)
-                try kernelStatus(puna_attention_ex(pool, att.p + r0 * qd, q.p + r0 * qd, Int32(cache.type.rawValue),
-                                                   cache.keyRow(layer: l, position: 0), cache.valueRow(layer: l, position: 0),
-                                                   Int64(cache.rowBytes), Int32(s.count), Int32(pos0), Int32(c.headCount),
-                                                   Int32(c.headCountKV), Int32(hd), nil, Int32(cache.capacity), &options),
-                                 "puna_attention of layer \(l)")
+                let status = withOptionalBuffer(alibiSlopes) { slopes -> Int32 in
+                    var options = puna_attention_options(scale: attentionScale, window: Int32(layer.attentionWindow), softcap: c.attentionSoftcap,
+                                                         ring_rows: Int32(cache.ringRows[l]), alibi_slopes: slopes)
+                    return puna_attention_ex(pool, att.p + r0 * qd, q.p + r0 * qd, Int32(cache.type.rawValue),
+                                             cache.keyRow(layer: l, position: 0), cache.valueRow(layer: l, position: 0),
+                                             Int64(cache.rowBytes), Int32(s.count), Int32(pos0), Int32(c.headCount),
+                                             Int32(c.headCountKV), Int32(hd), nil, Int32(cache.capacity), &options)
+                }
+                try kernelStatus(status, "puna_attention of layer \(l)")
             }
             try layer.o.forward(pool, att.p, xb.p, nTokens: n, adapters: adapters)
+            if let post = layer.attentionPostNorm { for r in 0..<n { post.apply(xb.p + r * e, xb.p + r * e, e, c) } }
             puna_add(x.p, x.p, xb.p, Int64(n * e))
 
-            // feed-forward (SwiGLU): gate and up as two matrices, or one fused that is split per row
-            for r in 0..<n { puna_rmsnorm(xb.p + r * e, x.p + r * e, layer.ffnNorm, Int64(e), c.rmsNormEpsilon) }
-            if let g = layer.gate {
-                try Linear.forward([g, layer.up], pool, xb.p, [gate.p, up.p], nTokens: n, adapters: adapters)
-            } else {
-                try layer.up.forward(pool, xb.p, fused.p, nTokens: n, adapters: adapters)
-                split(fused, width: 2 * ff, rows: n, into: [(gate, ff), (up, ff)])
+            // feed-forward: SwiGLU / GeGLU with gate and up as two matrices or one fused (split per
+            // row), or GELU(up) without gate
+            for r in 0..<n { layer.ffnNorm.apply(xb.p + r * e, x.p + r * e, e, c) }
+            switch c.feedForward {
+            case .gelu:
+                try layer.up.forward(pool, xb.p, gate.p, nTokens: n, adapters: adapters)
+                puna_gelu(gate.p, gate.p, Int64(n * ff))
+            case .swiglu, .geglu:
+                if let g = layer.gate {
+                    try Linear.forward([g, layer.up], pool, xb.p, [gate.p, up.p], nTokens: n, adapters: adapters)
+                } else {
+                    try layer.up.forward(pool, xb.p, fused.p, nTokens: n, adapters: adapters)
+                    split(fused, width: 2 * ff, rows: n, into: [(gate, ff), (up, ff)])
+                }
+                if c.feedForward == .swiglu { puna_swiglu(gate.p, gate.p, up.p, Int64(n * ff)) } else { puna_geglu(gate.p, gate.p, up.p, Int64(n * ff)) }
             }
-            puna_swiglu(gate.p, gate.p, up.p, Int64(n * ff))
             try layer.down.forward(pool, gate.p, xb.p, nTokens: n, adapters: adapters)
+            if let post = layer.ffnPostNorm { for r in 0..<n { post.apply(xb.p + r * e, xb.p + r * e, e, c) } }
             puna_add(x.p, x.p, xb.p, Int64(n * e))
         }
+    }
+
+    /// Token embeddings as the layers take them: scaled (Gemma) and normed (BLOOM).
+    func prepareEmbeddings(_ x: Buffer, rows n: Int) {
+        let e = config.embeddingLength
+        if config.embeddingScale != 1 { puna_scale(x.p, Int64(n * e), config.embeddingScale) }
+        if let norm = tokenEmbeddingNorm { for r in 0..<n { norm.apply(x.p + r * e, x.p + r * e, e, config) } }
     }
 
     /// Final norm and output matrix for the given rows of `x`; logits [rows.count][n_vocab].
     func forwardOutput(_ x: Buffer, rows: [Int], logits: UnsafeMutablePointer<Float>, adapters: [AdapterSet]?) throws(PunaError) {
         let e = config.embeddingLength
         let xb = Buffer(rows.count * e)   // [wanted][e], gathered so the output matrix is read once
-        for (i, r) in rows.enumerated() { puna_rmsnorm(xb.p + i * e, x.p + r * e, outputNorm, Int64(e), config.rmsNormEpsilon) }
+        for (i, r) in rows.enumerated() { outputNorm.apply(xb.p + i * e, x.p + r * e, e, config) }
         try output.forward(pool, xb.p, logits, nTokens: rows.count, adapters: adapters)
+        if config.finalLogitSoftcap > 0 { puna_softcap(logits, Int64(rows.count * config.vocabSize), config.finalLogitSoftcap) }
     }
 
     /// Rows of a fused product ([rows][width]) into the parts' buffers ([rows][part width] each).
@@ -343,19 +394,32 @@ public final class LanguageModel {
 
     /// RoPE of `heads` heads of one row at `position`, in the architecture's pairing, with the
     /// frequency factors that apply to a cache of `context` positions.
-    func rope(_ vec: UnsafeMutablePointer<Float>, heads: Int, position: Int, context: Int) {
+    func rope(_ vec: UnsafeMutablePointer<Float>, heads: Int, position: Int, context: Int, layer: Layer) {
         let c = config
         let style = Int32(c.ropeStyle == .halves ? PUNA_ROPE_NEOX : PUNA_ROPE_NORMAL)
-        let factors = ropeFactors(context: context)
-        if let factors {
-            factors.withUnsafeBufferPointer {
-                puna_rope_ex(vec, Int32(heads), Int32(c.headDimension), Int32(c.ropeDimensionCount), Int32(position), c.ropeFreqBase,
-                             $0.baseAddress, style, c.ropeAttentionFactor)
-            }
-        } else {
-            puna_rope_ex(vec, Int32(heads), Int32(c.headDimension), Int32(c.ropeDimensionCount), Int32(position), c.ropeFreqBase,
-                         nil, style, c.ropeAttentionFactor)
+        let factors = layer.ropeScaled ? ropeFactors(context: context) : nil
+        withOptionalBuffer(factors) {
+            puna_rope_ex(vec, Int32(heads), Int32(c.headDimension), Int32(c.ropeDimensionCount), Int32(position), layer.ropeFreqBase,
+                         $0, style, c.ropeAttentionFactor)
         }
+    }
+
+    /// ALiBi slopes as BLOOM defines them: for the largest power of two n ≤ heads, head h < n gets
+    /// 2^(−maxBias/n·(h+1)); the rest take every other slope of the next power of two.
+    static func alibiSlopes(heads: Int, maxBias: Float) -> [Float] {
+        var n = 1
+        while n * 2 <= heads { n *= 2 }
+        func power(_ base: Double, _ exponent: Int) -> Double {
+            var r = 1.0
+            for _ in 0..<exponent { r *= base }
+            return r
+        }
+        let m0 = puna_pow(2, -Double(maxBias) / Double(n)), m1 = puna_pow(2, -Double(maxBias) / 2 / Double(n))
+        var slopes: [Float] = []
+        for h in 0..<heads {
+            slopes.append(Float(h < n ? power(m0, h + 1) : power(m1, 2 * (h - n) + 1)))
+        }
+        return slopes
     }
 
     /// The per-pair frequency divisors for a cache of `context` positions: LongRoPE's short factors
@@ -367,6 +431,25 @@ public final class LanguageModel {
         }
         return ropeFactors
     }
+}
+
+/// A norm's weights: RMSNorm (weight only) or LayerNorm (weight and bias), by the model's `NormKind`.
+struct Norm {
+    let weight: [Float]
+    let bias: [Float]?
+
+    func apply(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int, _ c: ModelConfig) {
+        switch c.norm {
+        case .rms: puna_rmsnorm(out, x, weight, Int64(n), c.rmsNormEpsilon)
+        case .layerNorm: withOptionalBuffer(bias) { puna_layernorm(out, x, weight, $0, Int64(n), c.rmsNormEpsilon) }
+        }
+    }
+}
+
+/// `body` with the array's base address, or nil for no array.
+func withOptionalBuffer<R>(_ values: [Float]?, _ body: (UnsafePointer<Float>?) -> R) -> R {
+    guard let values else { return body(nil) }
+    return values.withUnsafeBufferPointer { body($0.baseAddress) }
 }
 
 /// A scratch buffer of floats, freed when it goes out of scope.

@@ -17,8 +17,31 @@ public struct ModelConfig: Equatable {
     /// scales cos and sin.
     public var ropeOriginalContext: Int = 0
     public var ropeAttentionFactor: Float = 1
-    /// > 0: each token attends only to the last `slidingWindow` positions (Mistral).
+    /// > 0: each token attends only to the last `slidingWindow` positions (Mistral), on every
+    /// layer or, with a pattern, on the local layers only.
     public var slidingWindow: Int = 0
+    /// 0: the window (if any) applies to every layer. n > 0: layer i is local (windowed) unless
+    /// (i + 1) is a multiple of n: Gemma 2 alternates (n = 2), Gemma 3 has 5 local : 1 global (n = 6).
+    public var slidingWindowPattern: Int = 0
+    /// Per layer, whether it is local (the file's `attention.sliding_window_pattern` as a list); overrides the pattern.
+    public var slidingWindowLayers: [Bool]? = nil
+    /// RoPE base of the local layers when it differs from the global one (Gemma 3: 10000); local
+    /// layers then get no frequency scaling either.
+    public var localRopeFreqBase: Float? = nil
+    /// No RoPE: ALiBi position biases on the attention scores (BLOOM), slopes for this maximum bias.
+    public var alibiMaxBias: Float? = nil
+    /// Scores are q·k × attentionScale (1/sqrt(head size) unless the file says otherwise).
+    public var attentionScale: Float? = nil
+    /// > 0: attention scores / final logits are soft-capped: cap · tanh(x / cap) (Gemma 2).
+    public var attentionSoftcap: Float = 0
+    public var finalLogitSoftcap: Float = 0
+    /// Token embeddings are multiplied by this (Gemma: sqrt(n_embd)).
+    public var embeddingScale: Float = 1
+    /// The norm everywhere: RMSNorm, or LayerNorm with bias (BLOOM).
+    public var norm: NormKind = .rms
+    /// The feed-forward block's shape.
+    public var feedForward: FeedForwardKind = .swiglu
+    /// Epsilon of every norm (`attention.layer_norm_rms_epsilon`, or `attention.layer_norm_epsilon` for LayerNorm).
     public var rmsNormEpsilon: Float
     public var vocabSize: Int
 
@@ -26,6 +49,41 @@ public struct ModelConfig: Equatable {
     public var queryDimension: Int { headDimension * headCount }
     /// Width of the K and V projections.
     public var kvDimension: Int { headDimension * headCountKV }
+
+    /// Whether layer `layer` attends through the sliding window.
+    public func isLocal(layer: Int) -> Bool {
+        guard slidingWindow > 0 else { return false }
+        if let layers = slidingWindowLayers { return layer < layers.count && layers[layer] }
+        return slidingWindowPattern <= 0 || (layer + 1) % slidingWindowPattern != 0
+    }
+
+    /// The window of a layer (0: every position).
+    public func attentionWindow(layer: Int) -> Int { isLocal(layer: layer) ? slidingWindow : 0 }
+
+    /// Rows of all layers together (saturating, O(1) in the layer count: hostile files claim 2^30 layers).
+    public func kvRowsTotal(context: Int, step: Int) -> Int {
+        let local: Int
+        if slidingWindow <= 0 {
+            local = 0
+        } else if let layers = slidingWindowLayers {
+            local = layers.prefix(blockCount).filter { $0 }.count
+        } else if slidingWindowPattern > 0 {
+            local = blockCount - blockCount / slidingWindowPattern
+        } else {
+            local = blockCount
+        }
+        let ring = local > 0 ? kvRows(layer: (0..<blockCount).first { isLocal(layer: $0) } ?? 0, context: context, step: step) : 0
+        return MemoryEstimate.sum(MemoryEstimate.product(local, ring), MemoryEstimate.product(blockCount - local, context))
+    }
+
+    /// Rows a KV cache of `context` positions keeps for `layer`: every position, or on a local
+    /// layer a ring of window + the longest step − 1 rows (+ `rewind` positions that a chat may
+    /// take back), when that is fewer.
+    public func kvRows(layer: Int, context: Int, step: Int, rewind: Int = KVCache.rewindRows) -> Int {
+        guard isLocal(layer: layer) else { return context }
+        let ring = slidingWindow + max(step, 1) - 1 + rewind
+        return ring < context ? ring : context
+    }
 
     /// The architectures Puna runs (`general.architecture`), from the registry.
     public static var supportedArchitectures: [String] { Architecture.all.map { $0.name } }
@@ -45,6 +103,8 @@ public struct ModelConfig: Equatable {
         self.ropeFreqBase = ropeFreqBase
         self.ropeScaleLinear = ropeScaleLinear
         self.ropeStyle = Architecture.named(architecture)?.ropeStyle ?? .adjacentPairs
+        self.norm = Architecture.named(architecture)?.norm ?? .rms
+        self.feedForward = Architecture.named(architecture)?.feedForward ?? .swiglu
         self.rmsNormEpsilon = rmsNormEpsilon
         self.vocabSize = vocabSize
     }
@@ -90,6 +150,8 @@ public struct ModelConfig: Equatable {
         ropeFreqBase = try keys.float("rope.freq_base", 10000, 1...1e10)
         rmsNormEpsilon = try keys.float("attention.layer_norm_rms_epsilon", 1e-5, 1e-12...1)
         ropeStyle = spec.ropeStyle
+        norm = spec.norm
+        feedForward = spec.feedForward
         ropeScaleLinear = 1
         if let type = gguf.string("\(arch).rope.scaling.type"), type != "none" {
             // LongRoPE's files say nothing here or "longrope"; its factors are tensors (Phi3.swift).
@@ -128,6 +190,19 @@ public enum RopeStyle: Equatable {
     case halves
 }
 
+public enum NormKind: Equatable {
+    case rms
+    case layerNorm
+}
+
+/// The feed-forward block: down(act(gate) · up) with SiLU (LLaMA...) or tanh-GELU (Gemma), or
+/// down(GELU(up)) without a gate (BLOOM).
+public enum FeedForwardKind: Equatable {
+    case swiglu
+    case geglu
+    case gelu
+}
+
 /// Reading `<arch>.*` keys with the checks every number from a file gets.
 struct ConfigKeys {
     let gguf: GGUFFile
@@ -152,7 +227,11 @@ struct ConfigKeys {
     /// Each number within what a real model uses, by orders of magnitude: outside, the forward
     /// pass computes infinities and NaN (a rope base of 1e-45 gives infinite frequencies).
     func float(_ name: String, _ fallback: Float, _ range: ClosedRange<Double>) throws(PunaError) -> Float {
-        guard let value = gguf[key(name)] else { return fallback }
+        try optionalFloat(name, range) ?? fallback
+    }
+
+    func optionalFloat(_ name: String, _ range: ClosedRange<Double>) throws(PunaError) -> Float? {
+        guard let value = gguf[key(name)] else { return nil }
         guard let v = value.doubleValue, v.isFinite, range.contains(v) else {
             throw PunaError("\(gguf.path): key \(key(name)) must be a number from \(range.lowerBound) to \(range.upperBound), found \(value.doubleValue.map { "\($0)" } ?? value.type.name)")
         }

@@ -219,6 +219,16 @@ final class VulkanBackend {
         if c.headDimension * c.headCount != c.embeddingLength { missing.append("heads of size key_length != n_embd / n_heads") }
         if c.slidingWindow > 0 { missing.append("sliding-window attention") }
         if m.longRoPEFactors != nil || c.ropeAttentionFactor != 1 { missing.append("LongRoPE") }
+        // Gemma / BLOOM parts (issue 19)
+        if c.norm != .rms { missing.append("LayerNorm") }
+        if m.layers.contains(where: { $0.attentionPostNorm != nil || $0.ffnPostNorm != nil }) { missing.append("post-norms") }
+        if c.feedForward != .swiglu { missing.append(c.feedForward == .geglu ? "GeGLU" : "GELU feed-forward") }
+        if m.layers.contains(where: { $0.o.bias != nil || $0.up.bias != nil || $0.down.bias != nil || $0.qkv?.bias != nil }) { missing.append("output/feed-forward biases") }
+        if c.alibiMaxBias != nil { missing.append("ALiBi") }
+        if c.attentionSoftcap > 0 || c.finalLogitSoftcap > 0 { missing.append("soft-capping") }
+        if c.embeddingScale != 1 || m.tokenEmbeddingNorm != nil { missing.append("embedding scale/norm") }
+        if c.attentionScale != nil { missing.append("a custom attention scale") }
+        if c.slidingWindowPattern > 0 || c.slidingWindowLayers != nil || c.localRopeFreqBase != nil { missing.append("local/global layer patterns") }
         return missing
     }
 
@@ -255,14 +265,14 @@ final class VulkanBackend {
         var layers: [Layer] = []
         for i in 0..<gpuLayerCount {
             let l = m.layers[i]
-            layers.append(Layer(attentionNorm: try ctx.floats(l.attentionNorm, "blk.\(i).attn_norm"),
-                                ffnNorm: try ctx.floats(l.ffnNorm, "blk.\(i).ffn_norm"),
+            layers.append(Layer(attentionNorm: try ctx.floats(l.attentionNorm.weight, "blk.\(i).attn_norm"),
+                                ffnNorm: try ctx.floats(l.ffnNorm.weight, "blk.\(i).ffn_norm"),
                                 q: try matrix(l.q!), k: try matrix(l.k!), v: try matrix(l.v!), o: try matrix(l.o),
                                 gate: try matrix(l.gate!), up: try matrix(l.up), down: try matrix(l.down)))
         }
         self.layers = layers
         let whole = gpuLayerCount == total
-        outputNorm = whole ? try ctx.floats(m.outputNorm, "output_norm") : nil
+        outputNorm = whole ? try ctx.floats(m.outputNorm.weight, "output_norm") : nil
         output = whole ? try matrix(m.output) : nil
 
         // Batch: the model's, capped so the logits of a batch fit one shader binding.
