@@ -1,5 +1,5 @@
 // The GGUF reader on arbitrary bytes (the input is the whole file), then what reads a parsed
-// GGUFFile without loading weights: the accessors, every tensor's bytes, LlamaConfig, the memory
+// GGUFFile without loading weights: the accessors, every tensor's bytes, ModelConfig, the memory
 // estimate, the tokenizer from its metadata, and the GGUF LoRA reader (LoRAAdapter.inspect).
 import PunaCore
 
@@ -26,7 +26,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         if let first = bytes.first, let last = bytes.last { sum &+= first &+ last }   // ASan checks both ends
     }
     _ = sum
-    if let config = try? LlamaConfig(gguf: gguf) {
+    if let config = try? ModelConfig(gguf: gguf) {
         _ = config.headDimension; _ = config.kvDimension
         _ = MemoryEstimate.llama(gguf: gguf, config: config, settings: .init(context: 512))
     }

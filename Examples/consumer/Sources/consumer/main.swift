@@ -6,7 +6,7 @@ guard arguments.count == 3 else {
     fatalError("usage: consumer MODEL.gguf PROMPT")
 }
 do {
-    let model = try LlamaModel(path: arguments[1], options: ModelOptions(threads: 2))
+    let model = try LanguageModel(path: arguments[1], options: ModelOptions(threads: 2))
     let cache = try model.makeCache(contextLength: 256)
     let prompt = model.tokenizer.encode(arguments[2], addBOS: model.tokenizer.addsBOS)
     var options = GenerationOptions(maxTokens: 16)
