@@ -817,7 +817,7 @@ extension LanguageModel {
         if target == "token_embd.weight" { return tokenEmbedding }
         if target == "output.weight" { return output }
         let parts = target.split(separator: ".")
-        guard parts.count == 4, parts[0] == "blk", let i = Int(parts[1]), i >= 0, i < layers.count else { return nil }
+        guard parts.count == 4, parts[0] == "blk", parts[3] == "weight", let i = Int(parts[1]), i >= 0, i < layers.count else { return nil }
         let name = "blk.\(i).\(parts[2]).weight"
         return layers[i].matrices.first { $0.name == name }
     }

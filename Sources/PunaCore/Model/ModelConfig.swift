@@ -219,6 +219,12 @@ struct ConfigKeys {
         return v
     }
 
+    /// A window size: absent or 0 means none.
+    func window(_ name: String) throws(PunaError) -> Int {
+        if let value = gguf[key(name)], value.intValue == 0 { return 0 }
+        return try optional(name) ?? 0
+    }
+
     func required(_ name: String) throws(PunaError) -> Int {
         guard let v = try optional(name) else { throw PunaError("\(gguf.path): missing key \(key(name))") }
         return v

@@ -41,7 +41,7 @@ extension Architecture {
     static func readGemmaKeys(_ keys: ConfigKeys, _ config: inout ModelConfig, defaultPattern: Int, defaultWindow: Int) throws(PunaError) {
         config.embeddingScale = Float(config.embeddingLength).squareRoot()
         config.finalLogitSoftcap = try keys.float("final_logit_softcapping", 0, 0...1e4)
-        config.slidingWindow = try keys.optional("attention.sliding_window") ?? defaultWindow
+        config.slidingWindow = keys.gguf[keys.key("attention.sliding_window")] == nil ? defaultWindow : try keys.window("attention.sliding_window")
         config.slidingWindowPattern = defaultPattern
         if let value = keys.gguf[keys.key("attention.sliding_window_pattern")] {
             if let n = value.intValue {

@@ -11,6 +11,6 @@ extension Architecture {
         peftModules: llamaModules,
         readsLongRoPE: false,
         readKeys: { (keys: ConfigKeys, config: inout ModelConfig) throws(PunaError) in
-            config.slidingWindow = try keys.optional("attention.sliding_window") ?? 0
+            config.slidingWindow = try keys.window("attention.sliding_window")
         })
 }

@@ -25,6 +25,6 @@ extension Architecture {
                 defaultFactor = 1
             }
             config.ropeAttentionFactor = try keys.float("rope.scaling.attn_factor", defaultFactor, 0.1...10)
-            config.slidingWindow = try keys.optional("attention.sliding_window") ?? 0
+            config.slidingWindow = try keys.window("attention.sliding_window")
         })
 }

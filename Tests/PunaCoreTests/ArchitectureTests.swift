@@ -1,0 +1,238 @@
+import CPuna
+import Foundation
+import PunaCore
+import XCTest
+
+/// Every architecture family against transformers, on the tiny models that
+/// scripts/fixtures/make_arch_models.py made with transformers → convert_hf_to_gguf.py →
+/// llama-quantize (Tests/Fixtures/arch). References are transformers' logits on the weights decoded
+/// from each file, so the tolerances measure Puna's arithmetic.
+final class ArchitectureTests: XCTestCase {
+    static let root = Fixtures.root.appendingPathComponent("arch")
+
+    func manifest() throws -> [String: Any] { try Fixtures.json(ArchitectureTests.root.appendingPathComponent("manifest.json")) }
+
+    func families() throws -> [[String: Any]] { try XCTUnwrap(manifest()["families"] as? [[String: Any]]) }
+
+    func path(_ name: String) -> String { ArchitectureTests.root.appendingPathComponent(name).path }
+
+    func referenceTokens() throws -> [Int32] {
+        try XCTUnwrap((manifest()["reference"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
+    }
+
+    func relative(_ got: [Float], _ want: [Float]) -> Float {
+        let scale = want.reduce(0) { max($0, abs($1)) }
+        var worst: Float = 0
+        for i in 0..<min(got.count, want.count) { worst = max(worst, abs(got[i] - want[i])) }
+        return got.count == want.count ? worst / scale : .infinity
+    }
+
+    func testLogitsMatchTransformersOnEveryFile() throws {
+        let tokens = try referenceTokens()
+        var report: [String] = []
+        var checked = 0
+        defer { puna_kernels_set_activation_levels(0) }
+        for family in try families() {
+            let name = family["family"] as! String
+            for entry in family["files"] as! [[String: Any]] {
+                let file = entry["file"] as! String, type = entry["type"] as! String
+                let model = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
+                XCTAssertEqual(model.config.architecture, family["architecture"] as? String, file)
+                let expected = try Fixtures.floats(ArchitectureTests.root.appendingPathComponent(entry["logits"] as! String))
+                for levels in [2, 1] {
+                    puna_kernels_set_activation_levels(Int32(levels))
+                    for cacheType in [GGMLType.f32, .f16] {
+                        let logits = try model.evaluate(tokens, cache: model.makeCache(contextLength: 64, type: cacheType), allLogits: true)
+                        let r = relative(logits, expected)
+                        let limit: Float = type == "f16" && cacheType == .f16 ? 2e-3 : ConformanceTests.tolerance(type, activationLevels: levels)
+                        report.append("\(name) \(file) cache \(cacheType.name), \(levels) activation level(s): \(r)")
+                        XCTAssertLessThanOrEqual(r, limit, "\(file) with \(cacheType.name) cache, \(levels) activation level(s)")
+                    }
+                }
+                checked += 1
+            }
+        }
+        print(report.joined(separator: "\n"))
+        XCTAssertGreaterThanOrEqual(checked, 20)
+    }
+
+    /// Phi-3's long factors: a cache longer than the original context rotates with them.
+    func testLongRoPEFactorsBeyondTheOriginalContext() throws {
+        guard let phi = try families().first(where: { $0["family"] as? String == "phi3" }),
+              let entry = (phi["files"] as! [[String: Any]]).first(where: { $0["type"] as? String == "f32" }),
+              let long = (entry["long_factors"] as? [String: Any])?["logits"] as? String ?? entry["long_logits"] as? String else {
+            throw XCTSkip("no long-factor reference in the manifest")
+        }
+        let model = try LanguageModel(path: path(entry["file"] as! String), options: ModelOptions(threads: 2))
+        let expected = try Fixtures.floats(ArchitectureTests.root.appendingPathComponent(long))
+        let longInfo = entry["long_factors"] as? [String: Any] ?? [:]
+        let context = try XCTUnwrap(longInfo["llama_cpp_context"] as? Int)
+        let logits = try model.evaluate(try referenceTokens(), cache: model.makeCache(contextLength: context, type: .f32), allLogits: true)
+        let r = relative(logits, expected)
+        print("phi3 long factors (cache \(context)): \(r)")
+        XCTAssertLessThanOrEqual(r, 1e-3)
+    }
+
+    func testGreedyGenerationMatchesTransformers() throws {
+        let prompt = try XCTUnwrap((manifest()["greedy"] as? [String: Any])?["prompt_tokens"] as? [Int]).map { Int32($0) }
+        var checked = 0
+        for family in try families() {
+            for entry in family["files"] as! [[String: Any]] where entry["type"] as? String == "f32" {
+                let expected = try XCTUnwrap((entry["greedy"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
+                let model = try LanguageModel(path: path(entry["file"] as! String), options: ModelOptions(threads: 2))
+                XCTAssertEqual(try greedy(model, prompt, count: expected.count), expected, entry["file"] as! String)
+                checked += 1
+            }
+        }
+        XCTAssertGreaterThanOrEqual(checked, 5)
+    }
+
+    func greedy(_ model: LanguageModel, _ prompt: [Int32], count: Int) throws -> [Int32] {
+        let cache = try model.makeCache(contextLength: 128, type: .f32)
+        var logits = try model.evaluate(prompt, cache: cache)
+        var produced: [Int32] = []
+        for _ in 0..<count {
+            var best = 0
+            for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+            produced.append(Int32(best))
+            logits = try model.evaluate([Int32(best)], cache: cache)
+        }
+        return produced
+    }
+
+    /// A PEFT adapter on every projection (Phi-3: its fused names) and its GGUF conversion, applied
+    /// unmerged and merged at load, against PeftModel before and after merge_and_unload().
+    func testLoRAUnmergedAndMergedMatchPEFT() throws {
+        let tokens = try referenceTokens()
+        var report: [String] = []
+        var checked = 0
+        for family in try families() {
+            guard let lora = family["lora"] as? [String: Any] else { continue }
+            let name = family["family"] as! String
+            let base = path(lora["base"] as! String)
+            let peft = try Fixtures.floats(ArchitectureTests.root.appendingPathComponent(lora["peft_logits"] as! String))
+            let merged = try Fixtures.floats(ArchitectureTests.root.appendingPathComponent(lora["merged_logits"] as! String))
+            var adapters = [path(lora["peft_dir"] as! String)]
+            if let gguf = lora["gguf"] as? String { adapters.append(path(gguf)) }
+            for adapterPath in adapters {
+                for merge in [false, true] {
+                    let m = try LanguageModel(path: base, options: ModelOptions(threads: 2))
+                    let adapter = try LoRAAdapter.load(path: adapterPath, for: m)
+                    XCTAssertEqual(adapter.targets.count, m.config.blockCount * (lora["targets"] as! [String]).count, "\(name): \(adapter.targets)")
+                    if merge { try m.mergeAdapters(AdapterSet([(adapter, 1)])) } else { m.activeAdapters = AdapterSet([(adapter, 1)]) }
+                    let logits = try m.evaluate(tokens, cache: m.makeCache(contextLength: 64, type: .f32), allLogits: true)
+                    let r = relative(logits, merge ? merged : peft)
+                    report.append("\(name) \(baseName(adapterPath)) \(merge ? "merged" : "unmerged"): \(r)")
+                    XCTAssertLessThanOrEqual(r, 1e-3, "\(name) \(adapterPath) merged: \(merge)")
+                    checked += 1
+                }
+            }
+        }
+        print(report.joined(separator: "\n"))
+        XCTAssertGreaterThanOrEqual(checked, 8)
+    }
+
+    func baseName(_ p: String) -> String { URL(fileURLWithPath: p).lastPathComponent }
+
+    /// `puna merge` writes a file of the base's architecture that loads and computes PEFT's merged logits.
+    func testPunaMergeOnEveryFamily() throws {
+        let tokens = try referenceTokens()
+        var checked = 0
+        for family in try families() {
+            guard let lora = family["lora"] as? [String: Any] else { continue }
+            let out = FileManager.default.temporaryDirectory.appendingPathComponent("puna-arch-merge-\(UUID().uuidString).gguf").path
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let (status, _, err) = try Fixtures.runPuna(["merge", "-m", path(lora["base"] as! String), "--lora", path(lora["peft_dir"] as! String), "-o", out])
+            XCTAssertEqual(status, 0, err)
+            let m = try LanguageModel(path: out, options: ModelOptions(threads: 2))
+            XCTAssertEqual(m.config.architecture, family["architecture"] as? String)
+            let logits = try m.evaluate(tokens, cache: m.makeCache(contextLength: 64, type: .f32), allLogits: true)
+            let merged = try Fixtures.floats(ArchitectureTests.root.appendingPathComponent(lora["merged_logits"] as! String))
+            XCTAssertLessThanOrEqual(relative(logits, merged), 1e-3, family["family"] as! String)
+            checked += 1
+        }
+        XCTAssertGreaterThanOrEqual(checked, 4)
+    }
+
+    /// Several sequences in one step (each with its own cache, some with an adapter) get exactly
+    /// the logits they get alone, on every family and both cache types.
+    func testBatchedLogitsEqualSingleSequenceBitForBit() throws {
+        let sequences: [[Int32]] = [[1, 450, 496, 173, 170, 432, 172, 97, 33, 12], [1, 90, 250, 263, 31, 298, 27, 471], [1, 150]]
+        let schedule: [[Int]] = [[3, 5, 1], [1, 0, 1], [2, 3, 0], [4, 0, 0]]
+        for family in try families() {
+            for entry in family["files"] as! [[String: Any]] where ["f32", "q8_0", "q4_k_m"].contains(entry["type"] as! String) {
+                let file = path(entry["file"] as! String)
+                let lora = (family["lora"] as? [String: Any]).map { path($0["peft_dir"] as! String) }
+                for cacheType in [GGMLType.f32, .f16] {
+                    let single = try LanguageModel(path: file, options: ModelOptions(threads: 1))
+                    let batched = try LanguageModel(path: file, options: ModelOptions(threads: 2, batchSize: 3))
+                    let sets: [AdapterSet] = try sequences.indices.map { i in
+                        guard i == 1, let lora else { return .none }
+                        return AdapterSet([(try LoRAAdapter.load(path: lora, for: batched), 1)])
+                    }
+                    let vocab = single.config.vocabSize
+                    var reference: [[Float]] = []
+                    for (i, s) in sequences.enumerated() {
+                        if i == 1, let lora { single.activeAdapters = AdapterSet([(try LoRAAdapter.load(path: lora, for: single), 1)]) }
+                        reference.append(try single.evaluate(s, cache: single.makeCache(contextLength: 32, type: cacheType), allLogits: true))
+                        single.activeAdapters = .none
+                    }
+                    let caches = try sequences.map { _ in try batched.makeCache(contextLength: 32, type: cacheType) }
+                    var done = [0, 0, 0]
+                    for step in schedule {
+                        var slices: [BatchSlice] = [], owners: [Int] = []
+                        for (i, n) in step.enumerated() where n > 0 {
+                            slices.append(BatchSlice(cache: caches[i], tokens: Array(sequences[i][done[i]..<(done[i] + n)]), wantsLogits: true, adapters: sets[i]))
+                            owners.append(i)
+                        }
+                        let logits = try batched.evaluateBatch(slices)
+                        for (row, (slice, i)) in zip(slices, owners).enumerated() {
+                            done[i] += slice.tokens.count
+                            let got = Array(logits[(row * vocab)..<((row + 1) * vocab)])
+                            let want = Array(reference[i][((done[i] - 1) * vocab)..<(done[i] * vocab)])
+                            XCTAssertTrue(got == want, "\(entry["file"]!) \(cacheType.name): sequence \(i) at position \(done[i] - 1) differs by \(relative(got, want))")
+                        }
+                    }
+                    XCTAssertEqual(done, sequences.map { $0.count })
+                }
+            }
+        }
+    }
+
+    /// `puna info` names the architecture and its layer's parts; the estimate it prints holds for
+    /// a real run's peak RSS on every family (release builds, as scripts/test runs them).
+    func testInfoAndMemoryEstimateOnEveryFamily() throws {
+        var prompt = ""
+        for i in 0..<40 { prompt += "word\(i % 37) " }
+        let promptFile = FileManager.default.temporaryDirectory.appendingPathComponent("arch-prompt-\(UUID().uuidString).txt")
+        try prompt.write(to: promptFile, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: promptFile) }
+        for family in try families() {
+            let entry = (family["files"] as! [[String: Any]]).first { $0["type"] as? String == "q8_0" } ?? (family["files"] as! [[String: Any]])[0]
+            let file = path(entry["file"] as! String)
+            let common = ["-m", file, "-c", "256", "-b", "256", "-t", "2"]
+            let (s1, o1, e1) = try Fixtures.runPuna(["info", "--json"] + common)
+            XCTAssertEqual(s1, 0, e1)
+            let info = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(o1.utf8)) as? [String: Any])
+            XCTAssertEqual(info["architecture"] as? String, family["architecture"] as? String)
+            let features = info["features"] as? [String] ?? []
+            switch family["family"] as! String {
+            case "qwen2": XCTAssertTrue(features.contains("Q/K/V biases"), "\(features)")
+            case "qwen3": XCTAssertTrue(features.contains("per-head Q/K RMSNorm"), "\(features)")
+            case "phi3": XCTAssertTrue(features.contains("fused QKV") && features.contains("fused gate/up"), "\(features)")
+            case "llama3": XCTAssertTrue(features.contains { $0.hasPrefix("RoPE frequency factors") }, "\(features)")
+            case "mistral": XCTAssertTrue(features.contains { $0.hasPrefix("sliding-window attention") }, "\(features)")
+            default: break
+            }
+            let estimate = Double(try XCTUnwrap(info["estimated_bytes"] as? Int)) / 1048576
+            let (s2, _, e2) = try Fixtures.runPuna(["run", "-f", promptFile.path, "-n", "1", "--temp", "0"] + common)
+            XCTAssertEqual(s2, 0, e2)
+            guard let r = e2.range(of: "peak RSS ") else { XCTFail(e2); continue }
+            let peak = Double(e2[r.upperBound...].prefix { "0123456789.".contains($0) }) ?? 0
+            print("\(family["family"]!) \(entry["file"]!): estimate \(estimate) MiB, peak RSS \(peak) MiB")
+            #if !DEBUG
+            XCTAssertEqual(estimate, peak, accuracy: 0.1 * peak, "\(entry["file"]!): estimate \(estimate) MiB, peak RSS \(peak) MiB")
+            #endif
+        }
+    }
+}
