@@ -235,4 +235,43 @@ final class ArchitectureTests: XCTestCase {
             #endif
         }
     }
+
+    /// Mistral's window (6 positions in the fixture) through a ring of 8 rows per layer: the same
+    /// logits as the full cache and transformers, token by token and in steps of 3; steps the
+    /// ring cannot hold and rewinds past what it keeps are errors.
+    func testSlidingWindowRingMatchesTheFullCache() throws {
+        guard let mistral = try families().first(where: { $0["family"] as? String == "mistral" }) else { throw XCTSkip("no mistral fixture") }
+        let entry = (mistral["files"] as! [[String: Any]]).first { $0["type"] as? String == "f32" }!
+        let expected = try Fixtures.floats(ArchitectureTests.root.appendingPathComponent(entry["logits"] as! String))
+        let tokens = try referenceTokens()
+        let model = try LanguageModel(path: path(entry["file"] as! String), options: ModelOptions(threads: 2, batchSize: 3))
+        XCTAssertEqual(model.config.slidingWindow, 6)
+        let c = model.config
+        func ring() throws -> KVCache {
+            try KVCache(layers: c.blockCount, capacity: 64, kvDimension: c.kvDimension, type: .f32, ringRows: [Int](repeating: 8, count: c.blockCount))
+        }
+        let full = try model.evaluate(tokens, cache: model.makeCache(contextLength: 64, type: .f32), allLogits: true)
+        let stepped = try model.evaluate(tokens, cache: ring(), allLogits: true)
+        let cache = try ring()
+        var oneByOne: [Float] = []
+        for t in tokens { oneByOne += try model.evaluate([t], cache: cache) }
+        XCTAssertLessThanOrEqual(relative(stepped, full), 1e-6)
+        XCTAssertLessThanOrEqual(relative(oneByOne, full), 1e-6)
+        XCTAssertLessThanOrEqual(relative(stepped, expected), 1e-3)
+        // A step longer than the ring holds, and a rewind past the ring's rows, are refused.
+        let small = try KVCache(layers: c.blockCount, capacity: 64, kvDimension: c.kvDimension, type: .f32, ringRows: [Int](repeating: 7, count: c.blockCount))
+        XCTAssertThrowsError(try model.evaluate(Array(tokens.prefix(3)), cache: small)) { e in
+            XCTAssertTrue((e as! PunaError).message.contains("sliding-window KV ring"), "\(e)")
+        }
+        cache.truncate(to: 4)
+        XCTAssertThrowsError(try model.evaluate([tokens[4]], cache: cache)) { e in
+            XCTAssertTrue((e as! PunaError).message.contains("rewound past"), "\(e)")
+        }
+        // The cache a model makes for a long context keeps a ring on windowed layers, and says so.
+        let long = try model.makeCache(contextLength: 4096, type: .f16)
+        XCTAssertEqual(long.ringRows, [Int](repeating: 6 + 3 - 1 + KVCache.rewindRows, count: c.blockCount))
+        XCTAssertLessThan(long.byteCount, try KVCache(layers: c.blockCount, capacity: 4096, kvDimension: c.kvDimension, type: .f16).byteCount / 8)
+        let estimate = model.memoryEstimate(context: 4096)
+        XCTAssertEqual(estimate.bytes("kv_cache"), long.byteCount)
+    }
 }

@@ -101,8 +101,8 @@ public final class KVCache {
         guard tokens <= smallest - window + 1 else {
             throw PunaError("a step of \(tokens) tokens is longer than the sliding-window KV ring allows (\(smallest - window + 1)); lower -b")
         }
-        let needed = count - window + 1
-        if needed > 0 && needed < oldestRingPosition {
+        let needed = max(0, count - window + 1)
+        if needed < oldestRingPosition {
             throw PunaError("the KV cache was rewound past what its sliding-window layers keep (\(smallest) positions); start the sequence again")
         }
     }
