@@ -1,7 +1,9 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
 // Causal attention of one query head of one new token per workgroup over the GPU KV cache, with
-// grouped-query heads (query head h reads KV head h / (n_heads / n_kv_heads)). Positions are
+// grouped-query heads (query head h reads KV head h / (n_heads / n_kv_heads)), optionally through
+// a sliding window (a token sees only the last `window` positions, itself included) over a ring of
+// rows (position q in row q % ring), as puna_attention_ex computes it on the CPU. Positions are
 // visited in chunks of WORKGROUP_SIZE with an online softmax (running max, rescaled sums), so
 // shared memory stays small for any context length: q (head_dim <= 256) plus two chunk arrays.
 // Requires WORKGROUP_SIZE == 64 (4 output dimensions per invocation).
@@ -16,6 +18,8 @@ layout(push_constant) uniform Params {
     uint n_tokens, pos0, n_heads, n_kv_heads;
     uint head_dim, kv_dim, f16;
     float scale;   // 1 / sqrt(head_dim)
+    uint window;   // 0: every position; > 0: the last `window` positions
+    uint ring;     // 0: row = position; > 0: row = position % ring
 } p;
 
 const uint MAX_HEAD_DIM = 256u;
@@ -26,6 +30,7 @@ shared float red[WORKGROUP_SIZE];
 
 float key(uint e) { return p.f16 != 0u ? unpackHalf2x16(kc[e >> 1])[e & 1u] : uintBitsToFloat(kc[e]); }
 float value(uint e) { return p.f16 != 0u ? unpackHalf2x16(vc[e >> 1])[e & 1u] : uintBitsToFloat(vc[e]); }
+uint row(uint pos) { return p.ring > 0u ? pos % p.ring : pos; }
 
 void main() {
     uint h = gl_WorkGroupID.x, t = gl_WorkGroupID.y, lid = gl_LocalInvocationID.x;
@@ -35,15 +40,16 @@ void main() {
     barrier();
 
     uint npos = p.pos0 + t + 1u;
+    uint lo = p.window > 0u && npos > p.window ? npos - p.window : 0u;
     float m = -3.0e38, l = 0.0;
     float acc[DIMS];
     for (uint d = 0u; d < DIMS; d++) acc[d] = 0.0;
 
-    for (uint base = 0u; base < npos; base += WORKGROUP_SIZE) {
+    for (uint base = lo; base < npos; base += WORKGROUP_SIZE) {
         uint pos = base + lid;
         float s = -3.0e38;
         if (pos < npos) {
-            uint kb = pos * p.kv_dim + kvh * p.head_dim;
+            uint kb = row(pos) * p.kv_dim + kvh * p.head_dim;
             float dotp = 0.0;
             for (uint i = 0u; i < p.head_dim; i++) dotp += qs[i] * key(kb + i);
             s = dotp * p.scale;
@@ -66,9 +72,14 @@ void main() {
         for (uint d = 0u; d < DIMS; d++) {
             uint dim = lid + d * WORKGROUP_SIZE;
             if (dim >= p.head_dim) break;
-            uint vb = base * p.kv_dim + kvh * p.head_dim + dim;
+            uint vb = kvh * p.head_dim + dim;
+            uint r = row(base);
             float a = acc[d];
-            for (uint j = 0u; j < count; j++) a += probs[j] * value(vb + j * p.kv_dim);
+            for (uint j = 0u; j < count; j++) {
+                a += probs[j] * value(r * p.kv_dim + vb);
+                r++;
+                if (r == p.ring) r = 0u;   // never true without a ring (ring = 0)
+            }
             acc[d] = a;
         }
         barrier();

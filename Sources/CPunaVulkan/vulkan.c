@@ -1066,35 +1066,49 @@ void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, uint32_t rows, uint
 
 void puna_vk_rmsnorm(puna_vk *vk, puna_vk_buffer weight, puna_vk_buffer x, uint32_t x_offset, puna_vk_buffer out,
                      uint32_t out_offset, uint32_t n, uint32_t n_tokens, float eps) {
-    struct { uint32_t n, x_off, out_off; float eps; } p = {n, x_offset, out_offset, eps};
-    puna_vk_buffer bufs[3] = {weight, x, out};
-    dispatch(vk, "rmsnorm", bufs, 3, &p, sizeof p, n_tokens, 1, 1);
+    // One workgroup per row; rows past the 65535 workgroups one dimension must allow go in further
+    // dispatches (per-head norms run over n_tokens * n_heads rows).
+    for (uint32_t r0 = 0; r0 < n_tokens; r0 += 65535) {
+        uint32_t rows = n_tokens - r0 < 65535 ? n_tokens - r0 : 65535;
+        struct { uint32_t n, x_off, out_off; float eps; } p = {n, x_offset + r0 * n, out_offset + r0 * n, eps};
+        puna_vk_buffer bufs[3] = {weight, x, out};
+        if (dispatch(vk, "rmsnorm", bufs, 3, &p, sizeof p, rows, 1, 1) != 0) return;
+    }
 }
 
 void puna_vk_rope(puna_vk *vk, puna_vk_buffer table, puna_vk_buffer vec, uint32_t n_tokens, uint32_t n_heads,
-                  uint32_t head_dim, uint32_t rope_pairs) {
-    struct { uint32_t n_tokens, n_heads, head_dim, pairs, stride; } p = {n_tokens, n_heads, head_dim, rope_pairs, n_heads * head_dim};
+                  uint32_t head_dim, uint32_t rope_pairs, int neox) {
+    if (2 * rope_pairs > head_dim) { set_error(vk, "rope: %u rotated dims exceed the head size %u", 2 * rope_pairs, head_dim); return; }
+    struct { uint32_t n_tokens, n_heads, head_dim, pairs, stride, neox; } p = {
+        n_tokens, n_heads, head_dim, rope_pairs, n_heads * head_dim, (uint32_t)(neox != 0)};
     puna_vk_buffer bufs[2] = {table, vec};
     dispatch(vk, "rope", bufs, 2, &p, sizeof p, (n_heads * rope_pairs + 63) / 64, n_tokens, 1);
 }
 
 void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, puna_vk_buffer k_cache, puna_vk_buffer v_cache,
-                      uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int f16) {
+                      uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int f16, uint32_t ring_rows) {
     if (kv_dim % 2) { set_error(vk, "kv_store: odd KV width %u", kv_dim); return; }
-    struct { uint32_t n_tokens, kv_dim, pos0, f16; } p = {n_tokens, kv_dim, pos0, (uint32_t)(f16 != 0)};
+    if (ring_rows > 0 && n_tokens > ring_rows) { set_error(vk, "kv_store: %u tokens overrun a ring of %u rows", n_tokens, ring_rows); return; }
+    struct { uint32_t n_tokens, kv_dim, pos0, f16, ring; } p = {n_tokens, kv_dim, pos0, (uint32_t)(f16 != 0), ring_rows};
     puna_vk_buffer bufs[4] = {k, v, k_cache, v_cache};
     dispatch(vk, "kv_store", bufs, 4, &p, sizeof p, (kv_dim / 2 + 63) / 64, n_tokens, 1);
 }
 
 void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer k_cache, puna_vk_buffer v_cache, puna_vk_buffer out,
-                       uint32_t n_tokens, uint32_t pos0, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, int f16) {
+                       uint32_t n_tokens, uint32_t pos0, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, int f16,
+                       uint32_t window, uint32_t ring_rows) {
     if (head_dim > 256 || n_kv_heads == 0 || n_heads % n_kv_heads) {
         set_error(vk, "attention: unsupported head layout (head_dim %u, %u heads, %u KV heads)", head_dim, n_heads, n_kv_heads);
         return;
     }
-    struct { uint32_t n_tokens, pos0, n_heads, n_kv_heads, head_dim, kv_dim, f16; float scale; } p = {
+    // As puna_attention_ex: a ring holds every position a token sees plus the step's later tokens.
+    if (ring_rows > 0 && (window == 0 || (uint64_t)ring_rows < (uint64_t)window + n_tokens - 1)) {
+        set_error(vk, "attention: a ring of %u rows cannot hold a window of %u over %u tokens", ring_rows, window, n_tokens);
+        return;
+    }
+    struct { uint32_t n_tokens, pos0, n_heads, n_kv_heads, head_dim, kv_dim, f16; float scale; uint32_t window, ring; } p = {
         n_tokens, pos0, n_heads, n_kv_heads, head_dim, n_kv_heads * head_dim, (uint32_t)(f16 != 0),
-        1.0f / sqrtf((float)head_dim)};
+        1.0f / sqrtf((float)head_dim), window, ring_rows};
     puna_vk_buffer bufs[4] = {q, k_cache, v_cache, out};
     dispatch(vk, "attention", bufs, 4, &p, sizeof p, n_heads, n_tokens, 1);
 }
@@ -1107,16 +1121,24 @@ void puna_vk_swiglu(puna_vk *vk, puna_vk_buffer gate, puna_vk_buffer up, uint32_
     dispatch(vk, "swiglu", bufs, 2, &p, sizeof p, gx, gy, 1);
 }
 
-void puna_vk_rope_table(float *out, int n_tokens, int pos0, int rope_dims, float freq_base, const float *factors) {
-    // Same steps as puna_rope_factors in Sources/CPuna/ops.c, so the angles are bit-identical.
+void puna_vk_bias(puna_vk *vk, puna_vk_buffer bias, puna_vk_buffer y, uint32_t n, uint32_t n_tokens) {
+    struct { uint32_t n, n_tokens; } p = {n, n_tokens};
+    puna_vk_buffer bufs[2] = {bias, y};
+    dispatch(vk, "bias", bufs, 2, &p, sizeof p, (n + 63) / 64, n_tokens, 1);
+}
+
+void puna_vk_rope_table(float *out, int n_tokens, int pos0, int rope_dims, float freq_base, const float *factors,
+                        float attn_factor) {
+    // Same steps as puna_rope_ex in Sources/CPuna/ops.c, so the angles and the scaled cos/sin are
+    // bit-identical.
     int pairs = rope_dims / 2;
     for (int i = 0; i < pairs; i++) {
         float inv_freq = 1.0f / powf(freq_base, (float)(2 * i) / (float)rope_dims);
         for (int t = 0; t < n_tokens; t++) {
             float theta = (float)(pos0 + t) * inv_freq;
             if (factors) theta /= factors[i];
-            out[2 * (t * pairs + i)] = cosf(theta);
-            out[2 * (t * pairs + i) + 1] = sinf(theta);
+            out[2 * (t * pairs + i)] = cosf(theta) * attn_factor;
+            out[2 * (t * pairs + i) + 1] = sinf(theta) * attn_factor;
         }
     }
 }

@@ -132,28 +132,36 @@ void puna_vk_copy(puna_vk *vk, puna_vk_buffer src, uint64_t src_offset_bytes, pu
 void puna_vk_matmul(puna_vk *vk, int gpu_type, puna_vk_buffer w, uint32_t rows, uint32_t cols,
                     puna_vk_buffer x, uint32_t x_offset, puna_vk_buffer y, uint32_t y_offset,
                     uint32_t n_tokens, float alpha, int accumulate);
-// out[t] = rmsnorm(x[t]) * weight over n floats per token.
+// out[t] = rmsnorm(x[t]) * weight over n floats per row, for n_tokens rows (tokens, or heads of
+// tokens for per-head norms; x and out may be the same buffer).
 void puna_vk_rmsnorm(puna_vk *vk, puna_vk_buffer weight, puna_vk_buffer x, uint32_t x_offset,
                      puna_vk_buffer out, uint32_t out_offset, uint32_t n, uint32_t n_tokens, float eps);
 // In-place RoPE of n_tokens rows of n_heads * head_dim floats with a (cos, sin) table of
-// [n_tokens][rope_pairs] from puna_vk_rope_table.
+// [n_tokens][rope_pairs] from puna_vk_rope_table, over the first 2 * rope_pairs dims of each head:
+// pairs (2i, 2i+1), or (i, i + rope_pairs) when neox (puna_rope_ex's two styles).
 void puna_vk_rope(puna_vk *vk, puna_vk_buffer table, puna_vk_buffer vec, uint32_t n_tokens,
-                  uint32_t n_heads, uint32_t head_dim, uint32_t rope_pairs);
+                  uint32_t n_heads, uint32_t head_dim, uint32_t rope_pairs, int neox);
 // Stores n_tokens rows of keys and values (kv_dim floats each) at positions pos0.. of a cache
-// layer (f16: packed halves, else f32).
+// layer (f16: packed halves, else f32); ring_rows > 0: position p goes to row p % ring_rows.
 void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, puna_vk_buffer k_cache,
-                      puna_vk_buffer v_cache, uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int f16);
-// Causal grouped-query attention of n_tokens queries at positions pos0.. (head_dim <= 256).
+                      puna_vk_buffer v_cache, uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int f16,
+                      uint32_t ring_rows);
+// Causal grouped-query attention of n_tokens queries at positions pos0.. (head_dim <= 256), as
+// puna_attention_ex: window > 0 lets a token see only the last `window` positions (itself
+// included); ring_rows > 0 reads position p from row p % ring_rows (needs window > 0 and
+// ring_rows >= window + n_tokens - 1).
 void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer k_cache, puna_vk_buffer v_cache,
                        puna_vk_buffer out, uint32_t n_tokens, uint32_t pos0, uint32_t n_heads,
-                       uint32_t n_kv_heads, uint32_t head_dim, int f16);
+                       uint32_t n_kv_heads, uint32_t head_dim, int f16, uint32_t window, uint32_t ring_rows);
 // gate[i] = silu(gate[i]) * up[i] for i < n.
 void puna_vk_swiglu(puna_vk *vk, puna_vk_buffer gate, puna_vk_buffer up, uint32_t n);
+// y[t][i] += bias[i] for i < n, t < n_tokens.
+void puna_vk_bias(puna_vk *vk, puna_vk_buffer bias, puna_vk_buffer y, uint32_t n, uint32_t n_tokens);
 
-// The (cos, sin) pairs puna_rope_factors uses, computed the same way: out[t][i] for position
-// pos0 + t and pair i < rope_dims / 2. factors may be NULL.
+// The (cos, sin) pairs puna_rope_ex uses, computed the same way and scaled by attn_factor:
+// out[t][i] for position pos0 + t and pair i < rope_dims / 2. factors may be NULL.
 void puna_vk_rope_table(float *out, int n_tokens, int pos0, int rope_dims, float freq_base,
-                        const float *factors);
+                        const float *factors, float attn_factor);
 
 // ---- shaders (for tests and `puna devices`) ----------------------------------------------------
 // The embedded SPIR-V modules: name, tier, words.

@@ -3,7 +3,8 @@ import CPunaVulkan
 
 // The Swift side of the Vulkan backend is thin: CPunaVulkan does the Vulkan work (loader, memory,
 // pipelines, recording); this file uploads the model's weights and records the same sequence of
-// ops as `LanguageModel.forward`, one command buffer per batch of tokens.
+// ops as `LanguageModel.forwardLayers` (one straight loop over the layers, with every optional
+// part of a layer the architectures use), one command buffer per batch of tokens.
 
 /// Settings for running a model on a Vulkan device (`LanguageModel.useVulkan`).
 public struct VulkanOptions {
@@ -137,21 +138,25 @@ final class VulkanContext {
     }
 }
 
-/// One layer's keys and values on the GPU, attached to a `KVCache` (freed with it).
+/// The GPU layers' keys and values, attached to a `KVCache` (freed with it). Each layer keeps as
+/// many rows as the CPU cache does: one per position, or the ring of a sliding-window layer
+/// (position p in row p % rows, `KVCache.ringRows`).
 final class VulkanKVCache {
     let context: VulkanContext
     let keys: [puna_vk_buffer]
     let values: [puna_vk_buffer]
     let capacity: Int
+    let rows: [Int]
     let f16: Bool
 
-    init(context: VulkanContext, layers: Int, capacity: Int, kvDimension: Int, f16: Bool) throws(PunaError) {
+    init(context: VulkanContext, capacity: Int, rows: [Int], kvDimension: Int, f16: Bool) throws(PunaError) {
         self.context = context
         self.capacity = capacity
+        self.rows = rows
         self.f16 = f16
-        let bytes = capacity * kvDimension * (f16 ? 2 : 4)
         var k: [puna_vk_buffer] = [], v: [puna_vk_buffer] = []
-        for l in 0..<layers {
+        for (l, r) in rows.enumerated() {
+            let bytes = r * kvDimension * (f16 ? 2 : 4)
             k.append(try context.alloc(bytes, dedicated: true, "the KV cache of layer \(l)"))
             v.append(try context.alloc(bytes, dedicated: true, "the KV cache of layer \(l)"))
         }
@@ -171,6 +176,16 @@ struct VulkanMatrix {
     let type: Int32      // GGML type the shader decodes (may differ from the file's)
     let rows: Int
     let cols: Int
+
+    /// Rows first..<first+count of this matrix, reading the same memory (a band of a fused QKV or
+    /// gate/up matrix, or of a LoRA B factor).
+    func rows(_ first: Int, _ count: Int) -> VulkanMatrix {
+        let rowBytes = UInt64(puna_vk_matrix_bytes(type, 1, Int64(cols)))
+        var b = buffer
+        b.offset += UInt64(first) * rowBytes
+        b.size = UInt64(count) * rowBytes
+        return VulkanMatrix(buffer: b, type: type, rows: count, cols: cols)
+    }
 }
 
 final class VulkanBackend {
@@ -180,15 +195,29 @@ final class VulkanBackend {
     let maxBatch: Int
     let description: String
 
+    /// One output of a projection: a matrix, or a band of rows of a fused one, with its bias
+    /// (its part of the fused bias). LoRA pairs on `target` (the CPU's matrix) update the rows
+    /// `firstRow`..< of it that this band computes.
+    struct Projection {
+        let matrix: VulkanMatrix
+        let bias: puna_vk_buffer?
+        let target: Linear
+        let firstRow: Int
+    }
+
     struct Layer {
         let attentionNorm, ffnNorm: puna_vk_buffer
-        let q, k, v, o, gate, up, down: VulkanMatrix
+        let qkv: [Projection]                    // Q, K, V: three matrices, or three bands of attn_qkv
+        let queryNorm, keyNorm: puna_vk_buffer?  // [head_dim], per-head RMSNorm before RoPE
+        let o: VulkanMatrix
+        let gateUp: [Projection]                 // gate, up: two matrices, or two bands of a fused ffn_up
+        let down: VulkanMatrix
     }
     let layers: [Layer]
     let outputNorm: puna_vk_buffer?
     let output: VulkanMatrix?
 
-    // Activations for up to maxBatch tokens (see LanguageModel.forward for their roles).
+    // Activations for up to maxBatch tokens (see LanguageModel.forwardLayers for their roles).
     let x, xb, q, k, v, att, gate, up, logits: puna_vk_buffer
     let input: puna_vk_buffer        // host: token embeddings in
     let ropeTable: puna_vk_buffer    // host: (cos, sin) per token and pair
@@ -208,37 +237,40 @@ final class VulkanBackend {
 
     /// The parts of a model's architecture the shaders do not compute (empty: the whole model can
     /// run on the GPU). A model with any of them runs on the CPU, with this in `backendNote`.
+    /// Computed: RoPE in both pairings over all or the first rope_dims dims of a head, with
+    /// rope_freqs / linear / LongRoPE factors and LongRoPE's attention factor; fused QKV and fused
+    /// gate/up (bands of rows of one matrix); Q/K/V biases; per-head Q/K RMSNorm; heads of any size
+    /// up to 256; sliding-window attention over full caches and rings.
     static func unsupportedFeatures(of m: LanguageModel) -> [String] {
         let c = m.config
         var missing: [String] = []
-        if c.ropeStyle != .adjacentPairs { missing.append("RoPE over head halves (NEOX style)") }
-        if m.layers.contains(where: { $0.qkv != nil }) { missing.append("fused QKV") }
-        if m.layers.contains(where: { $0.gate == nil }) { missing.append("fused gate/up") }
-        if m.layers.contains(where: { $0.q?.bias != nil || $0.k?.bias != nil || $0.v?.bias != nil }) { missing.append("Q/K/V biases") }
-        if m.layers.contains(where: { $0.queryNorm != nil || $0.keyNorm != nil }) { missing.append("per-head Q/K norms") }
-        if c.headDimension * c.headCount != c.embeddingLength { missing.append("heads of size key_length != n_embd / n_heads") }
-        if c.slidingWindow > 0 { missing.append("sliding-window attention") }
-        if m.longRoPEFactors != nil || c.ropeAttentionFactor != 1 { missing.append("LongRoPE") }
         // Gemma / BLOOM parts (issue 19)
         if c.norm != .rms { missing.append("LayerNorm") }
         if m.layers.contains(where: { $0.attentionPostNorm != nil || $0.ffnPostNorm != nil }) { missing.append("post-norms") }
         if c.feedForward != .swiglu { missing.append(c.feedForward == .geglu ? "GeGLU" : "GELU feed-forward") }
-        if m.layers.contains(where: { $0.o.bias != nil || $0.up.bias != nil || $0.down.bias != nil || $0.qkv?.bias != nil }) { missing.append("output/feed-forward biases") }
+        if m.layers.contains(where: { $0.o.bias != nil || $0.up.bias != nil || $0.down.bias != nil || $0.gate?.bias != nil }) {
+            missing.append("output/feed-forward biases")
+        }
         if c.alibiMaxBias != nil { missing.append("ALiBi") }
         if c.attentionSoftcap > 0 || c.finalLogitSoftcap > 0 { missing.append("soft-capping") }
         if c.embeddingScale != 1 || m.tokenEmbeddingNorm != nil { missing.append("embedding scale/norm") }
         if c.attentionScale != nil { missing.append("a custom attention scale") }
-        if c.slidingWindowPattern > 0 || c.slidingWindowLayers != nil || c.localRopeFreqBase != nil { missing.append("local/global layer patterns") }
+        // One RoPE table serves every layer: layers with their own base or without the scaling differ.
+        let first = m.layers.first
+        if c.slidingWindowPattern > 0 || c.slidingWindowLayers != nil || c.localRopeFreqBase != nil
+            || m.layers.contains(where: { $0.ropeFreqBase != first?.ropeFreqBase || $0.ropeScaled != first?.ropeScaled }) {
+            missing.append("local/global layer patterns")
+        }
         return missing
     }
 
     init(model m: LanguageModel, options: VulkanOptions) throws(PunaError) {
         let c = m.config
-        let e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength, vocab = c.vocabSize
+        let e = c.embeddingLength, qd = c.queryDimension, kvd = c.kvDimension, ff = c.feedForwardLength, vocab = c.vocabSize
         // Shapes the shaders handle: whole 32-column chunks, even KV rows, head_dim <= 256.
-        guard e % 32 == 0, ff % 32 == 0, kvd % 2 == 0, c.headDimension <= 256, c.headDimension % 2 == 0,
+        guard e % 32 == 0, ff % 32 == 0, qd % 32 == 0, kvd % 2 == 0, c.headDimension <= 256, c.headDimension % 2 == 0,
               c.headCountKV > 0, c.headCount % c.headCountKV == 0, c.ropeDimensionCount <= c.headDimension else {
-            throw PunaError("vulkan: model shape not supported (n_embd \(e), n_ff \(ff), head_dim \(c.headDimension); needs multiples of 32 and head_dim <= 256)")
+            throw PunaError("vulkan: model shape not supported (n_embd \(e), n_ff \(ff), head_dim \(c.headDimension) x \(c.headCount) heads; needs multiples of 32 and head_dim <= 256)")
         }
         let missing = VulkanBackend.unsupportedFeatures(of: m)
         guard missing.isEmpty else {
@@ -262,13 +294,45 @@ final class VulkanBackend {
             if zeroCopy != 0 { zeroCopyBytes += Int(b.size) } else { copiedBytes += Int(b.size) }
             return VulkanMatrix(buffer: b, type: gpuType, rows: l.rows, cols: l.cols)
         }
+        func vector(_ values: [Float]?, _ what: String) throws(PunaError) -> puna_vk_buffer? {
+            guard let values else { return nil }
+            return try ctx.floats(values, what)
+        }
+        // A matrix, or a fused one as bands of rows of the given widths (each with its part of the bias).
+        func projections(_ l: Linear, widths: [Int]) throws(PunaError) -> [Projection] {
+            let whole = try matrix(l)
+            var parts: [Projection] = []
+            var row = 0
+            for w in widths {
+                let bias = try vector(l.bias.map { Array($0[row..<row + w]) }, "\(l.name) bias")
+                parts.append(Projection(matrix: widths.count == 1 ? whole : whole.rows(row, w), bias: bias, target: l, firstRow: row))
+                row += w
+            }
+            return parts
+        }
         var layers: [Layer] = []
         for i in 0..<gpuLayerCount {
             let l = m.layers[i]
+            var qkv: [Projection]
+            if let fused = l.qkv {
+                qkv = try projections(fused, widths: [qd, kvd, kvd])
+            } else {
+                qkv = try projections(l.q!, widths: [qd])
+                qkv += try projections(l.k!, widths: [kvd])
+                qkv += try projections(l.v!, widths: [kvd])
+            }
+            var gateUp: [Projection]
+            if let gate = l.gate {
+                gateUp = try projections(gate, widths: [ff]) + projections(l.up, widths: [ff])
+            } else {
+                gateUp = try projections(l.up, widths: [ff, ff])   // gate rows first, then up rows
+            }
             layers.append(Layer(attentionNorm: try ctx.floats(l.attentionNorm.weight, "blk.\(i).attn_norm"),
                                 ffnNorm: try ctx.floats(l.ffnNorm.weight, "blk.\(i).ffn_norm"),
-                                q: try matrix(l.q!), k: try matrix(l.k!), v: try matrix(l.v!), o: try matrix(l.o),
-                                gate: try matrix(l.gate!), up: try matrix(l.up), down: try matrix(l.down)))
+                                qkv: qkv,
+                                queryNorm: try vector(l.queryNorm, "blk.\(i).attn_q_norm"),
+                                keyNorm: try vector(l.keyNorm, "blk.\(i).attn_k_norm"),
+                                o: try matrix(l.o), gateUp: gateUp, down: try matrix(l.down)))
         }
         self.layers = layers
         let whole = gpuLayerCount == total
@@ -277,14 +341,14 @@ final class VulkanBackend {
 
         // Batch: the model's, capped so the logits of a batch fit one shader binding.
         let bindingLimit = Int(puna_vk_max_binding_bytes(ctx.vk))
-        let batch = max(1, min(m.batchSize, bindingLimit / (4 * max(vocab, ff, e))))
+        let batch = max(1, min(m.batchSize, bindingLimit / (4 * max(vocab, ff, e, qd))))
         maxBatch = batch
         x = try ctx.alloc(batch * e * 4, "activations")
         xb = try ctx.alloc(batch * e * 4, "activations")
-        q = try ctx.alloc(batch * e * 4, "activations")
+        q = try ctx.alloc(batch * qd * 4, "activations")
         k = try ctx.alloc(batch * kvd * 4, "activations")
         v = try ctx.alloc(batch * kvd * 4, "activations")
-        att = try ctx.alloc(batch * e * 4, "activations")
+        att = try ctx.alloc(batch * qd * 4, "activations")
         gate = try ctx.alloc(batch * ff * 4, "activations")
         up = try ctx.alloc(batch * ff * 4, "activations")
         logits = try ctx.alloc((whole ? batch * vocab : 1) * 4, "logits")
@@ -377,12 +441,13 @@ final class VulkanBackend {
             throw PunaError("vulkan: KV cache type \(cache.type.name) is not supported (use f16, f32 or q8_0)")
         }
         let f16 = cache.type != .f32
+        let rows = (0..<gpuLayerCount).map { cache.ringRows[$0] > 0 ? cache.ringRows[$0] : cache.capacity }
         if let existing = cache.deviceCache, existing.context === context, existing.capacity == cache.capacity,
-           existing.f16 == f16, existing.keys.count == gpuLayerCount {
+           existing.f16 == f16, existing.rows == rows {
             return existing
         }
         cache.deviceCache = nil   // free the old one first
-        let made = try VulkanKVCache(context: context, layers: gpuLayerCount, capacity: cache.capacity,
+        let made = try VulkanKVCache(context: context, capacity: cache.capacity, rows: rows,
                                      kvDimension: cache.kvDimension, f16: f16)
         cache.deviceCache = made
         return made
@@ -426,24 +491,45 @@ final class VulkanBackend {
         try m.addEmbeddingAdapterDeltas(tokens, into: embeddings, adapters: nil)   // embedding LoRA, on the CPU
         let adapters = m.activeAdapters
         if !adapters.isEmpty { try prepareAdapters(m, adapters, tokens: n) }
-        if let factors = m.ropeFactors {
-            factors.withUnsafeBufferPointer { puna_vk_rope_table(context.hostFloats(ropeTable), Int32(n), Int32(pos0), Int32(c.ropeDimensionCount), c.ropeFreqBase, $0.baseAddress) }
-        } else {
-            puna_vk_rope_table(context.hostFloats(ropeTable), Int32(n), Int32(pos0), Int32(c.ropeDimensionCount), c.ropeFreqBase, nil)
+        // One (cos, sin) table for every layer (unsupportedFeatures refuses layers that differ), with
+        // the factors for this cache's length (LongRoPE: short or long) and the attention factor.
+        if let layer = m.layers.first {
+            let factors = layer.ropeScaled ? m.ropeFactors(context: cache.capacity) : nil
+            withOptionalBuffer(factors) {
+                puna_vk_rope_table(context.hostFloats(ropeTable), Int32(n), Int32(pos0), Int32(c.ropeDimensionCount), layer.ropeFreqBase,
+                                   $0, c.ropeAttentionFactor)
+            }
         }
+        let neox: Int32 = c.ropeStyle == .halves ? 1 : 0
 
         func mm(_ w: VulkanMatrix, _ input: puna_vk_buffer, _ inputOffset: Int, _ out: puna_vk_buffer, tokens: Int, accumulate: Bool) {
             puna_vk_matmul(vk, w.type, w.buffer, UInt32(w.rows), UInt32(w.cols), input, UInt32(inputOffset), out, 0,
                            UInt32(tokens), 1, accumulate ? 1 : 0)
         }
-        // out += s·B(A·input) for every pair of the active adapters that updates `target`.
-        func lora(_ target: Linear, _ input: puna_vk_buffer, _ out: puna_vk_buffer, tokens: Int) {
+        // out += s·B(A·input) for every pair of the active adapters that updates `target`: A·input
+        // once, then each band of B's rows into the buffer that holds those rows of the target's output.
+        func lora(_ target: Linear, _ input: puna_vk_buffer, _ bands: [(out: puna_vk_buffer, firstRow: Int, rows: Int)], tokens: Int) {
             guard !adapters.isEmpty, let scratch = loraScratch else { return }
             for (w, scale) in adapters.parts(for: target.name) where w.kind == .linear {
                 guard let pair = loraPairs[ObjectIdentifier(w)] else { continue }
                 mm(pair.a, input, 0, scratch, tokens: tokens, accumulate: false)
-                puna_vk_matmul(vk, pair.b.type, pair.b.buffer, UInt32(pair.b.rows), UInt32(pair.b.cols), scratch, 0, out, 0,
-                               UInt32(tokens), scale, 1)
+                for band in bands {
+                    let b = band.rows == pair.b.rows ? pair.b : pair.b.rows(band.firstRow, band.rows)
+                    puna_vk_matmul(vk, b.type, b.buffer, UInt32(b.rows), UInt32(b.cols), scratch, 0, band.out, 0, UInt32(tokens), scale, 1)
+                }
+            }
+        }
+        // outs[i] = parts[i](input) (+ LoRA) (+ bias), in Linear.forward's order.
+        func project(_ parts: [Projection], _ input: puna_vk_buffer, into outs: [puna_vk_buffer], tokens: Int) {
+            for (p, out) in zip(parts, outs) { mm(p.matrix, input, 0, out, tokens: tokens, accumulate: false) }
+            var targets: [ObjectIdentifier] = []
+            for p in parts where !targets.contains(ObjectIdentifier(p.target)) {
+                targets.append(ObjectIdentifier(p.target))
+                let bands = zip(parts, outs).filter { $0.0.target === p.target }.map { (out: $0.1, firstRow: $0.0.firstRow, rows: $0.0.matrix.rows) }
+                lora(p.target, input, bands, tokens: tokens)
+            }
+            for (p, out) in zip(parts, outs) {
+                if let bias = p.bias { puna_vk_bias(vk, bias, out, UInt32(p.matrix.rows), UInt32(tokens)) }
             }
         }
 
@@ -451,43 +537,41 @@ final class VulkanBackend {
         puna_vk_copy(vk, input, 0, x, 0, UInt64(n * e * 4))
         for (l, layer) in layers.enumerated() {
             let cpuLayer = m.layers[l]
-            // attention
+            // attention: Q, K, V (three matrices or bands of one), per-head norms, RoPE, the cache
             puna_vk_rmsnorm(vk, layer.attentionNorm, x, 0, xb, 0, UInt32(e), UInt32(n), eps)
-            mm(layer.q, xb, 0, q, tokens: n, accumulate: false)
-            lora(cpuLayer.q!, xb, q, tokens: n)
-            mm(layer.k, xb, 0, k, tokens: n, accumulate: false)
-            lora(cpuLayer.k!, xb, k, tokens: n)
-            mm(layer.v, xb, 0, v, tokens: n, accumulate: false)
-            lora(cpuLayer.v!, xb, v, tokens: n)
-            puna_vk_rope(vk, ropeTable, q, UInt32(n), UInt32(c.headCount), UInt32(hd), UInt32(pairs))
-            puna_vk_rope(vk, ropeTable, k, UInt32(n), UInt32(c.headCountKV), UInt32(hd), UInt32(pairs))
-            puna_vk_kv_store(vk, k, v, kv.keys[l], kv.values[l], UInt32(n), UInt32(kvd), UInt32(pos0), f16)
+            project(layer.qkv, xb, into: [q, k, v], tokens: n)
+            if let norm = layer.queryNorm { puna_vk_rmsnorm(vk, norm, q, 0, q, 0, UInt32(hd), UInt32(n * c.headCount), eps) }
+            if let norm = layer.keyNorm { puna_vk_rmsnorm(vk, norm, k, 0, k, 0, UInt32(hd), UInt32(n * c.headCountKV), eps) }
+            puna_vk_rope(vk, ropeTable, q, UInt32(n), UInt32(c.headCount), UInt32(hd), UInt32(pairs), neox)
+            puna_vk_rope(vk, ropeTable, k, UInt32(n), UInt32(c.headCountKV), UInt32(hd), UInt32(pairs), neox)
+            let ring = UInt32(cache.ringRows[l])
+            puna_vk_kv_store(vk, k, v, kv.keys[l], kv.values[l], UInt32(n), UInt32(kvd), UInt32(pos0), f16, ring)
             puna_vk_attention(vk, q, kv.keys[l], kv.values[l], att, UInt32(n), UInt32(pos0), UInt32(c.headCount),
-                              UInt32(c.headCountKV), UInt32(hd), f16)
+                              UInt32(c.headCountKV), UInt32(hd), f16, UInt32(cpuLayer.attentionWindow), ring)
             mm(layer.o, att, 0, x, tokens: n, accumulate: true)   // x += o(att)
-            lora(cpuLayer.o, att, x, tokens: n)
-            // feed-forward (SwiGLU)
+            lora(cpuLayer.o, att, [(x, 0, e)], tokens: n)
+            // feed-forward (SwiGLU): gate and up as two matrices or two bands of one
             puna_vk_rmsnorm(vk, layer.ffnNorm, x, 0, xb, 0, UInt32(e), UInt32(n), eps)
-            mm(layer.gate, xb, 0, gate, tokens: n, accumulate: false)
-            lora(cpuLayer.gate!, xb, gate, tokens: n)
-            mm(layer.up, xb, 0, up, tokens: n, accumulate: false)
-            lora(cpuLayer.up, xb, up, tokens: n)
+            project(layer.gateUp, xb, into: [gate, up], tokens: n)
             puna_vk_swiglu(vk, gate, up, UInt32(n * ff))
             mm(layer.down, gate, 0, x, tokens: n, accumulate: true)   // x += down(…)
-            lora(cpuLayer.down, gate, x, tokens: n)
+            lora(cpuLayer.down, gate, [(x, 0, e)], tokens: n)
         }
         let first = allLogits ? 0 : n - 1
         if let output, let outputNorm {
             if logits != nil {
                 puna_vk_rmsnorm(vk, outputNorm, x, UInt32(first * e), xb, 0, UInt32(e), UInt32(n - first), eps)
                 mm(output, xb, 0, self.logits, tokens: n - first, accumulate: false)
-                lora(m.output, xb, self.logits, tokens: n - first)
+                lora(m.output, xb, [(self.logits, 0, vocab)], tokens: n - first)
                 puna_vk_copy(vk, self.logits, 0, readback, 0, UInt64((n - first) * vocab * 4))
             }
         } else {
             puna_vk_copy(vk, x, 0, readback, 0, UInt64(n * e * 4))
         }
         guard puna_vk_submit(vk) == 0 else { throw context.fail("running the model") }
+        // The CPU cache's record of the positions written (its sliding-window rings refuse rewinds
+        // past what they keep from it): a store of no rows that ends after this step.
+        cache.store(layer: 0, start: pos0 + n, n: 0, keys: embeddings, values: embeddings)
 
         if output != nil {
             cache.count = pos0 + n

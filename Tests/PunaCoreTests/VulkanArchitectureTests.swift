@@ -1,0 +1,403 @@
+import CPuna
+import Foundation
+import PunaCore
+import XCTest
+
+/// The Vulkan backend on every architecture family of Tests/Fixtures/arch (Llama 3 with rope_freqs,
+/// Mistral's sliding window, Qwen2's Q/K/V biases and NEOX RoPE, Qwen3's per-head Q/K norms and
+/// wide heads, Phi-3's fused QKV and gate/up with partial LongRoPE, SmolLM2), in both shader tiers:
+/// against the CPU (reference kernels: the arithmetic the shaders do) and transformers, with f32
+/// and f16 KV caches; greedy generation; unmerged PEFT LoRA on the new targets (fused ones
+/// included); sliding-window rings; partial offload; and what the shaders still do not compute.
+/// (Named so that `swift test --filter VulkanTests` runs it with the other Vulkan suites.)
+final class ArchitectureVulkanTests: XCTestCase {
+    typealias Tier = VulkanTests.Tier
+    static let root = Fixtures.root.appendingPathComponent("arch")
+
+    /// max|diff| / max|logit|: 1e-3 for F32 files, 2e-3 for F16, 6e-2 for q8_0, 8e-2 for 4/5-bit.
+    static func tolerance(_ type: String) -> Float {
+        switch type {
+        case "f32": return 1e-3
+        case "f16": return 2e-3
+        case "q8_0": return 6e-2
+        default: return 8e-2
+        }
+    }
+
+    /// Skips (or fails, with PUNA_REQUIRE_VULKAN=1) when no usable Vulkan device is present.
+    func requireDevice() throws -> VulkanDevice {
+        var reason = "no Vulkan device supports Vulkan 1.1 compute"
+        do {
+            if let d = try VulkanDevice.all().first(where: { $0.usable }) { return d }
+        } catch {
+            reason = error.message
+        }
+        if VulkanTests.required { XCTFail("PUNA_REQUIRE_VULKAN=1 but \(reason)") }
+        throw XCTSkip("Vulkan tests skipped: \(reason) (CI installs mesa-vulkan-drivers and sets PUNA_REQUIRE_VULKAN=1)")
+    }
+
+    /// The arch manifest, or a skip when the fixtures are absent (scripts/fixtures/make_arch_models.py).
+    func manifest() throws -> [String: Any] {
+        let url = Self.root.appendingPathComponent("manifest.json")
+        guard FileManager.default.fileExists(atPath: url.path) else {
+            throw XCTSkip("no architecture fixtures (Tests/Fixtures/arch/manifest.json; scripts/fixtures/make_arch_models.py makes them)")
+        }
+        return try Fixtures.json(url)
+    }
+
+    func families() throws -> [[String: Any]] { try XCTUnwrap(manifest()["families"] as? [[String: Any]]) }
+
+    func path(_ name: String) -> String { Self.root.appendingPathComponent(name).path }
+
+    func referenceTokens() throws -> [Int32] {
+        try XCTUnwrap((manifest()["reference"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
+    }
+
+    /// Largest |a - b| relative to the largest |reference|; infinity when the sizes differ.
+    func relative(_ a: [Float], _ b: [Float], scale reference: [Float]) -> Float {
+        let scale = reference.reduce(0) { max($0, abs($1)) }
+        var worst: Float = 0
+        for i in 0..<min(a.count, b.count) { worst = max(worst, abs(a[i] - b[i])) }
+        return a.count == b.count && !worst.isNaN ? worst / scale : .infinity
+    }
+
+    /// CPU logits with the reference kernels (rows decoded to f32, as the shaders compute).
+    func cpuLogits(_ model: LanguageModel, _ tokens: [Int32], cache: KVCache) throws -> [Float] {
+        puna_kernels_set_reference_only(1)
+        defer { puna_kernels_set_reference_only(0) }
+        return try model.evaluate(tokens, cache: cache, allLogits: true)
+    }
+
+    func gpuModel(_ file: String, _ tier: Tier, device: VulkanDevice, gpuLayers: Int = -1, batchSize: Int = 256,
+                  adapters: [String] = []) throws -> LanguageModel {
+        let model = try LanguageModel(path: path(file), options: ModelOptions(threads: 2, batchSize: batchSize))
+        if !adapters.isEmpty {
+            model.activeAdapters = AdapterSet(try adapters.map { (try LoRAAdapter.load(path: $0, for: model), Float(1)) })
+        }
+        try model.useVulkan(VulkanOptions(gpuLayers: gpuLayers, forceBaseline: tier == .baseline, required: true))
+        XCTAssertTrue(model.usesVulkan, file)
+        let note = try XCTUnwrap(model.backendNote)
+        let expected = tier == .subgroup && device.subgroupArithmetic ? "subgroup tier" : "baseline tier"
+        XCTAssertTrue(note.contains(expected), note)
+        return model
+    }
+
+    func greedy(_ model: LanguageModel, _ prompt: [Int32], count: Int, reference: Bool = false) throws -> [Int32] {
+        if reference { puna_kernels_set_reference_only(1) }
+        defer { puna_kernels_set_reference_only(0) }
+        let cache = try model.makeCache(contextLength: 128, type: .f32)
+        var logits = try model.evaluate(prompt, cache: cache)
+        var produced: [Int32] = []
+        for _ in 0..<count {
+            var best = 0
+            for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+            produced.append(Int32(best))
+            logits = try model.evaluate([Int32(best)], cache: cache)
+        }
+        return produced
+    }
+
+    // MARK: - logits
+
+    /// Every file of every family, both tiers, f32 and f16 caches, against the CPU with the same
+    /// cache type and against transformers.
+    func testLogitsOnEveryArchitectureFileInBothTiers() throws {
+        let device = try requireDevice()
+        let tokens = try referenceTokens()
+        var report: [String] = []
+        var checked = Set<String>()
+        for family in try families() {
+            let name = family["family"] as! String
+            for entry in family["files"] as! [[String: Any]] {
+                let file = entry["file"] as! String, type = entry["type"] as! String
+                let limit = Self.tolerance(type)
+                let expected = try Fixtures.floats(Self.root.appendingPathComponent(entry["logits"] as! String))
+                let cpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
+                var cpuLogits: [GGMLType: [Float]] = [:]
+                for cacheType in [GGMLType.f32, .f16] {
+                    cpuLogits[cacheType] = try self.cpuLogits(cpu, tokens, cache: cpu.makeCache(contextLength: 64, type: cacheType))
+                }
+                for tier in Tier.allCases {
+                    let gpu = try gpuModel(file, tier, device: device)
+                    for cacheType in [GGMLType.f32, .f16] {
+                        let logits = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: cacheType), allLogits: true)
+                        let reference = cpuLogits[cacheType]!
+                        let vsCPU = relative(logits, reference, scale: reference)
+                        let vsTransformers = relative(logits, expected, scale: expected)
+                        report.append("\(name) \(file) \(tier.rawValue) \(cacheType.name) cache: vs CPU \(vsCPU), vs transformers \(vsTransformers)")
+                        XCTAssertLessThanOrEqual(vsCPU, limit, "\(file) \(tier) \(cacheType.name) cache vs CPU")
+                        XCTAssertLessThanOrEqual(vsTransformers, limit, "\(file) \(tier) \(cacheType.name) cache vs transformers")
+                    }
+                }
+                checked.insert(name)
+            }
+        }
+        print("Vulkan on the architecture fixtures, max|diff|/max|logit|:\n" + report.joined(separator: "\n"))
+        for family in ["llama3", "mistral", "qwen2", "qwen3", "phi3"] { XCTAssertTrue(checked.contains(family), "no \(family) fixture checked") }
+    }
+
+    /// Phi-3's long factors: a cache longer than the original context rotates with them, on the
+    /// GPU as on the CPU.
+    func testLongRoPEFactorsBeyondTheOriginalContext() throws {
+        let device = try requireDevice()
+        guard let phi = try families().first(where: { $0["family"] as? String == "phi3" }),
+              let entry = (phi["files"] as! [[String: Any]]).first(where: { $0["type"] as? String == "f32" }),
+              let long = entry["long_factors"] as? [String: Any], let reference = long["logits"] as? String,
+              let context = long["llama_cpp_context"] as? Int else {
+            throw XCTSkip("no phi3 long-factor reference in the manifest")
+        }
+        let file = entry["file"] as! String
+        let tokens = try referenceTokens()
+        let expected = try Fixtures.floats(Self.root.appendingPathComponent(reference))
+        let short = try Fixtures.floats(Self.root.appendingPathComponent(entry["logits"] as! String))
+        let cpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
+        let cpuLong = try cpuLogits(cpu, tokens, cache: cpu.makeCache(contextLength: context, type: .f32))
+        for tier in Tier.allCases {
+            let gpu = try gpuModel(file, tier, device: device)
+            let logits = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: context, type: .f32), allLogits: true)
+            let vsCPU = relative(logits, cpuLong, scale: cpuLong), vsTransformers = relative(logits, expected, scale: expected)
+            print("phi3 long factors (cache \(context)) \(tier.rawValue): vs CPU \(vsCPU), vs transformers \(vsTransformers)")
+            XCTAssertLessThanOrEqual(vsCPU, 1e-3, "\(tier)")
+            XCTAssertLessThanOrEqual(vsTransformers, 1e-3, "\(tier)")
+            // The long factors really changed the numbers.
+            XCTAssertGreaterThan(relative(logits, short, scale: short), 1e-2, "\(tier)")
+        }
+    }
+
+    /// 32 greedy tokens on every F32 file equal the CPU's (and transformers'), in both tiers.
+    func testGreedyGenerationOnF32FilesMatchesCPUInBothTiers() throws {
+        let device = try requireDevice()
+        let prompt = try XCTUnwrap((manifest()["greedy"] as? [String: Any])?["prompt_tokens"] as? [Int]).map { Int32($0) }
+        var checked = 0
+        for family in try families() {
+            for entry in family["files"] as! [[String: Any]] where entry["type"] as? String == "f32" {
+                let file = entry["file"] as! String
+                let expected = try XCTUnwrap((entry["greedy"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
+                let cpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
+                let cpuTokens = try greedy(cpu, prompt, count: 32, reference: true)
+                XCTAssertEqual(cpuTokens, expected, "\(file): CPU vs transformers")
+                for tier in Tier.allCases {
+                    let gpu = try gpuModel(file, tier, device: device)
+                    XCTAssertEqual(try greedy(gpu, prompt, count: 32), cpuTokens, "\(file) \(tier)")
+                }
+                checked += 1
+            }
+        }
+        XCTAssertGreaterThanOrEqual(checked, 5)
+    }
+
+    // MARK: - LoRA
+
+    /// Each family's PEFT adapter (and its GGUF conversion when there is one) unmerged on the GPU:
+    /// Q/K/V or fused QKV, O, gate/up or fused gate/up, down; against the CPU with the same adapter
+    /// and PEFT's logits.
+    func testUnmergedLoRAOnEveryFamilyInBothTiers() throws {
+        let device = try requireDevice()
+        let tokens = try referenceTokens()
+        var report: [String] = []
+        var checked = Set<String>()
+        for family in try families() {
+            guard let lora = family["lora"] as? [String: Any] else { continue }
+            let name = family["family"] as! String
+            let base = lora["base"] as! String
+            let peft = try Fixtures.floats(Self.root.appendingPathComponent(lora["peft_logits"] as! String))
+            var adapters = [path(lora["peft_dir"] as! String)]
+            if let gguf = lora["gguf"] as? String { adapters.append(path(gguf)) }
+            let limit = Self.tolerance(((family["files"] as! [[String: Any]]).first { $0["file"] as? String == base }?["type"] as? String) ?? "f32")
+            for adapter in adapters {
+                let cpu = try LanguageModel(path: path(base), options: ModelOptions(threads: 2))
+                cpu.activeAdapters = AdapterSet([(try LoRAAdapter.load(path: adapter, for: cpu), 1)])
+                let cpuAdapted = try cpuLogits(cpu, tokens, cache: cpu.makeCache(contextLength: 64, type: .f32))
+                for tier in Tier.allCases {
+                    let gpu = try gpuModel(base, tier, device: device, adapters: [adapter])
+                    let logits = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: .f32), allLogits: true)
+                    let vsCPU = relative(logits, cpuAdapted, scale: cpuAdapted), vsPEFT = relative(logits, peft, scale: peft)
+                    report.append("\(name) \(URL(fileURLWithPath: adapter).lastPathComponent) \(tier.rawValue): vs CPU \(vsCPU), vs PEFT \(vsPEFT)")
+                    XCTAssertLessThanOrEqual(vsCPU, limit, "\(name) \(adapter) \(tier)")
+                    XCTAssertLessThanOrEqual(vsPEFT, limit, "\(name) \(adapter) \(tier) vs PEFT")
+                    // One token at a time too (the matrix x vector shaders, LoRA bands included).
+                    if tier == .subgroup {
+                        let cache = try gpu.makeCache(contextLength: 64, type: .f32)
+                        var stepped: [Float] = []
+                        for t in tokens { stepped += try gpu.evaluate([t], cache: cache) }
+                        XCTAssertLessThanOrEqual(relative(stepped, cpuAdapted, scale: cpuAdapted), limit, "\(name) \(adapter) token by token")
+                    }
+                }
+                checked.insert(name)
+            }
+        }
+        print("Vulkan with unmerged LoRA on the architecture fixtures, max|diff|/max|logit|:\n" + report.joined(separator: "\n"))
+        for family in ["llama3", "mistral", "qwen2", "qwen3", "phi3"] { XCTAssertTrue(checked.contains(family), "no \(family) adapter checked") }
+    }
+
+    // MARK: - sliding window, partial offload
+
+    /// Mistral's window (6) over rings of 8 rows, in steps of 3 and token by token: the same
+    /// logits as the CPU over the same ring and over a full cache; a rewind past the ring is refused.
+    func testSlidingWindowRingsOnTheGPU() throws {
+        let device = try requireDevice()
+        guard let mistral = try families().first(where: { $0["family"] as? String == "mistral" }),
+              let entry = (mistral["files"] as! [[String: Any]]).first(where: { $0["type"] as? String == "f32" }) else {
+            throw XCTSkip("no mistral fixture")
+        }
+        let file = entry["file"] as! String
+        let expected = try Fixtures.floats(Self.root.appendingPathComponent(entry["logits"] as! String))
+        let tokens = try referenceTokens()
+        let cpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2, batchSize: 3))
+        let c = cpu.config
+        XCTAssertEqual(c.slidingWindow, 6)
+        func ring(_ rows: Int = 8, _ type: GGMLType = .f32) throws -> KVCache {
+            try KVCache(layers: c.blockCount, capacity: 128, kvDimension: c.kvDimension, type: type,
+                        ringRows: [Int](repeating: rows, count: c.blockCount))
+        }
+        let full = try cpuLogits(cpu, tokens, cache: cpu.makeCache(contextLength: 64, type: .f32))
+        // 120 tokens: the rings wrap many times.
+        var seed: UInt32 = 777
+        let long: [Int32] = tokens + (0..<104).map { _ in
+            seed = seed &* 1_103_515_245 &+ 12345
+            return Int32(3 + (seed >> 16) % 509)
+        }
+        let cpuLong = try cpuLogits(cpu, long, cache: ring())
+        XCTAssertLessThanOrEqual(relative(Array(cpuLong.prefix(full.count)), full, scale: full), 1e-5)
+        for tier in Tier.allCases {
+            let gpu = try gpuModel(file, tier, device: device, batchSize: 3)
+            let stepped = try gpu.evaluate(long, cache: ring(), allLogits: true)
+            let d = relative(stepped, cpuLong, scale: cpuLong)
+            let vsTransformers = relative(Array(stepped.prefix(expected.count)), expected, scale: expected)
+            print("mistral window 6, rings of 8 rows, 120 tokens in steps of 3, \(tier.rawValue): vs CPU \(d), first 16 vs transformers \(vsTransformers)")
+            XCTAssertLessThanOrEqual(d, 1e-3, "\(tier)")
+            XCTAssertLessThanOrEqual(vsTransformers, 1e-3, "\(tier)")
+            let f16 = try gpu.evaluate(long, cache: ring(8, .f16), allLogits: true)
+            XCTAssertLessThanOrEqual(relative(f16, cpuLong, scale: cpuLong), 2e-3, "\(tier) f16 ring")
+            let cache = try ring()
+            var oneByOne: [Float] = []
+            for t in long.prefix(40) { oneByOne += try gpu.evaluate([t], cache: cache) }
+            XCTAssertLessThanOrEqual(relative(oneByOne, Array(cpuLong.prefix(oneByOne.count)), scale: cpuLong), 1e-3, "\(tier) token by token")
+            // A rewind past what the rings keep is refused, on the GPU as on the CPU.
+            cache.truncate(to: 4)
+            XCTAssertThrowsError(try gpu.evaluate([long[4]], cache: cache)) { e in
+                XCTAssertTrue((e as! PunaError).message.contains("rewound past"), "\(e)")
+            }
+            // The cache the model makes for a long context keeps rings on the GPU too.
+            let made = try gpu.makeCache(contextLength: 4096, type: .f16)
+            XCTAssertGreaterThan(made.ringRows.first ?? 0, 0)
+            let madeLogits = try gpu.evaluate(Array(long.prefix(30)), cache: made, allLogits: true)
+            XCTAssertLessThanOrEqual(relative(madeLogits, Array(cpuLong.prefix(madeLogits.count)), scale: cpuLong), 2e-3, "\(tier) model-made ring")
+        }
+    }
+
+    /// A window wider than the attention shader's chunk of 64 positions over a ring that wraps
+    /// inside a chunk: the Mistral file rewritten with a window of 70, 200 tokens in steps of 16.
+    func testWideSlidingWindowOverAWrappingRing() throws {
+        _ = try requireDevice()
+        guard let mistral = try families().first(where: { $0["family"] as? String == "mistral" }),
+              let entry = (mistral["files"] as! [[String: Any]]).first(where: { $0["type"] as? String == "q8_0" }) else {
+            throw XCTSkip("no mistral fixture")
+        }
+        let source = try GGUFFile(path: path(entry["file"] as! String))
+        var w = GGUFWriter()
+        for key in source.keys { w.set(key, source[key]!) }
+        w.set("llama.attention.sliding_window", .uint32(70))
+        for t in source.tensors { w.addTensor(name: t.name, shape: t.shape, type: t.type, bytes: Array(source.data(of: t))) }
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("puna-vk-window-\(UUID().uuidString).gguf").path
+        try w.write(to: file)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        var seed: UInt32 = 4242
+        let tokens: [Int32] = (0..<200).map { _ in
+            seed = seed &* 1_103_515_245 &+ 12345
+            return Int32(3 + (seed >> 16) % 509)
+        }
+        let cpu = try LanguageModel(path: file, options: ModelOptions(threads: 2, batchSize: 16))
+        XCTAssertEqual(cpu.config.slidingWindow, 70)
+        let c = cpu.config
+        func ring() throws -> KVCache {
+            try KVCache(layers: c.blockCount, capacity: 256, kvDimension: c.kvDimension, type: .f16, ringRows: [Int](repeating: 90, count: c.blockCount))
+        }
+        let cpuRing = try cpuLogits(cpu, tokens, cache: ring())
+        let cpuFull = try cpuLogits(cpu, tokens, cache: cpu.makeCache(contextLength: 256, type: .f16))
+        XCTAssertLessThanOrEqual(relative(cpuRing, cpuFull, scale: cpuFull), 1e-6)
+        for tier in Tier.allCases {
+            let gpu = try LanguageModel(path: file, options: ModelOptions(threads: 2, batchSize: 16))
+            try gpu.useVulkan(VulkanOptions(forceBaseline: tier == .baseline, required: true))
+            let ringed = try gpu.evaluate(tokens, cache: ring(), allLogits: true)
+            let whole = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 256, type: .f16), allLogits: true)
+            let d = relative(ringed, cpuRing, scale: cpuRing), dFull = relative(whole, cpuFull, scale: cpuFull)
+            print("window 70 over a ring of 90 rows, 200 tokens in steps of 16, \(tier.rawValue): vs CPU \(d) (full cache \(dFull))")
+            XCTAssertLessThanOrEqual(d, 2e-3, "\(tier)")
+            XCTAssertLessThanOrEqual(dFull, 2e-3, "\(tier) full cache")
+        }
+    }
+
+    /// --gpu-layers 1 on the fused (phi3), per-head-norm (qwen3), biased (qwen2) and windowed
+    /// (mistral) files: the first layer on the GPU, the second through the CPU's layer loop.
+    func testPartialOffloadOnEveryFamily() throws {
+        let device = try requireDevice()
+        let tokens = try referenceTokens()
+        var checked = 0
+        for family in try families() {
+            guard let entry = (family["files"] as! [[String: Any]]).first(where: { $0["type"] as? String == "f32" }) else { continue }
+            let file = entry["file"] as! String
+            let cpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
+            let reference = try cpuLogits(cpu, tokens, cache: cpu.makeCache(contextLength: 64, type: .f16))
+            let gpu = try gpuModel(file, .baseline, device: device, gpuLayers: 1)
+            XCTAssertTrue(gpu.backendNote!.contains("1/\(gpu.config.blockCount) layers on the GPU"), gpu.backendNote!)
+            puna_kernels_set_reference_only(1)
+            let mixed = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: .f16), allLogits: true)
+            puna_kernels_set_reference_only(0)
+            let d = relative(mixed, reference, scale: reference)
+            print("\(file) --gpu-layers 1: vs CPU \(d)")
+            XCTAssertLessThanOrEqual(d, 2e-3, file)
+            checked += 1
+        }
+        XCTAssertGreaterThanOrEqual(checked, 5)
+    }
+
+    // MARK: - what stays on the CPU
+
+    /// The Gemma/BLOOM parts the shaders do not compute are named: without `required` the model
+    /// runs on the CPU (same logits) and says why; with it, useVulkan throws the same message.
+    func testUncomputedFeaturesAreNamedAndRunOnTheCPU() throws {
+        _ = try requireDevice()
+        // tiny-mha-f32 as a Gemma 2 file (post-norms, GeGLU, embedding scale, soft-capping, local layers).
+        let source = try GGUFFile(path: Fixtures.models.appendingPathComponent("tiny-mha-f32.gguf").path)
+        var w = GGUFWriter()
+        for key in source.keys {
+            if key == "general.architecture" { w.set(key, .string("gemma2")); continue }
+            w.set(key.hasPrefix("llama.") ? "gemma2." + key.dropFirst("llama.".count) : key, source[key]!)
+        }
+        w.set("gemma2.final_logit_softcapping", .float32(30))
+        let e = try XCTUnwrap(source["llama.embedding_length"]?.intValue)
+        for t in source.tensors { w.addTensor(name: t.name, shape: t.shape, type: t.type, bytes: Array(source.data(of: t))) }
+        let ones = Array([Float](repeating: 1, count: e).withUnsafeBytes { Array($0) })
+        for l in 0..<(try XCTUnwrap(source["llama.block_count"]?.intValue)) {
+            w.addTensor(name: "blk.\(l).post_attention_norm.weight", shape: [e], type: .f32, bytes: ones)
+            w.addTensor(name: "blk.\(l).post_ffw_norm.weight", shape: [e], type: .f32, bytes: ones)
+        }
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("puna-vk-gemma2-\(UUID().uuidString).gguf").path
+        try w.write(to: file)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+
+        let model = try LanguageModel(path: file, options: ModelOptions(threads: 2))
+        try model.useVulkan(VulkanOptions())
+        XCTAssertFalse(model.usesVulkan)
+        let note = try XCTUnwrap(model.backendNote)
+        for part in ["the shaders do not compute", "post-norms", "GeGLU", "soft-capping", "embedding scale/norm",
+                     "local/global layer patterns", "gemma2 model", "running on the CPU"] {
+            XCTAssertTrue(note.contains(part), "'\(part)' not in: \(note)")
+        }
+        let tokens: [Int32] = [1, 339, 440, 432, 310]
+        let cpu = try LanguageModel(path: file, options: ModelOptions(threads: 2))
+        XCTAssertEqual(try model.evaluate(tokens, cache: model.makeCache(contextLength: 16), allLogits: true),
+                       try cpu.evaluate(tokens, cache: cpu.makeCache(contextLength: 16), allLogits: true))
+        XCTAssertThrowsError(try model.useVulkan(VulkanOptions(required: true))) { error in
+            XCTAssertTrue((error as! PunaError).message.contains("the shaders do not compute post-norms"), "\(error)")
+        }
+        // The families of the architecture fixtures all run on the GPU (nothing named).
+        for family in try families() {
+            guard let entry = (family["files"] as! [[String: Any]]).first else { continue }
+            let m = try LanguageModel(path: path(entry["file"] as! String), options: ModelOptions(threads: 2))
+            try m.useVulkan(VulkanOptions())
+            XCTAssertTrue(m.usesVulkan, "\(entry["file"]!): \(m.backendNote ?? "")")
+        }
+    }
+}
