@@ -80,24 +80,11 @@ final class ArchitectureTests: XCTestCase {
             for entry in family["files"] as! [[String: Any]] where entry["type"] as? String == "f32" {
                 let expected = try XCTUnwrap((entry["greedy"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
                 let model = try LanguageModel(path: path(entry["file"] as! String), options: ModelOptions(threads: 2))
-                XCTAssertEqual(try greedy(model, prompt, count: expected.count), expected, entry["file"] as! String)
+                XCTAssertEqual(try Fixtures.greedy(model, prompt, count: expected.count), expected, entry["file"] as! String)
                 checked += 1
             }
         }
         XCTAssertGreaterThanOrEqual(checked, 5)
-    }
-
-    func greedy(_ model: LanguageModel, _ prompt: [Int32], count: Int) throws -> [Int32] {
-        let cache = try model.makeCache(contextLength: 128, type: .f32)
-        var logits = try model.evaluate(prompt, cache: cache)
-        var produced: [Int32] = []
-        for _ in 0..<count {
-            var best = 0
-            for i in 1..<logits.count where logits[i] > logits[best] { best = i }
-            produced.append(Int32(best))
-            logits = try model.evaluate([Int32(best)], cache: cache)
-        }
-        return produced
     }
 
     /// A PEFT adapter on every projection (Phi-3: its fused names) and its GGUF conversion, applied

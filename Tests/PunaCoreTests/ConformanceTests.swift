@@ -81,16 +81,7 @@ final class ConformanceTests: XCTestCase {
         for entry in try models() where entry["type"] as? String == "f32" {
             let expected = try XCTUnwrap((entry["greedy"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
             let model = try LanguageModel(path: Fixtures.models.appendingPathComponent(entry["file"] as! String).path)
-            let cache = try model.makeCache(contextLength: 128, type: .f32)
-            var logits = try model.evaluate(prompt, cache: cache)
-            var produced: [Int32] = []
-            for _ in 0..<expected.count {
-                var best = 0
-                for i in 1..<logits.count where logits[i] > logits[best] { best = i }
-                produced.append(Int32(best))
-                logits = try model.evaluate([Int32(best)], cache: cache)
-            }
-            XCTAssertEqual(produced, expected, entry["file"] as! String)
+            XCTAssertEqual(try Fixtures.greedy(model, prompt, count: expected.count), expected, entry["file"] as! String)
             checked += 1
         }
         XCTAssertGreaterThanOrEqual(checked, 3)

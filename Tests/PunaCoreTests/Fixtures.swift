@@ -1,4 +1,5 @@
 import Foundation
+import PunaCore
 import XCTest
 
 /// Paths of the committed fixtures and of the built `puna` binary.
@@ -20,6 +21,21 @@ enum Fixtures {
 
     /// The model manifest written by scripts/fixtures/make_models.py.
     static func manifest() throws -> [String: Any] { try json(models.appendingPathComponent("manifest.json")) }
+
+    /// `count` greedy tokens after `prompt` (argmax, ties to the lowest id; EOS does not stop), as
+    /// the fixture generators compute them. Needs PunaCore, imported by the test files.
+    static func greedy(_ model: LanguageModel, _ prompt: [Int32], count: Int) throws -> [Int32] {
+        let cache = try model.makeCache(contextLength: 128, type: .f32)
+        var logits = try model.evaluate(prompt, cache: cache)
+        var produced: [Int32] = []
+        for _ in 0..<count {
+            var best = 0
+            for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+            produced.append(Int32(best))
+            logits = try model.evaluate([Int32(best)], cache: cache)
+        }
+        return produced
+    }
 
     /// The `puna` executable built next to the test bundle.
     static var punaBinary: URL {

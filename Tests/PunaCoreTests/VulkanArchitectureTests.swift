@@ -85,16 +85,7 @@ final class ArchitectureVulkanTests: XCTestCase {
     func greedy(_ model: LanguageModel, _ prompt: [Int32], count: Int, reference: Bool = false) throws -> [Int32] {
         if reference { puna_kernels_set_reference_only(1) }
         defer { puna_kernels_set_reference_only(0) }
-        let cache = try model.makeCache(contextLength: 128, type: .f32)
-        var logits = try model.evaluate(prompt, cache: cache)
-        var produced: [Int32] = []
-        for _ in 0..<count {
-            var best = 0
-            for i in 1..<logits.count where logits[i] > logits[best] { best = i }
-            produced.append(Int32(best))
-            logits = try model.evaluate([Int32(best)], cache: cache)
-        }
-        return produced
+        return try Fixtures.greedy(model, prompt, count: count)
     }
 
     // MARK: - logits

@@ -255,11 +255,10 @@ public struct MemoryEstimate {
         let valueRow = s.valueType.rowBytes(kvd) ?? product(kvd, 2)
         // Local (sliding-window) layers keep a ring of rows instead of the whole context.
         let rows = c.kvRowsTotal(context: s.context, step: s.batch)
-        let firstLocal = c.slidingWindow > 0 ? (0..<min(c.blockCount, 64)).first { c.isLocal(layer: $0) } : nil
         let kvBytes = product(s.sequences, rows, sum(keyRow, valueRow))
         let types = s.keyType == s.valueType ? s.keyType.name : "K \(s.keyType.name) + V \(s.valueType.name)"
         let seqs = s.sequences > 1 ? ", \(s.sequences) sequences" : ""
-        let rings = firstLocal.map { ", sliding-window layers keep \(c.kvRows(layer: $0, context: s.context, step: s.batch)) rows each" } ?? ""
+        let rings = c.localLayerCount > 0 ? ", sliding-window layers keep \(c.kvRingRows(context: s.context, step: s.batch) ?? s.context) rows each" : ""
         e.add("kv_cache", "KV cache (\(types), \(s.context) positions\(seqs)\(rings))", kvBytes)
 
         // 3. activations of one forward step of n tokens (LanguageModel.forwardLayers): x, xb

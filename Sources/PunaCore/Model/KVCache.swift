@@ -12,6 +12,8 @@ public final class KVCache {
     public let type: GGMLType
     /// Per layer: 0 = one row per position; > 0 = a ring of that many rows.
     public let ringRows: [Int]
+    /// The smallest ring (nil: no layer has one).
+    private let smallestRing: Int?
     /// Positions filled so far; the next token goes at this position.
     public internal(set) var count = 0
     /// Keys and values of the layers that run on a Vulkan device (Vulkan.swift).
@@ -47,6 +49,7 @@ public final class KVCache {
         self.kvDimension = kvDimension
         self.type = type
         self.ringRows = rings.map { $0 == capacity ? 0 : $0 }
+        smallestRing = self.ringRows.filter { $0 > 0 }.min()
         rowBytes = row
         var starts: [Int] = []
         var rows = 0
@@ -97,7 +100,7 @@ public final class KVCache {
     /// Whether `tokens` more tokens can be evaluated from `count` with windows of `window`: every
     /// ring must still hold the positions the first of them sees, and hold a step this long.
     func checkCanContinue(tokens: Int, window: Int) throws(PunaError) {
-        guard let smallest = ringRows.filter({ $0 > 0 }).min() else { return }
+        guard let smallest = smallestRing else { return }
         guard tokens <= smallest - window + 1 else {
             throw PunaError("a step of \(tokens) tokens is longer than the sliding-window KV ring allows (\(smallest - window + 1)); lower -b")
         }
@@ -114,9 +117,14 @@ public final class KVCache {
             try? type.encode(k + t * kvDimension, into: keyRow(layer: layer, position: start + t), count: kvDimension)
             try? type.encode(v + t * kvDimension, into: valueRow(layer: layer, position: start + t), count: kvDimension)
         }
-        if start + n > writtenEnd {
-            writtenEnd = start + n
-            if let smallest = ringRows.filter({ $0 > 0 }).min() { oldestRingPosition = max(oldestRingPosition, writtenEnd - smallest) }
-        }
+        noteWritten(upTo: start + n)
+    }
+
+    /// Record that positions below `end` were written (by `store`, or on a GPU that keeps its own
+    /// rows): the rings then no longer hold positions older than their size.
+    func noteWritten(upTo end: Int) {
+        guard end > writtenEnd else { return }
+        writtenEnd = end
+        if let smallest = smallestRing { oldestRingPosition = max(oldestRingPosition, writtenEnd - smallest) }
     }
 }

@@ -409,15 +409,10 @@ public final class LanguageModel {
     static func alibiSlopes(heads: Int, maxBias: Float) -> [Float] {
         var n = 1
         while n * 2 <= heads { n *= 2 }
-        func power(_ base: Double, _ exponent: Int) -> Double {
-            var r = 1.0
-            for _ in 0..<exponent { r *= base }
-            return r
-        }
         let m0 = puna_pow(2, -Double(maxBias) / Double(n)), m1 = puna_pow(2, -Double(maxBias) / 2 / Double(n))
         var slopes: [Float] = []
         for h in 0..<heads {
-            slopes.append(Float(h < n ? power(m0, h + 1) : power(m1, 2 * (h - n) + 1)))
+            slopes.append(Float(h < n ? puna_pow(m0, Double(h + 1)) : puna_pow(m1, Double(2 * (h - n) + 1))))
         }
         return slopes
     }

@@ -60,29 +60,33 @@ public struct ModelConfig: Equatable {
     /// The window of a layer (0: every position).
     public func attentionWindow(layer: Int) -> Int { isLocal(layer: layer) ? slidingWindow : 0 }
 
-    /// Rows of all layers together (saturating, O(1) in the layer count: hostile files claim 2^30 layers).
-    public func kvRowsTotal(context: Int, step: Int) -> Int {
-        let local: Int
-        if slidingWindow <= 0 {
-            local = 0
-        } else if let layers = slidingWindowLayers {
-            local = layers.prefix(blockCount).filter { $0 }.count
-        } else if slidingWindowPattern > 0 {
-            local = blockCount - blockCount / slidingWindowPattern
-        } else {
-            local = blockCount
-        }
-        let ring = local > 0 ? kvRows(layer: (0..<blockCount).first { isLocal(layer: $0) } ?? 0, context: context, step: step) : 0
-        return MemoryEstimate.sum(MemoryEstimate.product(local, ring), MemoryEstimate.product(blockCount - local, context))
+    /// How many layers are local (O(1) in the layer count: hostile files claim 2^30 layers).
+    public var localLayerCount: Int {
+        if slidingWindow <= 0 { return 0 }
+        if let layers = slidingWindowLayers { return layers.prefix(blockCount).filter { $0 }.count }
+        if slidingWindowPattern > 0 { return blockCount - blockCount / slidingWindowPattern }
+        return blockCount
     }
 
-    /// Rows a KV cache of `context` positions keeps for `layer`: every position, or on a local
-    /// layer a ring of window + the longest step − 1 rows (+ `rewind` positions that a chat may
-    /// take back), when that is fewer.
-    public func kvRows(layer: Int, context: Int, step: Int, rewind: Int = KVCache.rewindRows) -> Int {
-        guard isLocal(layer: layer) else { return context }
+    /// Rows of the ring a local layer keeps in a cache of `context` positions: window + the
+    /// longest step − 1 (+ `rewind` positions that a chat may take back); nil when that is not
+    /// fewer than the context (the layer then keeps every position).
+    public func kvRingRows(context: Int, step: Int, rewind: Int = KVCache.rewindRows) -> Int? {
+        guard slidingWindow > 0 else { return nil }
         let ring = slidingWindow + max(step, 1) - 1 + rewind
-        return ring < context ? ring : context
+        return ring < context ? ring : nil
+    }
+
+    /// Rows a KV cache of `context` positions keeps for `layer`.
+    public func kvRows(layer: Int, context: Int, step: Int) -> Int {
+        isLocal(layer: layer) ? kvRingRows(context: context, step: step) ?? context : context
+    }
+
+    /// Rows of all layers together (saturating).
+    public func kvRowsTotal(context: Int, step: Int) -> Int {
+        let local = localLayerCount
+        let ring = kvRingRows(context: context, step: step) ?? context
+        return MemoryEstimate.sum(MemoryEstimate.product(local, ring), MemoryEstimate.product(blockCount - local, context))
     }
 
     /// The architectures Puna runs (`general.architecture`), from the registry.

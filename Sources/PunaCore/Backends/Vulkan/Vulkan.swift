@@ -570,8 +570,8 @@ final class VulkanBackend {
         }
         guard puna_vk_submit(vk) == 0 else { throw context.fail("running the model") }
         // The CPU cache's record of the positions written (its sliding-window rings refuse rewinds
-        // past what they keep from it): a store of no rows that ends after this step.
-        cache.store(layer: 0, start: pos0 + n, n: 0, keys: embeddings, values: embeddings)
+        // past what they keep from it).
+        cache.noteWritten(upTo: pos0 + n)
 
         if output != nil {
             cache.count = pos0 + n
