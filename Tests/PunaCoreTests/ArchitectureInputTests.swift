@@ -16,17 +16,19 @@ final class ArchitectureInputTests: XCTestCase {
 
     /// tiny-mha-f32.gguf (a llama file) rewritten: keys renamed from `llama.` to `arch.`, with
     /// tensors added, dropped or reshaped.
-    func rewrite(_ name: String, arch: String, dropKeys: [String] = [], dropTensors: [String] = [],
-                 addTensors: [(String, [Int])] = [], reshape: [String: [Int]] = [:]) throws -> String {
-        let source = try GGUFFile(path: Fixtures.models.appendingPathComponent("tiny-mha-f32.gguf").path)
+    /// Or another fixture (`source`), its keys kept, some set to new values.
+    func rewrite(_ name: String, arch: String, source sourcePath: String? = nil, dropKeys: [String] = [], setKeys: [String: GGUFValue] = [:],
+                 dropTensors: [String] = [], addTensors: [(String, [Int])] = [], reshape: [String: [Int]] = [:]) throws -> String {
+        let source = try GGUFFile(path: sourcePath ?? Fixtures.models.appendingPathComponent("tiny-mha-f32.gguf").path)
         var w = GGUFWriter()
         for key in source.keys {
             var newKey = key
             if key.hasPrefix("llama.") { newKey = arch + "." + key.dropFirst("llama.".count) }
             if key == "general.architecture" { w.set(key, .string(arch)); continue }
-            if dropKeys.contains(newKey) { continue }
+            if dropKeys.contains(newKey) || setKeys[newKey] != nil { continue }
             w.set(newKey, source[key]!)
         }
+        for (key, value) in setKeys.sorted(by: { $0.key < $1.key }) { w.set(key, value) }
         for t in source.tensors where !dropTensors.contains(t.name) {
             if let shape = reshape[t.name] {
                 let count = shape.reduce(1, *)
@@ -103,6 +105,43 @@ final class ArchitectureInputTests: XCTestCase {
                                        addTensors: [("blk.0.attn_q_norm.weight", [e]), ("blk.0.attn_k_norm.weight", [e]),
                                                     ("blk.1.attn_q_norm.weight", [e]), ("blk.1.attn_k_norm.weight", [e])]))
         XCTAssertTrue(norm.contains("'blk.0.attn_q_norm.weight' has shape [\(e)], expected [\(e / 4)]"), norm)
+    }
+
+    /// Gemma's and BLOOM's own tensors and keys: missing, out of range or malformed, each named.
+    func testGemmaAndBloomInputsAreChecked() throws {
+        func arch(_ file: String) -> String { ArchitectureTests.root.appendingPathComponent(file).path }
+        let gemma2 = arch("gemma2-f32.gguf"), gemma3 = arch("gemma3-f32.gguf"), bloom = arch("bloom-f32.gguf")
+        let noPostNorm = message(try rewrite("g2-post.gguf", arch: "gemma2", source: gemma2, dropTensors: ["blk.1.post_ffw_norm.weight"]))
+        XCTAssertTrue(noPostNorm.contains("missing tensor 'blk.1.post_ffw_norm.weight'"), noPostNorm)
+        let cap = message(try rewrite("g2-cap.gguf", arch: "gemma2", source: gemma2, setKeys: ["gemma2.attn_logit_softcapping": .float32(-1)]))
+        XCTAssertTrue(cap.contains("gemma2.attn_logit_softcapping"), cap)
+        let nanCap = message(try rewrite("g2-nan.gguf", arch: "gemma2", source: gemma2, setKeys: ["gemma2.final_logit_softcapping": .float32(.nan)]))
+        XCTAssertTrue(nanCap.contains("gemma2.final_logit_softcapping"), nanCap)
+        let window = message(try rewrite("g2-window.gguf", arch: "gemma2", source: gemma2, setKeys: ["gemma2.attention.sliding_window": .int32(-5)]))
+        XCTAssertTrue(window.contains("gemma2.attention.sliding_window"), window)
+        let pattern = message(try rewrite("g3-pattern.gguf", arch: "gemma3", source: gemma3,
+                                          setKeys: ["gemma3.attention.sliding_window_pattern": .uint32(0)]))
+        XCTAssertTrue(pattern.contains("gemma3.attention.sliding_window_pattern must be from 1 to 65536"), pattern)
+        let flags = message(try rewrite("g3-flags.gguf", arch: "gemma3", source: gemma3,
+                                        setKeys: ["gemma3.attention.sliding_window_pattern": .array(.bool, [.bool(true), .bool(false)])]))
+        XCTAssertTrue(flags.contains("one bool per layer (6)"), flags)
+        let noQKNorm = message(try rewrite("g3-qk.gguf", arch: "gemma3", source: gemma3, dropTensors: ["blk.5.attn_k_norm.weight"]))
+        XCTAssertTrue(noQKNorm.contains("missing tensor 'blk.5.attn_k_norm.weight'"), noQKNorm)
+        let alibi = message(try rewrite("b-alibi.gguf", arch: "bloom", source: bloom, setKeys: ["bloom.attention.max_alibi_bias": .float32(0)]))
+        XCTAssertTrue(alibi.contains("bloom.attention.max_alibi_bias"), alibi)
+        let noBias = message(try rewrite("b-bias.gguf", arch: "bloom", source: bloom, dropTensors: ["blk.0.attn_qkv.bias"]))
+        XCTAssertTrue(noBias.contains("missing tensor 'blk.0.attn_qkv.bias'"), noBias)
+        let eps = message(try rewrite("b-eps.gguf", arch: "bloom", source: bloom, setKeys: ["bloom.attention.layer_norm_epsilon": .float32(5)]))
+        XCTAssertTrue(eps.contains("bloom.attention.layer_norm_epsilon"), eps)
+        // A Gemma 2 file's layer tensors under the BLOOM name: BLOOM's parts are missing, Gemma's refused.
+        let mixed = message(try rewrite("b-gemma.gguf", arch: "bloom", source: gemma2))
+        XCTAssertTrue(mixed.contains("missing") || mixed.contains("is not part of Puna's bloom"), mixed)
+        // A GGUF LoRA made for Gemma 2 on the BLOOM base is refused by architecture.
+        let base = try LanguageModel(path: bloom, options: ModelOptions(threads: 1))
+        XCTAssertThrowsError(try LoRAAdapter.load(path: arch("lora/gemma2-all.gguf"), for: base)) { e in
+            let m = (e as! PunaError).message
+            XCTAssertTrue(m.contains("gemma2") && m.contains("bloom"), m)
+        }
     }
 
     func testRoPEFactorsMustBePositive() throws {

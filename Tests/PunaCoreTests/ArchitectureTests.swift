@@ -209,6 +209,21 @@ final class ArchitectureTests: XCTestCase {
             case "phi3": XCTAssertTrue(features.contains("fused QKV") && features.contains("fused gate/up"), "\(features)")
             case "llama3": XCTAssertTrue(features.contains { $0.hasPrefix("RoPE frequency factors") }, "\(features)")
             case "mistral": XCTAssertTrue(features.contains { $0.hasPrefix("sliding-window attention") }, "\(features)")
+            case "gemma2":
+                for f in ["post-norms after attention and feed-forward", "GeGLU (tanh GELU)", "embeddings × 16.0",
+                          "attention soft-cap 5.0", "final logit soft-cap 15.0", "local layers: all but every 2th",
+                          "sliding-window attention (32)", "tied embeddings"] {
+                    XCTAssertTrue(features.contains(f), "\(f) not in \(features)")
+                }
+            case "gemma3":
+                for f in ["per-head Q/K RMSNorm", "local layers: all but every 6th", "local layers' RoPE base 10000.0",
+                          "linear RoPE scaling ×8.0", "sliding-window attention (32)"] {
+                    XCTAssertTrue(features.contains(f), "\(f) not in \(features)")
+                }
+            case "bloom":
+                for f in ["ALiBi (no RoPE)", "LayerNorm with bias", "fused QKV", "GELU feed-forward without gate", "tied embeddings"] {
+                    XCTAssertTrue(features.contains(f), "\(f) not in \(features)")
+                }
             default: break
             }
             let estimate = Double(try XCTUnwrap(info["estimated_bytes"] as? Int)) / 1048576
@@ -221,6 +236,82 @@ final class ArchitectureTests: XCTestCase {
             XCTAssertEqual(estimate, peak, accuracy: 0.1 * peak, "\(entry["file"]!): estimate \(estimate) MiB, peak RSS \(peak) MiB")
             #endif
         }
+    }
+
+    /// Gemma 2 and 3 over 200 tokens with a window of 32 (where implementations go wrong): the full
+    /// cache in one step, the cache a long context gets (rings on the local layers) in steps of 7,
+    /// and token by token, against transformers.
+    func testContextLongerThanTheSlidingWindowMatchesTransformers() throws {
+        var checked = 0
+        for family in try families() {
+            for entry in family["files"] as! [[String: Any]] {
+                guard let long = entry["long_context"] as? [String: Any] else { continue }
+                let name = entry["file"] as! String
+                let tokens = (long["tokens"] as! [Int]).map { Int32($0) }
+                let window = long["window"] as! Int
+                let expected = try Fixtures.floats(ArchitectureTests.root.appendingPathComponent(long["logits"] as! String))
+                let model = try LanguageModel(path: path(name), options: ModelOptions(threads: 2, batchSize: 7))
+                let c = model.config
+                XCTAssertEqual(c.slidingWindow, window, name)
+                let whole = try model.evaluate(tokens, cache: model.makeCache(contextLength: 256, type: .f32), allLogits: true)
+                let ringCache = try model.makeCache(contextLength: 8192, type: .f32)
+                let local = (0..<c.blockCount).filter { c.isLocal(layer: $0) }
+                XCTAssertFalse(local.isEmpty, name)
+                XCTAssertLessThan(local.count, c.blockCount, "\(name): a global layer is expected")
+                for layer in 0..<c.blockCount {
+                    // local layers keep window + step - 1 + the rewind margin rows, global ones all (0: no ring)
+                    XCTAssertEqual(ringCache.ringRows[layer], local.contains(layer) ? window + 7 - 1 + KVCache.rewindRows : 0, "\(name) layer \(layer)")
+                }
+                let ringed = try model.evaluate(tokens, cache: ringCache, allLogits: true)
+                let stepCache = try model.makeCache(contextLength: 8192, type: .f32)
+                var oneByOne: [Float] = []
+                for t in tokens { oneByOne += try model.evaluate([t], cache: stepCache) }
+                for (what, got) in [("full cache", whole), ("rings, steps of 7", ringed), ("rings, one token at a time", oneByOne)] {
+                    let r = relative(got, expected)
+                    print("\(name) \(tokens.count) tokens, window \(window), \(what): \(r)")
+                    XCTAssertLessThanOrEqual(r, 1e-3, "\(name) \(what)")
+                }
+                checked += 1
+            }
+        }
+        XCTAssertGreaterThanOrEqual(checked, 2)
+    }
+
+    /// The BLOOM file's byte-level BPE (`pre = bloom`) gives the Hugging Face tokenizer's ids (which
+    /// llama-tokenize also gave when the fixture was made), and decodes them back to the text.
+    func testBloomTokenizerMatchesHuggingFace() throws {
+        let bloom = try XCTUnwrap(try families().first { $0["family"] as? String == "bloom" })
+        let entry = (bloom["files"] as! [[String: Any]])[0]
+        let gguf = try GGUFFile(path: path(entry["file"] as! String))
+        let tokenizer = try Tokenizer(gguf: gguf)
+        let vectors = try XCTUnwrap(entry["tokenizer_vectors"] as? [[String: Any]])
+        for v in vectors {
+            let text = v["text"] as! String
+            let ids = tokenizer.encode(text, addBOS: false)
+            XCTAssertEqual(ids.map(Int.init), v["ids"] as! [Int], text)
+            XCTAssertEqual(tokenizer.decode(ids), text)
+        }
+        XCTAssertGreaterThanOrEqual(vectors.count, 6)
+    }
+
+    /// `puna perplexity` against llama.cpp's `llama-perplexity` on the same Gemma files and text
+    /// (recorded by make_arch_models.py), within 1%.
+    func testPerplexityAgreesWithLlamaCpp() throws {
+        var checked = 0
+        for family in try families() {
+            for entry in family["files"] as! [[String: Any]] {
+                guard let ref = entry["llama_perplexity"] as? [String: Any], let want = ref["perplexity"] as? Double else { continue }
+                let (status, out, err) = try Fixtures.runPuna(["perplexity", "-m", path(entry["file"] as! String), "-f", path(ref["text"] as! String),
+                                                                "-c", "\(ref["ctx"] as! Int)", "--json"])
+                XCTAssertEqual(status, 0, err)
+                let result = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+                let got = try XCTUnwrap(result["perplexity"] as? Double)
+                print("\(entry["file"]!): puna perplexity \(got), llama-perplexity \(want), ratio \(got / want)")
+                XCTAssertEqual(got, want, accuracy: 0.01 * want, entry["file"] as! String)
+                checked += 1
+            }
+        }
+        XCTAssertGreaterThanOrEqual(checked, 4)
     }
 
     /// Mistral's window (6 positions in the fixture) through a ring of 8 rows per layer: the same

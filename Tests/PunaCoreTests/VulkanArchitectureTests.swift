@@ -45,7 +45,15 @@ final class ArchitectureVulkanTests: XCTestCase {
         return try Fixtures.json(url)
     }
 
+    /// Architectures the shaders do not compute yet: they run on the CPU (README, "Vulkan").
+    static let cpuOnlyArchitectures: Set<String> = ["gemma2", "gemma3", "bloom"]
+
     func families() throws -> [[String: Any]] { try XCTUnwrap(manifest()["families"] as? [[String: Any]]) }
+
+    /// The families whose architecture runs on the GPU.
+    func gpuFamilies() throws -> [[String: Any]] {
+        try families().filter { !Self.cpuOnlyArchitectures.contains($0["architecture"] as! String) }
+    }
 
     func path(_ name: String) -> String { Self.root.appendingPathComponent(name).path }
 
@@ -97,7 +105,7 @@ final class ArchitectureVulkanTests: XCTestCase {
         let tokens = try referenceTokens()
         var report: [String] = []
         var checked = Set<String>()
-        for family in try families() {
+        for family in try gpuFamilies() {
             let name = family["family"] as! String
             for entry in family["files"] as! [[String: Any]] {
                 let file = entry["file"] as! String, type = entry["type"] as! String
@@ -160,7 +168,7 @@ final class ArchitectureVulkanTests: XCTestCase {
         let device = try requireDevice()
         let prompt = try XCTUnwrap((manifest()["greedy"] as? [String: Any])?["prompt_tokens"] as? [Int]).map { Int32($0) }
         var checked = 0
-        for family in try families() {
+        for family in try gpuFamilies() {
             for entry in family["files"] as! [[String: Any]] where entry["type"] as? String == "f32" {
                 let file = entry["file"] as! String
                 let expected = try XCTUnwrap((entry["greedy"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
@@ -187,7 +195,7 @@ final class ArchitectureVulkanTests: XCTestCase {
         let tokens = try referenceTokens()
         var report: [String] = []
         var checked = Set<String>()
-        for family in try families() {
+        for family in try gpuFamilies() {
             guard let lora = family["lora"] as? [String: Any] else { continue }
             let name = family["family"] as! String
             let base = lora["base"] as! String
@@ -325,7 +333,7 @@ final class ArchitectureVulkanTests: XCTestCase {
         let device = try requireDevice()
         let tokens = try referenceTokens()
         var checked = 0
-        for family in try families() {
+        for family in try gpuFamilies() {
             guard let entry = (family["files"] as! [[String: Any]]).first(where: { $0["type"] as? String == "f32" }) else { continue }
             let file = entry["file"] as! String
             let cpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
@@ -346,49 +354,34 @@ final class ArchitectureVulkanTests: XCTestCase {
     // MARK: - what stays on the CPU
 
     /// The Gemma/BLOOM parts the shaders do not compute are named: without `required` the model
-    /// runs on the CPU (same logits) and says why; with it, useVulkan throws the same message.
+    /// runs on the CPU (the CPU's logits exactly) and says why; with it, useVulkan throws the same
+    /// message. Exactly the `cpuOnlyArchitectures` fall back; every other family runs on the GPU.
     func testUncomputedFeaturesAreNamedAndRunOnTheCPU() throws {
         _ = try requireDevice()
-        // tiny-mha-f32 as a Gemma 2 file (post-norms, GeGLU, embedding scale, soft-capping, local layers).
-        let source = try GGUFFile(path: Fixtures.models.appendingPathComponent("tiny-mha-f32.gguf").path)
-        var w = GGUFWriter()
-        for key in source.keys {
-            if key == "general.architecture" { w.set(key, .string("gemma2")); continue }
-            w.set(key.hasPrefix("llama.") ? "gemma2." + key.dropFirst("llama.".count) : key, source[key]!)
-        }
-        w.set("gemma2.final_logit_softcapping", .float32(30))
-        let e = try XCTUnwrap(source["llama.embedding_length"]?.intValue)
-        for t in source.tensors { w.addTensor(name: t.name, shape: t.shape, type: t.type, bytes: Array(source.data(of: t))) }
-        let ones = Array([Float](repeating: 1, count: e).withUnsafeBytes { Array($0) })
-        for l in 0..<(try XCTUnwrap(source["llama.block_count"]?.intValue)) {
-            w.addTensor(name: "blk.\(l).post_attention_norm.weight", shape: [e], type: .f32, bytes: ones)
-            w.addTensor(name: "blk.\(l).post_ffw_norm.weight", shape: [e], type: .f32, bytes: ones)
-        }
-        let file = FileManager.default.temporaryDirectory.appendingPathComponent("puna-vk-gemma2-\(UUID().uuidString).gguf").path
-        try w.write(to: file)
-        defer { try? FileManager.default.removeItem(atPath: file) }
-
-        let model = try LanguageModel(path: file, options: ModelOptions(threads: 2))
-        try model.useVulkan(VulkanOptions())
-        XCTAssertFalse(model.usesVulkan)
-        let note = try XCTUnwrap(model.backendNote)
-        for part in ["the shaders do not compute", "post-norms", "GeGLU", "soft-capping", "embedding scale/norm",
-                     "local/global layer patterns", "gemma2 model", "running on the CPU"] {
-            XCTAssertTrue(note.contains(part), "'\(part)' not in: \(note)")
-        }
+        let parts = ["gemma2": ["post-norms", "GeGLU", "soft-capping", "embedding scale/norm", "local/global layer patterns"],
+                     "gemma3": ["post-norms", "GeGLU", "embedding scale/norm", "local/global layer patterns"],
+                     "bloom": ["LayerNorm", "GELU feed-forward", "output/feed-forward biases", "ALiBi", "embedding scale/norm"]]
         let tokens: [Int32] = [1, 339, 440, 432, 310]
-        let cpu = try LanguageModel(path: file, options: ModelOptions(threads: 2))
-        XCTAssertEqual(try model.evaluate(tokens, cache: model.makeCache(contextLength: 16), allLogits: true),
-                       try cpu.evaluate(tokens, cache: cpu.makeCache(contextLength: 16), allLogits: true))
-        XCTAssertThrowsError(try model.useVulkan(VulkanOptions(required: true))) { error in
-            XCTAssertTrue((error as! PunaError).message.contains("the shaders do not compute post-norms"), "\(error)")
-        }
-        // The families of the architecture fixtures all run on the GPU (nothing named).
+        var fellBack: Set<String> = []
         for family in try families() {
+            let arch = family["architecture"] as! String
             guard let entry = (family["files"] as! [[String: Any]]).first else { continue }
-            let m = try LanguageModel(path: path(entry["file"] as! String), options: ModelOptions(threads: 2))
+            let file = path(entry["file"] as! String)
+            let m = try LanguageModel(path: file, options: ModelOptions(threads: 2))
             try m.useVulkan(VulkanOptions())
-            XCTAssertTrue(m.usesVulkan, "\(entry["file"]!): \(m.backendNote ?? "")")
+            guard !m.usesVulkan else { continue }
+            fellBack.insert(arch)
+            let note = try XCTUnwrap(m.backendNote)
+            for part in ["the shaders do not compute", "\(arch) model", "running on the CPU"] + (parts[arch] ?? []) {
+                XCTAssertTrue(note.contains(part), "'\(part)' not in: \(note)")
+            }
+            let cpu = try LanguageModel(path: file, options: ModelOptions(threads: 2))
+            XCTAssertEqual(try m.evaluate(tokens, cache: m.makeCache(contextLength: 16), allLogits: true),
+                           try cpu.evaluate(tokens, cache: cpu.makeCache(contextLength: 16), allLogits: true), file)
+            XCTAssertThrowsError(try m.useVulkan(VulkanOptions(required: true))) { error in
+                XCTAssertTrue((error as! PunaError).message.contains("the shaders do not compute"), "\(error)")
+            }
         }
+        XCTAssertEqual(fellBack, Self.cpuOnlyArchitectures)
     }
 }

@@ -54,7 +54,7 @@ final class LoRAWeights {
     let rank: Int
     /// α/r (α/√r with rsLoRA) for this pair.
     let scale: Float
-    /// B's row i updates base row outputRows[i] (the Q/K rotary reordering); nil = same row.
+    /// B's row i updates base row outputRows[i] (Q/K rotary reordering, BLOOM's QKV regrouping); nil = same row.
     let outputRows: [Int]?
     /// Names of the two tensors in the adapter file, for messages.
     let sourceA: String
@@ -283,6 +283,13 @@ public final class LoRAAdapter {
                         throw PunaError(label + "'\(raw.target)' has \(outRows) rows, not whole heads of even size for \(heads) heads")
                     }
                     outputRows = rotaryRowOrder(rows: outRows, heads: heads)
+                } else if parsed.format == .peft, raw.kind == .linear, model.architecture.regroupsPerHeadQKV,
+                          raw.target.hasSuffix("." + LayerTensor.fusedQKV.name) {
+                    let c = model.config
+                    guard outRows == 3 * c.headCount * c.headDimension else {
+                        throw PunaError(label + "'\(raw.target)' has \(outRows) rows, not Q, K and V of \(c.headCount) heads")
+                    }
+                    outputRows = perHeadQKVRowOrder(heads: c.headCount, headDimension: c.headDimension)
                 }
             }
             var a = raw.a, b = raw.b
@@ -718,6 +725,18 @@ func rotaryRowOrder(rows: Int, heads: Int) -> [Int] {
     for h in 0..<heads {
         for j in 0..<d {
             order[h * d + j] = h * d + (j < half ? 2 * j : 2 * (j - half) + 1)
+        }
+    }
+    return order
+}
+
+/// HF row i of BLOOM's query_key_value ([head][q k v][head_dim]) → GGUF row ([q k v][head][head_dim]),
+/// the regrouping convert_hf_to_gguf.py applies to the base weights.
+func perHeadQKVRowOrder(heads: Int, headDimension d: Int) -> [Int] {
+    var order = [Int](repeating: 0, count: 3 * heads * d)
+    for h in 0..<heads {
+        for part in 0..<3 {
+            for j in 0..<d { order[(h * 3 + part) * d + j] = (part * heads + h) * d + j }
         }
     }
     return order

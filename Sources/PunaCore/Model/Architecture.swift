@@ -20,6 +20,9 @@ struct Architecture {
     let readsLongRoPE: Bool
     var norm: NormKind = .rms
     var feedForward: FeedForwardKind = .swiglu
+    /// Whether the converter regrouped a fused QKV matrix from Hugging Face's per-head [q k v]
+    /// interleaving into Q, K, V blocks (BLOOM): a PEFT adapter's B rows need the same regrouping.
+    var regroupsPerHeadQKV = false
     /// The architecture's own keys, after the common ones (ModelConfig.init).
     let readKeys: (ConfigKeys, inout ModelConfig) throws(PunaError) -> Void
 

@@ -89,6 +89,7 @@ extension LanguageModel {
         let x = Buffer(n * e)       // [n][e] residual stream
         for (r, token) in allTokens.enumerated() { tokenEmbedding.decodeRow(Int(token), into: x.p + r * e) }
         if let rowAdapters { try addEmbeddingAdapterDeltas(allTokens, into: x.p, adapters: rowAdapters) }
+        prepareEmbeddings(x, rows: n)
         try forwardLayers(x, rows: n, sequences: sequences, layers: 0..<layers.count, adapters: rowAdapters)
         for s in slices { s.cache.count += s.tokens.count }
 

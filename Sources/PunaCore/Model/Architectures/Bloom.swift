@@ -12,7 +12,7 @@ extension Architecture {
         optionalLayerTensors: [],
         peftModules: [("query_key_value", .fusedQKV), ("dense", .output), ("dense_h_to_4h", .up), ("dense_4h_to_h", .down)],
         readsLongRoPE: false,
-        norm: .layerNorm, feedForward: .gelu,
+        norm: .layerNorm, feedForward: .gelu, regroupsPerHeadQKV: true,
         readKeys: { (keys: ConfigKeys, config: inout ModelConfig) throws(PunaError) in
             config.rmsNormEpsilon = try keys.float("attention.layer_norm_epsilon", 1e-5, 1e-12...1)
             config.alibiMaxBias = try keys.float("attention.max_alibi_bias", 8, 0.01...1e3)
