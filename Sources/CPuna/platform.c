@@ -18,6 +18,16 @@
 #include <sys/auxv.h>
 #endif
 
+int puna_path_is_directory(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode) ? 1 : 0;
+}
+
+int puna_path_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? 1 : 0;
+}
+
 puna_mapping puna_map_file(const char *path) {
     puna_mapping m = {0};
     // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).

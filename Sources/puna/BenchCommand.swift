@@ -164,7 +164,7 @@ enum BenchCommand {
             var j = JSONWriter()
             j.beginObject()
             j.field("model", path)
-            j.field("model_bytes", gguf.file.count)
+            j.field("model_bytes", gguf.fileBytes)
             j.field("tensor_bytes", gguf.tensorBytes)
             j.field("n_params", parameters)
             j.key("tensor_types"); j.beginObject(); for k in typeCounts.keys.sorted() { j.field(k, typeCounts[k]!) }; j.endObject()
@@ -201,7 +201,7 @@ enum BenchCommand {
 
         var rows: [[String]] = [["model", "size", "params", "backend", "threads", "test", "t/s median", "min", "max", "stddev"]]
         for r in results {
-            rows.append([basename(path), formatBytes(gguf.file.count), formatCount(parameters), backend, "\(model.threads)", r.name,
+            rows.append([basename(path), formatBytes(gguf.fileBytes), formatCount(parameters), backend, "\(model.threads)", r.name,
                          fixed(r.median, 2), fixed(r.minimum, 2), fixed(r.maximum, 2), fixed(r.stddev, 2)])
         }
         out(markdownTable(rows, rightAligned: [2, 4, 6, 7, 8, 9]))
@@ -215,7 +215,7 @@ enum BenchCommand {
         }
         outLine("\(reps) repetitions\(warmup ? " after a warm-up" : ""); batch \(model.batchSize); KV cache \(cache.type.name), "
                 + "\(cache.capacity) positions (\(formatBytes(cache.byteCount))); load \(fixed(Double(loadNs) / 1e6, 0)) ms; "
-                + "peak RSS \(formatBytes(peakRSS)) (file \(formatBytes(gguf.file.count)))")
+                + "peak RSS \(formatBytes(peakRSS)) (file \(formatBytes(gguf.fileBytes)))")
         return 0
     }
 

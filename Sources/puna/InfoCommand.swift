@@ -54,7 +54,7 @@ enum InfoCommand {
             var j = JSONWriter()
             j.beginObject()
             j.field("file", path)
-            j.field("file_bytes", gguf.file.count)
+            j.field("file_bytes", gguf.fileBytes)
             j.field("gguf_version", Int(gguf.version))
             j.key("architecture"); if let a = gguf.architecture { j.value(a) } else { j.null() }
             j.field("vocab_only", gguf.tensors.isEmpty)
@@ -100,7 +100,7 @@ enum InfoCommand {
 
         var rows: [(String, String)] = [
             ("file", path),
-            ("file size", "\(formatBytes(gguf.file.count)) (\(gguf.file.count) bytes)"),
+            ("file size", "\(formatBytes(gguf.fileBytes)) (\(gguf.fileBytes) bytes)"),
             ("GGUF version", "\(gguf.version)"),
             ("architecture", gguf.architecture ?? "(none)"),
         ]

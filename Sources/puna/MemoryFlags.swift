@@ -100,9 +100,9 @@ enum MemoryFlags {
         if model.mergedWeightBytes > 0 { model.releaseReplacedWeights() }
         if args.has("--mlock") {
             do throws(PunaError) {
-                try model.gguf.file.lock()
+                for file in model.gguf.files { try file.lock() }
             } catch {
-                throw PunaError("flag --mlock: \(error.message) (locking \(formatBytes(model.gguf.file.count)) needs root or ulimit -l of at least that)")
+                throw PunaError("flag --mlock: \(error.message) (locking \(formatBytes(model.gguf.fileBytes)) needs root or ulimit -l of at least that)")
             }
         }
     }

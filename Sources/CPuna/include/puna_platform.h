@@ -21,6 +21,10 @@ typedef struct {
 // Map a whole file read-only and private. On failure data is NULL and error is set.
 puna_mapping puna_map_file(const char *path);
 void puna_unmap(puna_mapping *m);
+// 1 when path names a directory (following symlinks), else 0.
+int puna_path_is_directory(const char *path);
+// 1 when something exists at path (following symlinks), else 0.
+int puna_path_exists(const char *path);
 
 enum puna_advice { PUNA_ADVICE_NORMAL = 0, PUNA_ADVICE_SEQUENTIAL = 1, PUNA_ADVICE_RANDOM = 2,
                    PUNA_ADVICE_WILLNEED = 3, PUNA_ADVICE_DONTNEED = 4 };

@@ -121,9 +121,11 @@ public struct GGUFTensorInfo {
     /// Dimensions, fastest-varying first (GGML's ne[0] is the row length).
     public let shape: [Int]
     public let type: GGMLType
-    /// Byte offset from the start of the data section.
+    /// Byte offset from the start of the data section (of file `source`).
     public let offset: Int
     public let byteCount: Int
+    /// Which of `GGUFFile.files` holds the data: 0 for a GGUF file; a Hugging Face folder's shards.
+    public internal(set) var source = 0
 
     public var elementCount: Int { shape.reduce(1, *) }
     /// Weights per row (ne[0]) and number of rows (product of the other dims).
@@ -135,8 +137,17 @@ public struct GGUFTensorInfo {
 /// into the mapping and never copied. Every length, count and offset is checked against the file
 /// before use, so a truncated or hostile file throws a `PunaError` naming the field, never traps.
 public final class GGUFFile {
+    /// The GGUF file, or a Hugging Face folder's first shard.
     public let file: MappedFile
-    public var path: String { file.path }
+    /// Every mapped file tensors live in (one for a GGUF file; the shards of a Hugging Face folder).
+    public let files: [MappedFile]
+    /// Start of each file's data section.
+    let dataOffsets: [Int]
+    /// The GGUF file's path, or the Hugging Face folder's.
+    public let path: String
+    /// Set when the tensors and keys were read from a Hugging Face folder (see HuggingFaceFolder):
+    /// Q/K rows are in Hugging Face's order, so the model rotates head halves.
+    public let isHuggingFaceFolder: Bool
     public let version: UInt32
     /// Metadata keys in file order.
     public let keys: [String]
@@ -151,12 +162,41 @@ public final class GGUFFile {
     static let maxDimensions = 4
     static let maxArrayNesting = 8
 
+    /// A GGUF file, or a Hugging Face model folder (config.json + safetensors, read in place).
     public convenience init(path: String) throws(PunaError) {
+        if puna_path_is_directory(path) != 0 {
+            let folder = try HuggingFaceFolder(path: path)
+            self.init(virtual: path, keys: folder.keys, metadata: folder.metadata, tensors: folder.tensors, files: folder.files,
+                      dataOffsets: folder.files.map { _ in 0 })
+            return
+        }
         try self.init(file: MappedFile(path: path))
+    }
+
+    /// Keys and tensors made elsewhere, with data in `files` (offsets from `dataOffsets`).
+    init(virtual path: String, keys: [String], metadata: [String: GGUFValue], tensors: [GGUFTensorInfo], files: [MappedFile],
+         dataOffsets: [Int]) {
+        self.file = files[0]
+        self.files = files
+        self.dataOffsets = dataOffsets
+        self.path = path
+        self.isHuggingFaceFolder = true
+        self.version = 3
+        self.keys = keys
+        self.metadata = metadata
+        self.tensors = tensors
+        var index: [String: Int] = [:]
+        for (i, t) in tensors.enumerated() { index[t.name] = i }
+        self.tensorIndex = index
+        self.alignment = GGUFFile.defaultAlignment
+        self.dataOffset = dataOffsets[0]
     }
 
     public init(file: MappedFile) throws(PunaError) {
         self.file = file
+        self.files = [file]
+        self.path = file.path
+        self.isHuggingFaceFolder = false
         var r = ByteReader(bytes: file.bytes, path: file.path)
         if file.count == 0 { throw PunaError("\(file.path): empty file, not a GGUF model") }
         let magic = try r.u32("magic")
@@ -266,6 +306,7 @@ public final class GGUFFile {
         self.tensorIndex = index
         self.alignment = alignment
         self.dataOffset = dataOffset
+        self.dataOffsets = [dataOffset]
     }
 
     // MARK: tensors
@@ -276,8 +317,16 @@ public final class GGUFFile {
 
     /// The tensor's bytes, a view into the mapping.
     public func data(of tensor: GGUFTensorInfo) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(start: file.baseAddress! + dataOffset + tensor.offset, count: tensor.byteCount)
+        UnsafeRawBufferPointer(start: files[tensor.source].baseAddress! + dataOffsets[tensor.source] + tensor.offset, count: tensor.byteCount)
     }
+
+    /// madvise a tensor's bytes in whichever file holds them.
+    public func advise(_ tensor: GGUFTensorInfo, _ advice: MappedFile.Advice) {
+        files[tensor.source].advise(offset: dataOffsets[tensor.source] + tensor.offset, count: tensor.byteCount, advice)
+    }
+
+    /// Bytes of every mapped file together.
+    public var fileBytes: Int { files.reduce(0) { $0 + $1.count } }
 
     /// Total bytes of all tensor data.
     public var tensorBytes: Int { tensors.reduce(0) { $0 + $1.byteCount } }

@@ -283,6 +283,18 @@ public final class LoRAAdapter {
                         throw PunaError(label + "'\(raw.target)' has \(outRows) rows, not whole heads of even size for \(heads) heads")
                     }
                     outputRows = rotaryRowOrder(rows: outRows, heads: heads)
+                } else if parsed.format == .gguf, raw.kind == .linear, model.gguf.isHuggingFaceFolder,
+                          model.architecture.reordersQueryKeyRows,
+                          let heads = raw.target.hasSuffix(".attn_q.weight") ? model.config.headCount
+                                    : raw.target.hasSuffix(".attn_k.weight") ? model.config.headCountKV : nil {
+                    // A GGUF adapter's Q/K rows are in the converter's order; a Hugging Face folder's base is not.
+                    guard outRows % heads == 0, (outRows / heads) % 2 == 0 else {
+                        throw PunaError(label + "'\(raw.target)' has \(outRows) rows, not whole heads of even size for \(heads) heads")
+                    }
+                    let forward = rotaryRowOrder(rows: outRows, heads: heads)
+                    var inverse = [Int](repeating: 0, count: outRows)
+                    for (hf, gguf) in forward.enumerated() { inverse[gguf] = hf }
+                    outputRows = inverse
                 } else if parsed.format == .peft, raw.kind == .linear, model.architecture.regroupsPerHeadQKV,
                           raw.target.hasSuffix("." + LayerTensor.fusedQKV.name) {
                     let c = model.config
@@ -851,7 +863,7 @@ extension LanguageModel {
 
     /// Head count of a Q or K projection (whose rows convert_hf_to_gguf.py reordered), else nil.
     func rotaryHeads(_ target: String) -> Int? {
-        guard architecture.reordersQueryKeyRows else { return nil }
+        guard architecture.reordersQueryKeyRows, !gguf.isHuggingFaceFolder else { return nil }
         if target.hasSuffix(".attn_q.weight") { return config.headCount }
         if target.hasSuffix(".attn_k.weight") { return config.headCountKV }
         return nil

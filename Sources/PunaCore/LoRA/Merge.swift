@@ -201,8 +201,7 @@ extension LanguageModel {
             }
             if linear.ownedWeights == nil {
                 // The mapped original is not read again: let the kernel drop its pages.
-                let offset = linear.weights - UnsafeRawPointer(gguf.file.baseAddress!)
-                gguf.file.advise(offset: offset, count: bytes, .dontNeed)
+                if let t = gguf.tensorInfo(linear.name) { gguf.advise(t, .dontNeed) }
             }
             linear.ownedWeights?.deallocate()
             linear.ownedWeights = owned

@@ -160,7 +160,7 @@ public struct MemoryEstimate {
             matrices["output.weight"] = Matrix(name: "output.weight", type: embedding.type, rows: embedding.rows,
                                                cols: embedding.cols, bytes: embedding.bytes)
         }
-        return llama(config: config, fileBytes: gguf.file.count, matrices: matrices, settings: settings)
+        return llama(config: config, fileBytes: gguf.fileBytes, matrices: matrices, settings: settings)
     }
 
     /// Estimate for a model file whose tensors are all of one type `weightType` (when only the
@@ -522,6 +522,11 @@ extension LanguageModel {
     /// SEQUENTIAL would let the kernel drop pages right after use (they are needed again for the
     /// next token), RANDOM would turn re-reads of evicted weights into single-page reads.
     func adviseForLoading() {
+        guard gguf.files.count == 1 else {
+            // A Hugging Face folder: tensor by tensor (the embedding read one row at a time).
+            for t in gguf.tensors { gguf.advise(t, t.name == "token_embd.weight" && gguf.tensorInfo("output.weight") != nil ? .random : .willNeed) }
+            return
+        }
         let file = gguf.file
         let dataEnd = file.count
         guard let embedding = gguf.tensorInfo("token_embd.weight"), gguf.tensorInfo("output.weight") != nil else {
@@ -542,7 +547,7 @@ extension LanguageModel {
             if m === output, gguf.tensorInfo("output.weight") == nil, tokenEmbedding.ownedWeights == nil { continue }
             let name = m === output && gguf.tensorInfo("output.weight") == nil ? "token_embd.weight" : m.name
             guard let t = gguf.tensorInfo(name) else { continue }
-            gguf.file.advise(offset: gguf.dataOffset + t.offset, count: t.byteCount, .dontNeed)
+            gguf.advise(t, .dontNeed)
         }
     }
 }

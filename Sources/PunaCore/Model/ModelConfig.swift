@@ -153,7 +153,9 @@ public struct ModelConfig: Equatable {
         }
         ropeFreqBase = try keys.float("rope.freq_base", 10000, 1...1e10)
         rmsNormEpsilon = try keys.float("attention.layer_norm_rms_epsilon", 1e-5, 1e-12...1)
-        ropeStyle = spec.ropeStyle
+        // A Hugging Face folder keeps Q/K rows in HF's order (the GGUF converter reorders them for
+        // adjacent pairs): rotating head halves on that order is the same rotation.
+        ropeStyle = gguf.isHuggingFaceFolder && spec.reordersQueryKeyRows ? .halves : spec.ropeStyle
         norm = spec.norm
         feedForward = spec.feedForward
         ropeScaleLinear = 1
