@@ -270,8 +270,9 @@ public struct MemoryEstimate {
         let qd = c.queryDimension
         var fusedWidth = 0
         if matrices.keys.contains(where: { $0.hasSuffix(".attn_qkv.weight") }) { fusedWidth = sum(qd, product(2, kvd)) }
-        if !matrices.keys.contains(where: { $0.hasSuffix(".ffn_gate.weight") }) { fusedWidth = max(fusedWidth, product(2, ff)) }
-        var activations = sum(product(4, n, sum(product(2, embd), product(2, qd), product(2, kvd), product(2, ff), fusedWidth)),
+        if c.feedForward != .gelu, !matrices.keys.contains(where: { $0.hasSuffix(".ffn_gate.weight") }) { fusedWidth = max(fusedWidth, product(2, ff)) }
+        let ffnBuffers = c.feedForward == .gelu ? 1 : 2   // GELU without gate writes only the gate buffer
+        var activations = sum(product(4, n, sum(product(2, embd), product(2, qd), product(2, kvd), product(ffnBuffers, ff), fusedWidth)),
                               product(4, logitRows, embd), product(4, allLogitRows, vocab))
         if !s.mergeAdapters && !adapterTargets.isEmpty {
             var widest = 0

@@ -298,7 +298,8 @@ public final class LanguageModel {
         let att = Buffer(n * qd)    // [n][q_dim] attention output
         let gate = Buffer(n * ff)   // [n][ff]
         let up = Buffer(n * ff)     // [n][ff]
-        let fusedWidth = max(layers.contains { $0.qkv != nil } ? qd + 2 * kvd : 0, layers.contains { $0.gate == nil } ? 2 * ff : 0)
+        let fusedGateUp = c.feedForward != .gelu && layers.contains { $0.gate == nil }   // BLOOM's FFN has no gate at all
+        let fusedWidth = max(layers.contains { $0.qkv != nil } ? qd + 2 * kvd : 0, fusedGateUp ? 2 * ff : 0)
         let fused = Buffer(n * fusedWidth)   // [n][q_dim + 2 kv_dim] or [n][2 ff]: a fused matrix's output before the split
         var positions: [Int] = []   // position of every row
         for s in sequences { for t in 0..<s.count { positions.append(s.cache.count + t) } }
