@@ -150,6 +150,21 @@ final class HuggingFaceFolderTests: XCTestCase {
         d = try copy("llama-f16")
         try FileManager.default.moveItem(at: d.appendingPathComponent("model.safetensors"), to: d.appendingPathComponent("pytorch_model.bin"))
         XCTAssertTrue(message(d).contains("pickle"), message(d))
+        // tokenizer.model cut short, or replaced by bytes that are not a protobuf: named, not a crash.
+        for cut in [7, 100, 1001, 2500] {
+            d = try copy("llama-f16")
+            let model = d.appendingPathComponent("tokenizer.model")
+            let bytes = try Data(contentsOf: model)
+            try bytes.prefix(bytes.count * cut / 10_000 + 3).write(to: model)
+            let m = message(d)
+            XCTAssertTrue(m.contains("tokenizer.model: ") && (m.contains("malformed protobuf") || m.contains("not a SentencePiece model")), m)
+        }
+        d = try copy("llama-f16")
+        var garbage = [UInt8](repeating: 0, count: 4096)
+        var state: UInt64 = 12345
+        for i in garbage.indices { state = state &* 6364136223846793005 &+ 1442695040888963407; garbage[i] = UInt8(truncatingIfNeeded: state >> 56) }
+        try Data(garbage).write(to: d.appendingPathComponent("tokenizer.model"))
+        XCTAssertTrue(message(d).contains("tokenizer.model: "), message(d))
         // A bitsandbytes folder: named as not yet supported (not a crash, not garbage).
         XCTAssertTrue(message(Self.root.appendingPathComponent("llama-nf4-dq")).contains("quantization_config (quant_method 'bitsandbytes') is not supported yet"))
         // A directory that is not a model folder.

@@ -26,6 +26,7 @@ struct HuggingFaceVocab {
         var tokens: [String] = [], scores: [Float] = [], types: [Int32] = []
         var ids: (unk: Int?, bos: Int?, eos: Int?) = (0, 1, 2)
         var dummyPrefix = true
+        var specs = (trainer: false, normalizer: false)
         try withInputBytes(file, maxBytes: HuggingFaceFolder.maxJSONBytes, limitNote: "Puna's limit for tokenizer.model") { bytes throws(PunaError) in
             var top = ProtobufReader(bytes, file: file, what: "ModelProto")
             while let (field, wire) = try top.nextField() {
@@ -48,6 +49,7 @@ struct HuggingFaceVocab {
                     guard tokens.count < HuggingFaceVocab.maxTokens else { throw PunaError("\(file): more than \(HuggingFaceVocab.maxTokens) pieces") }
                     tokens.append(text); scores.append(score.isFinite ? score : 0); types.append(type)
                 case (2, 2):
+                    specs.trainer = true
                     var spec = try top.message("the trainer spec")
                     while let (f, w) = try spec.nextField() {
                         switch (f, w) {
@@ -58,6 +60,7 @@ struct HuggingFaceVocab {
                         }
                     }
                 case (3, 2):
+                    specs.normalizer = true
                     var spec = try top.message("the normalizer spec")
                     while let (f, w) = try spec.nextField() {
                         if f == 3, w == 0 { dummyPrefix = try spec.varint("add_dummy_prefix") != 0 } else { try spec.skip(w) }
@@ -66,7 +69,10 @@ struct HuggingFaceVocab {
                 }
             }
         }
-        guard !tokens.isEmpty else { throw PunaError("\(file): no pieces: not a SentencePiece model") }
+        // Every SentencePiece model has both specs and one unknown piece; anything else is not one.
+        guard !tokens.isEmpty, specs.trainer, specs.normalizer, types.filter({ $0 == 2 }).count == 1 else {
+            throw PunaError("\(file): not a SentencePiece model (it needs pieces with one unknown piece, a trainer spec and a normalizer spec)")
+        }
         self.tokens = tokens; self.scores = scores; self.types = types
         func valid(_ id: Int?) -> Int? { id.flatMap { $0 >= 0 && $0 < tokens.count ? $0 : nil } }
         unk = valid(ids.unk); bos = valid(ids.bos); eos = valid(ids.eos)
