@@ -243,7 +243,7 @@ final class GGUFTests: XCTestCase {
             _ = try GGUFFile(path: dir.path)
             XCTFail("directory accepted")
         } catch {
-            XCTAssertTrue(error.message.contains("is a directory"), error.message)
+            XCTAssertTrue(error.message.contains("directory without config.json") && error.message.contains("neither a GGUF file nor a Hugging Face model folder"), error.message)
         }
         do {
             _ = try GGUFFile(path: dir.appendingPathComponent("missing.gguf").path)
