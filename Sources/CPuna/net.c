@@ -1,5 +1,7 @@
 // Non-blocking sockets, poll and signals for `puna serve` (puna_net.h).
-#define _GNU_SOURCE
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE  // accept4
+#endif
 #include "puna_net.h"
 
 #include <arpa/inet.h>

@@ -632,6 +632,11 @@ final class ServeServer {
             throw APIError.badField(key, "'\(key)' is not supported")
         }
 
+        var stopAtEOS = true
+        if let v = r["ignore_eos"], !v.isNull {  // llama.cpp's server extension, for benchmarks and tests
+            guard let b = v.bool else { throw APIError.badField("ignore_eos", "'ignore_eos' must be true or false") }
+            stopAtEOS = !b
+        }
         var sampler = defaults.sampler
         if let v = try number("temperature", 0...2) { sampler.temperature = v }
         if let v = try number("top_p", 0...1) { sampler.topP = v }
@@ -711,7 +716,7 @@ final class ServeServer {
                            param: chat ? "messages" : "prompt", code: "context_length_exceeded")
         }
         var job = BatchJob(key: "", promptTokens: tokens, maxTokens: maxTokens, sampler: sampler,
-                           stopStrings: stops + promptFormat.stopStrings, stopAtEOS: true, adapters: adapterSet)
+                           stopStrings: stops + promptFormat.stopStrings, stopAtEOS: stopAtEOS, adapters: adapterSet)
         job.adapters = adapterSet
         return (job, stream, modelName)
     }

@@ -53,6 +53,8 @@ final class ServeTests: XCTestCase {
             if process.isRunning { process.terminate() }
             process.waitUntilExit()
             errPipe.fileHandleForReading.readabilityHandler = nil
+            let rest = errPipe.fileHandleForReading.readDataToEndOfFile()
+            lock.lock(); errText += String(decoding: rest, as: UTF8.self); lock.unlock()
             return process.terminationStatus
         }
 
@@ -200,7 +202,8 @@ print(json.dumps({"single": single, "many": many}))
     }
 
     func testHostileHTTPLeavesTheServerUp() throws {
-        let server = try Server(["--timeout", "2", "--queue", "2"], parallel: 1)
+        // A 4096-token context lets one request run for seconds (the demo model decodes ~1000 tok/s).
+        let server = try Server(["--timeout", "2", "--queue", "2", "-c", "4096"], parallel: 1)
         let script = #"""
 import json, socket, sys, time, urllib.request
 port = int(sys.argv[1])
@@ -260,7 +263,7 @@ r["slowloris"] = [status(got.decode()), round(time.time() - t0, 1)]
 for s in idle: s.close()
 # A client that disconnects mid-generation frees the only sequence at once.
 s = socket.create_connection(("127.0.0.1", port))
-body = b'{"prompt": "Once upon a time", "max_tokens": 400, "stream": true, "seed": 1}'
+body = b'{"prompt": "Once upon a time", "max_tokens": 4000, "stream": true, "seed": 1, "ignore_eos": true}'
 s.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 s.recv(100)
 s.close()
@@ -269,7 +272,7 @@ t1 = time.time()
 done = post(b'{"prompt": "Hello", "max_tokens": 4, "seed": 1}')
 r["after_disconnect"] = [status(done), int(time.time() - t1 < 5)]
 # Queue full: one running, two waiting, the fourth gets 429 with Retry-After.
-long = b'{"prompt": "Once upon a time", "max_tokens": 300, "stream": true, "seed": 1}'
+long = b'{"prompt": "Once upon a time", "max_tokens": 4000, "stream": true, "seed": 1, "ignore_eos": true}'
 held = []
 for _ in range(3):
     h = socket.create_connection(("127.0.0.1", port))
@@ -340,26 +343,27 @@ except openai.AuthenticationError as e:
 
     /// SIGTERM lets the requests in flight finish, then the server exits 0.
     func testSIGTERMDrainsInFlightRequests() throws {
-        let server = try Server([], parallel: 2)
+        let server = try Server(["-c", "4096"], parallel: 2)
         let script = #"""
 import json, os, signal, sys, threading, time, openai
 c = openai.OpenAI(base_url=f"http://127.0.0.1:{sys.argv[1]}/v1", api_key="unused", max_retries=0)
 out = {}
 def go():
-    r = c.completions.create(model="fortune-llama-q8_0", prompt="Once upon a time", max_tokens=200, seed=3, extra_body={"ignore": 1})
+    r = c.completions.create(model="fortune-llama-q8_0", prompt="Once upon a time", max_tokens=2000, seed=3, extra_body={"ignore_eos": True})
     out["tokens"] = r.usage.completion_tokens
     out["finish"] = r.choices[0].finish_reason
+    out["text"] = r.choices[0].text
 t = threading.Thread(target=go); t.start()
-time.sleep(0.5)
+time.sleep(0.3)
 os.kill(int(sys.argv[2]), signal.SIGTERM)
 t.join()
 print(json.dumps(out))
 """#
         let r = try json(try runPython(script, [String(server.port), String(server.process.processIdentifier)]))
-        XCTAssertNotNil(r["finish"], "the request in flight was answered")
-        XCTAssertGreaterThan(r["tokens"] as? Int ?? 0, 0)
-        server.process.waitUntilExit()
-        XCTAssertEqual(server.process.terminationStatus, 0)
+        XCTAssertEqual(r["finish"] as? String, "length", "the request in flight was answered in full")
+        XCTAssertEqual(r["tokens"] as? Int, 2000)
+        XCTAssertFalse((r["text"] as? String ?? "").isEmpty)
+        XCTAssertEqual(server.stop(), 0)
         XCTAssertTrue(server.stderr.contains("stopping: finishing 1 requests"), server.stderr)
     }
 }
