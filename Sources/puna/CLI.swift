@@ -10,6 +10,7 @@ let commandSummaries: [(String, String)] = [
     ("tokenize", "print the token ids of a text"),
     ("perplexity", "perplexity of a text file"),
     ("batch", "work through a JSONL file of prompts (batched, resumable, shardable)"),
+    ("serve", "OpenAI-compatible HTTP server with continuous batching and per-request adapters"),
     ("bench", "measure prompt and decode speed (like llama-bench)"),
     ("merge", "write a GGUF with LoRA adapters merged into the weights"),
     ("template", "print the prompt a conversation renders to with the model's chat template"),
@@ -43,6 +44,7 @@ func runCLI(_ arguments: [String]) -> Int32 {
         case "perplexity": return try PerplexityCommand.run(rest)
         case "batch": return try BatchCommand.run(rest)
         case "bench": return try BenchCommand.run(rest)
+        case "serve": return try ServeCommand.run(rest)
         case "template": return try TemplateCommand.run(rest)
         case "-h", "--help", "help":
             out(globalHelp())

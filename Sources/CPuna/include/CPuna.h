@@ -3,3 +3,4 @@
 #include "puna_quants.h"
 #include "puna_kernels.h"
 #include "puna_lora.h"
+#include "puna_net.h"

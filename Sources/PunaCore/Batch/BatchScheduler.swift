@@ -97,6 +97,26 @@ public final class BatchScheduler {
         slots[i] = BatchSequence(job: job, cache: caches[i], tokenizer: model.tokenizer)
     }
 
+    /// Drop a job (its client went away): its slot is free for the next `admit`. False when no
+    /// active job has this key.
+    @discardableResult
+    public func cancel(key: String) -> Bool {
+        guard let i = slots.firstIndex(where: { $0?.job.key == key }) else { return false }
+        slots[i] = nil
+        return true
+    }
+
+    /// The text a running job has produced so far that can no longer change: everything except
+    /// the last bytes that might still begin a stop string, cut at a character boundary (for
+    /// streaming). Nil when no active job has this key.
+    public func settledText(key: String) -> [UInt8]? {
+        guard let s = slots.first(where: { $0?.job.key == key }) ?? nil else { return nil }
+        let holdBack = max(0, (s.stops.map { $0.count }.max() ?? 0) - 1)
+        var end = max(0, s.text.count - holdBack)
+        while end > 0 && end < s.text.count && (s.text[end] & 0xC0) == 0x80 { end -= 1 }
+        return Array(s.text[..<end])
+    }
+
     /// One forward step over every active slot; returns the jobs that finished in it, in slot order.
     public func step() throws(PunaError) -> [BatchCompletion] {
         var finished: [BatchCompletion] = []
