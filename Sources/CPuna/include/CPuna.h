@@ -4,3 +4,4 @@
 #include "puna_kernels.h"
 #include "puna_lora.h"
 #include "puna_net.h"
+#include "puna_bnb.h"
