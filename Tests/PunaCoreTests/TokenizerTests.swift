@@ -498,9 +498,9 @@ final class TokenizerTests: XCTestCase {
                        ["\u{2581}", "a", "<0xFF>", "<0x62>"])
     }
 
-    // MARK: speed
+    // MARK: scaling
 
-    func testEncodingSpeed() throws {
+    func testEncodingScalesLinearly() throws {
         let t = try llamaTokenizer()
         let paragraph = """
         The quick brown fox jumps over the lazy dog while the engineers measure how fast a SentencePiece \
@@ -522,19 +522,28 @@ final class TokenizerTests: XCTestCase {
                      text.utf8.count, count, best, perTwoK, Double(count) / best * 1000))
         XCTAssertGreaterThan(count, 2000)
 
-        // No quadratic corner: one 20k-character word, and 300 KB of the paragraph.
-        for (name, long) in [("20000 x 'a'", String(repeating: "a", count: 20000)),
-                             ("300 KB text", String(repeating: paragraph, count: 750))] {
-            let start = DispatchTime.now().uptimeNanoseconds
-            let n = t.encode(long, addBOS: false).count
-            let ms = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
-            print(String(format: "encode speed: %@: %d tokens in %.1f ms", name, n, ms))
-            XCTAssertLessThan(ms, 5000)
+        // No quadratic corner (one long word, long text): ten times the input takes about ten times
+        // as long, not a hundred. A ratio, not a time, so a loaded or sanitized build does not fail it;
+        // speed itself is measured by scripts/bench-tokenize.
+        for (name, unit) in [("'a' repeated", "a"), ("the paragraph", paragraph)] {
+            func fastest(_ n: Int) -> (ms: Double, tokens: Int) {
+                let input = String(repeating: unit, count: n)
+                var best = Double.infinity, tokens = 0
+                for _ in 0..<3 {
+                    let start = DispatchTime.now().uptimeNanoseconds
+                    tokens = t.encode(input, addBOS: false).count
+                    best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
+                }
+                return (best, tokens)
+            }
+            let small = unit.count == 1 ? 2000 : 25, large = 10 * small
+            let (msSmall, tokensSmall) = fastest(small)
+            let (msLarge, tokensLarge) = fastest(large)
+            let ratio = msLarge / max(msSmall, 0.05)
+            print(String(format: "encode scaling, %@: %d tokens in %.1f ms, %d tokens in %.1f ms (%.1fx for 10x the text)",
+                         name, tokensSmall, msSmall, tokensLarge, msLarge, ratio))
+            XCTAssertGreaterThan(tokensLarge, 5 * tokensSmall)
+            XCTAssertLessThan(ratio, 40, "\(name): encoding grows faster than linearly")
         }
-        #if DEBUG
-        XCTAssertLessThan(perTwoK, 1000, "debug build")
-        #else
-        XCTAssertLessThan(perTwoK, 100, "a 2k-token prompt must tokenize well under 100 ms")
-        #endif
     }
 }
