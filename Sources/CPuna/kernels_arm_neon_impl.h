@@ -370,6 +370,73 @@ NK_INL void nk_float_tile(const qmm_args *a, int type, int64_t r, int64_t t, con
     }
 }
 
+// ---- bitsandbytes (kernels_internal.h) -----------------------------------------------------------
+// Block by block as the simple quants, with signed weights: 4-bit codes looked up in T (tbl), the
+// high nibbles giving the even elements and the low ones the odd, zipped back into element order.
+
+// R rows x T tokens over whole rows (bits 4 or 8); accumulator slot k % 4 per pair.
+NK_INL void nk_bnb_tile(const qmm_args *a, int bits, int64_t r, int64_t t, const int R, const int T) {
+    const act_layout *L = &a->layout;
+    const int64_t cols = a->cols, nb = cols / 32, tb = L->token_bytes;
+    const int one = L->levels == 1;
+    bnb4_ctx c;
+    int8x16_t tab = vdupq_n_s8(0);
+    const puna_bnb_int8_weight *w8 = (const puna_bnb_int8_weight *)(const void *)a->w;
+    if (bits == 4) {
+        bnb4_ctx_init(&c, (const puna_bnb4_weight *)(const void *)a->w);
+        tab = vld1q_s8(c.T);
+    }
+    float32x4_t acc[4][2][4];
+    NK_UNROLL for (int i = 0; i < R; i++) NK_UNROLL for (int j = 0; j < T; j++) NK_UNROLL for (int s = 0; s < 4; s++)
+        acc[i][j][s] = vdupq_n_f32(0);
+    int64_t prev[4];
+    float absmax[4];
+    NK_UNROLL for (int i = 0; i < R; i++) { prev[i] = -1; absmax[i] = 0; }
+    const uint8_t *x0 = a->act + t * tb;
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    for (int64_t k = 0; k < nb; k++) {
+        const int s = (int)(k % 4);
+        NK_UNROLL for (int i = 0; i < R; i++) {
+            const int64_t e0 = (r + i) * cols + 32 * k;
+            int8x16_t lo, hi;
+            if (bits == 4) {
+                uint8x16_t v = vld1q_u8(c.w->packed + e0 / 2);
+                int8x16_t even = vqtbl1q_s8(tab, vshrq_n_u8(v, 4)), odd = vqtbl1q_s8(tab, vandq_u8(v, m4));
+                lo = vzip1q_s8(even, odd);
+                hi = vzip2q_s8(even, odd);
+                int64_t b = bnb4_block_of(&c, e0);
+                if (b != prev[i]) {
+                    absmax[i] = bnb4_absmax(&c, b);
+                    prev[i] = b;
+                }
+            } else {
+                lo = vld1q_s8(w8->weight + e0);
+                hi = vld1q_s8(w8->weight + e0 + 16);
+            }
+            NK_UNROLL for (int j = 0; j < T; j++) {
+                const uint8_t *x = x0 + j * tb;
+                const int8_t *xq = (const int8_t *)(x + L->qs_off) + (k / 4) * 256 + 16 * s;
+                const float dx = ((const float *)(x + L->d_off))[4 * k];
+                int32x4_t p = NK_DOT8(vdupq_n_s32(0), lo, vld1q_s8(xq), hi, vld1q_s8(xq + 64));
+                float sc;
+                if (one) {
+                    sc = bits == 4 ? absmax[i] * (dx * 256.0f) : dx * 256.0f;
+                } else {
+                    int32x4_t p2 = NK_DOT8(vdupq_n_s32(0), lo, vld1q_s8(xq + 128), hi, vld1q_s8(xq + 192));
+                    p = vaddq_s32(vshlq_n_s32(p, 8), p2);
+                    sc = bits == 4 ? absmax[i] * dx : dx;
+                }
+                acc[i][j][s] = vfmaq_n_f32(acc[i][j][s], vcvtq_f32_s32(p), sc);
+            }
+        }
+    }
+    NK_UNROLL for (int i = 0; i < R; i++) {
+        const float scale = bits == 4 ? c.mscale : w8->row_scale[r + i] * (1.0f / 127.0f);
+        NK_UNROLL for (int j = 0; j < T; j++)
+            a->y[(t + j) * a->rows + r + i] = nk_reduce16(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]) * scale;
+    }
+}
+
 // ---- row drivers --------------------------------------------------------------------------------
 // Decode: 4-row tiles (activations loaded once per 4 rows); batches: 2 x 2 tiles over row blocks.
 
@@ -418,6 +485,14 @@ NK_ROWS(rows_q6_K, nk_k_tile, PUNA_TYPE_Q6_K)
 NK_ROWS(rows_f32, nk_float_tile, PUNA_TYPE_F32)
 NK_ROWS(rows_f16, nk_float_tile, PUNA_TYPE_F16)
 NK_ROWS(rows_bf16, nk_float_tile, PUNA_TYPE_BF16)
+#define NK_BNB4_TILE(a, TYPE, r, t, R, T) nk_bnb_tile(a, 4, r, t, R, T)
+#define NK_BNB8_TILE(a, TYPE, r, t, R, T) nk_bnb_tile(a, 8, r, t, R, T)
+#pragma push_macro("NK_TILE22")
+#undef NK_TILE22
+#define NK_TILE22(TILE, a, TYPE, r, t) TILE(a, TYPE, r, t, 2, 2)
+NK_ROWS(rows_bnb4, NK_BNB4_TILE, PUNA_TYPE_BNB4)
+NK_ROWS(rows_bnb8, NK_BNB8_TILE, PUNA_TYPE_BNB_INT8)
+#pragma pop_macro("NK_TILE22")
 
 static void NK_NAME(fill)(int type, qmm_kernel *k) {
     memset(k, 0, sizeof *k);
@@ -436,6 +511,8 @@ static void NK_NAME(fill)(int type, qmm_kernel *k) {
     case PUNA_TYPE_F32: k->rows = NK_NAME(rows_f32); k->quantize = NULL; break;
     case PUNA_TYPE_F16: k->rows = NK_NAME(rows_f16); k->quantize = NULL; break;
     case PUNA_TYPE_BF16: k->rows = NK_NAME(rows_bf16); k->quantize = NULL; break;
+    case PUNA_TYPE_BNB4: k->rows = NK_NAME(rows_bnb4); break;
+    case PUNA_TYPE_BNB_INT8: k->rows = NK_NAME(rows_bnb8); break;
     default: break;
     }
 }

@@ -47,6 +47,25 @@
 // Every integer is exact, so integer work may run in any order and be split as 256 * (q1 part) +
 // (q2 part) however an ISA likes.
 //
+// bitsandbytes weights (puna_bnb.h; the matmul's `w` is the descriptor, row_bytes is 0), on ACT_Q8_32
+// activations. Activation block k of row r covers elements r * cols + 32k .. + 31 (cols is a multiple of 32).
+//   BNB4 (blocksize a multiple of 32, so each activation block lies in one bnb block b):
+//     the 16 codes map to int8: m = max_k |quant_map[k]|, T[k] = clamp(rint(quant_map[k] * (127 / m)),
+//     -127, 127) with 127 / m rounded to f32 first, and mscale = m / 127 (f32); m == 0 gives T = 0,
+//     mscale = 0 (quant_map must be finite). p[k][j] = exact sum over lane j of T[code_e] * X_e.
+//     absmax_b exactly as puna_bnb4_dequantize_rows computes it (bnb4_absmax below).
+//     acc[4 * (k % 4) + j] = fma(absmax_b * dx_k, (float)p[k][j], acc)
+//       one level: fma(absmax_b * (256 dx_k), (float)(p[k][j] / 256), acc)   (256 dx is exact)
+//     y = reduce16(acc) * mscale.
+//   BNB_INT8: p[k][j] = exact sum over lane j of weight_e * X_e (any int8, -128 included);
+//     acc[4 * (k % 4) + j] = fma(dx_k, (float)p[k][j], acc)   (one level: fma(256 dx_k, (float)(p / 256), acc))
+//     y = reduce16(acc) * (row_scale[r] * (1.0f / 127.0f)).
+//   Element e's code sits in the high nibble of packed[e / 2] when e is even, so a run of 16 packed
+//   bytes holds 16 even elements (high nibbles) and 16 odd ones (low nibbles): kernels look both up
+//   and interleave them (zip / unpack) back into element order. Families whose dot product wants
+//   unsigned weights (vpdpbusd) look up T + 128 (or flip int8 weights' sign bit) and seed the lanes
+//   with AUX_NEG_SUM128 = -128 * xs; the sums are exact either way.
+//
 // Float weights (F32, F16, BF16) use f32 activations as they are; those kernels are only required
 // to agree with the reference within float rounding, but each one computes a (row, token) dot the
 // same way whatever n_tokens or the split, so batched and single-token results are bit-identical.
@@ -58,6 +77,7 @@
 #include <string.h>
 
 #include "puna_quants.h"
+#include "puna_bnb.h"
 
 enum act_format { ACT_F32 = 0, ACT_Q8_32 = 1, ACT_Q8_256 = 2 };
 #define ACT256_STRIDE 1024  // bytes per super-block in the ACT_Q8_256 q region
@@ -79,7 +99,8 @@ typedef struct {
 // ACT_Q8_32 aux words, per group of 4 blocks, lane 4k + j = block 4g+k, lane j, xs = lane sum of X:
 //   AUX_NEG_SUM8 / AUX_NEG_SUM16: int32 -8 * xs / -16 * xs (the code offsets of Q4_0 / Q5_0);
 //   AUX_SUM_F32: (float)xs (the min terms of Q4_1 / Q5_1); AUX_NONE: not written.
-enum act_aux { AUX_NONE = 0, AUX_NEG_SUM8 = 1, AUX_NEG_SUM16 = 2, AUX_SUM_F32 = 3 };
+//   AUX_NEG_SUM128: int32 -128 * xs (bitsandbytes weights looked up / stored as unsigned code + 128).
+enum act_aux { AUX_NONE = 0, AUX_NEG_SUM8 = 1, AUX_NEG_SUM16 = 2, AUX_SUM_F32 = 3, AUX_NEG_SUM128 = 4 };
 
 // One matmul as the kernels see it: y[t][r] for t < n_tokens and the rows a call is given.
 typedef struct {
@@ -184,6 +205,74 @@ static inline float kq_reduce16(const float acc[16]) {
     for (int i = 0; i < 8; i++) h8[i] = acc[i] + acc[i + 8];
     for (int i = 0; i < 4; i++) h4[i] = h8[i] + h8[i + 4];
     return (h4[0] + h4[2]) + (h4[1] + h4[3]);
+}
+
+// ---- bitsandbytes helpers (the definitions above; shared by bnb.c and every family) -------------
+
+// An f32 value the compiler must treat as opaque, so a product is rounded before the next add
+// (no contraction into an fma, whatever -ffp-contract says: GCC defaults to "fast").
+static inline float bnb_rounded(float v) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    __asm__("" : "+x"(v));
+#elif defined(__GNUC__) && defined(__aarch64__)
+    __asm__("" : "+w"(v));
+#else
+    volatile float t = v;
+    v = t;
+#endif
+    return v;
+}
+
+// log2(v) when v is a power of two (> 0), else -1.
+static inline int bnb_log2(int64_t v) {
+    if (v <= 0 || (v & (v - 1)) != 0) return -1;
+    int s = 0;
+    while (((int64_t)1 << s) < v) s++;
+    return s;
+}
+
+// What a kernel needs of a 4-bit descriptor: the int8 code table (T, and T + 128 for unsigned
+// dot products), mscale, and shifts replacing divisions where the block sizes are powers of two.
+typedef struct {
+    const puna_bnb4_weight *w;
+    int8_t T[16];
+    uint8_t U[16];
+    float mscale;
+    int blk_shift;     // log2(blocksize) or -1
+    int nest_shift;    // log2(nested_blocksize) or -1
+} bnb4_ctx;
+
+static inline void bnb4_ctx_init(bnb4_ctx *c, const puna_bnb4_weight *w) {
+    c->w = w;
+    float m = 0;
+    for (int k = 0; k < 16; k++) {
+        float a = w->quant_map[k] < 0 ? -w->quant_map[k] : w->quant_map[k];
+        if (a > m) m = a;
+    }
+    float inv = m > 0 ? 127.0f / m : 0.0f;
+    for (int k = 0; k < 16; k++) {
+        float t = m > 0 ? __builtin_rintf(w->quant_map[k] * inv) : 0.0f;
+        int v = t < -127.0f ? -127 : t > 127.0f ? 127 : (int)t;
+        c->T[k] = (int8_t)v;
+        c->U[k] = (uint8_t)(v + 128);
+    }
+    c->mscale = m > 0 ? m / 127.0f : 0.0f;
+    c->blk_shift = bnb_log2(w->blocksize);
+    c->nest_shift = w->absmax_codes ? bnb_log2(w->nested_blocksize) : -1;
+}
+
+// absmax of bnb block b, as bitsandbytes' dequantize_4bit rounds it.
+static inline float bnb4_absmax(const bnb4_ctx *c, int64_t b) {
+    const puna_bnb4_weight *w = c->w;
+    if (!w->absmax_codes) return w->absmax[b];
+    int64_t n = c->nest_shift >= 0 ? b >> c->nest_shift : b / w->nested_blocksize;
+    float v = bnb_rounded(w->nested_quant_map[w->absmax_codes[b]] * w->nested_absmax[n]);
+    return v + w->nested_offset;
+}
+
+// The bnb block holding element e.
+static inline int64_t bnb4_block_of(const bnb4_ctx *c, int64_t e) {
+    return c->blk_shift >= 0 ? e >> c->blk_shift : e / c->w->blocksize;
 }
 
 #endif

@@ -74,7 +74,7 @@ void puna_act_quantize_scalar(const float *x, int64_t cols, const act_layout *l,
                     int32_t s = 0;
                     for (int i = 0; i < 4; i++)
                         s += 256 * (q1[4 * j + i] + q1[16 + 4 * j + i]) + q2[4 * j + i] + q2[16 + 4 * j + i];
-                    int32_t iv = aux == AUX_NEG_SUM8 ? -8 * s : -16 * s;
+                    int32_t iv = aux == AUX_NEG_SUM8 ? -8 * s : aux == AUX_NEG_SUM128 ? -128 * s : -16 * s;
                     float fv = (float)s;
                     if (aux == AUX_SUM_F32) memcpy(&words[j], &fv, 4);
                     else memcpy(&words[j], &iv, 4);
@@ -244,6 +244,69 @@ static float dot_k(int type, const uint8_t *row, int64_t n_blocks, const uint8_t
     return acc;
 }
 
+// ---- bitsandbytes ---------------------------------------------------------------------------------
+
+static float dot_bnb4(const bnb4_ctx *c, int64_t r, int64_t cols, const uint8_t *act, const act_layout *l) {
+    const int8_t *qs = (const int8_t *)(act + l->qs_off);
+    const float *dx = (const float *)(act + l->d_off);
+    const int one = l->levels == 1;
+    float acc[16] = {0};
+    for (int64_t k = 0; k < cols / 32; k++) {
+        const int64_t e0 = r * cols + 32 * k;
+        const float absmax = bnb4_absmax(c, bnb4_block_of(c, e0));
+        const uint8_t *p = c->w->packed + e0 / 2;
+        const int8_t *lo = qs + (k / 4) * 256 + 16 * (k % 4);
+        const float s = one ? absmax * (dx[4 * k] * 256.0f) : absmax * dx[4 * k];
+        for (int j = 0; j < 4; j++) {
+            int32_t sum = 0;
+            for (int i = 4 * j; i < 4 * j + 4; i++)
+                for (int h = 0; h < 32; h += 16) {
+                    int e = i + h;  // element within the block: even in the high nibble
+                    int code = e & 1 ? p[e / 2] & 15 : p[e / 2] >> 4;
+                    sum += c->T[code] * act_x32(lo, e);
+                }
+            float *a = &acc[4 * (k % 4) + j];
+            *a = fmaf(s, (float)(one ? sum / 256 : sum), *a);
+        }
+    }
+    return kq_reduce16(acc) * c->mscale;
+}
+
+static float dot_bnb_int8(const int8_t *row, const float row_scale, int64_t cols, const uint8_t *act, const act_layout *l) {
+    const int8_t *qs = (const int8_t *)(act + l->qs_off);
+    const float *dx = (const float *)(act + l->d_off);
+    const int one = l->levels == 1;
+    float acc[16] = {0};
+    for (int64_t k = 0; k < cols / 32; k++) {
+        const int8_t *lo = qs + (k / 4) * 256 + 16 * (k % 4);
+        const float s = one ? dx[4 * k] * 256.0f : dx[4 * k];
+        for (int j = 0; j < 4; j++) {
+            int32_t sum = 0;
+            for (int i = 4 * j; i < 4 * j + 4; i++)
+                sum += row[32 * k + i] * act_x32(lo, i) + row[32 * k + 16 + i] * act_x32(lo, 16 + i);
+            float *a = &acc[4 * (k % 4) + j];
+            *a = fmaf(s, (float)(one ? sum / 256 : sum), *a);
+        }
+    }
+    return kq_reduce16(acc) * (row_scale * (1.0f / 127.0f));
+}
+
+static void rows_bnb4(const qmm_args *a, int64_t r0, int64_t r1) {
+    bnb4_ctx c;
+    bnb4_ctx_init(&c, (const puna_bnb4_weight *)(const void *)a->w);
+    for (int64_t t = 0; t < a->n_tokens; t++)
+        for (int64_t r = r0; r < r1; r++)
+            a->y[t * a->rows + r] = dot_bnb4(&c, r, a->cols, a->act + t * a->layout.token_bytes, &a->layout);
+}
+
+static void rows_bnb_int8(const qmm_args *a, int64_t r0, int64_t r1) {
+    const puna_bnb_int8_weight *w = (const puna_bnb_int8_weight *)(const void *)a->w;
+    for (int64_t t = 0; t < a->n_tokens; t++)
+        for (int64_t r = r0; r < r1; r++)
+            a->y[t * a->rows + r] = dot_bnb_int8(w->weight + r * a->cols, w->row_scale[r], a->cols,
+                                                 a->act + t * a->layout.token_bytes, &a->layout);
+}
+
 // ---- row drivers --------------------------------------------------------------------------------
 
 #define SCALAR_ROWS(NAME, TYPE, DOT, BLOCK)                                                        \
@@ -279,6 +342,8 @@ int puna_kernels_scalar_get(int type, qmm_kernel *out) {
     case PUNA_TYPE_Q4_K: k.rows = rows_q4_K; k.act_format = ACT_Q8_256; break;
     case PUNA_TYPE_Q5_K: k.rows = rows_q5_K; k.act_format = ACT_Q8_256; break;
     case PUNA_TYPE_Q6_K: k.rows = rows_q6_K; k.act_format = ACT_Q8_256; break;
+    case PUNA_TYPE_BNB4: k.rows = rows_bnb4; break;
+    case PUNA_TYPE_BNB_INT8: k.rows = rows_bnb_int8; break;
     default: break;
     }
     *out = k;

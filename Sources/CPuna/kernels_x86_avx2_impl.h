@@ -191,9 +191,10 @@ static AV_TARGET void AV_NAME(quantize)(const float *x, int64_t cols, const act_
                 __m256i h = _mm256_hadd_epi32(s01, s23);
                 h = _mm256_hadd_epi32(h, h);                     // [j0 j2 j0 j2 | j1 j3 j1 j3]
                 __m128i v = _mm_unpacklo_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-                v = aux == AUX_NEG_SUM8    ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 3))
-                    : aux == AUX_NEG_SUM16 ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 4))
-                                           : _mm_castps_si128(_mm_cvtepi32_ps(v));
+                v = aux == AUX_NEG_SUM8     ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 3))
+                    : aux == AUX_NEG_SUM16  ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 4))
+                    : aux == AUX_NEG_SUM128 ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 7))
+                                            : _mm_castps_si128(_mm_cvtepi32_ps(v));
                 if (one && aux != AUX_SUM_F32) v = _mm_srai_epi32(v, 8);
                 _mm_storeu_si128((__m128i *)(base + l->aux_off + g * 64 + 16 * k), v);
             }
@@ -670,6 +671,137 @@ AV_INL void AV_NAME(float_tile)(const qmm_args *a, int type, int64_t r, int64_t 
     }
 }
 
+// ---- bitsandbytes (kernels_internal.h) -----------------------------------------------------------
+// Half h of group g (activation blocks 2h, 2h + 1) at a time, as the simple quants. With AVX-VNNI
+// the weights are unsigned (4-bit codes looked up as T + 128, int8 with the sign bit flipped) and
+// the lanes start from the -128 * xs aux words; without it vpmaddubsw takes |w| against x carrying
+// w's sign (2 * 128 * 127 fits int16, so each product pair is widened on its own).
+
+// The weights of blocks 2h, 2h + 1 of a group (both, or only the first: its lane 1 is zero).
+// lo: weights 0..15 of each block (one per 128-bit lane), hi: 16..31; slo / shi: signed copies.
+AV_INL void AV_NAME(bnb_codes)(int bits, const uint8_t *p, int both, __m256i tab, AV_NAME(codes) *c) {
+    __m256i lo, hi;
+    if (bits == 4) {
+        // 32 packed bytes = 64 elements: even ones in the high nibbles, odd ones in the low
+        __m256i v = both ? _mm256_loadu_si256((const __m256i *)p) : _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p));
+        if (!both) v = _mm256_inserti128_si256(v, _mm_setzero_si128(), 1);
+        const __m256i m4 = _mm256_set1_epi8(0x0f);
+        __m256i even = _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        __m256i odd = _mm256_shuffle_epi8(tab, _mm256_and_si256(v, m4));
+        lo = _mm256_unpacklo_epi8(even, odd);
+        hi = _mm256_unpackhi_epi8(even, odd);
+    } else {
+        __m256i a = _mm256_loadu_si256((const __m256i *)p);
+        __m256i b = both ? _mm256_loadu_si256((const __m256i *)(p + 32)) : _mm256_setzero_si256();
+        lo = _mm256_permute2x128_si256(a, b, 0x20);
+        hi = _mm256_permute2x128_si256(a, b, 0x31);
+#if AV_VNNI
+        const __m256i flip = _mm256_set1_epi8((char)0x80);
+        lo = _mm256_xor_si256(lo, flip);
+        hi = _mm256_xor_si256(hi, flip);
+#endif
+    }
+#if AV_VNNI
+    c->lo = lo;
+    c->hi = hi;
+#else
+    c->slo = lo;
+    c->shi = hi;
+    c->lo = _mm256_abs_epi8(lo);
+    c->hi = _mm256_abs_epi8(hi);
+#endif
+}
+
+AV_INL __m256 AV_NAME(bnb_step)(__m256 acc, const AV_NAME(codes) *c, __m256 dw, const uint8_t *x, AV_NAME(goff) o, int h,
+                                const int ONE) {
+    const uint8_t *xq = x + o.q + 32 * h;
+    __m256i x1l = _mm256_load_si256((const __m256i *)xq), x1h = _mm256_load_si256((const __m256i *)(xq + 64));
+    const __m256 dx = _mm256_load_ps((const float *)(x + o.d + 32 * h));
+#if AV_VNNI
+    __m256i aux = _mm256_load_si256((const __m256i *)(x + o.aux + 32 * h));
+    const int wide = 0;
+#else
+    __m256i aux = _mm256_setzero_si256();
+    const int wide = 1;
+    x1l = _mm256_sign_epi8(x1l, c->slo);
+    x1h = _mm256_sign_epi8(x1h, c->shi);
+#endif
+    __m256i ia;
+    if (ONE) {
+        ia = AV_NAME(lane_sums)(aux, c->lo, x1l, c->hi, x1h, wide);
+    } else {
+        __m256i x2l = _mm256_load_si256((const __m256i *)(xq + 128)), x2h = _mm256_load_si256((const __m256i *)(xq + 192));
+#if !AV_VNNI
+        x2l = _mm256_sign_epi8(x2l, c->slo);
+        x2h = _mm256_sign_epi8(x2h, c->shi);
+#endif
+        __m256i i1 = AV_NAME(lane_sums)(_mm256_setzero_si256(), c->lo, x1l, c->hi, x1h, wide);
+        __m256i i2 = AV_NAME(lane_sums)(aux, c->lo, x2l, c->hi, x2h, wide);
+        ia = _mm256_add_epi32(_mm256_slli_epi32(i1, 8), i2);
+    }
+    return _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(ia), acc);
+}
+
+// Lanes of half h from element e0 (the half's first): the absmax of its one or two blocks.
+AV_INL __m256 AV_NAME(bnb4_dw)(const bnb4_ctx *c, int64_t e0, int both) {
+    int64_t b0 = bnb4_block_of(c, e0), b1 = both ? bnb4_block_of(c, e0 + 32) : b0;
+    float a0 = bnb4_absmax(c, b0), a1 = !both ? 0.0f : b1 == b0 ? a0 : bnb4_absmax(c, b1);
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(a0)), _mm_set1_ps(a1), 1);
+}
+
+// R rows x T tokens over whole rows (bits 4 or 8), two accumulators (halves) per pair.
+AV_INL void AV_NAME(bnb_tile)(const qmm_args *a, int bits, int64_t r, int64_t t, const int R, const int T, const int prefetch,
+                              const int ONE) {
+    const act_layout *L = &a->layout;
+    const int64_t cols = a->cols, nb = cols / 32, tb = L->token_bytes;
+    const int64_t rb = bits == 4 ? cols / 2 : cols, gbytes = bits == 4 ? 64 : 128;
+    bnb4_ctx c;
+    const uint8_t *w;
+    __m256i tab = _mm256_setzero_si256();
+    if (bits == 4) {
+        bnb4_ctx_init(&c, (const puna_bnb4_weight *)(const void *)a->w);
+#if AV_VNNI
+        tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)c.U));
+#else
+        tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)c.T));
+#endif
+        w = c.w->packed + r * rb;
+    } else {
+        w = (const uint8_t *)((const puna_bnb_int8_weight *)(const void *)a->w)->weight + r * rb;
+    }
+    __m256 acc[2 * 8];
+    AV_UNROLL for (int k = 0; k < 2 * R * T; k++) acc[k] = _mm256_setzero_ps();
+    const uint8_t *x0 = a->act + t * tb;
+    const __m256 ones = _mm256_set1_ps(1.0f);
+    for (int64_t g = 0; g < L->n_groups; g++) {
+        const int64_t n = nb - 4 * g < 4 ? nb - 4 * g : 4;
+        if (prefetch && n == 4) {
+            const uint8_t *pf = w + AV_PF_TILES * R * rb + g * gbytes * R;
+            AV_UNROLL for (int i = 0; i < (int)((R * gbytes + 63) / 64) + 1; i++) _mm_prefetch((const char *)pf + 64 * i, AV_PF_HINT);
+        }
+        const AV_NAME(goff) o = AV_NAME(group_offsets)(L, g);
+        AV_UNROLL for (int i = 0; i < R; i++) {
+            AV_UNROLL for (int h = 0; h < 2; h++) {
+                if (2 * h >= n) break;
+                const int both = 2 * h + 1 < n;
+                AV_NAME(codes) cd;
+                AV_NAME(bnb_codes)(bits, w + i * rb + g * gbytes + h * gbytes / 2, both, tab, &cd);
+                const __m256 dw = bits == 4 ? AV_NAME(bnb4_dw)(&c, (r + i) * cols + 128 * g + 64 * h, both) : ones;
+                AV_UNROLL for (int j = 0; j < T; j++) {
+                    const int k = (i * T + j) * 2 + h;
+                    acc[k] = AV_NAME(bnb_step)(acc[k], &cd, dw, x0 + j * tb, o, h, ONE);
+                }
+            }
+        }
+    }
+    AV_UNROLL for (int i = 0; i < R; i++) {
+        const float scale = bits == 4 ? c.mscale
+                                      : ((const puna_bnb_int8_weight *)(const void *)a->w)->row_scale[r + i] * (1.0f / 127.0f);
+        AV_UNROLL for (int j = 0; j < T; j++)
+            a->y[(t + j) * a->rows + r + i] = AV_NAME(reduce16)(acc[(i * T + j) * 2], acc[(i * T + j) * 2 + 1]) * scale;
+    }
+}
+
 // ---- row drivers --------------------------------------------------------------------------------
 
 // A decoding chunk starts cold: its first PF_TILES tiles are requested up front, the tiles' own
@@ -800,6 +932,23 @@ AV_KQ(rows_q6_K, PUNA_TYPE_Q6_K)
         }                                                                                                      \
     }
 
+#define AV_BNB(name, BITS)                                                                                     \
+    AV_INL void AV_NAME(name##_t1)(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, const int pf) { \
+        AV_NAME(bnb_tile)(a, BITS, r, t, R, T, pf, 1);                                                         \
+    }                                                                                                          \
+    AV_INL void AV_NAME(name##_t2)(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, const int pf) { \
+        AV_NAME(bnb_tile)(a, BITS, r, t, R, T, pf, 0);                                                         \
+    }                                                                                                          \
+    AV_ROWS(name##_l1, AV_NAME(name##_t1), 2, 2, AV_NAME_no_chunk_fn, 1)                                       \
+    AV_ROWS(name##_l2, AV_NAME(name##_t2), 2, 2, AV_NAME_no_chunk_fn, 1)                                       \
+    static void AV_NAME(name)(const qmm_args *a, int64_t r0, int64_t r1) {                                    \
+        if (a->layout.levels == 1) AV_NAME(name##_l1)(a, r0, r1);                                              \
+        else AV_NAME(name##_l2)(a, r0, r1);                                                                    \
+    }
+
+AV_BNB(rows_bnb4, 4)
+AV_BNB(rows_bnb8, 8)
+
 AV_FLOAT(rows_f32, PUNA_TYPE_F32)
 AV_FLOAT(rows_f16, PUNA_TYPE_F16)
 AV_FLOAT(rows_bf16, PUNA_TYPE_BF16)
@@ -821,6 +970,8 @@ static void AV_NAME(fill)(int type, qmm_kernel *k) {
     case PUNA_TYPE_F32: k->rows = AV_NAME(rows_f32); k->quantize = NULL; break;
     case PUNA_TYPE_F16: k->rows = AV_NAME(rows_f16); k->quantize = NULL; break;
     case PUNA_TYPE_BF16: k->rows = AV_NAME(rows_bf16); k->quantize = NULL; break;
+    case PUNA_TYPE_BNB4: k->rows = AV_NAME(rows_bnb4); k->aux = AV_VNNI ? AUX_NEG_SUM128 : AUX_NONE; break;
+    case PUNA_TYPE_BNB_INT8: k->rows = AV_NAME(rows_bnb8); k->aux = AV_VNNI ? AUX_NEG_SUM128 : AUX_NONE; break;
     default: break;
     }
 }
@@ -829,5 +980,6 @@ static void AV_NAME(fill)(int type, qmm_kernel *k) {
 #undef AV_SIMPLE
 #undef AV_KQ
 #undef AV_FLOAT
+#undef AV_BNB
 #undef AV_INL
 #undef AV_UNROLL

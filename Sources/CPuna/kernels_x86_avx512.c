@@ -99,9 +99,10 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
                 s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_CDAB));
                 s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_BADC));
                 __m128i v = _mm512_castsi512_si128(_mm512_permutexvar_epi32(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), s));
-                v = aux == AUX_NEG_SUM8    ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 3))
-                    : aux == AUX_NEG_SUM16 ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 4))
-                                           : _mm_castps_si128(_mm_cvtepi32_ps(v));
+                v = aux == AUX_NEG_SUM8     ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 3))
+                    : aux == AUX_NEG_SUM16  ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 4))
+                    : aux == AUX_NEG_SUM128 ? _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32(v, 7))
+                                            : _mm_castps_si128(_mm_cvtepi32_ps(v));
                 // One level: the integer aux words are multiples of 256 (X = 256 q1); the kernels
                 // take them divided by 256, exactly, to seed p / 256.
                 if (l->levels == 1 && aux != AUX_SUM_F32) v = _mm_srai_epi32(v, 8);
@@ -345,6 +346,101 @@ SIMPLE_TILE(q4_1, 80, STEP_MIN)
 SIMPLE_TILE(q5_0, 88, STEP_AUX_INT)
 SIMPLE_TILE(q5_1, 96, STEP_MIN)
 SIMPLE_TILE(q8_0, 136, STEP_SIGNED)
+
+// ---- bitsandbytes (kernels_internal.h) -----------------------------------------------------------
+// Both types go through simple_step's STEP_AUX_INT arithmetic: unsigned weights (4-bit codes looked
+// up as T + 128, int8 with the sign bit flipped), lanes seeded with -128 * xs, scale dw * dx where
+// dw is the block's absmax (4-bit) or 1 (int8, whose row scale multiplies the final sum).
+
+// Group g of a 4-bit row: 64 packed bytes = 4 activation blocks. vpshufb looks up the high (even
+// elements) and low (odd) nibbles; unpacklo / unpackhi interleave them per 128-bit lane, which is
+// exactly one block's weights 0..15 and 16..31. n < 4: only n blocks are read; the rest are 0 codes
+// against zero activations.
+INL void unpack_bnb4(const uint8_t *p, int n, __m512i utab, sgroup *g) {
+    __m512i v = n == 4 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(span_mask(16 * n, 0), p);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512i even = _mm512_shuffle_epi8(utab, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+    __m512i odd = _mm512_shuffle_epi8(utab, _mm512_and_si512(v, m4));
+    g->lo = _mm512_unpacklo_epi8(even, odd);
+    g->hi = _mm512_unpackhi_epi8(even, odd);
+}
+
+// The absmax of each of the n activation blocks from element e0 (0 past n), on the block's 4 lanes.
+INL __m512 bnb4_dw(const bnb4_ctx *c, int64_t e0, int n) {
+    float am[4];
+    int64_t prev = bnb4_block_of(c, e0);
+    am[0] = bnb4_absmax(c, prev);
+    UNROLL for (int k = 1; k < 4; k++) {
+        if (k >= n) { am[k] = 0; continue; }
+        int64_t b = bnb4_block_of(c, e0 + 32 * k);
+        am[k] = b == prev ? am[k - 1] : bnb4_absmax(c, b);
+        prev = b;
+    }
+    const __m512i idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(am)));
+}
+
+// Group g of an int8 row: 128 bytes, blocks 0, 1 in the first 64 and 2, 3 in the second; 128-bit
+// lanes 0, 2 of each are the blocks' first halves, 1, 3 the second halves.
+INL void unpack_bnb8(const uint8_t *p, int n, sgroup *g) {
+    __m512i a = n == 4 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(span_mask(32 * n, 0), p);
+    __m512i b = n == 4 ? _mm512_loadu_si512(p + 64) : _mm512_maskz_loadu_epi8(span_mask(32 * n, 64), p + 64);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    g->lo = _mm512_xor_si512(_mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(2, 0, 2, 0)), flip);
+    g->hi = _mm512_xor_si512(_mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 1, 3, 1)), flip);
+    g->dw = _mm512_set1_ps(1.0f);
+}
+
+// R rows x T tokens over whole rows (BITS 4 or 8); prefetching as SIMPLE_TILE.
+INL void bnb_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE,
+                  const int BITS) {
+    const act_layout *L = &a->layout;
+    const int64_t cols = a->cols, nb = cols / 32, nfull = nb / 4, tb = L->token_bytes;
+    const int rem = (int)(nb % 4);
+    const int64_t rb = BITS == 4 ? cols / 2 : cols, gbytes = BITS == 4 ? 64 : 128;
+    bnb4_ctx c;
+    const uint8_t *w;
+    __m512i utab = _mm512_setzero_si512();
+    if (BITS == 4) {
+        bnb4_ctx_init(&c, (const puna_bnb4_weight *)(const void *)a->w);
+        utab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)c.U));
+        w = c.w->packed + r * rb;
+    } else {
+        w = (const uint8_t *)((const puna_bnb_int8_weight *)(const void *)a->w)->weight + r * rb;
+    }
+    __m512 acc[8][8];
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < T; j++) acc[i][j] = _mm512_setzero_ps();
+    const uint8_t *x0 = a->act + t * tb;
+    for (int64_t g = 0; g < nfull + (rem ? 1 : 0); g++) {
+        const int n = g < nfull ? 4 : rem;
+        if (prefetch && n == 4) {
+            const uint8_t *pf = w + PF_TILES * R * rb + g * gbytes * R;
+            UNROLL for (int i = 0; i < (R * (int)gbytes + 63) / 64 + 1; i++) _mm_prefetch((const char *)pf + 64 * i, PF_HINT);
+        }
+        UNROLL for (int i = 0; i < R; i++) {
+            sgroup wg;
+            if (BITS == 4) {
+                unpack_bnb4(w + i * rb + 64 * g, n, utab, &wg);
+                wg.dw = bnb4_dw(&c, (r + i) * cols + 128 * g, n);
+            } else {
+                unpack_bnb8(w + i * rb + 128 * g, n, &wg);
+            }
+            UNROLL for (int j = 0; j < T; j++) acc[i][j] = simple_step(acc[i][j], &wg, x0 + j * tb, L, g, STEP_AUX_INT, ONE);
+        }
+    }
+    UNROLL for (int i = 0; i < R; i++) {
+        const float scale = BITS == 4 ? c.mscale
+                                      : ((const puna_bnb_int8_weight *)(const void *)a->w)->row_scale[r + i] * (1.0f / 127.0f);
+        UNROLL for (int j = 0; j < T; j++) a->y[(t + j) * a->rows + r + i] = reduce16(acc[i][j]) * scale;
+    }
+}
+
+INL void bnb4_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE) {
+    bnb_tile(a, r, t, R, T, prefetch, ONE, 4);
+}
+INL void bnb8_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE) {
+    bnb_tile(a, r, t, R, T, prefetch, ONE, 8);
+}
 
 // ---- K-quants (super-blocks of 256) -------------------------------------------------------------
 // Each row's super-block is turned into 256 int16 weights w = sc * code (the sub-block scale folded
@@ -646,6 +742,8 @@ SIMPLE_TILE_FNS(q4_1, 4, 3)
 SIMPLE_TILE_FNS(q5_0, 4, 3)
 SIMPLE_TILE_FNS(q5_1, 4, 3)
 SIMPLE_TILE_FNS(q8_0, 4, 3)
+SIMPLE_TILE_FNS(bnb4, 4, 3)
+SIMPLE_TILE_FNS(bnb8, 4, 3)
 TILE_FNS(q4_K, 2, 4)
 TILE_FNS(q5_K, 2, 4)
 TILE_FNS(q6_K, 2, 4)
@@ -798,6 +896,8 @@ int puna_kernels_avx512_get(int type, qmm_kernel *out) {
     case PUNA_TYPE_F32: k.rows = f32_rows; k.quantize = NULL; break;
     case PUNA_TYPE_F16: k.rows = f16_rows; k.quantize = NULL; break;
     case PUNA_TYPE_BF16: k.rows = bf16_rows; k.quantize = NULL; break;
+    case PUNA_TYPE_BNB4: k.rows = bnb4_rows; k.aux = AUX_NEG_SUM128; break;
+    case PUNA_TYPE_BNB_INT8: k.rows = bnb8_rows; k.aux = AUX_NEG_SUM128; break;
     default: break;
     }
     *out = k;

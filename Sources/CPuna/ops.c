@@ -10,6 +10,7 @@
 #include "puna_kernels.h"
 #include "puna_platform.h"
 #include "puna_quants.h"
+#include "puna_bnb.h"
 #include "kernels_internal.h"
 #include "lora_internal.h"
 
@@ -98,6 +99,8 @@ struct matmul_job {
     int64_t n_tokens;
     float *y;
     puna_decode_fn decode;     // NULL for f32: rows are used in place
+    // bitsandbytes pseudo-types: rows [r0, r1) of the descriptor `weights` decoded at once
+    int (*decode_rows)(const void *desc, int64_t cols, int64_t r0, int64_t r1, float *out);
     int64_t group_rows;        // rows decoded at once, multiple of TILE_ROWS
     int64_t chunk_rows;        // rows claimed at once, multiple of TILE_ROWS
     int64_t n_chunks;
@@ -117,7 +120,10 @@ static void matmul_rows_reference(const matmul_job *job, int64_t row_begin, int6
     for (int64_t g0 = row_begin; g0 < row_end; g0 += job->group_rows) {
         int64_t g1 = g0 + job->group_rows < row_end ? g0 + job->group_rows : row_end;
         const float *w;
-        if (job->decode) {
+        if (job->decode_rows) {
+            job->decode_rows(job->weights, cols, g0, g1, scratch);  // checked by puna_matmul
+            w = scratch;
+        } else if (job->decode) {
             for (int64_t r = g0; r < g1; r++)
                 job->decode(job->weights + r * job->row_bytes, scratch + (r - g0) * cols, cols);
             w = scratch;
@@ -295,7 +301,10 @@ int puna_kernels_set_family(int family) {
 
 int puna_kernels_family(void) { return forced_family == PUNA_KERNELS_AUTO ? auto_family() : forced_family; }
 
+static int is_bnb(int type) { return type == PUNA_TYPE_BNB4 || type == PUNA_TYPE_BNB_INT8; }
+
 static int matmul_type_ok(int type) {
+    if (is_bnb(type)) return 1;
     if (type < 0 || type >= PUNA_TYPE_COUNT) return 0;
     if (type == PUNA_TYPE_F32) return 1;
     const puna_type_info *info = &puna_type_table[type];
@@ -307,6 +316,33 @@ static int select_matmul(int type, qmm_kernel *k) {
     int family = puna_kernels_family();
     if (family != PUNA_KERNELS_REFERENCE && family_get(family, type, k) && k->rows) return family;
     return PUNA_KERNELS_REFERENCE;
+}
+
+// The weights and cols fit the type (a type matmul_type_ok accepted): whole GGML blocks, or a valid
+// bitsandbytes descriptor.
+static int weights_ok(int type, const void *weights, int64_t cols) {
+    if (type == PUNA_TYPE_BNB4) return puna_bnb4_validate(weights, cols) == 0;
+    if (type == PUNA_TYPE_BNB_INT8) return puna_bnb_int8_validate(weights, cols) == 0;
+    return cols % puna_type_table[type].block_size == 0;
+}
+
+// select_matmul for one matrix: bitsandbytes shapes the quantized-activation kernels do not take
+// (4-bit blocks or int8 rows that are not whole activation blocks of 32) go to the reference.
+static int select_for(int type, const void *weights, int64_t cols, qmm_kernel *k) {
+    if (type == PUNA_TYPE_BNB4 && ((const puna_bnb4_weight *)weights)->blocksize % 32 != 0) return PUNA_KERNELS_REFERENCE;
+    if (type == PUNA_TYPE_BNB_INT8 && cols % 32 != 0) return PUNA_KERNELS_REFERENCE;
+    return select_matmul(type, k);
+}
+
+static int bnb_decode_rows(int type, const void *w, int64_t cols, int64_t r0, int64_t r1, float *out) {
+    return type == PUNA_TYPE_BNB4 ? puna_bnb4_dequantize_rows(w, cols, r0, r1, out)
+                                  : puna_bnb_int8_dequantize_rows(w, cols, r0, r1, out);
+}
+static int decode_bnb4_rows(const void *w, int64_t cols, int64_t r0, int64_t r1, float *out) {
+    return bnb_decode_rows(PUNA_TYPE_BNB4, w, cols, r0, r1, out);
+}
+static int decode_bnb_int8_rows(const void *w, int64_t cols, int64_t r0, int64_t r1, float *out) {
+    return bnb_decode_rows(PUNA_TYPE_BNB_INT8, w, cols, r0, r1, out);
 }
 
 int puna_matmul_supports(int type) { return matmul_type_ok(type); }
@@ -434,9 +470,10 @@ static int run_qmm(puna_pool *pool, int count, const qmm_kernel *kernels, const 
     size_t offsets[MANY_MAX], total = 0;
     for (int m = 0; m < count; m++) {
         qmm_args *a = &job.args[m];
-        const puna_type_info *info = &puna_type_table[types[m]];
         a->w = weights[m];
-        a->row_bytes = types[m] == PUNA_TYPE_F32 ? cols * 4 : cols / info->block_size * info->type_size;
+        // bitsandbytes kernels read their descriptor, not rows
+        a->row_bytes = is_bnb(types[m]) ? 0 : types[m] == PUNA_TYPE_F32 ? cols * 4
+                       : cols / puna_type_table[types[m]].block_size * puna_type_table[types[m]].type_size;
         a->rows = rows[m];
         a->cols = cols;
         a->x = x;
@@ -491,8 +528,8 @@ int puna_matmul_many(puna_pool *pool, int count, const int *types, const void *c
     qmm_kernel kernels[MANY_MAX];
     int fused = n_tokens > 0 && cols > 0;
     for (int m = 0; m < count && fused; m++) {
-        if (!matmul_type_ok(types[m]) || rows[m] <= 0 || cols % puna_type_table[types[m]].block_size != 0) fused = 0;
-        else if (select_matmul(types[m], &kernels[m]) == PUNA_KERNELS_REFERENCE) fused = 0;
+        if (!matmul_type_ok(types[m]) || rows[m] <= 0 || !weights[m] || !weights_ok(types[m], weights[m], cols)) fused = 0;
+        else if (select_for(types[m], weights[m], cols, &kernels[m]) == PUNA_KERNELS_REFERENCE) fused = 0;
     }
     if (!fused) {  // the reference kernels, empty shapes and bad arguments: one by one
         for (int m = 0; m < count; m++) {
@@ -513,9 +550,9 @@ int puna_lora_matmul_many1(puna_pool *pool, int count, const int *types, const v
     memset(&ad, 0, sizeof ad);
     int fused = 1;
     for (int m = 0; m < count; m++) {
-        if (!matmul_type_ok(types[m]) || rows[m] <= 0 || cols % puna_type_table[types[m]].block_size != 0 || n_pairs[m] < 0)
+        if (!matmul_type_ok(types[m]) || rows[m] <= 0 || !weights[m] || !weights_ok(types[m], weights[m], cols) || n_pairs[m] < 0)
             return -1;
-        if (select_matmul(types[m], &kernels[m]) == PUNA_KERNELS_REFERENCE) fused = 0;
+        if (select_for(types[m], weights[m], cols, &kernels[m]) == PUNA_KERNELS_REFERENCE) fused = 0;
         // Chunks of a matrix with pairs are whole Bᵀ tiles, which must also be whole row tiles.
         else if (LORA_TILE % (kernels[m].row_tile > 0 ? kernels[m].row_tile : 1) != 0) fused = 0;
         for (int p = 0; p < n_pairs[m]; p++) {
@@ -542,26 +579,29 @@ int puna_lora_matmul_many1(puna_pool *pool, int count, const int *types, const v
 int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, int64_t cols,
                 const float *x, int64_t n_tokens, float *y) {
     if (!matmul_type_ok(type) || rows < 0 || cols < 0 || n_tokens < 0) return -1;
-    const puna_type_info *info = &puna_type_table[type];
-    if (cols % info->block_size != 0) return -1;
+    const int bnb = is_bnb(type);
+    if (bnb && !weights) return -1;
+    if (!weights_ok(type, weights, cols)) return -1;
     if (rows == 0 || n_tokens == 0) return 0;
     if (cols == 0) {
         memset(y, 0, (size_t)(rows * n_tokens) * sizeof(float));
         return 0;
     }
     qmm_kernel kernel;
-    if (select_matmul(type, &kernel) != PUNA_KERNELS_REFERENCE)
+    if (select_for(type, weights, cols, &kernel) != PUNA_KERNELS_REFERENCE)
         return run_qmm(pool, 1, &kernel, &type, &weights, &rows, cols, x, n_tokens, &y, NULL);
 
+    const puna_type_info *info = bnb ? NULL : &puna_type_table[type];
     matmul_job job = {0};
     job.weights = weights;
-    job.row_bytes = cols / info->block_size * info->type_size;
+    job.row_bytes = bnb ? 0 : cols / info->block_size * info->type_size;
     job.rows = rows;
     job.cols = cols;
     job.x = x;
     job.n_tokens = n_tokens;
     job.y = y;
-    job.decode = type == PUNA_TYPE_F32 ? NULL : type == PUNA_TYPE_F16 ? decode_f16_rows : info->decode;
+    job.decode = bnb || type == PUNA_TYPE_F32 ? NULL : type == PUNA_TYPE_F16 ? decode_f16_rows : info->decode;
+    job.decode_rows = type == PUNA_TYPE_BNB4 ? decode_bnb4_rows : type == PUNA_TYPE_BNB_INT8 ? decode_bnb_int8_rows : NULL;
     job.rows_fn = matmul_rows_reference;
 
     int64_t group = GROUP_BYTES / (cols * (int64_t)sizeof(float));
@@ -575,7 +615,7 @@ int puna_matmul(puna_pool *pool, int type, const void *weights, int64_t rows, in
     job.n_chunks = (rows + job.chunk_rows - 1) / job.chunk_rows;
     atomic_init(&job.next_chunk, 0);
 
-    if (job.decode) {
+    if (job.decode || job.decode_rows) {
         int64_t per_thread = group * cols;
         job.scratch = puna_pool_scratch(pool, per_thread, &job.scratch_stride);
         if (!job.scratch) return -1;

@@ -198,6 +198,111 @@ static void check_attention(puna_pool *pool, int family) {
     }
 }
 
+// ---- bitsandbytes pseudo-types ----------------------------------------------------------------
+
+// NF4's code book (the normal-float levels bitsandbytes writes as quant_map).
+static const float nf4_map[16] = { -1.0f, -0.6961928f, -0.52507305f, -0.3949175f, -0.28444138f, -0.18477343f,
+                                   -0.09105004f, 0.0f, 0.0795803f, 0.1609302f, 0.2461123f, 0.33791524f,
+                                   0.44070983f, 0.562617f, 0.72295684f, 1.0f };
+
+typedef struct {
+    puna_bnb4_weight w4;
+    puna_bnb_int8_weight w8;
+    uint8_t *packed, *codes;
+    float qmap[16], nqmap[256], *absmax, *nabs;
+    int8_t *q8;
+    float *scb;
+} bnb_case;
+
+// kind 0: NF4 + double quant, 1: NF4 plain absmax, 2: an odd code book (max 0.75) + double quant
+// with a nested block that is not a power of two, 3: int8.
+static void make_bnb(bnb_case *c, int kind, int64_t rows, int64_t cols, int64_t blocksize) {
+    memset(c, 0, sizeof *c);
+    if (kind == 3) {
+        c->q8 = malloc((size_t)(rows * cols));
+        c->scb = malloc((size_t)rows * sizeof(float));
+        for (int64_t i = 0; i < rows * cols; i++) c->q8[i] = (int8_t)next_u64();  // -128 included
+        for (int64_t r = 0; r < rows; r++) c->scb[r] = (0.05f + (float)(r % 7)) * (1 + uniform() * 0.5f);
+        c->w8.weight = c->q8;
+        c->w8.row_scale = c->scb;
+        return;
+    }
+    int64_t n = rows * cols, blocks = n / blocksize;
+    c->packed = malloc((size_t)(n / 2));
+    for (int64_t i = 0; i < n / 2; i++) c->packed[i] = (uint8_t)next_u64();
+    for (int k = 0; k < 16; k++) c->qmap[k] = kind == 2 ? uniform() * 0.75f : nf4_map[k];
+    if (kind == 2) c->qmap[5] = -0.75f;
+    c->w4.packed = c->packed;
+    c->w4.quant_map = c->qmap;
+    c->w4.blocksize = blocksize;
+    if (kind == 1) {
+        c->absmax = malloc((size_t)blocks * sizeof(float));
+        for (int64_t b = 0; b < blocks; b++) c->absmax[b] = 0.01f + fabsf(uniform()) * (1 + (float)(b % 3));
+        c->w4.absmax = c->absmax;
+        return;
+    }
+    int64_t nbs = kind == 2 ? 3 : 256, nn = (blocks + nbs - 1) / nbs;
+    c->codes = malloc((size_t)blocks);
+    c->nabs = malloc((size_t)nn * sizeof(float));
+    for (int64_t b = 0; b < blocks; b++) c->codes[b] = (uint8_t)next_u64();
+    for (int i = 0; i < 256; i++) c->nqmap[i] = uniform();
+    for (int64_t i = 0; i < nn; i++) c->nabs[i] = 0.01f + fabsf(uniform()) * 0.2f;
+    c->w4.absmax_codes = c->codes;
+    c->w4.nested_quant_map = c->nqmap;
+    c->w4.nested_absmax = c->nabs;
+    c->w4.nested_blocksize = nbs;
+    c->w4.nested_offset = 0.4f + 0.01f * (float)kind;
+}
+
+static void free_bnb(bnb_case *c) {
+    free(c->packed); free(c->codes); free(c->absmax); free(c->nabs); free(c->q8); free(c->scb);
+}
+
+static void check_bnb(puna_pool **pools, int n_pools, int family) {
+    static const int64_t shapes[][4] = { {1, 64, 1, 64}, {5, 128, 3, 64}, {13, 192, 1, 64}, {17, 320, 9, 64},
+                                         {33, 64, 2, 32}, {7, 256, 5, 128}, {64, 96, 4, 32}, {9, 448, 1, 64} };
+    for (int kind = 0; kind < 4; kind++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            int64_t rows = shapes[s][0], cols = shapes[s][1], n = shapes[s][2], bs = shapes[s][3];
+            bnb_case c;
+            make_bnb(&c, kind, rows, cols, bs);
+            int type = kind == 3 ? PUNA_TYPE_BNB_INT8 : PUNA_TYPE_BNB4;
+            const void *w = kind == 3 ? (const void *)&c.w8 : (const void *)&c.w4;
+            float *x = malloc((size_t)(n * cols) * sizeof(float));
+            for (int64_t i = 0; i < n * cols; i++) x[i] = uniform() * (1 + (float)(i % 5));
+            if (n > 1) memset(x + cols, 0, (size_t)cols * sizeof(float));
+            float *want = malloc((size_t)(rows * n) * sizeof(float)), *got = malloc((size_t)(rows * n) * sizeof(float));
+            float *one = malloc((size_t)rows * sizeof(float));
+            run(pools[0], PUNA_KERNELS_SCALAR, type, w, rows, cols, x, n, want);
+            for (int p = 0; p < n_pools; p++) {
+                run(pools[p], family, type, w, rows, cols, x, n, got);
+                checks++;
+                if (memcmp(got, want, (size_t)(rows * n) * 4) != 0) {
+                    for (int64_t i = 0; i < rows * n; i++)
+                        if (memcmp(&got[i], &want[i], 4) != 0) {
+                            printf("FAIL %s bnb kind %d rows %lld cols %lld tokens %lld bs %lld threads %d: y[%lld] = %.9g, want %.9g\n",
+                                   puna_kernels_family_name(family), kind, (long long)rows, (long long)cols, (long long)n,
+                                   (long long)bs, puna_pool_size(pools[p]), (long long)i, got[i], want[i]);
+                            break;
+                        }
+                    failures++;
+                }
+                if (p == 0 && n > 1)
+                    for (int64_t t = 0; t < n; t++) {
+                        run(pools[p], family, type, w, rows, cols, x + t * cols, 1, one);
+                        checks++;
+                        if (memcmp(one, got + t * rows, (size_t)rows * 4) != 0) {
+                            printf("FAIL %s bnb kind %d: token %lld alone differs from the batch\n", puna_kernels_family_name(family), kind, (long long)t);
+                            failures++;
+                            break;
+                        }
+                    }
+            }
+            free(x); free(want); free(got); free(one);
+            free_bnb(&c);
+        }
+}
+
 int main(int argc, char **argv) {
     static const int types[] = { PUNA_TYPE_Q4_0, PUNA_TYPE_Q4_1, PUNA_TYPE_Q5_0, PUNA_TYPE_Q5_1, PUNA_TYPE_Q8_0,
                                  PUNA_TYPE_Q4_K, PUNA_TYPE_Q5_K, PUNA_TYPE_Q6_K, PUNA_TYPE_F16, PUNA_TYPE_BF16, PUNA_TYPE_F32 };
@@ -235,6 +340,10 @@ int main(int argc, char **argv) {
                 check_case(pools, 3, family, type, rows, cols, n, 0);
                 if (block > 1) check_case(pools, 1, family, type, rows, cols, n, 1);
             }
+        }
+        for (int levels = 1; levels <= 2; levels++) {
+            puna_kernels_set_activation_levels(levels);
+            check_bnb(pools, 3, family);
         }
         puna_kernels_set_activation_levels(0);
         check_attention(pools[1], family);

@@ -41,8 +41,9 @@ typedef struct {
     float nested_offset;              // quant_state JSON "nested_offset"
 } puna_bnb4_weight;
 
-// 8-bit (LLM.int8 weights): w[r][c] = (float)weight[r * cols + c] * (row_scale[r] * (1.0f / 127.0f)),
-// the product in f32, as bitsandbytes' int8_vectorwise_dequant computes it. row_scale is "SCB".
+// 8-bit (LLM.int8 weights): w[r][c] = ((float)weight[r * cols + c] * row_scale[r]) * (1.0f / 127.0f),
+// two f32 products in that order, as bitsandbytes' int8_vectorwise_dequant computes it (A * SCB, then
+// times the f32 reciprocal of 127; checked bit for bit against its output). row_scale is "SCB".
 typedef struct {
     const int8_t *weight;             // rows * cols
     const float *row_scale;           // rows
@@ -52,6 +53,14 @@ typedef struct {
 // Return 0, or -1 on inconsistent arguments (cols not a multiple of the blocksize, a NULL table).
 int puna_bnb4_dequantize_rows(const puna_bnb4_weight *w, int64_t cols, int64_t r0, int64_t r1, float *out);
 int puna_bnb_int8_dequantize_rows(const puna_bnb_int8_weight *w, int64_t cols, int64_t r0, int64_t r1, float *out);
+
+// Whether a descriptor can be dequantized and multiplied with `cols` columns (0) or not (-1): the
+// NULL checks and the blocksize rule above; the 4-bit check also wants a finite quant_map. The
+// matmul entry points run these checks themselves and return -1 on failure. Quantized-activation
+// kernels serve 4-bit blocksizes that are multiples of 32 and int8 rows of a multiple of 32
+// columns; other shapes go through the f32 reference (dequantized rows).
+int puna_bnb4_validate(const puna_bnb4_weight *w, int64_t cols);
+int puna_bnb_int8_validate(const puna_bnb_int8_weight *w, int64_t cols);
 
 #ifdef __cplusplus
 }
