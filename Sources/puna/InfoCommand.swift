@@ -33,7 +33,10 @@ enum InfoCommand {
         let requestedContext = try args.int("-c", range: 1...(1 << 24))
 
         var typeCounts: [String: Int] = [:]
-        for t in gguf.tensors { typeCounts[t.type.name, default: 0] += 1 }
+        for t in gguf.tensors {
+            let name = t.type.isBitsAndBytes ? gguf.bitsAndBytes?.typeName ?? t.type.name : t.type.name
+            typeCounts[name, default: 0] += 1
+        }
         let typeNames = typeCounts.keys.sorted()
         let tokenizerModel = gguf.string("tokenizer.ggml.model")
         let vocabTokens = gguf["tokenizer.ggml.tokens"]?.arrayValue?.count

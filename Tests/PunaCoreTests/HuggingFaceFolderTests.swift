@@ -165,8 +165,6 @@ final class HuggingFaceFolderTests: XCTestCase {
         for i in garbage.indices { state = state &* 6364136223846793005 &+ 1442695040888963407; garbage[i] = UInt8(truncatingIfNeeded: state >> 56) }
         try Data(garbage).write(to: d.appendingPathComponent("tokenizer.model"))
         XCTAssertTrue(message(d).contains("tokenizer.model: "), message(d))
-        // A bitsandbytes folder: named as not yet supported (not a crash, not garbage).
-        XCTAssertTrue(message(Self.root.appendingPathComponent("llama-nf4-dq")).contains("quantization_config (quant_method 'bitsandbytes') is not supported yet"))
         // A directory that is not a model folder.
         try FileManager.default.createDirectory(at: tmp.appendingPathComponent("empty"), withIntermediateDirectories: true)
         XCTAssertTrue(message(tmp.appendingPathComponent("empty")).contains("without config.json"))

@@ -148,6 +148,9 @@ public final class GGUFFile {
     /// Set when the tensors and keys were read from a Hugging Face folder (see HuggingFaceFolder):
     /// Q/K rows are in Hugging Face's order, so the model rotates head halves.
     public let isHuggingFaceFolder: Bool
+    /// The bitsandbytes-quantized matrices of a Hugging Face folder: tensors of type .bnb4 or
+    /// .bnbInt8 are computed through these descriptors, not through their bytes.
+    public let bitsAndBytes: BitsAndBytesWeights?
     public let version: UInt32
     /// Metadata keys in file order.
     public let keys: [String]
@@ -167,7 +170,7 @@ public final class GGUFFile {
         if puna_path_is_directory(path) != 0 {
             let folder = try HuggingFaceFolder(path: path)
             self.init(virtual: path, keys: folder.keys, metadata: folder.metadata, tensors: folder.tensors, files: folder.files,
-                      dataOffsets: folder.files.map { _ in 0 })
+                      dataOffsets: folder.files.map { _ in 0 }, bitsAndBytes: folder.bitsAndBytes)
             return
         }
         try self.init(file: MappedFile(path: path))
@@ -175,7 +178,8 @@ public final class GGUFFile {
 
     /// Keys and tensors made elsewhere, with data in `files` (offsets from `dataOffsets`).
     init(virtual path: String, keys: [String], metadata: [String: GGUFValue], tensors: [GGUFTensorInfo], files: [MappedFile],
-         dataOffsets: [Int]) {
+         dataOffsets: [Int], bitsAndBytes: BitsAndBytesWeights? = nil) {
+        self.bitsAndBytes = bitsAndBytes
         self.file = files[0]
         self.files = files
         self.dataOffsets = dataOffsets
@@ -197,6 +201,7 @@ public final class GGUFFile {
         self.files = [file]
         self.path = file.path
         self.isHuggingFaceFolder = false
+        self.bitsAndBytes = nil
         var r = ByteReader(bytes: file.bytes, path: file.path)
         if file.count == 0 { throw PunaError("\(file.path): empty file, not a GGUF model") }
         let magic = try r.u32("magic")

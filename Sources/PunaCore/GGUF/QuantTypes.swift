@@ -18,6 +18,13 @@ public struct GGMLType: Hashable, CustomStringConvertible {
     public static let q5_K = GGMLType(rawValue: 13)
     public static let q6_K = GGMLType(rawValue: 14)
     public static let bf16 = GGMLType(rawValue: 30)
+    /// bitsandbytes weights read in place from a Hugging Face folder (puna_bnb.h): not GGML types;
+    /// the kernels take a descriptor of the weight's tensors instead of its rows.
+    public static let bnb4 = GGMLType(rawValue: UInt32(PUNA_TYPE_BNB4))
+    public static let bnbInt8 = GGMLType(rawValue: UInt32(PUNA_TYPE_BNB_INT8))
+
+    /// A bitsandbytes pseudo-type: no blocks of its own, so no row bytes, decode or encode.
+    public var isBitsAndBytes: Bool { self == .bnb4 || self == .bnbInt8 }
 
     /// Every id GGML has assigned, in id order.
     public static var all: [GGMLType] {
@@ -48,7 +55,11 @@ public struct GGMLType: Hashable, CustomStringConvertible {
 
     /// Whether GGML ever assigned this id.
     public var isKnown: Bool { info != nil }
-    public var name: String { info.map { String(cString: $0.name) } ?? "type#\(rawValue)" }
+    public var name: String {
+        if self == .bnb4 { return "bnb-4bit" }
+        if self == .bnbInt8 { return "bnb-int8" }
+        return info.map { String(cString: $0.name) } ?? "type#\(rawValue)"
+    }
     /// Weights per block.
     public var blockSize: Int { Int(info?.block_size ?? 0) }
     /// Bytes per block.

@@ -12,6 +12,8 @@ struct HuggingFaceFolder {
     private(set) var metadata: [String: GGUFValue] = [:]
     private(set) var tensors: [GGUFTensorInfo] = []
     private(set) var files: [MappedFile] = []
+    /// The quantized matrices of a bitsandbytes folder (nil for F32/F16/BF16 folders).
+    private(set) var bitsAndBytes: BitsAndBytesWeights? = nil
     let path: String
 
     /// Hugging Face class → GGUF architecture, for the classes whose tensors map one to one.
@@ -35,8 +37,7 @@ struct HuggingFaceFolder {
             throw PunaError("\(configPath): architectures[0] '\(clipped(hfClass))' is not supported in Hugging Face folders (supported: \(known); convert other models to GGUF)")
         }
         if let q = config["quantization_config"], !q.isNull {
-            let method = q["quant_method"]?.string ?? "?"
-            throw PunaError("\(configPath): quantization_config (quant_method '\(clipped(method))') is not supported yet: Puna reads F32/F16/BF16 folders")
+            bitsAndBytes = try BitsAndBytesWeights(config: q, file: configPath)
         }
         set("general.architecture", .string(arch))
         set("general.name", .string(baseName(path)))
@@ -166,6 +167,9 @@ struct HuggingFaceFolder {
             throw PunaError("\(path): no model.safetensors or model.safetensors.index.json")
         }
         var seen: [String: String] = [:]   // GGUF name → shard it came from
+        // bitsandbytes: quantized weights and their companions, put together once every shard is read.
+        var parts: [String: BitsAndBytesWeights.Part] = [:]
+        var quantized: [(hf: String, gguf: String)] = []
         for (source, shard) in shardNames.enumerated() {
             let shardPath = path + "/" + shard
             guard puna_path_exists(shardPath) != 0 else {
@@ -183,11 +187,27 @@ struct HuggingFaceFolder {
                         throw PunaError("\(shardPath): tensor '\(clipped(t.name))' is listed in shard '\(clipped(listed.shard))' by \(baseName(indexPath))")
                     }
                 }
+                if bitsAndBytes != nil, BitsAndBytesWeights.isCompanion(t.name) {
+                    if parts[t.name] != nil { throw PunaError("\(shardPath): tensor '\(clipped(t.name))' is in two shards") }
+                    parts[t.name] = BitsAndBytesWeights.Part(info: t, source: source, path: shardPath, bytes: st.data(of: t))
+                    continue
+                }
                 guard let name = HuggingFaceFolder.ggufName(t.name) else {
                     throw PunaError("\(shardPath): tensor '\(clipped(t.name))' is not part of a \(arch) model as Puna reads it")
                 }
                 if let layer = HuggingFaceFolder.layerIndex(name), layer >= blocks {
                     throw PunaError("\(shardPath): tensor '\(clipped(t.name))' is for layer \(layer), but config.json has \(blocks) layers")
+                }
+                if let bnb = bitsAndBytes, t.dtype == "U8" || t.dtype == "I8" {
+                    let part = BitsAndBytesWeights.Part(info: t, source: source, path: shardPath, bytes: st.data(of: t))
+                    guard name.hasSuffix(".weight") else {
+                        throw PunaError("\(shardPath): tensor '\(clipped(t.name))' has dtype \(t.dtype), but only weights are \(bnb.scheme)-quantized")
+                    }
+                    if let other = seen[name] { throw PunaError("\(shardPath): tensor '\(clipped(t.name))' is also in \(other)") }
+                    seen[name] = shard
+                    parts[t.name] = part
+                    quantized.append((t.name, name))
+                    continue
                 }
                 guard let type = t.ggmlType else {
                     throw PunaError("\(shardPath): tensor '\(clipped(t.name))' has dtype \(t.dtype); Puna computes with F32, F16 and BF16")
@@ -203,7 +223,19 @@ struct HuggingFaceFolder {
                                               byteCount: t.byteCount, source: source))
             }
         }
-        for listed in weightMap where !listed.tensor.hasSuffix("rotary_emb.inv_freq") {
+        if let bnb = bitsAndBytes {
+            // Every companion belongs to a quantized weight.
+            let owners = quantized.map { $0.hf }
+            for (name, part) in parts where BitsAndBytesWeights.isCompanion(name) {
+                guard let owner = BitsAndBytesWeights.owner(ofCompanion: name), owners.contains(owner) else {
+                    throw PunaError("\(part.path): tensor '\(clipped(name))' belongs to no \(bnb.scheme)-quantized weight of the folder")
+                }
+            }
+            for (hf, gguf) in quantized {
+                tensors.append(try bnb.add(weight: hf, name: gguf, parts: parts))
+            }
+        }
+        for listed in weightMap where !listed.tensor.hasSuffix("rotary_emb.inv_freq") && !(bitsAndBytes != nil && BitsAndBytesWeights.isCompanion(listed.tensor)) {
             guard let name = HuggingFaceFolder.ggufName(listed.tensor), seen[name] != nil else {
                 throw PunaError("\(indexPath): tensor '\(clipped(listed.tensor))' is listed in shard '\(clipped(listed.shard))' but not there")
             }

@@ -123,11 +123,13 @@ struct RowStats {
 /// With `measure`, each encoded row is decoded again and compared with the f32 row it encodes.
 func transcodeRows(_ pool: OpaquePointer, source: UnsafeRawPointer, sourceType: GGMLType, rows: Int, cols: Int,
                    update: LowRankUpdate?, destType: GGMLType, measure: Bool,
+                   decodeSource: ((_ first: Int, _ count: Int, _ into: UnsafeMutablePointer<Float>) -> Void)? = nil,
                    emit: (UnsafeRawBufferPointer) throws(PunaError) -> Void) throws(PunaError) -> RowStats {
-    guard let sourceRowBytes = sourceType.rowBytes(cols), let destRowBytes = destType.rowBytes(cols) else {
+    let sourceRowBytes = decodeSource != nil ? 0 : sourceType.rowBytes(cols)
+    guard let sourceRowBytes, let destRowBytes = destType.rowBytes(cols) else {
         throw PunaError("\(cols) weights per row are not whole blocks of \(sourceType.name) / \(destType.name)")
     }
-    guard sourceType.canDecode else { throw PunaError("decoding \(sourceType.name) is not supported") }
+    guard decodeSource != nil || sourceType.canDecode else { throw PunaError("decoding \(sourceType.name) is not supported") }
     guard destType.canEncode else { throw PunaError("encoding to \(destType.name) is not supported") }
     // About 1 MiB of f32 per buffer.
     let chunk = max(1, min(rows, (1 << 18) / max(cols, 1)))
@@ -140,8 +142,12 @@ func transcodeRows(_ pool: OpaquePointer, source: UnsafeRawPointer, sourceType: 
     var first = 0
     while first < rows {
         let n = min(chunk, rows - first)
-        for i in 0..<n {
-            try sourceType.decode(source + (first + i) * sourceRowBytes, into: merged.p + i * cols, count: cols)
+        if let decodeSource {
+            decodeSource(first, n, merged.p)
+        } else {
+            for i in 0..<n {
+                try sourceType.decode(source + (first + i) * sourceRowBytes, into: merged.p + i * cols, count: cols)
+            }
         }
         if let update {
             try update.rows(pool, first: first, count: n, into: delta.p)
@@ -185,13 +191,17 @@ extension LanguageModel {
             let parts = set.parts(for: linear.name)
             if parts.isEmpty { continue }
             let update = LowRankUpdate(rows: linear.rows, cols: linear.cols, parts: parts)
-            let bytes = linear.rowBytes * linear.rows
+            // A bitsandbytes matrix has no encoder: the merged weights become an F16 copy.
+            let destType = linear.type.isBitsAndBytes ? GGMLType.f16 : linear.type
+            let bytes = destType.rowBytes(linear.cols)! * linear.rows
             let owned = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 1), alignment: 64)
             var written = 0
             let stats: RowStats
+            let decodeSource: ((Int, Int, UnsafeMutablePointer<Float>) -> Void)? = linear.type.isBitsAndBytes
+                ? { first, count, out in linear.decodeRows(first: first, count: count, into: out) } : nil
             do throws(PunaError) {
                 stats = try transcodeRows(pool, source: linear.weights, sourceType: linear.type, rows: linear.rows, cols: linear.cols,
-                                          update: update, destType: linear.type, measure: true) { (chunk) throws(PunaError) in
+                                          update: update, destType: destType, measure: true, decodeSource: decodeSource) { (chunk) throws(PunaError) in
                     owned.advanced(by: written).copyMemory(from: chunk.baseAddress!, byteCount: chunk.count)
                     written += chunk.count
                 }
@@ -206,6 +216,7 @@ extension LanguageModel {
             linear.ownedWeights?.deallocate()
             linear.ownedWeights = owned
             linear.weights = UnsafeRawPointer(owned)
+            linear.type = destType
             report.add(linear.name, type: linear.type, stats: stats)
         }
         return report
@@ -221,6 +232,9 @@ extension LanguageModel {
             throw PunaError("cannot write tensors of type \(type.name)")
         }
         if path == gguf.path { throw PunaError("\(path): the output would overwrite the base model") }
+        if gguf.isHuggingFaceFolder {
+            throw PunaError("\(gguf.path): puna merge writes GGUF files from GGUF bases; convert the Hugging Face folder first (puna convert), then merge")
+        }
         struct Planned {
             let name: String
             let shape: [Int]

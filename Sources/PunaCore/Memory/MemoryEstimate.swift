@@ -145,6 +145,8 @@ public struct MemoryEstimate {
         let rows: Int
         let cols: Int
         let bytes: Int
+        /// What a merge makes of it: a copy in its own type, or F16 for a bitsandbytes matrix.
+        var mergedBytes: Int { type.isBitsAndBytes ? MemoryEstimate.product(rows, cols, 2) : bytes }
     }
 
     // MARK: entry points
@@ -153,7 +155,8 @@ public struct MemoryEstimate {
     public static func llama(gguf: GGUFFile, config: ModelConfig, settings: Settings) -> MemoryEstimate {
         var matrices: [String: Matrix] = [:]
         for t in gguf.tensors where t.shape.count >= 2 {
-            matrices[t.name] = Matrix(name: t.name, type: t.type, rows: t.rowCount, cols: t.rowLength, bytes: t.byteCount)
+            let bytes = t.type.isBitsAndBytes ? gguf.bitsAndBytes?.bytes[t.name] ?? t.byteCount : t.byteCount
+            matrices[t.name] = Matrix(name: t.name, type: t.type, rows: t.rowCount, cols: t.rowLength, bytes: bytes)
         }
         if matrices["output.weight"] == nil, let embedding = matrices["token_embd.weight"] {
             // Tied: the output head reads the embedding's bytes.
@@ -214,11 +217,13 @@ public struct MemoryEstimate {
         // Which matrices the adapters touch, and what merging them costs.
         var adapterTargets: [String: Int] = [:]   // target → sum of ranks
         for a in s.adapters { for t in a.targets { adapterTargets[t, default: 0] += a.rank } }
-        var mergedBytes = 0, mergedCount = 0, mergeWork = 0
+        var mergedBytes = 0, mappedMergedBytes = 0, mergedCount = 0, mergeWork = 0, f16Copies = 0
         if s.mergeAdapters {
             for (target, k) in adapterTargets {
                 guard let m = matrices[target] else { continue }
-                mergedBytes = sum(mergedBytes, m.bytes)
+                mergedBytes = sum(mergedBytes, m.mergedBytes)
+                mappedMergedBytes = sum(mappedMergedBytes, m.bytes)
+                if m.type.isBitsAndBytes { f16Copies += 1 }
                 mergedCount += 1
                 // Merge.swift: ΔW's two f32 factors, and transcodeRows' buffers for ~2^18 weights.
                 let chunk = max(1, min(m.rows, (1 << 18) / max(m.cols, 1)))
@@ -230,8 +235,9 @@ public struct MemoryEstimate {
 
         // 1. weights
         if mergedCount > 0 {
-            e.add("weights", "model file, memory-mapped (file-backed), less the \(mergedCount) merged tensors", fileBytes - mergedBytes)
-            e.add("merged_weights", "merged tensors (owned copies, \(mergedCount) matrices)", mergedBytes)
+            e.add("weights", "model file, memory-mapped (file-backed), less the \(mergedCount) merged tensors", fileBytes - mappedMergedBytes)
+            let copies = f16Copies > 0 ? ", \(f16Copies) of them F16 copies of bitsandbytes matrices" : ""
+            e.add("merged_weights", "merged tensors (owned copies, \(mergedCount) matrices\(copies))", mergedBytes)
             e.add("merge_work", "merge work buffers (at load)", mergeWork)
         } else {
             e.add("weights", "model file, memory-mapped (file-backed)", fileBytes)

@@ -103,11 +103,18 @@ public final class LanguageModel {
                   t.shape[0] == cols, t.shape[1] == rows else {
                 throw PunaError("\(gguf.path): tensor '\(name)' has shape \(t.shape), expected [\(cols), \(rows)]")
             }
-            guard puna_matmul_supports(Int32(t.type.rawValue)) != 0, t.type.canDecode else {
-                throw PunaError("\(gguf.path): tensor '\(name)' has type \(t.type.name), which Puna cannot compute with")
+            let weights: UnsafeRawPointer
+            if t.type.isBitsAndBytes {
+                guard let d = gguf.bitsAndBytes?.descriptor(name) else { throw PunaError("internal error: no bitsandbytes descriptor for '\(name)'") }
+                weights = d
+            } else {
+                guard puna_matmul_supports(Int32(t.type.rawValue)) != 0, t.type.canDecode else {
+                    throw PunaError("\(gguf.path): tensor '\(name)' has type \(t.type.name), which Puna cannot compute with")
+                }
+                weights = gguf.data(of: t).baseAddress!
             }
             let b: [Float]? = bias == nil || gguf.tensorInfo(bias!) == nil ? nil : try vector(bias!, rows)
-            let linear = Linear(name: name, type: t.type, rows: rows, cols: cols, weights: gguf.data(of: t).baseAddress!, bias: b)
+            let linear = Linear(name: name, type: t.type, rows: rows, cols: cols, weights: weights, bias: b)
             linear.adapterState = adapterState
             return linear
         }

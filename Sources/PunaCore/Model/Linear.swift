@@ -6,7 +6,8 @@ import CPuna
 /// matrix of the model goes through.
 final class Linear {
     let name: String
-    let type: GGMLType
+    /// Changes only when adapters are merged into an F16 copy of a bitsandbytes matrix.
+    var type: GGMLType
     let rows: Int
     let cols: Int
     /// The mapped tensor, or `ownedWeights` once adapters were merged into it (Merge.swift).
@@ -79,7 +80,20 @@ final class Linear {
     /// Decode row `r` (e.g. one token's embedding) into `out` (cols floats). Types were checked to
     /// decode at load.
     func decodeRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
-        try? type.decode(weights + r * rowBytes, into: out, count: cols)
+        decodeRows(first: r, count: 1, into: out)
+    }
+
+    /// Decode rows [first, first + count) into `out` ([count][cols]); bitsandbytes matrices exactly
+    /// as bitsandbytes dequantizes them.
+    func decodeRows(first: Int, count: Int, into out: UnsafeMutablePointer<Float>) {
+        switch type {
+        case .bnb4:
+            _ = puna_bnb4_dequantize_rows(weights.assumingMemoryBound(to: puna_bnb4_weight.self), Int64(cols), Int64(first), Int64(first + count), out)
+        case .bnbInt8:
+            _ = puna_bnb_int8_dequantize_rows(weights.assumingMemoryBound(to: puna_bnb_int8_weight.self), Int64(cols), Int64(first), Int64(first + count), out)
+        default:
+            try? type.decode(weights + first * rowBytes, into: out, count: count * cols)
+        }
     }
 }
 

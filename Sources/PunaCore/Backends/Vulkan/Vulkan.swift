@@ -255,6 +255,7 @@ final class VulkanBackend {
         if c.attentionSoftcap > 0 || c.finalLogitSoftcap > 0 { missing.append("soft-capping") }
         if c.embeddingScale != 1 || m.tokenEmbeddingNorm != nil { missing.append("embedding scale/norm") }
         if c.attentionScale != nil { missing.append("a custom attention scale") }
+        if m.namedMatrices.contains(where: { $0.type.isBitsAndBytes }) { missing.append("bitsandbytes 4-bit/8-bit weights") }
         // One RoPE table serves every layer: layers with their own base or without the scaling differ.
         let first = m.layers.first
         if c.slidingWindowPattern > 0 || c.slidingWindowLayers != nil || c.localRopeFreqBase != nil
