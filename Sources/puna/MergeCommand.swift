@@ -55,6 +55,10 @@ enum AdapterFlags {
         }
         if args.has("--merge-lora") {
             let report = try model.mergeAdapters(set)
+            if report.bitsAndBytesCopies > 0 {
+                // The quantized base stays mapped for the other matrices; these copies are new memory.
+                errLine("puna: --merge-lora: \(report.bitsAndBytesCopies) bitsandbytes matrices merged into F16 copies (\(formatBytes(report.bitsAndBytesCopyBytes)) of memory; without --merge-lora the adapter is applied per token at no copy)")
+            }
             if args.has("--verbose") { for line in reportLines(report) { errLine("puna: " + line) } }
         } else {
             model.activeAdapters = set

@@ -83,6 +83,8 @@ final class BitsAndBytesFolderTests: XCTestCase {
                     let report = try model.mergeAdapters(AdapterSet([(adapter, 1)]))
                     XCTAssertEqual(report.entries.map { $0.type }, [.f16], "\(name): merged matrices become F16 copies")
                     XCTAssertEqual(report.mergedTensors.count, model.config.blockCount * 7)
+                    XCTAssertEqual(report.bitsAndBytesCopies, model.config.blockCount * 7)
+                    XCTAssertEqual(report.bitsAndBytesCopyBytes, model.config.blockCount * 2 * (5 * 256 * 256 + 2 * 64 * 256))  // F16: q, o, gate, up, down 256×256; k, v 64×256
                 } else {
                     model.activeAdapters = AdapterSet([(adapter, 1)])
                 }
@@ -107,6 +109,9 @@ final class BitsAndBytesFolderTests: XCTestCase {
         let (s3, text, e3) = try Fixtures.runPuna(["run", "-m", path("llama-int8"), "-p", "You may convey", "-n", "8", "--temp", "0"])
         XCTAssertEqual(s3, 0, e3)
         XCTAssertFalse(text.isEmpty)
+        let (s4, _, e4) = try Fixtures.runPuna(["run", "-m", path("llama-nf4-dq"), "--lora", path("lora-llama"), "--merge-lora", "-p", "You may convey", "-n", "4", "--temp", "0"])
+        XCTAssertEqual(s4, 0, e4)
+        XCTAssertTrue(e4.contains("14 bitsandbytes matrices merged into F16 copies"), e4)
     }
 
     // MARK: hostile folders

@@ -90,6 +90,9 @@ public struct MergeReport {
     public var entries: [Entry] = []
     /// GGUF names of the merged tensors.
     public var mergedTensors: [String] = []
+    /// bitsandbytes matrices that became F16 copies (they have no encoder), and the bytes of those copies.
+    public var bitsAndBytesCopies = 0
+    public var bitsAndBytesCopyBytes = 0
 
     public init() {}
 
@@ -216,6 +219,10 @@ extension LanguageModel {
             linear.ownedWeights?.deallocate()
             linear.ownedWeights = owned
             linear.weights = UnsafeRawPointer(owned)
+            if linear.type.isBitsAndBytes {
+                report.bitsAndBytesCopies += 1
+                report.bitsAndBytesCopyBytes += bytes
+            }
             linear.type = destType
             report.add(linear.name, type: linear.type, stats: stats)
         }
