@@ -59,6 +59,8 @@ enum InfoCommand {
             j.field("file", path)
             j.field("file_bytes", gguf.fileBytes)
             j.field("gguf_version", Int(gguf.version))
+            j.field("huggingface_folder", gguf.isHuggingFaceFolder)
+            j.key("bitsandbytes"); if let b = gguf.bitsAndBytes { j.value(b.typeName) } else { j.null() }
             j.key("architecture"); if let a = gguf.architecture { j.value(a) } else { j.null() }
             j.field("vocab_only", gguf.tensors.isEmpty)
             if let c = config {
@@ -104,7 +106,10 @@ enum InfoCommand {
         var rows: [(String, String)] = [
             ("file", path),
             ("file size", "\(formatBytes(gguf.fileBytes)) (\(gguf.fileBytes) bytes)"),
-            ("GGUF version", "\(gguf.version)"),
+            gguf.isHuggingFaceFolder
+                ? ("format", "Hugging Face folder, \(gguf.files.count) safetensors file\(gguf.files.count == 1 ? "" : "s")"
+                    + (gguf.bitsAndBytes.map { ", bitsandbytes \($0.scheme)\($0.doubleQuant ? " with double quantization" : "")" } ?? ""))
+                : ("GGUF version", "\(gguf.version)"),
             ("architecture", gguf.architecture ?? "(none)"),
         ]
         if let c = config {
