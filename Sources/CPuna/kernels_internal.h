@@ -226,9 +226,7 @@ static inline float bnb_rounded(float v) {
 // log2(v) when v is a power of two (> 0), else -1.
 static inline int bnb_log2(int64_t v) {
     if (v <= 0 || (v & (v - 1)) != 0) return -1;
-    int s = 0;
-    while (((int64_t)1 << s) < v) s++;
-    return s;
+    return __builtin_ctzll((unsigned long long)v);
 }
 
 // What a kernel needs of a 4-bit descriptor: the int8 code table (T, and T + 128 for unsigned

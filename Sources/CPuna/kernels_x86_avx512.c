@@ -380,6 +380,43 @@ INL __m512 bnb4_dw(const bnb4_ctx *c, int64_t e0, int n) {
     return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(am)));
 }
 
+// bnb4_ctx_init in a few vector instructions (it runs once per tile of 4 rows; the scalar loop
+// cost ~15% of a 4096-column decode). Same values: cvtps2dq rounds half to even like rintf.
+INL void bnb4_ctx_init512(bnb4_ctx *c, const puna_bnb4_weight *w) {
+    c->w = w;
+    __m512 q = _mm512_loadu_ps(w->quant_map);
+    float m = _mm512_reduce_max_ps(_mm512_abs_ps(q));
+    __m512i t = _mm512_setzero_si512();
+    if (m > 0) {
+        t = _mm512_cvtps_epi32(_mm512_mul_ps(q, _mm512_set1_ps(127.0f / m)));
+        t = _mm512_min_epi32(_mm512_max_epi32(t, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
+    }
+    _mm_storeu_si128((__m128i *)c->T, _mm512_cvtepi32_epi8(t));
+    _mm_storeu_si128((__m128i *)c->U, _mm512_cvtepi32_epi8(_mm512_add_epi32(t, _mm512_set1_epi32(128))));
+    c->mscale = m > 0 ? m / 127.0f : 0.0f;
+    c->blk_shift = bnb_log2(w->blocksize);
+    c->nest_shift = w->absmax_codes ? bnb_log2(w->nested_blocksize) : -1;
+}
+
+// The absmax of the n (1..16) bnb blocks from b0 (lanes past n: unused), 16 at a time: gathers
+// from the code tables instead of 16 scalar look-ups. Needs a power-of-two nested block size.
+INL __m512 bnb4_absmax16(const bnb4_ctx *c, int64_t b0, int n) {
+    const puna_bnb4_weight *w = c->w;
+    const __mmask16 m = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+    if (!w->absmax_codes) return _mm512_maskz_loadu_ps(m, w->absmax + b0);
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    __m512i code = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, w->absmax_codes + b0));
+    __m512 q = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, code, w->nested_quant_map, 4);
+    // nested index (b0 + i) >> shift, in int32 from the small offset within b0's nested block
+    const int64_t within = b0 & ((int64_t)w->nested_blocksize - 1);
+    __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int)(b0 >> c->nest_shift)),
+                                   _mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32((int)within), iota), c->nest_shift));
+    __m512 na = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, w->nested_absmax, 4);
+    __m512 p = _mm512_mul_ps(q, na);
+    __asm__("" : "+v"(p));  // rounded before the offset is added (kernels_internal.h), never fused
+    return _mm512_add_ps(p, _mm512_set1_ps(w->nested_offset));
+}
+
 // Group g of an int8 row: 128 bytes, blocks 0, 1 in the first 64 and 2, 3 in the second; 128-bit
 // lanes 0, 2 of each are the blocks' first halves, 1, 3 the second halves.
 INL void unpack_bnb8(const uint8_t *p, int n, sgroup *g) {
@@ -402,7 +439,7 @@ INL void bnb_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const in
     const uint8_t *w;
     __m512i utab = _mm512_setzero_si512();
     if (BITS == 4) {
-        bnb4_ctx_init(&c, (const puna_bnb4_weight *)(const void *)a->w);
+        bnb4_ctx_init512(&c, (const puna_bnb4_weight *)(const void *)a->w);
         utab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)c.U));
         w = c.w->packed + r * rb;
     } else {
@@ -435,8 +472,62 @@ INL void bnb_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const in
     }
 }
 
+// One group of R rows x T tokens with the row's absmax vectors am16 (blocks of 64): group k (0..7)
+// of the current 16-block chunk takes lanes 2k, 2k + 1.
+INL void bnb4_fast_group(__m512 acc[8][8], const uint8_t *w, int64_t rb, int64_t g, int k, int n, __m512i utab,
+                         const __m512 *am16, const uint8_t *x0, int64_t tb, const act_layout *L, const int R, const int T,
+                         const int ONE) {
+    const __m512i idx = _mm512_set_epi32(2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1,
+                                         2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k);
+    UNROLL for (int i = 0; i < R; i++) {
+        sgroup wg;
+        unpack_bnb4(w + i * rb + 64 * g, n, utab, &wg);
+        wg.dw = _mm512_permutexvar_ps(idx, am16[i]);
+        UNROLL for (int j = 0; j < T; j++) acc[i][j] = simple_step(acc[i][j], &wg, x0 + j * tb, L, g, STEP_AUX_INT, ONE);
+    }
+}
+
+// 4-bit rows in blocks of 64 (what transformers writes) with a power-of-two nested block size:
+// each row's absmax comes 16 blocks (8 groups) at a time, and the 8 groups of a chunk are unrolled
+// so every permute index is a constant.
+INL void bnb4_fast_tile(const qmm_args *a, const bnb4_ctx *c, int64_t r, int64_t t, const int R, const int T, int prefetch,
+                        const int ONE) {
+    const act_layout *L = &a->layout;
+    const int64_t cols = a->cols, nb = cols / 32, nfull = nb / 4, tb = L->token_bytes, rb = cols / 2;
+    const int64_t row_blocks = cols / 64;
+    const int rem = (int)(nb % 4);
+    const __m512i utab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)c->U));
+    const uint8_t *w = c->w->packed + r * rb, *x0 = a->act + t * tb;
+    __m512 acc[8][8], am16[8];
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < T; j++) acc[i][j] = _mm512_setzero_ps();
+    int64_t g0 = 0;
+    for (; g0 + 8 <= nfull; g0 += 8) {
+        UNROLL for (int i = 0; i < R; i++) am16[i] = bnb4_absmax16(c, (r + i) * row_blocks + 2 * g0, 16);
+        UNROLL for (int k = 0; k < 8; k++) {
+            if (prefetch) {
+                const uint8_t *pf = w + PF_TILES * R * rb + (g0 + k) * 64 * R;
+                UNROLL for (int i = 0; i < R + 1; i++) _mm_prefetch((const char *)pf + 64 * i, PF_HINT);
+            }
+            bnb4_fast_group(acc, w, rb, g0 + k, k, 4, utab, am16, x0, tb, L, R, T, ONE);
+        }
+    }
+    if (g0 < nfull || rem) {  // the last < 8 groups, the partial one included
+        const int64_t left = row_blocks - 2 * g0;
+        UNROLL for (int i = 0; i < R; i++) am16[i] = bnb4_absmax16(c, (r + i) * row_blocks + 2 * g0, left < 16 ? (int)left : 16);
+        for (int k = 0; g0 + k < nfull + (rem ? 1 : 0); k++) {
+            const int n = g0 + k < nfull ? 4 : rem;
+            bnb4_fast_group(acc, w, rb, g0 + k, k, n, utab, am16, x0, tb, L, R, T, ONE);
+        }
+    }
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < T; j++)
+        a->y[(t + j) * a->rows + r + i] = reduce16(acc[i][j]) * c->mscale;
+}
+
 INL void bnb4_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE) {
-    bnb_tile(a, r, t, R, T, prefetch, ONE, 4);
+    bnb4_ctx c;
+    bnb4_ctx_init512(&c, (const puna_bnb4_weight *)(const void *)a->w);
+    if (c.blk_shift == 6 && (!c.w->absmax_codes || c.nest_shift >= 0)) bnb4_fast_tile(a, &c, r, t, R, T, prefetch, ONE);
+    else bnb_tile(a, r, t, R, T, prefetch, ONE, 4);
 }
 INL void bnb8_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE) {
     bnb_tile(a, r, t, R, T, prefetch, ONE, 8);
