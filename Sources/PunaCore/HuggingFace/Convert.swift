@@ -239,7 +239,7 @@ public struct HuggingFaceConverter {
         var seen: Set<String> = []
         for (index, t) in sources.enumerated() {
             if t.name.hasSuffix(".rotary_emb.inv_freq") || t.name.hasSuffix(".attention.masked_bias") || t.name.hasSuffix(".attention.bias") { continue }
-            guard let name = HuggingFaceFolder.ggufName(t.name), !name.contains("attn_q_norm"), !name.contains("attn_k_norm") else {
+            guard let name = HuggingFaceFolder.ggufName(t.name), !containsText(name, "attn_q_norm"), !containsText(name, "attn_k_norm") else {
                 throw PunaError("\(folder): tensor '\(clipped(t.name))' cannot be mapped to a \(architecture) GGUF tensor")
             }
             if let layer = HuggingFaceFolder.layerIndex(name), layer >= hp.blockCount {
@@ -296,7 +296,7 @@ public struct HuggingFaceConverter {
             if la != lb { return la < lb }
             return a.name.utf8.lexicographicallyPrecedes(b.name.utf8)
         }
-        let valueCount = tensors.filter { $0.name.contains("attn_v.weight") }.count
+        let valueCount = tensors.filter { containsText($0.name, "attn_v.weight") }.count
         let tied = !tensors.contains { $0.name == "output.weight" }
         let isSeventyB = hp.blockCount == 80 && (architecture == "qwen2" || hp.headCount != hp.headCountKV)
         var valueIndex = 0, downIndex = 0
@@ -305,17 +305,17 @@ public struct HuggingFaceConverter {
         for i in tensors.indices {
             let t = tensors[i]
             let dims = t.shape.reversed().drop(while: { $0 == 1 }).count   // ggml_n_dims ignores trailing 1s
-            guard dims >= 2, t.name.hasSuffix("weight"), !t.name.contains("_norm.weight") else { continue }
+            guard dims >= 2, t.name.hasSuffix("weight"), !containsText(t.name, "_norm.weight") else { continue }
             var chosen = type.baseType
             if t.name == "output.weight" || (tied && t.name == "token_embd.weight") {
                 if t.shape[0] % type.baseType.blockSize != 0 { chosen = .q8_0 }
                 else if chosen != .q8_0 { chosen = .q6_K }
-            } else if t.name.contains("attn_v.weight") {
+            } else if containsText(t.name, "attn_v.weight") {
                 if (ftype == "q4_k_m" || ftype == "q5_k_m") && moreBits(valueIndex, valueCount) { chosen = .q6_K }
                 else if ftype == "q4_k_s" && valueIndex < 4 { chosen = .q5_K }
                 if isSeventyB && (chosen == .q4_K) { chosen = .q5_K }
                 valueIndex += 1
-            } else if t.name.contains("ffn_down") {
+            } else if containsText(t.name, "ffn_down") {
                 let layers = hp.blockCount
                 if ftype == "q4_k_m" || ftype == "q5_k_m" { if moreBits(downIndex, layers) { chosen = .q6_K } }
                 else if ftype == "q4_k_s" && downIndex < layers / 8 { chosen = .q5_K }
