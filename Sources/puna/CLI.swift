@@ -13,6 +13,7 @@ let commandSummaries: [(String, String)] = [
     ("serve", "OpenAI-compatible HTTP server with continuous batching and per-request adapters"),
     ("bench", "measure prompt and decode speed (like llama-bench)"),
     ("merge", "write a GGUF with LoRA adapters merged into the weights"),
+    ("convert", "convert a Hugging Face model folder to GGUF (f16, bf16, q8_0, q4_k_m …)"),
     ("template", "print the prompt a conversation renders to with the model's chat template"),
     ("info", "show a GGUF file's hyperparameters, tensor types and memory estimate"),
     ("devices", "list Vulkan devices (for --backend vulkan --device N)"),
@@ -36,6 +37,7 @@ func runCLI(_ arguments: [String]) -> Int32 {
         switch command {
         case "info": return try InfoCommand.run(rest)
         case "merge": return try MergeCommand.run(rest)
+        case "convert": return try ConvertCommand.run(rest)
         case "devices": return try DevicesCommand.run(rest)
         case "run": return try RunCommand.run(rest)
         case "chat": return try ChatCommand.run(rest)

@@ -28,6 +28,18 @@ public struct GGUFWriter {
 
     /// The complete file.
     public func serialize() -> [UInt8] {
+        var out = serializeHeader(tensors: tensors.map { ($0.name, $0.shape, $0.type, $0.bytes.count) })
+        for t in tensors {
+            out.append(contentsOf: t.bytes)
+            out.append(contentsOf: [UInt8](repeating: 0, count: align(t.bytes.count) - t.bytes.count))
+        }
+        return out
+    }
+
+    /// The file up to its data section, for writers that stream tensor data after it: metadata, the
+    /// infos of `tensors` (data laid out in this order, each padded to the alignment), padding. The
+    /// tensors added with addTensor are not part of it.
+    public func serializeHeader(tensors: [(name: String, shape: [Int], type: GGMLType, byteCount: Int)]) -> [UInt8] {
         var out: [UInt8] = []
         var meta = metadata
         if alignment != GGUFFile.defaultAlignment, !meta.contains(where: { $0.0 == "general.alignment" }) {
@@ -46,7 +58,7 @@ public struct GGUFWriter {
         var offsets: [Int] = []
         for t in tensors {
             offsets.append(offset)
-            offset = align(offset + t.bytes.count)
+            offset = align(offset + t.byteCount)
         }
         for (i, t) in tensors.enumerated() {
             appendString(&out, t.name)
@@ -56,10 +68,6 @@ public struct GGUFWriter {
             appendInt(&out, UInt64(offsets[i]))
         }
         out.append(contentsOf: [UInt8](repeating: 0, count: align(out.count) - out.count))
-        for t in tensors {
-            out.append(contentsOf: t.bytes)
-            out.append(contentsOf: [UInt8](repeating: 0, count: align(t.bytes.count) - t.bytes.count))
-        }
         return out
     }
 
