@@ -102,7 +102,9 @@ enum ServeCommand {
         }
 
         var error: Int32 = 0
-        let listener = puna_net_listen(host, Int32(port), 128, &error)
+        // A deep backlog absorbs bursts of connects between two loop turns (a full one drops SYNs,
+        // which costs the client a 1 s retransmit).
+        let listener = puna_net_listen(host, Int32(port), 1024, &error)
         guard listener >= 0 else {
             throw PunaError("cannot listen on \(host) port \(port): \(String(cString: puna_strerror(error)))")
         }
