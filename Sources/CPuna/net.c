@@ -11,7 +11,9 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -74,8 +76,22 @@ int puna_net_is_loopback(const char *host) {
     return 0;
 }
 
+// A descriptor held in reserve: when accept fails for lack of descriptors, closing it makes room
+// to accept the waiting connection and close it at once. Otherwise the connection would stay in
+// the backlog, the listener would stay readable, and poll() would spin.
+static int reserve_fd = -1;
+
 int puna_net_accept(int fd) {
+    if (reserve_fd < 0) reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     int client = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (client < 0 && (errno == EMFILE || errno == ENFILE) && reserve_fd >= 0) {
+        close(reserve_fd);
+        reserve_fd = -1;
+        client = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+        if (client >= 0) close(client);
+        reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        return client >= 0 ? -3 : -2;
+    }
     if (client < 0) return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED) ? -1 : -2;
     int one = 1;
     setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // SSE chunks go out at once
@@ -102,31 +118,41 @@ void puna_net_close(int fd) {
 }
 
 int puna_net_poll(const int *fds, const int *events, int *ready, int count, int timeout_ms) {
-    enum { chunk = 256 };
-    struct pollfd set[chunk];
-    // Large sets are polled in slices of `chunk`; only the first slice waits.
-    int total = 0;
-    for (int base = 0; base < count || (count == 0 && base == 0); base += chunk) {
-        int n = count - base < chunk ? count - base : chunk;
-        for (int i = 0; i < n; i++) {
-            set[i].fd = fds[base + i];
-            set[i].events = (short)(((events[base + i] & PUNA_POLL_IN) ? POLLIN : 0) | ((events[base + i] & PUNA_POLL_OUT) ? POLLOUT : 0));
-            set[i].revents = 0;
-        }
-        int rc = poll(set, (nfds_t)n, base == 0 ? timeout_ms : 0);
-        if (rc < 0) {
-            if (errno == EINTR) return total;
-            return -1;
-        }
-        for (int i = 0; i < n; i++) {
-            short r = set[i].revents;
-            ready[base + i] = ((r & POLLIN) ? PUNA_POLL_IN : 0) | ((r & POLLOUT) ? PUNA_POLL_OUT : 0)
-                              | ((r & (POLLHUP | POLLERR | POLLNVAL)) ? PUNA_POLL_HUP : 0);
-        }
-        total += rc;
-        if (count == 0) break;
+    // One poll() over the whole set, so a wait wakes for any socket; small sets stay on the stack.
+    enum { on_stack = 256 };
+    struct pollfd stack_set[on_stack];
+    struct pollfd *set = stack_set;
+    if (count > on_stack) {
+        set = malloc((size_t)count * sizeof *set);
+        if (set == NULL) return -1;
     }
-    return total;
+    for (int i = 0; i < count; i++) {
+        set[i].fd = fds[i];
+        set[i].events = (short)(((events[i] & PUNA_POLL_IN) ? POLLIN : 0) | ((events[i] & PUNA_POLL_OUT) ? POLLOUT : 0));
+        set[i].revents = 0;
+    }
+    int rc = poll(set, (nfds_t)count, timeout_ms);
+    if (rc < 0) rc = errno == EINTR ? 0 : -1;
+    for (int i = 0; i < count; i++) {
+        short r = rc > 0 ? set[i].revents : 0;
+        ready[i] = ((r & POLLIN) ? PUNA_POLL_IN : 0) | ((r & POLLOUT) ? PUNA_POLL_OUT : 0)
+                   | ((r & (POLLHUP | POLLERR | POLLNVAL)) ? PUNA_POLL_HUP : 0);
+    }
+    if (set != stack_set) free(set);
+    return rc;
+}
+
+int puna_net_raise_descriptor_limit(int wanted) {
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return -1;
+    if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < (rlim_t)wanted) {
+        rlim_t target = (rlim_t)wanted;
+        if (limit.rlim_max != RLIM_INFINITY && target > limit.rlim_max) target = limit.rlim_max;
+        limit.rlim_cur = target;
+        setrlimit(RLIMIT_NOFILE, &limit);
+        if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return -1;
+    }
+    return limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur > (rlim_t)0x7fffffff ? 0x7fffffff : (int)limit.rlim_cur;
 }
 
 static volatile sig_atomic_t stop_requested = 0;

@@ -8,6 +8,10 @@ import PunaCore
 /// join the batch between steps and no client can block another: every connection that is still
 /// sending its request has an absolute deadline (slowloris), a client that goes away has its slot
 /// freed at once, and SIGTERM stops accepting, finishes the requests in flight and exits 0.
+/// Connections are kept alive between requests (HTTP/1.1; streams are then sent chunked) until
+/// they idle for --keep-alive seconds or have made --keep-alive-requests requests; when every
+/// connection slot is taken, the longest-idle connection that has sent nothing is closed to make
+/// room, so a flood of idle sockets cannot lock real clients out.
 enum ServeCommand {
     static let specs: [FlagSpec] = CommonFlags.loading.filter { spec in
         !AdapterFlags.specs.contains { $0.names[0] == spec.names[0] }
@@ -19,7 +23,9 @@ enum ServeCommand {
         FlagSpec(names: ["--api-key-file"], value: "FILE", help: "the same, the key read from FILE (keeps it out of the process list)"),
         FlagSpec(names: ["--queue"], value: "N", help: "requests that may wait for a free sequence (default 64); more get 429"),
         FlagSpec(names: ["--timeout"], value: "SEC", help: "seconds a client has to send its whole request, and to read each response part (default 10)"),
-        FlagSpec(names: ["--max-connections"], value: "N", help: "open connections at most (default 256); more get 503"),
+        FlagSpec(names: ["--max-connections"], value: "N", help: "open connections at most (default 256); past it an idle one is closed, or the new one gets 503"),
+        FlagSpec(names: ["--keep-alive"], value: "SEC", help: "seconds a connection may idle between requests (default 15, 0 = one request per connection)"),
+        FlagSpec(names: ["--keep-alive-requests"], value: "N", help: "requests one connection may make before it is closed (default 100)"),
         FlagSpec(names: ["--alias"], value: "NAME", help: "model name of the base model in the API (default: the file name without .gguf)"),
     ] + CommonFlags.sampling.filter { !["-s", "--stop", "--ignore-eos"].contains($0.names[0]) } + [helpFlag]
 
@@ -44,7 +50,18 @@ enum ServeCommand {
         let parallel = try args.int("-np", range: 1...256) ?? 4
         let queueLimit = try args.int("--queue", range: 0...100_000) ?? 64
         let timeout = try args.float("--timeout", range: 0.1...86400) ?? 10
-        let maxConnections = try args.int("--max-connections", range: 1...4096) ?? 256
+        var maxConnections = try args.int("--max-connections", range: 1...65536) ?? 256
+        let keepAlive = try args.int("--keep-alive", range: 0...3600) ?? 15
+        let keepAliveRequests = try args.int("--keep-alive-requests", range: 1...1_000_000) ?? 100
+        // Room for every connection plus the model's files, the listener and a reserve; past the
+        // hard limit, serve fewer connections rather than fail in accept().
+        let spareDescriptors = 64
+        let descriptors = Int(puna_net_raise_descriptor_limit(Int32(maxConnections + spareDescriptors)))
+        if descriptors > 0 && descriptors < maxConnections + spareDescriptors {
+            let fitting = max(1, descriptors - spareDescriptors)
+            errLine("puna serve: the descriptor limit is \(descriptors): serving \(fitting) connections at most, not \(maxConnections)")
+            maxConnections = fitting
+        }
         var apiKey: String? = args.string("--api-key")
         if let file = args.string("--api-key-file") {
             if apiKey != nil { throw PunaError("give either --api-key or --api-key-file, not both") }
@@ -85,14 +102,17 @@ enum ServeCommand {
         }
 
         var error: Int32 = 0
-        let listener = puna_net_listen(host, Int32(port), 128, &error)
+        // A deep backlog absorbs bursts of connects between two loop turns (a full one drops SYNs,
+        // which costs the client a 1 s retransmit).
+        let listener = puna_net_listen(host, Int32(port), 1024, &error)
         guard listener >= 0 else {
             throw PunaError("cannot listen on \(host) port \(port): \(String(cString: puna_strerror(error)))")
         }
         puna_net_install_signals()
         let server = ServeServer(listener: listener, scheduler: scheduler, format: format, defaults: defaults,
                                  adapters: adapters, baseName: baseName, apiKey: apiKey, queueLimit: queueLimit,
-                                 timeoutNs: Int64(Double(timeout) * 1e9), maxConnections: maxConnections)
+                                 timeoutNs: Int64(Double(timeout) * 1e9), maxConnections: maxConnections,
+                                 keepAliveSeconds: keepAlive, keepAliveRequests: keepAliveRequests)
         let names = ([baseName] + adapters.map { $0.name }).joined(separator: ", ")
         errLine("puna serve: listening on http://\(host.contains(":") ? "[\(host)]" : host):\(puna_net_local_port(listener)) "
                 + "(models: \(names); parallel \(parallel), context \(context), template \(format.name))")
@@ -111,6 +131,8 @@ struct ServeMetrics {
     var completed = 0
     var cancelled = 0
     var rejectedQueueFull = 0
+    var refusedConnections = 0
+    var closedIdle = 0
     var promptTokens = 0
     var completionTokens = 0
 }
@@ -120,11 +142,22 @@ final class ServeConnection {
     enum Phase { case reading, generating, writing }
     let fd: Int32
     var phase = Phase.reading
+    /// Bytes received and not yet parsed (a pipelined next request may wait here while one runs).
     var input: [UInt8] = []
     var output: [UInt8] = []
     var sent = 0
-    /// Reading: the whole request must have arrived by then. Writing: the client must read by then.
+    /// Reading: the whole request must have arrived by then (or, idle between requests, the
+    /// connection is closed then). Writing: the client must read by then.
     var deadline: Int64
+    /// Requests parsed on this connection.
+    var served = 0
+    /// The connection stays open after the current response.
+    var keepAlive = false
+    /// The current response is a chunked stream.
+    var chunked = false
+    /// When the connection last became idle (accepted, or a response finished): the longest-idle
+    /// one is closed first when connections run out.
+    var idleSince: Int64
     // The request being generated.
     var jobKey = ""
     var responseID = ""
@@ -137,9 +170,12 @@ final class ServeConnection {
     init(fd: Int32, deadline: Int64) {
         self.fd = fd
         self.deadline = deadline
+        idleSince = puna_now_ns()
     }
 
     var pendingOutput: Int { output.count - sent }
+    /// Waiting for a request and has sent none of it: may be closed without losing anything.
+    var isIdle: Bool { phase == .reading && input.isEmpty }
 }
 
 final class ServeServer {
@@ -153,7 +189,11 @@ final class ServeServer {
     let queueLimit: Int
     let timeoutNs: Int64
     let maxConnections: Int
+    let keepAliveSeconds: Int
+    let keepAliveRequests: Int
     let limits = HTTPLimits()
+    /// Input kept per connection: one whole request (a pipelined one waits in it).
+    var inputCap: Int { limits.maxHeadBytes + limits.maxBodyBytes + 4 }
     /// A slow reader's unsent output is capped; past it the connection is dropped.
     let maxPendingOutput = 8 << 20
 
@@ -165,11 +205,16 @@ final class ServeServer {
     var running: [String: Int32] = [:]
     var nextID = 1
     var stopping = false
+    /// accept() failed for another reason than an empty backlog: the listener is left out of
+    /// poll until then, so a persistent error cannot spin the loop.
+    var acceptPausedUntil: Int64 = 0
+    /// Kept-alive connections whose input already holds (part of) the next request.
+    var reparse: [ServeConnection] = []
     let startedNs = puna_now_ns()
 
     init(listener: Int32, scheduler: BatchScheduler, format: PromptFormat, defaults: BatchDefaults,
          adapters: [(name: String, set: AdapterSet)], baseName: String, apiKey: String?, queueLimit: Int,
-         timeoutNs: Int64, maxConnections: Int) {
+         timeoutNs: Int64, maxConnections: Int, keepAliveSeconds: Int, keepAliveRequests: Int) {
         self.listener = listener
         self.scheduler = scheduler
         self.format = format
@@ -180,6 +225,8 @@ final class ServeServer {
         self.queueLimit = queueLimit
         self.timeoutNs = timeoutNs
         self.maxConnections = maxConnections
+        self.keepAliveSeconds = keepAliveSeconds
+        self.keepAliveRequests = keepAliveRequests
     }
 
     func run() {
@@ -191,7 +238,8 @@ final class ServeServer {
 
             var fds: [Int32] = []
             var events: [Int32] = []
-            if !stopping {
+            let listening = !stopping && puna_now_ns() >= acceptPausedUntil
+            if listening {
                 fds.append(listener)
                 events.append(Int32(PUNA_POLL_IN))
             }
@@ -200,11 +248,11 @@ final class ServeServer {
                 events.append(Int32(PUNA_POLL_IN) | (c.pendingOutput > 0 ? Int32(PUNA_POLL_OUT) : 0))
             }
             var ready = [Int32](repeating: 0, count: fds.count)
-            let busy = !scheduler.isIdle
-            _ = puna_net_poll(fds, events, &ready, Int32(fds.count), busy ? 0 : 100)
+            let busy = !scheduler.isIdle || !reparse.isEmpty
+            _ = puna_net_poll(fds, events, &ready, Int32(fds.count), busy ? 0 : (acceptPausedUntil > 0 && !listening ? 20 : 100))
 
             for (k, fd) in fds.enumerated() where ready[k] != 0 {
-                if fd == listener && !stopping {
+                if fd == listener && listening {
                     acceptAll()
                     continue
                 }
@@ -214,6 +262,9 @@ final class ServeServer {
                 }
                 if connections[fd] != nil && ready[k] & Int32(PUNA_POLL_OUT) != 0 { flush(c) }
             }
+            let waiting = reparse
+            reparse = []
+            for c in waiting where connections[c.fd] === c { parseInput(c) }
             expireDeadlines()
             admitQueued()
             if !scheduler.isIdle { stepModel() }
@@ -229,9 +280,18 @@ final class ServeServer {
     func acceptAll() {
         while true {
             let fd = puna_net_accept(listener)
-            if fd < 0 { return }
-            if connections.count >= maxConnections {
-                // Best effort: a short 503, then close; the socket is fresh so the write fits.
+            if fd == -1 { return }
+            if fd == -3 {  // out of descriptors: that connection was closed unanswered
+                metrics.refusedConnections += 1
+                continue
+            }
+            if fd < 0 {
+                acceptPausedUntil = puna_now_ns() + 50_000_000
+                return
+            }
+            if connections.count >= maxConnections && !closeLongestIdle() {
+                // Every connection is busy: a short 503, then close; the socket is fresh so the write fits.
+                metrics.refusedConnections += 1
                 let e = APIError(status: 503, message: "too many open connections", type: "server_error")
                 let bytes = httpHead(status: 503, contentType: "application/json", contentLength: e.body.count) + e.body
                 _ = bytes.withUnsafeBufferPointer { puna_net_write(fd, $0.baseAddress, Int64($0.count)) }
@@ -242,42 +302,68 @@ final class ServeServer {
         }
     }
 
+    /// Close the connection that has idled longest without sending a byte, to make room for a
+    /// new one. False when every connection is busy.
+    func closeLongestIdle() -> Bool {
+        var oldest: ServeConnection? = nil
+        for (_, c) in connections where c.isIdle {
+            if oldest == nil || c.idleSince < oldest!.idleSince { oldest = c }
+        }
+        guard let oldest else { return false }
+        metrics.closedIdle += 1
+        close(oldest)
+        return true
+    }
+
     func readFrom(_ c: ServeConnection, buffer: inout [UInt8]) {
         while true {
             let n = buffer.withUnsafeMutableBufferPointer { puna_net_read(c.fd, $0.baseAddress, Int64($0.count)) }
-            if n == -1 { return }
+            if n == -1 { break }
             if n <= 0 {  // end of stream or error: the client is gone
                 close(c)
                 return
             }
-            guard c.phase == .reading else { continue }  // bytes after the request are ignored
-            let room = limits.maxHeadBytes + limits.maxBodyBytes + 4 - c.input.count
-            c.input.append(contentsOf: buffer[0..<min(Int(n), max(room, 0))])
-            do throws(APIError) {
-                switch try parseHTTPRequest(c.input, limits: limits) {
-                case .incomplete:
-                    if c.input.count >= limits.maxHeadBytes + limits.maxBodyBytes + 4 {
-                        throw APIError(status: 413, message: "the request is too large")
-                    }
-                case .done(let request, _):
-                    c.input = []
-                    metrics.requests += 1
-                    try handle(request, c)
-                    return
-                }
-            } catch {
-                respondError(c, error)
-                return
-            }
+            // A kept-alive connection's next request gets the full time to arrive from its first byte.
+            if c.isIdle && c.served > 0 { c.deadline = puna_now_ns() + timeoutNs }
+            // Past one request's worth the bytes are dropped; parsing then fails with 413 or 400.
+            let room = inputCap - c.input.count
+            if room > 0 { c.input.append(contentsOf: buffer[0..<min(Int(n), room)]) }
         }
+        parseInput(c)
+    }
+
+    /// Parse and start the request in a reading connection's input, once it is complete.
+    func parseInput(_ c: ServeConnection) {
+        guard c.phase == .reading, !c.input.isEmpty else { return }
+        let parsed: HTTPParse
+        do throws(APIError) {
+            parsed = try parseHTTPRequest(c.input, limits: limits)
+            if case .incomplete = parsed, c.input.count >= inputCap {
+                throw APIError(status: 413, message: "the request is too large")
+            }
+        } catch {
+            // The framing cannot be trusted past a malformed request: answer, then close.
+            c.keepAlive = false
+            respondError(c, error)
+            return
+        }
+        guard case .done(let request, let consumed) = parsed else { return }
+        c.input.removeFirst(consumed)
+        metrics.requests += 1
+        c.served += 1
+        c.keepAlive = keepAliveSeconds > 0 && request.wantsKeepAlive && c.served < keepAliveRequests && !stopping
+        do throws(APIError) { try handle(request, c) } catch { respondError(c, error) }
     }
 
     func expireDeadlines() {
         let now = puna_now_ns()
         for (_, c) in connections {
             switch c.phase {
+            case .reading where now > c.deadline && c.isIdle && c.served > 0:
+                close(c)  // a kept-alive connection idled out: nothing to answer
             case .reading where now > c.deadline:
                 // A stalled or slow sender (slowloris): tell it, and do not wait for it to read.
+                c.keepAlive = false
                 respondError(c, APIError(status: 408, message: "the request did not arrive within the time limit"))
                 if connections[c.fd] != nil { close(c) }
             case .writing where now > c.deadline:
@@ -291,6 +377,8 @@ final class ServeServer {
     // MARK: responses
 
     func send(_ c: ServeConnection, _ bytes: [UInt8]) {
+        // A closed connection's descriptor may already belong to a new one.
+        guard connections[c.fd] === c else { return }
         c.output.append(contentsOf: bytes)
         if c.pendingOutput > maxPendingOutput { close(c); return }
         flush(c)
@@ -306,13 +394,37 @@ final class ServeServer {
         }
         c.output = []
         c.sent = 0
-        if c.phase == .writing { close(c) }
+        guard c.phase == .writing else { return }
+        guard c.keepAlive && !stopping else { close(c); return }
+        // The response is out: wait for the next request on this connection.
+        c.phase = .reading
+        c.chunked = false
+        c.streamedBytes = 0
+        c.jobKey = ""
+        let now = puna_now_ns()
+        c.idleSince = now
+        c.deadline = now + (c.input.isEmpty ? Int64(keepAliveSeconds) * 1_000_000_000 : timeoutNs)
+        if !c.input.isEmpty { reparse.append(c) }  // pipelined: parsed on the next loop turn
     }
 
     func respond(_ c: ServeConnection, status: Int, contentType: String, body: [UInt8], extra: String = "") {
         c.phase = .writing
         c.deadline = puna_now_ns() + timeoutNs
-        send(c, httpHead(status: status, contentType: contentType, contentLength: body.count, extra: extra) + body)
+        send(c, httpHead(status: status, contentType: contentType, contentLength: body.count, extra: extra,
+                         keepAliveSeconds: c.keepAlive ? keepAliveSeconds : 0) + body)
+    }
+
+    /// One piece of a stream's body (framed as a chunk on a kept-alive connection).
+    func sendStream(_ c: ServeConnection, _ bytes: [UInt8]) {
+        send(c, c.chunked ? httpChunk(bytes) : bytes)
+    }
+
+    /// The last piece of a stream; the connection then closes, or waits for the next request.
+    func endStream(_ c: ServeConnection, _ bytes: [UInt8]) {
+        guard connections[c.fd] === c else { return }
+        c.phase = .writing
+        c.deadline = puna_now_ns() + timeoutNs
+        send(c, c.chunked ? httpChunk(bytes) + Array("0\r\n\r\n".utf8) : bytes)
     }
 
     func respondError(_ c: ServeConnection, _ e: APIError) {
@@ -397,6 +509,8 @@ final class ServeServer {
         metric("puna_completions_total", "counter", "completions finished", "\(metrics.completed)")
         metric("puna_cancelled_total", "counter", "completions dropped because the client went away", "\(metrics.cancelled)")
         metric("puna_rejected_queue_full_total", "counter", "requests refused with 429", "\(metrics.rejectedQueueFull)")
+        metric("puna_refused_connections_total", "counter", "connections refused (503, or closed for lack of descriptors)", "\(metrics.refusedConnections)")
+        metric("puna_closed_idle_connections_total", "counter", "idle connections closed to make room for new ones", "\(metrics.closedIdle)")
         metric("puna_prompt_tokens_total", "counter", "prompt tokens of finished completions", "\(metrics.promptTokens)")
         metric("puna_completion_tokens_total", "counter", "generated tokens of finished completions", "\(metrics.completionTokens)")
         metric("puna_queue_depth", "gauge", "requests waiting for a free sequence", "\(queue.count)")
@@ -435,7 +549,11 @@ final class ServeServer {
         c.phase = .generating
         queue.append((job, c.fd))
         if stream {
-            send(c, httpHead(status: 200, contentType: "text/event-stream", contentLength: nil))
+            // A stream has no length: chunked framing lets the connection outlive it (HTTP/1.1 only).
+            if request.version != "HTTP/1.1" { c.keepAlive = false }
+            c.chunked = c.keepAlive
+            send(c, httpHead(status: 200, contentType: "text/event-stream", contentLength: nil,
+                             keepAliveSeconds: c.keepAlive ? keepAliveSeconds : 0, chunked: c.chunked))
             if chat { sendChunk(c, content: nil, role: true, finish: nil, usage: nil) }
         }
         admitQueued()
@@ -461,8 +579,7 @@ final class ServeServer {
             var j = JSONWriter()
             j.beginObject(); j.key("error"); j.beginObject(); j.field("message", message); j.field("type", "server_error")
             j.endObject(); j.endObject()
-            c.phase = .writing
-            send(c, Array("data: ".utf8) + j.bytes + Array("\n\ndata: [DONE]\n\n".utf8))
+            endStream(c, Array("data: ".utf8) + j.bytes + Array("\n\ndata: [DONE]\n\n".utf8))
         } else {
             respondError(c, APIError(status: 500, message: message, type: "server_error"))
         }
@@ -518,9 +635,7 @@ final class ServeServer {
             let bytes = Array(done.text.utf8)
             let rest = bytes.count > c.streamedBytes ? String(decoding: bytes[c.streamedBytes...], as: UTF8.self) : ""
             if !rest.isEmpty { sendChunk(c, content: rest, role: false, finish: nil, usage: nil) }
-            guard connections[c.fd] != nil else { return }
-            c.phase = .writing  // closes once the last event is out
-            send(c, chunk(c, content: nil, role: false, finish: reason, usage: done) + Array("data: [DONE]\n\n".utf8))
+            endStream(c, chunk(c, content: nil, role: false, finish: reason, usage: done) + Array("data: [DONE]\n\n".utf8))
             return
         }
         var j = JSONWriter()
@@ -550,7 +665,7 @@ final class ServeServer {
 
     /// One server-sent event of a stream.
     func sendChunk(_ c: ServeConnection, content: String?, role: Bool, finish: String?, usage: BatchCompletion?) {
-        send(c, chunk(c, content: content, role: role, finish: finish, usage: usage))
+        sendStream(c, chunk(c, content: content, role: role, finish: finish, usage: usage))
     }
 
     func chunk(_ c: ServeConnection, content: String?, role: Bool, finish: String?, usage: BatchCompletion?) -> [UInt8] {
@@ -584,6 +699,25 @@ final class ServeServer {
     }
 
     // MARK: request fields
+
+    /// The text of a message's content parts (`[{"type": "text", "text": ...}]`); any other kind
+    /// of part (images, audio, files) is refused, as this server reads text only.
+    static func textOfParts(_ parts: [JSONValue], message i: Int) throws(APIError) -> String {
+        var texts: [String] = []
+        for (k, part) in parts.enumerated() {
+            guard part.object != nil, let type = part["type"]?.string else {
+                throw APIError.badField("messages", "message \(i), content part \(k): not an object with a string 'type'")
+            }
+            guard type == "text" else {
+                throw APIError.badField("messages", "message \(i), content part \(k): type '\(clip(type, 32))' is not supported (text only)")
+            }
+            guard let text = part["text"]?.string else {
+                throw APIError.badField("messages", "message \(i), content part \(k): 'text' must be a string")
+            }
+            texts.append(text)
+        }
+        return texts.joined(separator: "\n")
+    }
 
     /// The job a request body asks for; every field is type- and range-checked.
     func prepareJob(_ r: JSONValue, chat: Bool) throws(APIError) -> (BatchJob, stream: Bool, model: String) {
@@ -621,11 +755,6 @@ final class ServeServer {
             stream = b
         }
         if let n = try integer("n", Int.min...Int.max), n != 1 { throw APIError.badField("n", "only 'n': 1 is supported") }
-        for key in ["frequency_penalty", "presence_penalty"] {
-            if let v = try number(key, -2...2), v != 0 {
-                throw APIError.badField(key, "'\(key)' is not supported by this server's sampler; use 'repeat_penalty'")
-            }
-        }
         for key in ["logprobs", "logit_bias", "tools", "response_format", "best_of", "echo", "suffix"] {
             guard let v = r[key], !v.isNull else { continue }
             if v.bool == false { continue }
@@ -644,6 +773,9 @@ final class ServeServer {
         if let v = try number("min_p", 0...1) { sampler.minP = v }
         if let v = try number("repeat_penalty", 0.01...100) { sampler.repeatPenalty = v }
         if let v = try integer("repeat_last_n", -1...(1 << 24)) { sampler.repeatLastN = v }
+        // OpenAI's range; they count the generated tokens only (see SamplerSettings).
+        if let v = try number("frequency_penalty", -2...2) { sampler.frequencyPenalty = v }
+        if let v = try number("presence_penalty", -2...2) { sampler.presencePenalty = v }
         if let v = r["seed"], !v.isNull {
             guard let seed = v.uint64 else { throw APIError.badField("seed", "'seed' must be an integer in 0…18446744073709551615") }
             sampler.seed = seed
@@ -676,8 +808,15 @@ final class ServeServer {
         var promptFormat = PromptFormat.builtin(.raw)
         if chat {
             guard let messages = r["messages"] else { throw APIError.badField("messages", "'messages' is required") }
-            guard let list = messages.array, !list.isEmpty else {
+            guard var list = messages.array, !list.isEmpty else {
                 throw APIError.badField("messages", "'messages' must be a non-empty list of {\"role\", \"content\"} objects")
+            }
+            for (i, m) in list.enumerated() {
+                // Content given as a list of parts: the text parts, joined by newlines, stand for it.
+                if let parts = m["content"]?.array, let members = m.object {
+                    let content = try ServeServer.textOfParts(parts, message: i)
+                    list[i] = .object(members.map { $0.key == "content" ? (key: "content", value: .string(content)) : $0 })
+                }
             }
             for (i, m) in list.enumerated() {
                 guard m.object != nil, let role = m["role"]?.string else {
@@ -687,13 +826,13 @@ final class ServeServer {
                     throw APIError.badField("messages", "message \(i): unsupported role '\(clip(role, 32))'")
                 }
                 guard m["content"]?.string != nil else {
-                    throw APIError.badField("messages", "message \(i): 'content' must be a string")
+                    throw APIError.badField("messages", "message \(i): 'content' must be a string or a list of text parts")
                 }
             }
             promptFormat = format
             do throws(PunaError) {
                 switch format {
-                case .chat(let template): text = try template.render(messages: messages, addGenerationPrompt: true)
+                case .chat(let template): text = try template.render(messages: .array(list), addGenerationPrompt: true)
                 case .builtin(let template): text = try TemplateCommand.renderBuiltin(template, list, addGenerationPrompt: true)
                 }
             } catch {

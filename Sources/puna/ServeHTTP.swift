@@ -37,10 +37,30 @@ struct HTTPRequest {
     var method: String
     /// The path without its query string.
     var path: String
+    /// "HTTP/1.1" or "HTTP/1.0".
+    var version: String
     var headers: [(name: String, value: String)]
     var body: [UInt8]
 
     func header(_ name: String) -> String? { headers.first { $0.name == name }?.value }
+
+    /// Whether the client lets the connection stay open after the response: HTTP/1.1 unless it
+    /// says "Connection: close", HTTP/1.0 only when it says "Connection: keep-alive".
+    var wantsKeepAlive: Bool {
+        var close = false, keep = false
+        for h in headers where h.name == "connection" {
+            for token in h.value.split(separator: ",") {
+                var t = Substring(token)
+                while t.first == " " || t.first == "\t" { t = t.dropFirst() }
+                while t.last == " " || t.last == "\t" { t = t.dropLast() }
+                let name = t.lowercased()
+                if name == "close" { close = true }
+                if name == "keep-alive" { keep = true }
+            }
+        }
+        if close { return false }
+        return version == "HTTP/1.1" || keep
+    }
 }
 
 /// Limits on what one request may send (slowloris and memory exhaustion).
@@ -147,7 +167,7 @@ func parseHTTPRequest(_ bytes: [UInt8], limits: HTTPLimits) throws(APIError) -> 
     }
     let bodyStart = headEnd + 4
     guard bytes.count - bodyStart >= length else { return .incomplete }
-    let request = HTTPRequest(method: String(parts[0]), path: path, headers: headers,
+    let request = HTTPRequest(method: String(parts[0]), path: path, version: String(parts[2]), headers: headers,
                               body: Array(bytes[bodyStart..<(bodyStart + length)]))
     return .done(request, consumed: bodyStart + length)
 }
@@ -170,11 +190,31 @@ func httpStatusText(_ status: Int) -> String {
     }
 }
 
-/// A whole response head; every response closes the connection (no keep-alive: one request per
-/// connection keeps the state machine small, and clients reconnect on loopback cheaply).
-func httpHead(status: Int, contentType: String, contentLength: Int?, extra: String = "") -> [UInt8] {
+/// A whole response head. `keepAliveSeconds` > 0 keeps the connection open for the next request
+/// (and says for how long it may idle); without a Content-Length the body is either chunked
+/// (kept-alive streams) or ends when the connection closes.
+func httpHead(status: Int, contentType: String, contentLength: Int?, extra: String = "",
+              keepAliveSeconds: Int = 0, chunked: Bool = false) -> [UInt8] {
     var s = "HTTP/1.1 \(status) \(httpStatusText(status))\r\nContent-Type: \(contentType)\r\n"
     if let contentLength { s += "Content-Length: \(contentLength)\r\n" }
-    s += "Connection: close\r\nCache-Control: no-cache\r\n" + extra + "\r\n"
+    if chunked { s += "Transfer-Encoding: chunked\r\n" }
+    if keepAliveSeconds > 0 {
+        s += "Connection: keep-alive\r\nKeep-Alive: timeout=\(keepAliveSeconds)\r\n"
+    } else {
+        s += "Connection: close\r\n"
+    }
+    s += "Cache-Control: no-cache\r\n" + extra + "\r\n"
     return Array(s.utf8)
+}
+
+/// One piece of a chunked body: its size in hex, the bytes, CRLF.
+func httpChunk(_ bytes: [UInt8]) -> [UInt8] {
+    let digits: [UInt8] = Array("0123456789abcdef".utf8)
+    var size: [UInt8] = []
+    var n = bytes.count
+    repeat {
+        size.insert(digits[n & 15], at: 0)
+        n >>= 4
+    } while n > 0
+    return size + [13, 10] + bytes + [13, 10]
 }

@@ -1,4 +1,5 @@
 import Foundation
+import PunaCore
 import XCTest
 
 /// `puna serve` over loopback, driven by the real openai Python client (scripts/setup installs it
@@ -17,10 +18,17 @@ final class ServeTests: XCTestCase {
         private var errText = ""
         private let lock = NSLock()
 
-        init(_ extra: [String], parallel: Int = 4) throws {
-            process.executableURL = Fixtures.punaBinary
-            process.arguments = ["serve", "-m", ServeTests.base, "--lora", "qa=\(ServeTests.adapter)", "--port", "0",
-                                 "--parallel", String(parallel), "-t", "2"] + extra
+        /// `descriptorLimit` starts the server under `ulimit -n` (through sh, which then execs it).
+        init(_ extra: [String], parallel: Int = 4, descriptorLimit: Int? = nil) throws {
+            let arguments = ["serve", "-m", ServeTests.base, "--lora", "qa=\(ServeTests.adapter)", "--port", "0",
+                             "--parallel", String(parallel), "-t", "2"] + extra
+            if let descriptorLimit {
+                process.executableURL = URL(fileURLWithPath: "/bin/sh")
+                process.arguments = ["-c", "ulimit -n \(descriptorLimit) && exec \"$0\" \"$@\"", Fixtures.punaBinary.path] + arguments
+            } else {
+                process.executableURL = Fixtures.punaBinary
+                process.arguments = arguments
+            }
             process.standardError = errPipe
             process.standardOutput = FileHandle.nullDevice
             try process.run()
@@ -128,7 +136,8 @@ r["stop_text"] = stopped.choices[0].text
 r["stop_finish"] = stopped.choices[0].finish_reason
 errors = {}
 for name, kw in [("temperature", {"temperature": -1}), ("n", {"n": 2}), ("max_tokens", {"max_tokens": 10**12}),
-                 ("top_p", {"top_p": 1.5}), ("seed", {"seed": -3}), ("frequency_penalty", {"frequency_penalty": 0.5})]:
+                 ("top_p", {"top_p": 1.5}), ("seed", {"seed": -3}), ("frequency_penalty", {"frequency_penalty": 2.5}),
+                 ("presence_penalty", {"presence_penalty": -3})]:
     try:
         c.completions.create(model="fortune-llama-q8_0", prompt="hi", **kw)
         errors[name] = "accepted"
@@ -138,7 +147,24 @@ try:
     c.completions.create(model="nope", prompt="hi")
 except openai.NotFoundError as e:
     errors["model"] = [e.status_code, e.body.get("param")]
+try:
+    c.chat.completions.create(model="qa", max_tokens=4, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}])
+    errors["image_part"] = "accepted"
+except openai.BadRequestError as e:
+    errors["image_part"] = [e.status_code, e.body.get("param")]
 r["errors"] = errors
+# Content as a list of text parts reads as their text joined by newlines.
+parts = c.chat.completions.create(model="qa", max_tokens=16, seed=5, messages=[{"role": "user", "content": [
+    {"type": "text", "text": "What is"}, {"type": "text", "text": "luck?"}]}])
+joined = c.chat.completions.create(model="qa", max_tokens=16, seed=5, messages=[{"role": "user", "content": "What is\nluck?"}])
+r["parts"] = [parts.choices[0].message.content, joined.choices[0].message.content]
+# Penalties in range are accepted and change greedy text that repeats.
+plain = c.completions.create(model="fortune-llama-q8_0", prompt="Once upon a time", max_tokens=48, temperature=0,
+                             extra_body={"repeat_penalty": 1, "ignore_eos": True})
+penalised = c.completions.create(model="fortune-llama-q8_0", prompt="Once upon a time", max_tokens=48, temperature=0,
+                                 frequency_penalty=2, presence_penalty=2, extra_body={"repeat_penalty": 1, "ignore_eos": True})
+r["penalties"] = [plain.choices[0].text, penalised.choices[0].text]
 print(json.dumps(r))
 """#
         let r = try json(try runPython(script, [String(server.port)]))
@@ -157,11 +183,18 @@ print(json.dumps(r))
             XCTAssertEqual(r["stop_finish"] as? String, "stop")
         }
         let errors = try XCTUnwrap(r["errors"] as? [String: Any])
-        for name in ["temperature", "n", "max_tokens", "top_p", "seed", "frequency_penalty"] {
+        for name in ["temperature", "n", "max_tokens", "top_p", "seed", "frequency_penalty", "presence_penalty"] {
             XCTAssertEqual((errors[name] as? [Any])?.first as? Int, 400, name)
             XCTAssertEqual((errors[name] as? [Any])?.last as? String, name, "the error names the field")
         }
         XCTAssertEqual((errors["model"] as? [Any])?.first as? Int, 404)
+        XCTAssertEqual((errors["image_part"] as? [Any])?.first as? Int, 400, "non-text content parts are refused")
+        XCTAssertEqual((errors["image_part"] as? [Any])?.last as? String, "messages")
+        let parts = try XCTUnwrap(r["parts"] as? [String])
+        XCTAssertFalse(parts[0].isEmpty)
+        XCTAssertEqual(parts[0], parts[1], "text parts read as their text joined by newlines")
+        let penalties = try XCTUnwrap(r["penalties"] as? [String])
+        XCTAssertNotEqual(penalties[0], penalties[1], "frequency/presence penalties change greedy text")
         XCTAssertEqual(server.stop(), 0)
     }
 
@@ -207,13 +240,21 @@ print(json.dumps({"single": single, "many": many}))
         let script = #"""
 import json, socket, sys, time, urllib.request
 port = int(sys.argv[1])
+def complete(out):
+    # One whole response with a Content-Length (a kept-alive connection does not close after it).
+    head, sep, body = out.partition(b"\r\n\r\n")
+    if not sep: return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length": return len(body) >= int(value)
+    return False
 def raw(data, read=True, timeout=10):
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.sendall(data)
     out = b""
     if read:
         try:
-            while True:
+            while not complete(out):
                 b = s.recv(65536)
                 if not b: break
                 out += b
@@ -365,5 +406,207 @@ print(json.dumps(out))
         XCTAssertFalse((r["text"] as? String ?? "").isEmpty)
         XCTAssertEqual(server.stop(), 0)
         XCTAssertTrue(server.stderr.contains("stopping: finishing 1 requests"), server.stderr)
+    }
+
+    /// HTTP/1.1 keep-alive: several requests (plain, streamed as chunks, an API error) on one
+    /// connection are all answered; the per-connection request limit and the idle timeout close it.
+    func testKeepAliveAnswersSeveralRequestsOnOneConnection() throws {
+        let server = try Server(["--keep-alive", "1", "--keep-alive-requests", "4"])
+        let script = #"""
+import http.client, json, socket, sys, time, openai
+port = int(sys.argv[1])
+r = {}
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def call(method, path, body=None):
+    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    return [resp.status, resp.getheader("Connection"), resp.getheader("Transfer-Encoding"), data.decode()]
+first = call("POST", "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 8, "seed": 3})
+local = conn.sock.getsockname()
+stream = call("POST", "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 8, "seed": 3, "stream": True})
+same = conn.sock is not None and conn.sock.getsockname() == local
+bad = call("POST", "/v1/completions", {"prompt": "hi", "temperature": 9})
+fourth = call("GET", "/health")
+r["statuses"] = [first[0], stream[0], bad[0], fourth[0]]
+r["connection"] = [first[1], stream[1], bad[1], fourth[1]]
+r["chunked"] = stream[2]
+r["same_socket"] = same
+r["texts"] = [json.loads(first[3])["choices"][0]["text"],
+              "".join(json.loads(l[6:])["choices"][0]["text"] for l in stream[3].split("\n") if l.startswith("data: {"))]
+conn.close()
+def health(s):
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while not got.endswith(b"}\n"): got += s.recv(4096)
+    return got
+# The fourth request is the last one connection may make: the server closes it after.
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+heads = [health(s).split(b"\r\n\r\n")[0] for _ in range(4)]
+r["closed_after_limit"] = [b"Connection: close" in heads[3], b"Connection: keep-alive" in heads[2], s.recv(1) == b""]
+# An idle kept-alive connection is closed after --keep-alive seconds, silently.
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+health(s)
+t0 = time.time()
+rest = s.recv(4096)
+r["idle_close"] = [rest.decode(), round(time.time() - t0, 1)]
+# Two pipelined requests in one write are answered in order.
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+s.sendall(b"GET /health HTTP/1.1\r\n\r\nGET /v1/models HTTP/1.1\r\nConnection: close\r\n\r\n")
+got = b""
+while True:
+    b = s.recv(65536)
+    if not b: break
+    got += b
+r["pipelined"] = [got.count(b"HTTP/1.1 200 OK"), int(got.index(b'"status"') < got.index(b'"object":"list"'))]
+# The openai client reuses its connection, and opens another once the server has closed one.
+c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+for i in range(5):
+    c.completions.create(model="fortune-llama-q8_0", prompt="Hi", max_tokens=2, seed=i)
+r["openai_ok"] = True
+print(json.dumps(r))
+"""#
+        let r = try json(try runPython(script, [String(server.port)]))
+        XCTAssertEqual(r["statuses"] as? [Int], [200, 200, 400, 200])
+        XCTAssertEqual(r["connection"] as? [String], ["keep-alive", "keep-alive", "keep-alive", "close"])
+        XCTAssertEqual(r["chunked"] as? String, "chunked", "a kept-alive stream is sent chunked")
+        XCTAssertEqual(r["same_socket"] as? Bool, true)
+        let texts = try XCTUnwrap(r["texts"] as? [String])
+        XCTAssertFalse(texts[0].isEmpty)
+        XCTAssertEqual(texts[0], texts[1], "the streamed text equals the whole response")
+        XCTAssertEqual(r["closed_after_limit"] as? [Bool], [true, true, true])
+        let idle = try XCTUnwrap(r["idle_close"] as? [Any])
+        XCTAssertEqual(idle.first as? String, "", "closed without a response")
+        XCTAssertLessThan(try XCTUnwrap(idle.last as? Double), 3)
+        XCTAssertEqual(r["pipelined"] as? [Int], [2, 1], "both answered, in order")
+        XCTAssertEqual(r["openai_ok"] as? Bool, true)
+        XCTAssertEqual(server.stop(), 0)
+    }
+
+    /// As many idle connections as the descriptor limit allows (at most 10,000): the server closes
+    /// the excess (the longest idle first), keeps answering a normal request at once, and does not
+    /// spin while they sit there. Then the same under a small `ulimit -n` for the server itself.
+    func testTenThousandIdleConnections() throws {
+        let script = #"""
+import json, os, resource, select, socket, sys, time, urllib.request
+port, pid, cap = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+want = cap + 64
+target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+if soft != resource.RLIM_INFINITY and soft < target:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+n = min(cap, (soft if soft != resource.RLIM_INFINITY else want) - 64)
+def cpu():
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return None
+r = {"n": n}
+socks, failed = [], 0
+t0 = time.time()
+for i in range(n):
+    try:
+        socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+    except OSError:
+        failed += 1
+r["connect_failed"] = failed
+r["open_seconds"] = round(time.time() - t0, 1)
+time.sleep(1)
+# Which of them has the server closed? (readable: EOF or a 503, then EOF)
+poller = select.poll()
+by_fd = {s.fileno(): s for s in socks}
+for fd in by_fd: poller.register(fd, select.POLLIN)
+closed = 0
+for fd, ev in poller.poll(2000):
+    s = by_fd[fd]
+    s.setblocking(False)
+    try:
+        data = s.recv(4096)
+        if data == b"" or data.startswith(b"HTTP/1.1 503"): closed += 1
+    except (BlockingIOError, ConnectionResetError):
+        closed += 1 if ev & (select.POLLHUP | select.POLLERR) else 0
+r["closed_by_server"] = closed
+# A normal request is answered at once while they all sit there.
+t1 = time.time()
+body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read().decode()
+r["health"] = [body, round(time.time() - t1, 2)]
+req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=json.dumps({"prompt": "Hi", "max_tokens": 4, "seed": 1}).encode(),
+                             headers={"Content-Type": "application/json"})
+t1 = time.time()
+done = json.loads(urllib.request.urlopen(req, timeout=30).read())
+r["completion"] = [done["usage"]["completion_tokens"], round(time.time() - t1, 2)]
+# No busy loop: CPU time over 2 idle seconds.
+c0 = cpu(); time.sleep(2); c1 = cpu()
+r["idle_cpu_seconds"] = None if c0 is None else round(c1 - c0, 2)
+for s in socks: s.close()
+time.sleep(0.5)
+m = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+r["metrics"] = {l.split()[0]: float(l.split()[1]) for l in m.splitlines() if l and not l.startswith("#")}
+print(json.dumps(r))
+"""#
+        for (limit, maxConnections) in [(nil, 1000), (Optional(128), 256)] {
+            let server = try Server(["--timeout", "60", "--max-connections", String(maxConnections)], descriptorLimit: limit)
+            let r = try json(try runPython(script, [String(server.port), String(server.process.processIdentifier), "10000"]))
+            let what = limit.map { "ulimit -n \($0)" } ?? "default limit"
+            let n = try XCTUnwrap(r["n"] as? Int)
+            // Where the test process cannot open many descriptors the check is weaker, not skipped.
+            XCTAssertGreaterThan(n, 100, what)
+            XCTAssertEqual(r["connect_failed"] as? Int, 0, what)
+            // The server held at most its connection budget (under ulimit -n 128: 128 - 64 spare).
+            let budget = limit.map { $0 - 64 } ?? maxConnections
+            XCTAssertGreaterThanOrEqual(try XCTUnwrap(r["closed_by_server"] as? Int), n - budget, what)
+            let health = try XCTUnwrap(r["health"] as? [Any])
+            XCTAssertEqual(health.first as? String, "{\"status\":\"ok\"}\n", what)
+            XCTAssertLessThan(try XCTUnwrap(health.last as? Double), 1.0, what)
+            let completion = try XCTUnwrap(r["completion"] as? [Any])
+            XCTAssertEqual(completion.first as? Int, 4, what)
+            if let cpu = r["idle_cpu_seconds"] as? Double { XCTAssertLessThan(cpu, 0.3, "\(what): the server spins while idle") }
+            let metrics = try XCTUnwrap(r["metrics"] as? [String: Double])
+            XCTAssertGreaterThanOrEqual((metrics["puna_closed_idle_connections_total"] ?? 0) + (metrics["puna_refused_connections_total"] ?? 0),
+                                        Double(n - budget), what)
+            XCTAssertEqual(server.stop(), 0, what)
+            if limit != nil { XCTAssertTrue(server.stderr.contains("the descriptor limit is 128"), server.stderr) }
+        }
+    }
+
+    /// OpenAI's definition: logit -= frequency_penalty * count + presence_penalty * (count > 0),
+    /// counting generated tokens only (not the prompt's).
+    func testFrequencyAndPresencePenaltiesFollowOpenAI() {
+        func logits(_ s: inout Sampler, _ values: [Float]) -> [Int32: Float] {
+            var v = values
+            let d = v.withUnsafeMutableBufferPointer { s.distribution($0) }
+            XCTAssertEqual(v, values, "the logits are left as they were found")
+            return Dictionary(uniqueKeysWithValues: d.map { ($0.id, $0.logit) })
+        }
+        let values: [Float] = [3, 2, 1, 0.5]
+        let settings = SamplerSettings(temperature: 1, topK: 0, topP: 1, minP: 0, repeatPenalty: 1,
+                                       frequencyPenalty: 0.5, presencePenalty: 0.25)
+        var s = Sampler(settings)
+        s.accept(0, generated: false)  // the prompt does not count
+        XCTAssertEqual(logits(&s, values)[0], 3)
+        s.accept(0, generated: true)
+        s.accept(0, generated: true)
+        s.accept(2, generated: true)
+        let l = logits(&s, values)
+        XCTAssertEqual(l[0], 3 - 0.5 * 2 - 0.25)
+        XCTAssertEqual(l[1], 2)
+        XCTAssertEqual(l[2], 1 - 0.5 - 0.25)
+        s.reset()
+        XCTAssertEqual(logits(&s, values)[0], 3, "reset forgets the counts")
+
+        // With the repetition penalty as well: divided first, then reduced (llama.cpp's order),
+        // and the logits still come back unchanged.
+        var both = Sampler(SamplerSettings(temperature: 1, topK: 0, topP: 1, minP: 0, repeatPenalty: 2, repeatLastN: 64,
+                                           frequencyPenalty: 1, presencePenalty: 0))
+        both.accept(0, generated: true)
+        XCTAssertEqual(logits(&both, values)[0], 3 / 2 - 1)
+        // Greedy: a negative presence penalty favours repeating.
+        var greedy = Sampler(SamplerSettings(temperature: 0, repeatPenalty: 1, presencePenalty: -2))
+        greedy.accept(1, generated: true)
+        var v = values
+        XCTAssertEqual(v.withUnsafeMutableBufferPointer { greedy.sample($0) }, 1)
+        XCTAssertEqual(SamplerSettings(), SamplerSettings(frequencyPenalty: 0, presencePenalty: 0), "off by default")
     }
 }

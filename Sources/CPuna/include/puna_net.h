@@ -19,7 +19,8 @@ int puna_net_listen(const char *host, int port, int backlog, int *error);
 int puna_net_local_port(int fd);
 // 1 when host is a loopback address (127.0.0.0/8, ::1, localhost), else 0.
 int puna_net_is_loopback(const char *host);
-// Accept one connection, non-blocking and without SIGPIPE; -1 when none is waiting, -2 on error.
+// Accept one connection, non-blocking and without SIGPIPE; -1 when none is waiting, -2 on error,
+// -3 when the process is out of descriptors: one waiting connection was accepted and closed.
 int puna_net_accept(int fd);
 // Bytes read (> 0), 0 at end of stream, -1 when nothing is ready, -2 on error.
 int64_t puna_net_read(int fd, uint8_t *buffer, int64_t capacity);
@@ -29,6 +30,9 @@ void puna_net_close(int fd);
 // poll() over count sockets: events[i] is a PUNA_POLL_ mask, ready[i] gets what happened.
 // Returns the number ready, 0 on timeout or signal, -1 on error.
 int puna_net_poll(const int *fds, const int *events, int *ready, int count, int timeout_ms);
+// Raise the soft limit on open descriptors towards `wanted` (not past the hard limit); returns the
+// soft limit now in force, or -1.
+int puna_net_raise_descriptor_limit(int wanted);
 // Ignore SIGPIPE; SIGTERM and SIGINT set a flag that puna_net_stop_requested reads.
 void puna_net_install_signals(void);
 int puna_net_stop_requested(void);

@@ -227,7 +227,7 @@ final class BatchSequence {
     func advance(_ logits: UnsafeMutableBufferPointer<Float>) -> FinishReason? {
         if job.maxTokens >= 0 && generated.count >= job.maxTokens { return .length }
         let id = sampler.sample(logits)
-        sampler.accept(id)
+        sampler.accept(id, generated: true)
         if job.stopAtEOS && stream.tokenizer.isEndOfGeneration(id) { return .eos }
         generated.append(id)
         let before = text.count

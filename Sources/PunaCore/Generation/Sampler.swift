@@ -17,9 +17,14 @@ public struct SamplerSettings: Equatable {
     public var repeatLastN: Int
     /// Seed of the sampler's own PRNG: the same seed gives the same tokens on every platform.
     public var seed: UInt64
+    /// OpenAI's penalties, over the tokens generated so far (not the prompt): each token's logit
+    /// loses frequencyPenalty × its count plus presencePenalty once it has appeared; 0 = off.
+    public var frequencyPenalty: Float
+    public var presencePenalty: Float
 
     public init(temperature: Float = 0.8, topK: Int = 40, topP: Float = 0.95, minP: Float = 0.05,
-                repeatPenalty: Float = 1.1, repeatLastN: Int = 64, seed: UInt64 = 0) {
+                repeatPenalty: Float = 1.1, repeatLastN: Int = 64, seed: UInt64 = 0,
+                frequencyPenalty: Float = 0, presencePenalty: Float = 0) {
         self.temperature = temperature
         self.topK = topK
         self.topP = topP
@@ -27,6 +32,8 @@ public struct SamplerSettings: Equatable {
         self.repeatPenalty = repeatPenalty
         self.repeatLastN = repeatLastN
         self.seed = seed
+        self.frequencyPenalty = frequencyPenalty
+        self.presencePenalty = presencePenalty
     }
 
     /// Argmax, no penalty.
@@ -99,6 +106,10 @@ public struct Sampler {
     private var scratch: [Float] = []
     /// The best few hundred candidates, when top-p runs without top-k.
     private var top: [SamplerCandidate] = []
+    /// Generated tokens and how often each appeared, for the frequency and presence penalties
+    /// (first-appearance order, so the penalty walks them in a fixed order).
+    private var generatedCounts: [Int32: Int] = [:]
+    private var generatedOrder: [Int32] = []
 
     public init(_ settings: SamplerSettings) {
         self.settings = settings
@@ -106,6 +117,21 @@ public struct Sampler {
     }
 
     private var penaltyIsOn: Bool { settings.repeatPenalty != 1 && settings.repeatLastN != 0 }
+    private var openAIPenaltyIsOn: Bool { settings.frequencyPenalty != 0 || settings.presencePenalty != 0 }
+
+    /// Record a token for the repetition penalty; `generated` ones (not the prompt's) also count
+    /// for the frequency and presence penalties.
+    public mutating func accept(_ token: Int32, generated: Bool) {
+        if generated && openAIPenaltyIsOn {
+            if let n = generatedCounts[token] {
+                generatedCounts[token] = n + 1
+            } else {
+                generatedCounts[token] = 1
+                generatedOrder.append(token)
+            }
+        }
+        accept(token)
+    }
 
     /// Record a token (from the prompt or generated) for the repetition penalty.
     public mutating func accept(_ token: Int32) {
@@ -119,6 +145,8 @@ public struct Sampler {
     /// Forget the accepted tokens and restart the random stream from the seed.
     public mutating func reset() {
         history.removeAll(keepingCapacity: true)
+        generatedCounts.removeAll()
+        generatedOrder.removeAll(keepingCapacity: true)
         rng = Xoshiro256StarStar(seed: settings.seed)
     }
 
@@ -155,14 +183,28 @@ public struct Sampler {
 
     /// Put back the logits the penalty changed.
     private mutating func restorePenalised(_ logits: UnsafeMutableBufferPointer<Float>) {
-        for entry in saved { logits[entry.index] = entry.logit }
+        // Backwards: a logit both penalties changed was saved twice, the original first.
+        for entry in saved.reversed() { logits[entry.index] = entry.logit }
         saved.removeAll(keepingCapacity: true)
     }
 
     /// llama.cpp's repetition penalty: each distinct token among the last N accepted has its
     /// logit divided by the penalty when positive and multiplied when zero or negative, so it
-    /// always becomes less likely (for a penalty above 1).
+    /// always becomes less likely (for a penalty above 1). Then OpenAI's frequency and presence
+    /// penalties, in the order llama.cpp applies them.
     private mutating func applyPenalty(_ logits: UnsafeMutableBufferPointer<Float>) {
+        applyRepeatPenalty(logits)
+        guard openAIPenaltyIsOn else { return }
+        let vocab = logits.count
+        for token in generatedOrder {
+            let i = Int(token)
+            guard i >= 0 && i < vocab, let count = generatedCounts[token] else { continue }
+            saved.append((index: i, logit: logits[i]))
+            logits[i] -= settings.frequencyPenalty * Float(count) + settings.presencePenalty
+        }
+    }
+
+    private mutating func applyRepeatPenalty(_ logits: UnsafeMutableBufferPointer<Float>) {
         guard penaltyIsOn, !history.isEmpty else { return }
         let vocab = logits.count
         if marks.count < vocab { marks = [UInt32](repeating: 0, count: vocab); stamp = 0 }
