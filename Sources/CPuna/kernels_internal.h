@@ -132,7 +132,7 @@ typedef struct {
 // is not compiled for this target. CPU checks happen in ops.c.
 int puna_kernels_scalar_get(int type, qmm_kernel *out);
 int puna_kernels_avx2_get(int type, int vnni, qmm_kernel *out);
-int puna_kernels_avx512_get(int type, qmm_kernel *out);
+int puna_kernels_avx512_get(int type, int vbmi, qmm_kernel *out);
 int puna_kernels_neon_get(int type, qmm_kernel *out);
 int puna_kernels_dotprod_get(int type, qmm_kernel *out);
 int puna_kernels_i8mm_get(int type, qmm_kernel *out);

@@ -20,6 +20,13 @@
 #define T512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c,avx2,bmi2")))
 #endif
 #define INL static inline __attribute__((always_inline)) T512
+// The avx512-vbmi family: the same kernels, plus byte permutes (vpermi2b) where a type gains from them.
+#if defined(__clang__)
+#define T512V __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi,fma,f16c,avx2,bmi2,tune=znver4")))
+#else
+#define T512V __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi,fma,f16c,avx2,bmi2")))
+#endif
+#define INLV static inline __attribute__((always_inline)) T512V
 // Tile loops have constant trip counts once inlined; they must unroll fully so tiles live in registers.
 #if defined(__clang__)
 #define UNROLL _Pragma("clang loop unroll(full)")
@@ -529,6 +536,134 @@ INL void bnb4_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const i
     if (c.blk_shift == 6 && (!c.w->absmax_codes || c.nest_shift >= 0)) bnb4_fast_tile(a, &c, r, t, R, T, prefetch, ONE);
     else bnb_tile(a, r, t, R, T, prefetch, ONE, 4);
 }
+
+// ---- bitsandbytes 4-bit decoding with byte permutes (avx512-vbmi family) ----------------------------
+// One token leaves nothing to amortize the double-quant absmax over: the gathers above cost a third
+// of a decode. Here the 256-entry f32 nested_quant_map is held as 4 byte planes (byte j of every
+// entry, 4 x 64 bytes each) and 64 codes are looked up at once with vpermi2b (128 entries per
+// instruction, the code's top bit picking the half), then the planes are interleaved back into f32.
+// The nested absmax of 64 consecutive blocks needs at most two values when the nested block size is
+// at least 64. Values and roundings are bnb4_absmax's, so results keep the definition's bits.
+
+typedef struct { __m512i p[4][4]; } bnb4_planes;  // p[j][q]: byte j of entries 64q .. 64q + 63
+
+static T512V void bnb4_planes_init(bnb4_planes *t, const float *map) {
+    uint8_t bytes[4][256] __attribute__((aligned(64)));
+    for (int e = 0; e < 256; e++) {
+        uint32_t u;
+        memcpy(&u, map + e, 4);
+        for (int j = 0; j < 4; j++) bytes[j][e] = (uint8_t)(u >> (8 * j));
+    }
+    for (int j = 0; j < 4; j++)
+        for (int q = 0; q < 4; q++) t->p[j][q] = _mm512_load_si512(bytes[j] + 64 * q);
+}
+
+// out[i] = absmax of block b0 + i for i < n (n in 1..64); out[n..63] are unspecified. Needs the
+// nested block size to be a power of two >= 64 (shift >= 6).
+INLV void bnb4_absmax64(const bnb4_ctx *c, const bnb4_planes *t, int64_t b0, int n, float *out) {
+    const puna_bnb4_weight *w = c->w;
+    const __mmask64 m = n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
+    // entry 16k + 4L + i goes to byte 16L + 4k + i, so the in-lane unpacks below land in order
+    const __m512i order = _mm512_set_epi8(63, 62, 61, 60, 47, 46, 45, 44, 31, 30, 29, 28, 15, 14, 13, 12,
+                                          59, 58, 57, 56, 43, 42, 41, 40, 27, 26, 25, 24, 11, 10, 9, 8,
+                                          55, 54, 53, 52, 39, 38, 37, 36, 23, 22, 21, 20, 7, 6, 5, 4,
+                                          51, 50, 49, 48, 35, 34, 33, 32, 19, 18, 17, 16, 3, 2, 1, 0);
+    __m512i code = _mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(m, w->absmax_codes + b0));
+    __mmask64 upper = _mm512_movepi8_mask(code);
+    __m512i b[4];
+    UNROLL for (int j = 0; j < 4; j++) {
+        __m512i lo = _mm512_permutex2var_epi8(t->p[j][0], code, t->p[j][1]);
+        __m512i hi = _mm512_permutex2var_epi8(t->p[j][2], code, t->p[j][3]);
+        b[j] = _mm512_mask_blend_epi8(upper, lo, hi);
+    }
+    __m512i l01 = _mm512_unpacklo_epi8(b[0], b[1]), h01 = _mm512_unpackhi_epi8(b[0], b[1]);
+    __m512i l23 = _mm512_unpacklo_epi8(b[2], b[3]), h23 = _mm512_unpackhi_epi8(b[2], b[3]);
+    __m512 q[4] = { _mm512_castsi512_ps(_mm512_unpacklo_epi16(l01, l23)), _mm512_castsi512_ps(_mm512_unpackhi_epi16(l01, l23)),
+                    _mm512_castsi512_ps(_mm512_unpacklo_epi16(h01, h23)), _mm512_castsi512_ps(_mm512_unpackhi_epi16(h01, h23)) };
+    // nested blocks: n0 for lanes before the boundary, n0 + 1 after it (read only when reached)
+    const int64_t nbs = w->nested_blocksize, n0 = b0 >> c->nest_shift, within = b0 & (nbs - 1);
+    const __m512 na0 = _mm512_set1_ps(w->nested_absmax[n0]);
+    const __m512 na1 = within + n > nbs ? _mm512_set1_ps(w->nested_absmax[n0 + 1]) : na0;
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512 off = _mm512_set1_ps(w->nested_offset);
+    UNROLL for (int k = 0; k < 4; k++) {
+        __m512i pos = _mm512_add_epi32(iota, _mm512_set1_epi32((int)within + 16 * k));
+        __m512 na = _mm512_mask_blend_ps(_mm512_cmpge_epi32_mask(pos, _mm512_set1_epi32((int)nbs)), na0, na1);
+        __m512 p = _mm512_mul_ps(q[k], na);
+        __asm__("" : "+v"(p));  // rounded before the offset is added, never fused
+        _mm512_store_ps(out + 16 * k, _mm512_add_ps(p, off));
+    }
+}
+
+// R rows x 1 token, blocks of 64, double quant with a power-of-two nested block size >= 64.
+INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r, const int R, int prefetch,
+                         const int ONE) {
+    const act_layout *L = &a->layout;
+    const int64_t cols = a->cols, nb = cols / 32, nfull = nb / 4, tb = L->token_bytes, rb = cols / 2;
+    const int64_t row_blocks = cols / 64, ngroups = nfull + (nb % 4 ? 1 : 0);
+    const int rem = (int)(nb % 4);
+    const __m512i utab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)c->U));
+    const uint8_t *w = c->w->packed + r * rb, *x0 = a->act;
+    float amb[8][64] __attribute__((aligned(64)));
+    __m512 acc[8][8], am16[8];
+    UNROLL for (int i = 0; i < R; i++) acc[i][0] = _mm512_setzero_ps();
+    for (int64_t g0 = 0; g0 < ngroups; g0 += 32) {  // 32 groups = 64 blocks
+        const int64_t left = row_blocks - 2 * g0;
+        const int nblk = left < 64 ? (int)left : 64;
+        UNROLL for (int i = 0; i < R; i++) bnb4_absmax64(c, t, (r + i) * row_blocks + 2 * g0, nblk, amb[i]);
+        const int64_t gend = g0 + 32 < ngroups ? g0 + 32 : ngroups;
+        for (int64_t s = g0; s < gend; s += 8) {  // 8 groups share one am16 per row
+            UNROLL for (int i = 0; i < R; i++) am16[i] = _mm512_load_ps(amb[i] + 2 * (s - g0));
+            if (s + 8 <= nfull) {
+                UNROLL for (int k = 0; k < 8; k++) {
+                    if (prefetch) {
+                        const uint8_t *pf = w + PF_TILES * R * rb + (s + k) * 64 * R;
+                        UNROLL for (int i = 0; i < R + 1; i++) _mm_prefetch((const char *)pf + 64 * i, PF_HINT);
+                    }
+                    bnb4_fast_group(acc, w, rb, s + k, k, 4, utab, am16, x0, tb, L, R, 1, ONE);
+                }
+            } else {
+                for (int k = 0; s + k < gend; k++) {
+                    const int n = s + k < nfull ? 4 : rem;
+                    if (prefetch && n == 4) {
+                        const uint8_t *pf = w + PF_TILES * R * rb + (s + k) * 64 * R;
+                        UNROLL for (int i = 0; i < R + 1; i++) _mm_prefetch((const char *)pf + 64 * i, PF_HINT);
+                    }
+                    bnb4_fast_group(acc, w, rb, s + k, k, n, utab, am16, x0, tb, L, R, 1, ONE);
+                }
+            }
+        }
+    }
+    UNROLL for (int i = 0; i < R; i++) a->y[r + i] = reduce16(acc[i][0]) * c->mscale;
+}
+
+static T512V void bnb4v_dec4_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 1, 1); }
+static T512V void bnb4v_dec4_l1_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 0, 1); }
+static T512V void bnb4v_dec1_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 0, 1); }
+static T512V void bnb4v_dec4_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 1, 0); }
+static T512V void bnb4v_dec4_l2_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 0, 0); }
+static T512V void bnb4v_dec1_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 0, 0); }
+
+static void bnb4_rows(const qmm_args *a, int64_t r0, int64_t r1);
+
+// Decoding of double-quant NF4/FP4 in blocks of 64 takes the permute path; batches (whose tiles
+// share each gathered absmax over their tokens) and other layouts the avx512-vnni kernels.
+static T512V void bnb4v_rows(const qmm_args *a, int64_t r0, int64_t r1) {
+    bnb4_ctx c;
+    bnb4_ctx_init512(&c, (const puna_bnb4_weight *)(const void *)a->w);
+    if (a->n_tokens != 1 || c.blk_shift != 6 || !c.w->absmax_codes || c.nest_shift < 6) {
+        bnb4_rows(a, r0, r1);
+        return;
+    }
+    bnb4_planes t;
+    bnb4_planes_init(&t, c.w->nested_quant_map);
+    const int one = a->layout.levels == 1;
+    int64_t r = r0;
+    for (; r + (PF_TILES + 1) * DEC_R <= r1; r += DEC_R) one ? bnb4v_dec4_l1(a, &c, &t, r) : bnb4v_dec4_l2(a, &c, &t, r);
+    for (; r + DEC_R <= r1; r += DEC_R) one ? bnb4v_dec4_l1_last(a, &c, &t, r) : bnb4v_dec4_l2_last(a, &c, &t, r);
+    for (; r < r1; r++) one ? bnb4v_dec1_l1(a, &c, &t, r) : bnb4v_dec1_l2(a, &c, &t, r);
+}
+
 INL void bnb8_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE) {
     bnb_tile(a, r, t, R, T, prefetch, ONE, 8);
 }
@@ -729,10 +864,11 @@ INL __m512 load_w_bf16(const uint8_t *p, int64_t c, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
 }
 
-#define FLOAT_TILE(name, LOAD)                                                                                 \
+// Decoding streams the rows like the quantized tiles do: the rows PF_TILES tiles ahead are prefetched
+// at the pace they are read (ESIZE bytes per weight).
+#define FLOAT_TILE(name, LOAD, ESIZE)                                                                          \
     INL void name##_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch,     \
                          const int ONE) {                                                                      \
-        (void)prefetch;                                                                                        \
         (void)ONE;                                                                                             \
         const int64_t cols = a->cols, rb = a->row_bytes;                                                       \
         __m512 acc[4][4];                                                                                      \
@@ -741,6 +877,10 @@ INL __m512 load_w_bf16(const uint8_t *p, int64_t c, __mmask16 m) {
         const float *x0 = a->x + t * cols;                                                                     \
         for (int64_t c = 0; c < cols; c += 16) {                                                               \
             __mmask16 m = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);            \
+            if (prefetch && ((c * (ESIZE)) & 63) == 0) {                                                       \
+                const uint8_t *pf = w + PF_TILES * R * rb + c * (ESIZE) * R;                                   \
+                UNROLL for (int i = 0; i < R; i++) _mm_prefetch((const char *)pf + 64 * i, PF_HINT);          \
+            }                                                                                                  \
             __m512 xv[4];                                                                                      \
             UNROLL for (int j = 0; j < T; j++) xv[j] = _mm512_maskz_loadu_ps(m, x0 + j * cols + c);           \
             UNROLL for (int i = 0; i < R; i++) {                                                               \
@@ -752,9 +892,9 @@ INL __m512 load_w_bf16(const uint8_t *p, int64_t c, __mmask16 m) {
             a->y[(t + j) * a->rows + r + i] = reduce16(acc[i][j]);                                             \
     }
 
-FLOAT_TILE(f32, load_w_f32)
-FLOAT_TILE(f16, load_w_f16)
-FLOAT_TILE(bf16, load_w_bf16)
+FLOAT_TILE(f32, load_w_f32, 4)
+FLOAT_TILE(f16, load_w_f16, 2)
+FLOAT_TILE(bf16, load_w_bf16, 2)
 
 // ---- generic row drivers ----------------------------------------------------------------------
 // TILE_FNS(name) expects name##_tile(a, r, t, R, T, prefetch) and defines the fixed-size tiles and
@@ -970,7 +1110,7 @@ int puna_attn_ops_avx512(int kv_type, attn_ops *out) {
     return 1;
 }
 
-int puna_kernels_avx512_get(int type, qmm_kernel *out) {
+int puna_kernels_avx512_get(int type, int vbmi, qmm_kernel *out) {
     qmm_kernel k = {0};
     k.quantize = quantize_avx512;
     k.act_format = ACT_Q8_32;
@@ -987,7 +1127,7 @@ int puna_kernels_avx512_get(int type, qmm_kernel *out) {
     case PUNA_TYPE_F32: k.rows = f32_rows; k.quantize = NULL; break;
     case PUNA_TYPE_F16: k.rows = f16_rows; k.quantize = NULL; break;
     case PUNA_TYPE_BF16: k.rows = bf16_rows; k.quantize = NULL; break;
-    case PUNA_TYPE_BNB4: k.rows = bnb4_rows; k.aux = AUX_NEG_SUM128; break;
+    case PUNA_TYPE_BNB4: k.rows = vbmi ? bnb4v_rows : bnb4_rows; k.aux = AUX_NEG_SUM128; break;
     case PUNA_TYPE_BNB_INT8: k.rows = bnb8_rows; k.aux = AUX_NEG_SUM128; break;
     default: break;
     }
@@ -996,8 +1136,9 @@ int puna_kernels_avx512_get(int type, qmm_kernel *out) {
 }
 
 #else
-int puna_kernels_avx512_get(int type, qmm_kernel *out) {
+int puna_kernels_avx512_get(int type, int vbmi, qmm_kernel *out) {
     (void)type;
+    (void)vbmi;
     (void)out;
     return 0;
 }

@@ -234,6 +234,7 @@ static const char *const family_names[] = {
     [PUNA_KERNELS_AUTO] = "auto", [PUNA_KERNELS_REFERENCE] = "reference", [PUNA_KERNELS_SCALAR] = "scalar-q8",
     [PUNA_KERNELS_AVX2] = "avx2", [PUNA_KERNELS_AVX2_VNNI] = "avx2-vnni", [PUNA_KERNELS_AVX512] = "avx512-vnni",
     [PUNA_KERNELS_NEON] = "neon", [PUNA_KERNELS_NEON_DOTPROD] = "neon-dotprod", [PUNA_KERNELS_NEON_I8MM] = "neon-i8mm",
+    [PUNA_KERNELS_AVX512_VBMI] = "avx512-vbmi",
 };
 
 const char *puna_kernels_family_name(int family) {
@@ -247,7 +248,8 @@ static int family_get(int family, int type, qmm_kernel *k) {
     case PUNA_KERNELS_SCALAR: return puna_kernels_scalar_get(type, k);
     case PUNA_KERNELS_AVX2: return puna_kernels_avx2_get(type, 0, k);
     case PUNA_KERNELS_AVX2_VNNI: return puna_kernels_avx2_get(type, 1, k);
-    case PUNA_KERNELS_AVX512: return puna_kernels_avx512_get(type, k);
+    case PUNA_KERNELS_AVX512: return puna_kernels_avx512_get(type, 0, k);
+    case PUNA_KERNELS_AVX512_VBMI: return puna_kernels_avx512_get(type, 1, k);
     case PUNA_KERNELS_NEON: return puna_kernels_neon_get(type, k);
     case PUNA_KERNELS_NEON_DOTPROD: return puna_kernels_dotprod_get(type, k);
     case PUNA_KERNELS_NEON_I8MM: return puna_kernels_i8mm_get(type, k);
@@ -268,6 +270,8 @@ int puna_kernels_family_available(int family) {
     case PUNA_KERNELS_AVX512:
         return (f & PUNA_CPU_AVX512F) && (f & PUNA_CPU_AVX512BW) && (f & PUNA_CPU_AVX512VNNI) && (f & PUNA_CPU_FMA) &&
                (f & PUNA_CPU_F16C);
+    case PUNA_KERNELS_AVX512_VBMI:
+        return puna_kernels_family_available(PUNA_KERNELS_AVX512) && (f & PUNA_CPU_AVX512VBMI);
     case PUNA_KERNELS_NEON: return (f & PUNA_CPU_NEON) != 0;
     case PUNA_KERNELS_NEON_DOTPROD: return (f & PUNA_CPU_DOTPROD) != 0;
     case PUNA_KERNELS_NEON_I8MM: return (f & PUNA_CPU_DOTPROD) && (f & PUNA_CPU_I8MM);
@@ -279,7 +283,7 @@ static int auto_family(void) {
     static _Atomic int cached = -1;
     int f = atomic_load_explicit(&cached, memory_order_relaxed);
     if (f >= 0) return f;
-    static const int order[] = { PUNA_KERNELS_AVX512, PUNA_KERNELS_AVX2_VNNI, PUNA_KERNELS_AVX2,
+    static const int order[] = { PUNA_KERNELS_AVX512_VBMI, PUNA_KERNELS_AVX512, PUNA_KERNELS_AVX2_VNNI, PUNA_KERNELS_AVX2,
                                  PUNA_KERNELS_NEON_I8MM, PUNA_KERNELS_NEON_DOTPROD, PUNA_KERNELS_NEON };
     f = PUNA_KERNELS_REFERENCE;
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
@@ -787,7 +791,7 @@ static attn_ops select_attention(int kv_type) {
     attn_ops ops = {0};
     int family = puna_kernels_family();
     int ok = 0;
-    if (family == PUNA_KERNELS_AVX512) ok = puna_attn_ops_avx512(kv_type, &ops);
+    if (family == PUNA_KERNELS_AVX512 || family == PUNA_KERNELS_AVX512_VBMI) ok = puna_attn_ops_avx512(kv_type, &ops);
     else if (family == PUNA_KERNELS_AVX2 || family == PUNA_KERNELS_AVX2_VNNI) ok = puna_attn_ops_avx2(kv_type, &ops);
     else if (family >= PUNA_KERNELS_NEON && family <= PUNA_KERNELS_NEON_I8MM) ok = puna_attn_ops_neon(kv_type, &ops);
     if (ok && ops.dot && ops.axpy) return ops;

@@ -366,6 +366,7 @@ uint32_t puna_cpu_features(void) {
         if (zmm && ((b >> 16) & 1)) f |= PUNA_CPU_AVX512F;
         if (zmm && ((b >> 30) & 1)) f |= PUNA_CPU_AVX512BW;
         if (zmm && ((c >> 11) & 1)) f |= PUNA_CPU_AVX512VNNI;
+        if (zmm && ((c >> 1) & 1)) f |= PUNA_CPU_AVX512VBMI;
     }
     if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) {
         if (ymm && ((a >> 4) & 1)) f |= PUNA_CPU_AVXVNNI;

@@ -252,7 +252,8 @@ enum BenchCommand {
             (PUNA_CPU_AVX2.rawValue, "avx2"), (PUNA_CPU_FMA.rawValue, "fma"), (PUNA_CPU_F16C.rawValue, "f16c"),
             (PUNA_CPU_AVX512F.rawValue, "avx512f"), (PUNA_CPU_AVX512BW.rawValue, "avx512bw"),
             (PUNA_CPU_AVX512VNNI.rawValue, "avx512vnni"), (PUNA_CPU_AVXVNNI.rawValue, "avxvnni"),
-            (PUNA_CPU_AVX512BF16.rawValue, "avx512bf16"), (PUNA_CPU_NEON.rawValue, "neon"),
+            (PUNA_CPU_AVX512BF16.rawValue, "avx512bf16"), (PUNA_CPU_AVX512VBMI.rawValue, "avx512vbmi"),
+            (PUNA_CPU_NEON.rawValue, "neon"),
             (PUNA_CPU_DOTPROD.rawValue, "dotprod"), (PUNA_CPU_FP16.rawValue, "fp16"), (PUNA_CPU_I8MM.rawValue, "i8mm"),
             (PUNA_CPU_SVE.rawValue, "sve"),
         ]

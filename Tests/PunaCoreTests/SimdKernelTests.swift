@@ -348,7 +348,9 @@ final class SimdKernelTests: XCTestCase {
         #if arch(x86_64)
         let f = puna_cpu_features()
         if f & UInt32(PUNA_CPU_AVX512VNNI.rawValue) != 0 && f & UInt32(PUNA_CPU_AVX512BW.rawValue) != 0 {
-            XCTAssertEqual(name(detected), "avx512-vnni")
+            let vbmi = f & UInt32(PUNA_CPU_AVX512VBMI.rawValue) != 0
+            XCTAssertEqual(name(detected), vbmi ? "avx512-vbmi" : "avx512-vnni")
+            XCTAssertEqual(puna_kernels_family_available(Int32(PUNA_KERNELS_AVX512_VBMI.rawValue)), vbmi ? 1 : 0)
         }
         for arm in [PUNA_KERNELS_NEON, PUNA_KERNELS_NEON_DOTPROD, PUNA_KERNELS_NEON_I8MM] {
             XCTAssertEqual(puna_kernels_family_available(Int32(arm.rawValue)), 0, "ARM family on x86")

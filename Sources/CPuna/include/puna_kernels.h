@@ -148,7 +148,8 @@ enum puna_kernel_family {
     PUNA_KERNELS_NEON = 6,          // AArch64 baseline (Cortex-A72: widening multiplies)
     PUNA_KERNELS_NEON_DOTPROD = 7,  // + sdot
     PUNA_KERNELS_NEON_I8MM = 8,     // + smmla for batches
-    PUNA_KERNELS_FAMILY_COUNT = 9
+    PUNA_KERNELS_AVX512_VBMI = 9,   // AVX-512 + VBMI byte permutes (Ice Lake, Zen 4 and later)
+    PUNA_KERNELS_FAMILY_COUNT = 10
 };
 // Whether this build and CPU can run a family (AUTO, REFERENCE and SCALAR always can).
 int puna_kernels_family_available(int family);

@@ -112,6 +112,7 @@ enum puna_cpu_feature {
     PUNA_CPU_AVX2 = 1 << 0, PUNA_CPU_FMA = 1 << 1, PUNA_CPU_F16C = 1 << 2,
     PUNA_CPU_AVX512F = 1 << 3, PUNA_CPU_AVX512BW = 1 << 4, PUNA_CPU_AVX512VNNI = 1 << 5,
     PUNA_CPU_AVXVNNI = 1 << 6, PUNA_CPU_AVX512BF16 = 1 << 7,
+    PUNA_CPU_AVX512VBMI = 1 << 8,
     PUNA_CPU_NEON = 1 << 16, PUNA_CPU_DOTPROD = 1 << 17, PUNA_CPU_FP16 = 1 << 18,
     PUNA_CPU_I8MM = 1 << 19, PUNA_CPU_SVE = 1 << 20,
 };
