@@ -39,7 +39,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PunaCoreTests",
-            dependencies: ["PunaCore", "CPuna"]
+            dependencies: ["PunaCore", "CPuna", "CPunaVulkan"]
         ),
     ],
     swiftLanguageModes: [.v5]

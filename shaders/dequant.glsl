@@ -1,7 +1,16 @@
 // dequant8(rb, k0, lo, hi): weights k0 .. k0+7 of the row whose first byte is rb, as f32, in the
 // order of the row. k0 is a multiple of 8, so the 8 weights always share one scale. One variant per
 // GGML type, picked by the TYPE_* define the generator passes. Each mirrors the CPU decoder in
-// Sources/CPuna/quants.c (scale formed first, then scale * q - min).
+// Sources/CPuna/quants.c (scale formed first, then scale * q - min); the bitsandbytes variants
+// read the layout of Sources/CPunaVulkan/bnb_layout.h and mirror Sources/CPuna/bnb.c.
+//
+// dequant_init(table) runs first in every main, with every invocation: the types that decode
+// through a code table (TYPE_BNB4) stage the push constants' table in shared memory there.
+#include "bnb_layout.h"
+
+#if !defined(TYPE_BNB4)
+void dequant_init(float table[16]) {}
+#endif
 
 #if defined(TYPE_F32)
 void dequant8(uint rb, uint k0, out vec4 lo, out vec4 hi) {
@@ -150,6 +159,37 @@ void dequant8(uint rb, uint k0, out vec4 lo, out vec4 hi) {
     float scale = ldf16(base + 208u) * float(bitfieldExtract(int(ld8(base + 192u + (i >> 4))), 0, 8));
     lo = scale * (vec4(q0) - 32.0);
     hi = scale * (vec4(q1) - 32.0);
+}
+
+#elif defined(TYPE_BNB4)
+// bitsandbytes NF4 / FP4: blocks of 64 of an f32 absmax then 32 bytes of codes, element 2i in the
+// high nibble of byte i; value quant_map[code] * absmax (dequantize_4bit's one f32 product). k0 is
+// a multiple of 8, so the 8 codes are one aligned 32-bit word of one block.
+shared float code_table[16];
+void dequant_init(float table[16]) {
+    for (uint i = gl_LocalInvocationID.x; i < 16u; i += WORKGROUP_SIZE) code_table[i] = table[i];
+    barrier();
+}
+// The 4 elements of the low two bytes of q, in element order (byte 0 high, byte 0 low, byte 1 high, byte 1 low).
+vec4 bnb4_values(uint q) {
+    return vec4(code_table[(q >> 4) & 15u], code_table[q & 15u], code_table[(q >> 12) & 15u], code_table[(q >> 8) & 15u]);
+}
+void dequant8(uint rb, uint k0, out vec4 lo, out vec4 hi) {
+    uint base = rb + (k0 / PUNA_VK_BNB4_BLOCK) * PUNA_VK_BNB4_BLOCK_BYTES;
+    float absmax = uintBitsToFloat(ld32(base + PUNA_VK_BNB4_ABSMAX));
+    uint q = ld32(base + PUNA_VK_BNB4_CODES + (k0 % PUNA_VK_BNB4_BLOCK) / 2u);
+    lo = bnb4_values(q) * absmax;
+    hi = bnb4_values(q >> 16) * absmax;
+}
+
+#elif defined(TYPE_BNB_INT8)
+// bitsandbytes LLM.int8: a row is its f32 SCB, then cols int8; value (q * SCB) * (1 / 127), the two
+// f32 products of int8_vectorwise_dequant in that order.
+void dequant8(uint rb, uint k0, out vec4 lo, out vec4 hi) {
+    float s = uintBitsToFloat(ld32(rb + PUNA_VK_BNB_INT8_SCALE));
+    uint b = rb + PUNA_VK_BNB_INT8_VALUES + k0;
+    lo = (signed_bytes(ld32(b)) * s) * (1.0 / 127.0);
+    hi = (signed_bytes(ld32(b + 4u)) * s) * (1.0 / 127.0);
 }
 
 #else

@@ -11,12 +11,13 @@
 layout(std430, binding = 1) readonly buffer X { float x[]; };
 layout(std430, binding = 2) buffer Y { float y[]; };
 
-layout(push_constant) uniform Params {
+layout(push_constant, std430) uniform Params {
     uint rows, cols, row_bytes, w_off;
     uint x_off, y_off, x_stride, y_stride;
     uint n_tokens;
     uint accumulate;
     float alpha;
+    float code_table[16];                // TYPE_BNB4: the quant_map (dequant_init)
 } p;
 
 const uint TILE = 32u;
@@ -25,6 +26,7 @@ shared float xt[TILE][TILE + 1u];   // [token][k]
 
 void main() {
     // Requires WORKGROUP_SIZE == 64 (the host specializes it so).
+    dequant_init(p.code_table);
     uint lid = gl_LocalInvocationID.x;
     uint row0 = gl_WorkGroupID.x * TILE, tok0 = gl_WorkGroupID.y * TILE;
     uint ty = lid >> 3, tx = lid & 7u;   // rows 4*ty.., tokens 4*tx..

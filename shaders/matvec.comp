@@ -14,15 +14,17 @@ layout(constant_id = 1) const uint ROWS = 2;
 layout(std430, binding = 1) readonly buffer X { float x[]; };
 layout(std430, binding = 2) buffer Y { float y[]; };
 
-layout(push_constant) uniform Params {
+layout(push_constant, std430) uniform Params {
     uint rows, cols, row_bytes, w_off;   // w_off: byte offset of row 0 in the weights binding
     uint x_off, y_off, x_stride, y_stride; // in floats
     uint groups_x;                       // workgroups per grid row (large matrices use a 2D grid)
     uint accumulate;
     float alpha;
+    float code_table[16];                // TYPE_BNB4: the quant_map (dequant_init)
 } p;
 
 void main() {
+    dequant_init(p.code_table);   // before the early return: it may hold a barrier
     uint group = gl_WorkGroupID.x + gl_WorkGroupID.y * p.groups_x;
     uint row0 = group * ROWS;
     if (row0 >= p.rows) return;   // uniform per workgroup: no barrier is skipped by part of it

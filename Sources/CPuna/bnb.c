@@ -48,6 +48,16 @@ int puna_bnb4_dequantize_rows(const puna_bnb4_weight *w, int64_t cols, int64_t r
     return 0;
 }
 
+int puna_bnb4_block_absmax(const puna_bnb4_weight *w, int64_t b0, int64_t count, float *out) {
+    if (!w || !bnb4_tables_ok(w, w->blocksize) || !out || b0 < 0 || count < 0) return -1;
+    bnb4_ctx c;
+    c.w = w;
+    c.blk_shift = bnb_log2(w->blocksize);
+    c.nest_shift = w->absmax_codes ? bnb_log2(w->nested_blocksize) : -1;
+    for (int64_t i = 0; i < count; i++) out[i] = bnb4_absmax(&c, b0 + i);
+    return 0;
+}
+
 int puna_bnb_int8_dequantize_rows(const puna_bnb_int8_weight *w, int64_t cols, int64_t r0, int64_t r1, float *out) {
     if (puna_bnb_int8_validate(w, cols) != 0 || !out || r0 < 0 || r1 < r0) return -1;
     for (int64_t r = r0; r < r1; r++) {

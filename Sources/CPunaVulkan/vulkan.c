@@ -11,7 +11,9 @@
 //   memory on discrete GPUs (uploaded through staging) and in host-visible memory elsewhere, or in
 //   the imported file mapping itself.
 #include "puna_vulkan.h"
+#include "bnb_layout.h"
 #include "generated/shaders.h"
+#include "puna_bnb.h"
 #include "puna_quants.h"
 #include "vk_api.h"
 
@@ -724,15 +726,69 @@ int puna_vk_native_type(int type) {
     }
 }
 
+static int is_bnb(int type) { return type == PUNA_TYPE_BNB4 || type == PUNA_TYPE_BNB_INT8; }
+
 // Shaders read weights in chunks of 8 inside one block: F32/F16 rows need a multiple of 8
-// columns (LoRA ranks), block types whole 32-weight blocks.
-static int column_multiple(int type) { return type == PUNA_TYPE_F32 || type == PUNA_TYPE_F16 ? 8 : 32; }
+// columns (LoRA ranks), block types whole 32-weight blocks, bitsandbytes 4-bit its blocks of 64.
+static int column_multiple(int type) {
+    return type == PUNA_TYPE_F32 || type == PUNA_TYPE_F16 ? 8 : type == PUNA_TYPE_BNB4 ? (int)PUNA_VK_BNB4_BLOCK : 32;
+}
 
 uint64_t puna_vk_matrix_bytes(int type, int64_t rows, int64_t cols) {
+    if (rows < 0 || cols < 0) return 0;
+    // bitsandbytes: the GPU layout of bnb_layout.h, not the file's tensors.
+    if (type == PUNA_TYPE_BNB4)
+        return cols % PUNA_VK_BNB4_BLOCK ? 0 : (uint64_t)rows * (uint64_t)(cols / PUNA_VK_BNB4_BLOCK) * PUNA_VK_BNB4_BLOCK_BYTES;
+    if (type == PUNA_TYPE_BNB_INT8) return cols % 4 ? 0 : (uint64_t)rows * ((uint64_t)cols + PUNA_VK_BNB_INT8_VALUES);
     if (type < 0 || type >= PUNA_TYPE_COUNT || !puna_type_table[type].name) return 0;
     const puna_type_info *t = &puna_type_table[type];
     if (t->block_size == 0 || cols % t->block_size) return 0;
     return (uint64_t)rows * (uint64_t)(cols / t->block_size) * t->type_size;
+}
+
+// bitsandbytes descriptor -> rows in the layout of bnb_layout.h, a few MiB of rows at a time.
+static int upload_bnb(puna_vk *vk, int type, const void *desc, int64_t rows, int64_t cols, puna_vk_buffer *out) {
+    const puna_bnb4_weight *w4 = type == PUNA_TYPE_BNB4 ? desc : NULL;
+    const puna_bnb_int8_weight *w8 = type == PUNA_TYPE_BNB_INT8 ? desc : NULL;
+    if (w4 ? puna_bnb4_validate(w4, cols) != 0 || w4->blocksize != PUNA_VK_BNB4_BLOCK : puna_bnb_int8_validate(w8, cols) != 0) {
+        set_error(vk, "weights: a bitsandbytes descriptor the shaders cannot take (4-bit needs blocks of %u)", PUNA_VK_BNB4_BLOCK);
+        return -1;
+    }
+    const uint64_t row_bytes = puna_vk_matrix_bytes(type, 1, cols);
+    const int64_t row_blocks = cols / PUNA_VK_BNB4_BLOCK;   // 4-bit blocks per row
+    if (puna_vk_alloc(vk, (uint64_t)rows * row_bytes, PUNA_VK_MEMORY_DEVICE, 1, out) != 0) return -1;
+    uint64_t chunk_rows = (4u << 20) / row_bytes;
+    if (chunk_rows == 0) chunk_rows = 1;
+    if (chunk_rows > (uint64_t)rows) chunk_rows = (uint64_t)rows;
+    uint8_t *chunk = malloc((size_t)(chunk_rows * row_bytes));
+    float *absmax = w4 ? malloc((size_t)(chunk_rows * (uint64_t)row_blocks) * sizeof(float)) : NULL;
+    if (!chunk || (w4 && !absmax)) { free(chunk); free(absmax); set_error(vk, "weights: out of host memory"); return -1; }
+    int rc = 0;
+    for (int64_t r0 = 0; r0 < rows && rc == 0; r0 += (int64_t)chunk_rows) {
+        int64_t n = rows - r0 < (int64_t)chunk_rows ? rows - r0 : (int64_t)chunk_rows;
+        if (w4 && puna_bnb4_block_absmax(w4, r0 * row_blocks, n * row_blocks, absmax) != 0) {
+            set_error(vk, "weights: bitsandbytes absmax could not be decoded");
+            rc = -1;
+            break;
+        }
+        for (int64_t r = 0; r < n; r++) {
+            uint8_t *dst = chunk + (uint64_t)r * row_bytes;
+            if (w4) {
+                for (int64_t b = 0; b < row_blocks; b++) {
+                    uint8_t *block = dst + (uint64_t)b * PUNA_VK_BNB4_BLOCK_BYTES;
+                    memcpy(block + PUNA_VK_BNB4_ABSMAX, &absmax[r * row_blocks + b], sizeof(float));
+                    memcpy(block + PUNA_VK_BNB4_CODES, w4->packed + ((r0 + r) * cols + b * PUNA_VK_BNB4_BLOCK) / 2, PUNA_VK_BNB4_BLOCK / 2);
+                }
+            } else {
+                memcpy(dst + PUNA_VK_BNB_INT8_SCALE, &w8->row_scale[r0 + r], sizeof(float));
+                memcpy(dst + PUNA_VK_BNB_INT8_VALUES, w8->weight + (r0 + r) * cols, (size_t)cols);
+            }
+        }
+        rc = puna_vk_write(vk, *out, (uint64_t)r0 * row_bytes, chunk, (uint64_t)n * row_bytes);
+    }
+    free(chunk);
+    free(absmax);
+    return rc;
 }
 
 int puna_vk_upload_matrix(puna_vk *vk, int type, const void *data, int64_t rows, int64_t cols,
@@ -744,6 +800,10 @@ int puna_vk_upload_matrix(puna_vk *vk, int type, const void *data, int64_t rows,
     }
     uint64_t bytes = puna_vk_matrix_bytes(type, rows, cols);
     if (bytes == 0) { set_error(vk, "weights: unsupported type %d", type); return -1; }
+    if (is_bnb(type)) {   // always repacked (bnb_layout.h): the file keeps codes and scales apart
+        *gpu_type = type;
+        return upload_bnb(vk, type, data, rows, cols, out);
+    }
     if (puna_vk_native_type(type)) {
         *gpu_type = type;
         // Inside an imported range? Then the shaders read the file mapping itself.
@@ -1022,14 +1082,20 @@ static const char *type_suffix(int type) {
     case PUNA_TYPE_Q4_K: return "q4_k";
     case PUNA_TYPE_Q5_K: return "q5_k";
     case PUNA_TYPE_Q6_K: return "q6_k";
+    case PUNA_TYPE_BNB4: return "bnb4";
+    case PUNA_TYPE_BNB_INT8: return "bnb_int8";
     default: return NULL;
     }
 }
 
-void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, uint32_t rows, uint32_t cols, puna_vk_buffer x,
-                    uint32_t x_offset, puna_vk_buffer y, uint32_t y_offset, uint32_t n_tokens, float alpha, int accumulate) {
+void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, const float *code_table, uint32_t rows, uint32_t cols,
+                    puna_vk_buffer x, uint32_t x_offset, puna_vk_buffer y, uint32_t y_offset, uint32_t n_tokens,
+                    float alpha, int accumulate) {
     const char *suffix = type_suffix(type);
     if (!suffix) { set_error(vk, "matmul: no shader for weight type %d", type); return; }
+    if (type == PUNA_TYPE_BNB4 && !code_table) { set_error(vk, "matmul: 4-bit bitsandbytes weights need their code table"); return; }
+    float table[16] = {0};
+    if (type == PUNA_TYPE_BNB4) memcpy(table, code_table, sizeof table);
     if (cols % (uint32_t)column_multiple(type) != 0) { set_error(vk, "matmul: %u columns is not a multiple of %d", cols, column_multiple(type)); return; }
     uint64_t row_bytes = puna_vk_matrix_bytes(type, 1, cols);
     // Split the rows so each binding stays inside maxStorageBufferRange (e.g. a big output matrix
@@ -1051,14 +1117,18 @@ void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, uint32_t rows, uint
         if (!tiled) {
             uint32_t groups = (n_rows + 1) / 2;   // 2 rows per workgroup (specialization constant 1)
             uint32_t gx = groups < 65535 ? groups : 65535, gy = (groups + gx - 1) / gx;
-            struct { uint32_t rows, cols, row_bytes, w_off, x_off, y_off, x_stride, y_stride, groups_x, accumulate; float alpha; } p = {
+            struct { uint32_t rows, cols, row_bytes, w_off, x_off, y_off, x_stride, y_stride, groups_x, accumulate; float alpha, table[16]; } p = {
                 n_rows, cols, (uint32_t)row_bytes, wb.residual, x_offset, y_offset + (uint32_t)r0, cols, rows, gx,
-                (uint32_t)(accumulate != 0), alpha};
+                (uint32_t)(accumulate != 0), alpha, {0}};
+            memcpy(p.table, table, sizeof table);
+            _Static_assert(sizeof p <= PUSH_BYTES, "matmul push constants");
             if (dispatch(vk, name, bufs, 3, &p, sizeof p, gx, gy, n_tokens) != 0) return;
         } else {
-            struct { uint32_t rows, cols, row_bytes, w_off, x_off, y_off, x_stride, y_stride, n_tokens, accumulate; float alpha; } p = {
+            struct { uint32_t rows, cols, row_bytes, w_off, x_off, y_off, x_stride, y_stride, n_tokens, accumulate; float alpha, table[16]; } p = {
                 n_rows, cols, (uint32_t)row_bytes, wb.residual, x_offset, y_offset + (uint32_t)r0, cols, rows, n_tokens,
-                (uint32_t)(accumulate != 0), alpha};
+                (uint32_t)(accumulate != 0), alpha, {0}};
+            memcpy(p.table, table, sizeof table);
+            _Static_assert(sizeof p <= PUSH_BYTES, "matmul push constants");
             if (dispatch(vk, name, bufs, 3, &p, sizeof p, (n_rows + 31) / 32, (n_tokens + 31) / 32, 1) != 0) return;
         }
     }

@@ -83,7 +83,8 @@ final class VulkanTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(shaders.count, 20)
         let baseline = Set(shaders.filter { $0.tier == 0 }.map(\.name))
         for name in ["matvec_f32", "matvec_f16", "matvec_q4_0", "matvec_q8_0", "matvec_q4_k", "matvec_q6_k", "matmul_q4_0",
-                     "matmul_q6_k", "rmsnorm", "rope", "kv_store", "attention", "swiglu", "bias"] {
+                     "matmul_q6_k", "matvec_bnb4", "matmul_bnb4", "matvec_bnb_int8", "matmul_bnb_int8", "rmsnorm", "rope",
+                     "kv_store", "attention", "swiglu", "bias"] {
             XCTAssertTrue(baseline.contains(name), "no baseline shader \(name)")
         }
         var subgroupCapabilitySeen = false

@@ -54,6 +54,12 @@ typedef struct {
 int puna_bnb4_dequantize_rows(const puna_bnb4_weight *w, int64_t cols, int64_t r0, int64_t r1, float *out);
 int puna_bnb_int8_dequantize_rows(const puna_bnb_int8_weight *w, int64_t cols, int64_t r0, int64_t r1, float *out);
 
+// absmax_b for blocks [b0, b0 + count) into out, as puna_bnb4_dequantize_rows computes it (double
+// quantization decoded, same f32 roundings); the Vulkan backend stores these next to the codes. The
+// caller keeps the range inside the matrix (the descriptor does not know its row count). Returns 0,
+// or -1 on a NULL table, a negative range or a NULL out.
+int puna_bnb4_block_absmax(const puna_bnb4_weight *w, int64_t b0, int64_t count, float *out);
+
 // Whether a descriptor can be dequantized and multiplied with `cols` columns (0) or not (-1): the
 // NULL checks and the blocksize rule above; the 4-bit check also wants a finite quant_map. The
 // matmul entry points run these checks themselves and return -1 on failure. Quantized-activation

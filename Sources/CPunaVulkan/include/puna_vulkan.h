@@ -104,15 +104,20 @@ int puna_vk_write(puna_vk *vk, puna_vk_buffer dst, uint64_t offset, const void *
 // discrete GPU, disabled by PUNA_VK_NO_IMPORT=1, or the driver refused); never fatal.
 int puna_vk_import_host(puna_vk *vk, const void *ptr, uint64_t bytes);
 
-// Whether the shaders read GGML type `type` directly (F32, F16, Q4_0, Q8_0, Q4_K, Q6_K).
+// Whether the shaders read GGML type `type` as stored (F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+// Q4_K, Q5_K, Q6_K).
 int puna_vk_native_type(int type);
 // Makes a weight matrix of `rows` x `cols` of GGML type `type` available to the GPU: native types
-// are used as stored (zero-copy inside an imported range, else copied); others are decoded and
-// re-encoded as F16 (BF16 and wider as F32). *gpu_type gets the type the shaders will read and
-// *zero_copy whether no copy was made. cols must be a multiple of 32 (of 8 for F32/F16). 0 on success.
+// are used as stored (zero-copy inside an imported range, else copied); bitsandbytes weights
+// (PUNA_TYPE_BNB4 / PUNA_TYPE_BNB_INT8, `data` being their puna_bnb.h descriptor) are repacked into
+// the layout of bnb_layout.h (always a copy: 4.5 bits per 4-bit weight, cols + 4 bytes per int8
+// row) and keep their type; others are decoded and re-encoded as F16 (BF16 and wider as F32).
+// *gpu_type gets the type the shaders will read and *zero_copy whether no copy was made. cols must
+// be a multiple of 32 (of 8 for F32/F16, of 64 for 4-bit bitsandbytes). 0 on success.
 int puna_vk_upload_matrix(puna_vk *vk, int type, const void *data, int64_t rows, int64_t cols,
                           puna_vk_buffer *out, int *gpu_type, int *zero_copy);
-// Bytes of GGML type `type` for rows x cols (0 when cols is not a whole number of blocks).
+// Bytes of GGML type `type` for rows x cols as the GPU holds them (0 when cols is not a whole
+// number of blocks); for the bitsandbytes pseudo-types, their GPU layout (bnb_layout.h).
 uint64_t puna_vk_matrix_bytes(int type, int64_t rows, int64_t cols);
 
 // Largest range one shader binding may cover on this device.
@@ -129,8 +134,10 @@ void puna_vk_copy(puna_vk *vk, puna_vk_buffer src, uint64_t src_offset_bytes, pu
                   uint64_t dst_offset_bytes, uint64_t bytes);
 // y[t][r] = alpha * W[r] . x[t] (+ y[t][r] when accumulate) for t < n_tokens, r < rows. W is a
 // matrix from puna_vk_upload_matrix (gpu_type) or any buffer holding rows of that type.
-void puna_vk_matmul(puna_vk *vk, int gpu_type, puna_vk_buffer w, uint32_t rows, uint32_t cols,
-                    puna_vk_buffer x, uint32_t x_offset, puna_vk_buffer y, uint32_t y_offset,
+// code_table: for PUNA_TYPE_BNB4 the matrix's 16-entry quant_map (its descriptor's), sent with the
+// dispatch; ignored (may be NULL) for every other type.
+void puna_vk_matmul(puna_vk *vk, int gpu_type, puna_vk_buffer w, const float *code_table, uint32_t rows,
+                    uint32_t cols, puna_vk_buffer x, uint32_t x_offset, puna_vk_buffer y, uint32_t y_offset,
                     uint32_t n_tokens, float alpha, int accumulate);
 // out[t] = rmsnorm(x[t]) * weight over n floats per row, for n_tokens rows (tokens, or heads of
 // tokens for per-head norms; x and out may be the same buffer).

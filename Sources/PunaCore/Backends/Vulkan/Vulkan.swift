@@ -173,9 +173,12 @@ final class VulkanKVCache {
 /// A weight matrix as the shaders read it.
 struct VulkanMatrix {
     let buffer: puna_vk_buffer
-    let type: Int32      // GGML type the shader decodes (may differ from the file's)
+    let type: Int32      // GGML type the shader decodes (may differ from the file's; bitsandbytes
+                         // pseudo-types keep theirs, in the GPU layout of CPunaVulkan/bnb_layout.h)
     let rows: Int
     let cols: Int
+    /// A 4-bit bitsandbytes matrix's 16-entry quant_map, sent with each product (nil for other types).
+    var codeTable: [Float]? = nil
 
     /// Rows first..<first+count of this matrix, reading the same memory (a band of a fused QKV or
     /// gate/up matrix, or of a LoRA B factor).
@@ -184,7 +187,7 @@ struct VulkanMatrix {
         var b = buffer
         b.offset += UInt64(first) * rowBytes
         b.size = UInt64(count) * rowBytes
-        return VulkanMatrix(buffer: b, type: type, rows: count, cols: cols)
+        return VulkanMatrix(buffer: b, type: type, rows: count, cols: cols, codeTable: codeTable)
     }
 }
 
@@ -240,7 +243,8 @@ final class VulkanBackend {
     /// Computed: RoPE in both pairings over all or the first rope_dims dims of a head, with
     /// rope_freqs / linear / LongRoPE factors and LongRoPE's attention factor; fused QKV and fused
     /// gate/up (bands of rows of one matrix); Q/K/V biases; per-head Q/K RMSNorm; heads of any size
-    /// up to 256; sliding-window attention over full caches and rings.
+    /// up to 256; sliding-window attention over full caches and rings; bitsandbytes NF4/FP4 (with or
+    /// without double quantization) and LLM.int8 matrices.
     static func unsupportedFeatures(of m: LanguageModel) -> [String] {
         let c = m.config
         var missing: [String] = []
@@ -255,7 +259,6 @@ final class VulkanBackend {
         if c.attentionSoftcap > 0 || c.finalLogitSoftcap > 0 { missing.append("soft-capping") }
         if c.embeddingScale != 1 || m.tokenEmbeddingNorm != nil { missing.append("embedding scale/norm") }
         if c.attentionScale != nil { missing.append("a custom attention scale") }
-        if m.namedMatrices.contains(where: { $0.type.isBitsAndBytes }) { missing.append("bitsandbytes 4-bit/8-bit weights") }
         // One RoPE table serves every layer: layers with their own base or without the scaling differ.
         let first = m.layers.first
         if c.slidingWindowPattern > 0 || c.slidingWindowLayers != nil || c.localRopeFreqBase != nil
@@ -293,7 +296,12 @@ final class VulkanBackend {
                 throw ctx.fail("uploading \(l.name) (\(l.type.name), \(l.rows) x \(l.cols))")
             }
             if zeroCopy != 0 { zeroCopyBytes += Int(b.size) } else { copiedBytes += Int(b.size) }
-            return VulkanMatrix(buffer: b, type: gpuType, rows: l.rows, cols: l.cols)
+            var table: [Float]? = nil
+            if l.type == .bnb4 {   // l.weights is the bitsandbytes descriptor (puna_bnb.h)
+                let d = l.weights.assumingMemoryBound(to: puna_bnb4_weight.self).pointee
+                table = Array(UnsafeBufferPointer(start: d.quant_map, count: 16))
+            }
+            return VulkanMatrix(buffer: b, type: gpuType, rows: l.rows, cols: l.cols, codeTable: table)
         }
         func vector(_ values: [Float]?, _ what: String) throws(PunaError) -> puna_vk_buffer? {
             guard let values else { return nil }
@@ -503,9 +511,12 @@ final class VulkanBackend {
         }
         let neox: Int32 = c.ropeStyle == .halves ? 1 : 0
 
-        func mm(_ w: VulkanMatrix, _ input: puna_vk_buffer, _ inputOffset: Int, _ out: puna_vk_buffer, tokens: Int, accumulate: Bool) {
-            puna_vk_matmul(vk, w.type, w.buffer, UInt32(w.rows), UInt32(w.cols), input, UInt32(inputOffset), out, 0,
-                           UInt32(tokens), 1, accumulate ? 1 : 0)
+        func mm(_ w: VulkanMatrix, _ input: puna_vk_buffer, _ inputOffset: Int, _ out: puna_vk_buffer, tokens: Int, accumulate: Bool,
+                alpha: Float = 1) {
+            withOptionalBuffer(w.codeTable) {
+                puna_vk_matmul(vk, w.type, w.buffer, $0, UInt32(w.rows), UInt32(w.cols), input, UInt32(inputOffset), out, 0,
+                               UInt32(tokens), alpha, accumulate ? 1 : 0)
+            }
         }
         // out += s·B(A·input) for every pair of the active adapters that updates `target`: A·input
         // once, then each band of B's rows into the buffer that holds those rows of the target's output.
@@ -516,7 +527,7 @@ final class VulkanBackend {
                 mm(pair.a, input, 0, scratch, tokens: tokens, accumulate: false)
                 for band in bands {
                     let b = band.rows == pair.b.rows ? pair.b : pair.b.rows(band.firstRow, band.rows)
-                    puna_vk_matmul(vk, b.type, b.buffer, UInt32(b.rows), UInt32(b.cols), scratch, 0, band.out, 0, UInt32(tokens), scale, 1)
+                    mm(b, scratch, 0, band.out, tokens: tokens, accumulate: true, alpha: scale)
                 }
             }
         }
