@@ -36,6 +36,9 @@ enum ConvertCommand {
         let summary = try converter.write(to: output)
         let seconds = Double(puna_now_ns() - start) / 1e9
         let types = summary.typeCounts.map { "\($0.count) \($0.type.name)" }.joined(separator: ", ")
+        if !converter.modelCardSkipped.isEmpty {
+            errLine("puna convert: note: README.md model card keys not written (a YAML form puna does not read, or not text): \(converter.modelCardSkipped.joined(separator: ", "))")
+        }
         if let scheme = converter.bitsAndBytes {
             errLine("puna convert: \(converter.dequantizedCount) \(scheme) matrices dequantized as bitsandbytes does, then encoded as \(summary.type.name)")
         }

@@ -164,6 +164,106 @@ final class ConvertTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: out)
     }
 
+    // MARK: README.md model cards
+
+    /// A README.md model card: llama-card is llama-f16 with Tests/Fixtures/convert/llama-card.README.md as its README.md,
+    /// assembled under that name as make_convert_refs.py assembles it. Its f16 and q8_0 files are byte-identical to
+    /// llama.cpp's: the general.* keys from the YAML front matter (author, version, description, license, its name and
+    /// link, three base models — a Hub id, a Hub URL, a mapping —, two datasets, tags with pipeline_tag, languages with
+    /// the unquoted Norwegian `- no`) in gguf-py's order, around the name and size label from the folder.
+    func testModelCardKeysAreLlamaCpps() throws {
+        let ref = try reference("llama-card")
+        let outputs = try XCTUnwrap(ref["outputs"] as? [String: [String: Any]])
+        XCTAssertEqual(Set(outputs.keys), ["f16", "q8_0"])
+        let parent = URL(fileURLWithPath: temporaryPath("card-\(UUID().uuidString.prefix(8))"))
+        let folder = parent.appendingPathComponent("llama-card")
+        try FileManager.default.createDirectory(at: parent, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: parent) }
+        try FileManager.default.copyItem(at: Self.hf.appendingPathComponent("llama-f16"), to: folder)
+        try FileManager.default.copyItem(at: Self.refs.appendingPathComponent("llama-card.README.md"), to: folder.appendingPathComponent("README.md"))
+        for (type, expected) in outputs.sorted(by: { $0.key < $1.key }) {
+            let out = temporaryPath("llama-card.\(type).gguf")
+            let converter = try HuggingFaceConverter(folder: folder.path, type: XCTUnwrap(ConvertType.named(type)))
+            XCTAssertEqual(converter.modelCardSkipped, [])
+            _ = try converter.write(to: out)
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: out))
+            if SHA256.hex(bytes) != expected["sha256"] as? String {
+                try explainDifference(folder: "llama-card", type: type, path: out, bytes: bytes, expected: expected)
+            }
+            let file = try GGUFFile(path: out)
+            XCTAssertEqual(file.string("general.license"), "apache-2.0")
+            XCTAssertEqual(file.stringArray("general.languages"), ["en", "no", "fr"])
+            XCTAssertEqual(file.int("general.base_model.count"), 3)
+            XCTAssertEqual(file.string("general.base_model.1.repo_url"), "https://huggingface.co/mistralai/Mistral-7B-v0.1")
+            XCTAssertEqual(file.string("general.description"), "A tiny model \"card\" \u{2014} its front matter exercises the model-card keys.")
+        }
+    }
+
+    /// The YAML model cards are written in, as far as ModelCard reads it, and what the metadata makes of it.
+    func testModelCardFrontMatter() throws {
+        func card(_ text: String) -> ModelCard { ModelCard(markdown: Array(text.utf8)) }
+        func metadata(_ text: String) -> ModelCardMetadata { ModelCardMetadata(card: card(text), parameters: 7_000_000_000) }
+        // No front matter: not on the first line, or none at all.
+        XCTAssertTrue(card("# Title\n---\nlicense: mit\n---\n").entries.isEmpty)
+        XCTAssertTrue(card("").entries.isEmpty)
+        // Scalars: plain with a comment, quoted with escapes, '' in single quotes, null; CRLF lines.
+        let c = card("---\r\nlicense: mit # a comment\r\nlicense_name: 'it''s'\r\nlicense_link: \"a\\tb\\u00e9\"\r\nauthor:\r\n---\r\n")
+        XCTAssertEqual(c["license"]?.string, "mit")
+        XCTAssertEqual(c["license_name"]?.string, "it's")
+        XCTAssertEqual(c["license_link"]?.string, "a\tb\u{e9}")
+        if case .null? = c["author"] {} else { XCTFail("author: \(String(describing: c["author"]))") }
+        // Lists: flow, block at the key's indent or deeper, mapping items; a repeated key: the last one.
+        let l = card("---\ntags: [a, 'b, c', \"d\"]\nlanguage:\n- en\n- no\nlanguage:\n  - de\n  - fr # French\nbase_model:\n  - name: X\n    repo_url: u\n  - org/Model-7B\n---\n")
+        XCTAssertEqual(metadata("---\ntags: [a, 'b, c', \"d\"]\npipeline_tag: text-generation\n---").tags, ["a", "b, c", "d", "text-generation"])
+        if case .list(let items)? = l["language"] { XCTAssertEqual(items.map { $0.string }, ["de", "fr"]) } else { XCTFail("language") }
+        XCTAssertEqual(metadata("---\nlanguage:\n- en\n- no\n---").languages, ["en", "no"], "- no is quoted first, as gguf-py does")
+        let bases = ModelCardMetadata(card: l, parameters: 7_000_000_000).baseModels ?? []
+        XCTAssertEqual(bases.count, 2)
+        XCTAssertEqual(bases.first?.map { $0.key }, ["name", "repo_url"])
+        XCTAssertEqual(bases.last?.first { $0.key == "repo_url" }?.value, "https://huggingface.co/org/Model-7B")
+        // Not text where text is wanted: numbers, booleans, dates; unsupported forms: block scalars, nested mappings.
+        let odd = metadata("---\nversion: 1.0\nauthor: yes\nname: 2024-01-01\ndescription: |\n  multi\n  line\nlicense:\n  name: x\nlicense_link: ok\n---")
+        XCTAssertEqual(odd.version, "")
+        XCTAssertEqual(odd.author, "")
+        XCTAssertEqual(odd.name, "")
+        XCTAssertNil(odd.description)
+        XCTAssertNil(odd.license)
+        XCTAssertEqual(odd.licenseLink, "ok")
+        XCTAssertEqual(Set(odd.skipped), ["version", "author", "name", "description", "license"])
+        let keys = odd.keysAfterSizeLabel().map { $0.0 }
+        XCTAssertEqual(keys, ["general.license.link"], "empty and unread values are not written")
+        // Unused keys are not parsed, whatever their YAML; a document that is not a mapping is ignored.
+        XCTAssertEqual(metadata("---\nwidget:\n  - text: |\n      anything: [\nlicense: mit\n---").license, "mit")
+        XCTAssertTrue(card("---\n- a\n- b\n---").entries.isEmpty)
+        XCTAssertTrue(card("---\nlicense: mit\nnot a key\n---").entries.isEmpty)
+        XCTAssertEqual(card("---\nlicense: mit\nnot a key\n---").skipped.first?.hasPrefix("the whole front matter"), true)
+        // A list of licenses joined by commas; base_model present but null: a count of 0.
+        XCTAssertEqual(metadata("---\nlicense: [mit, apache-2.0]\n---").license, "mit,apache-2.0")
+        let none = metadata("---\nbase_model:\n---")
+        XCTAssertEqual(none.baseModels?.count, 0)
+        XCTAssertEqual(none.keysAfterSizeLabel().map { $0.0 }, ["general.base_model.count"])
+        // Values going on over several lines: a plain scalar folded (a break is a space, an empty line a newline), a flow list.
+        XCTAssertEqual(metadata("---\ndescription: first line\n  second line\n\n  after an empty line\n\nlicense: mit\n---").description,
+                       "first line second line\nafter an empty line")
+        XCTAssertEqual(metadata("---\ntags: [ a ,\n   \"b c\" ,\n   d, ]\n---").tags, ["a", "b c", "d"])
+        XCTAssertNil(metadata("---\ndescription: one\n  # a comment\n  two\n---").description)
+        // Plain scalars YAML 1.1 (PyYAML's resolver) reads as numbers or dates, and the ones it leaves as text.
+        let notText = ["1", "012", "0", "-0", "+12", "1_000", "0b101", "0x1F", "1:20", "1:2:3", "190:20:30", "1.0", "1.", ".5",
+                       "1.0e+5", "1_2.3_4", ".inf", "-.Inf", "+.INF", ".nan", ".NaN", "1:30.5", "2024-01-01", "2024-01-01T10:20:30",
+                       "2024-01-01 10:20:30.5 +01:00", "2024-01-01t1:20:30Z", "1__", "yes", "Off", "TRUE"]
+        let text = ["08", "0b", "0x", "12:99", "0:30", "+.5", "-.5", "1e5", "1.0e5", "1.2.3", "-.nan", "2024-1-1", "1234-5678",
+                    "2024-01-01 10:20", "v1.2", "1.2b", "7B", "12-34", "+", ".", "_1", "0o17", "3e-2", "yess", "nO"]
+        for v in notText { XCTAssertEqual(metadata("---\nlicense_name: \(v)\n---").licenseName, "", v) }
+        for v in text { XCTAssertEqual(metadata("---\nlicense_name: \(v)\n---").licenseName, v, v) }
+        // Hostile text: unterminated quotes and lists, stray indicators, bytes that are not UTF-8: read or skipped, no trap.
+        for text in ["---\nlicense: \"open\n---", "---\ntags: [a, b\n---", "---\nlicense: &anchor mit\n---", "---\nlicense: \"\\uD800\"\n---",
+                     "---\n\u{1}: x\n---", "---\n: x\n---", "---\nlicense: '\n---", "---\ntags:\n - a\n  - b\n---"] {
+            _ = metadata(text).keysAfterSizeLabel()
+        }
+        _ = ModelCardMetadata(card: ModelCard(markdown: [45, 45, 45, 10] + [UInt8](repeating: 0xFF, count: 64) + [58, 32, 0xC3]), parameters: 1)
+    }
+
     // MARK: bitsandbytes sources: dequantized as bitsandbytes does, then encoded in the requested type
 
     /// The bnb folders of scripts/fixtures/make_hf_models.py (LLaMA with tokenizer.model, Qwen2 with a byte-level

@@ -229,6 +229,9 @@ public struct HuggingFaceConverter {
     public private(set) var bitsAndBytes: String? = nil
     /// How many matrices were dequantized from bitsandbytes codes (and are re-encoded in `type`).
     public private(set) var dequantizedCount = 0
+    /// README.md model card keys that were not written: YAML this reader does not take, or not text where
+    /// text is wanted (and a README.md too large to read).
+    public private(set) var modelCardSkipped: [String] = []
     public private(set) var keys: [(String, GGUFValue)] = []
     private(set) var tensors: [PlannedTensor] = []
     private let sources: [ConvertSourceTensor]
@@ -287,7 +290,9 @@ public struct HuggingFaceConverter {
 
         keys.append(("general.architecture", .string(arch)))
         keys.append(("general.type", .string("model")))
-        keys += try ConvertHyperparameters.generalKeys(folder: folder, config: config, parameters: parameters)
+        let card = ModelCardMetadata(card: ModelCard(folder: folder), parameters: parameters)
+        modelCardSkipped = card.skipped
+        keys += try ConvertHyperparameters.generalKeys(folder: folder, config: config, parameters: parameters, card: card)
         keys += hp.keys(fileType: converterFileType.fileType)
         keys.append(("general.quantization_version", .uint32(2)))
         keys += try ConvertVocab(folder: folder, arch: arch, config: config, vocabSize: hp.vocabSize).keys
