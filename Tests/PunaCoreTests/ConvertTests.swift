@@ -452,6 +452,53 @@ final class ConvertTests: XCTestCase {
         }
     }
 
+    /// A bnb folder in two shards (its tensors dealt alternately, so weights and their companions are split between
+    /// the shards) converts to what the single-file folder converts to (same folder name, so same general.name): the
+    /// same tensors, bytes and keys; as f32 in the shards' order (the converter's), as q4_k_m the very same file.
+    func testShardedBitsAndBytesFolderConvertsTheSame() throws {
+        typealias Safetensors = BitsAndBytesFolderTests.Safetensors
+        let parent = URL(fileURLWithPath: temporaryPath("sharded-\(UUID().uuidString.prefix(8))"))
+        let folder = parent.appendingPathComponent("llama-nf4-dq")
+        try FileManager.default.createDirectory(at: parent, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: parent) }
+        try FileManager.default.copyItem(at: Self.hf.appendingPathComponent("llama-nf4-dq"), to: folder)
+        let single = folder.appendingPathComponent("model.safetensors")
+        let whole = try Safetensors(single)
+        var shards = [whole, whole]
+        shards[0].entries = whole.entries.enumerated().filter { $0.offset % 2 == 0 }.map { $0.element }
+        shards[1].entries = whole.entries.enumerated().filter { $0.offset % 2 == 1 }.map { $0.element }
+        var map: [String: String] = [:]
+        for (i, shard) in shards.enumerated() {
+            let name = "model-0000\(i + 1)-of-00002.safetensors"
+            try shard.write(folder.appendingPathComponent(name))
+            for e in shard.entries { map[e.name] = name }
+        }
+        let q = "model.layers.0.self_attn.q_proj.weight"
+        XCTAssertNotNil(map[q])
+        XCTAssertNotEqual(map[q], map[q + ".absmax"], "a weight and its absmax are in different shards")
+        try JSONSerialization.data(withJSONObject: ["metadata": [:], "weight_map": map]).write(to: folder.appendingPathComponent("model.safetensors.index.json"))
+        try FileManager.default.removeItem(at: single)
+        for type in ["f32", "q4_k_m"] {
+            let out = temporaryPath("sharded.\(type).gguf")
+            _ = try HuggingFaceConverter(folder: folder.path, type: XCTUnwrap(ConvertType.named(type))).write(to: out)
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let reference = try convert("llama-nf4-dq", type)
+            defer { try? FileManager.default.removeItem(atPath: reference) }
+            if type == "q4_k_m" {
+                XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: out)), try Data(contentsOf: URL(fileURLWithPath: reference)), type)
+                continue
+            }
+            let got = try GGUFFile(path: out), want = try GGUFFile(path: reference)
+            XCTAssertEqual(got.keys, want.keys)
+            XCTAssertNotEqual(got.tensors.map { $0.name }, want.tensors.map { $0.name }, "the shards' order")
+            XCTAssertEqual(got.tensors.map { $0.name }.sorted(), want.tensors.map { $0.name }.sorted())
+            for t in got.tensors {
+                let w = try XCTUnwrap(want.tensorInfo(t.name))
+                XCTAssertEqual(Data(got.data(of: t)), Data(want.data(of: w)), t.name)
+            }
+        }
+    }
+
     /// Hostile bnb folders fail in `puna convert` as they fail in `-m`: the file and tensor named, no crash, no output.
     func testHostileBitsAndBytesFoldersAreRefusedByConvert() throws {
         typealias Safetensors = BitsAndBytesFolderTests.Safetensors
