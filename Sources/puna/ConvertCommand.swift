@@ -6,7 +6,7 @@ import PunaCore
 enum ConvertCommand {
     static let specs: [FlagSpec] = [
         FlagSpec(names: ["-o", "--output"], value: "FILE", help: "the GGUF file to write"),
-        FlagSpec(names: ["--type"], value: "TYPE", help: "\(ConvertType.names) (default: bf16 for a bf16 model, else f16)"),
+        FlagSpec(names: ["--type"], value: "TYPE", help: "\(ConvertType.names) (default: bf16 for a bf16 model, else f16; for bitsandbytes folders, the dtype of their unquantized tensors decides)"),
         helpFlag,
     ]
 
@@ -14,7 +14,7 @@ enum ConvertCommand {
         let args = try ParsedArguments(command: "convert", arguments: arguments, specs: specs)
         if args.has("-h") {
             out(helpText(usage: "puna convert HF_FOLDER -o OUT.gguf [--type f16|bf16|f32|q8_0|q4_0|q4_k_m|...]",
-                         summary: "Convert a Hugging Face model folder (LLaMA, Mistral, SmolLM, Qwen2; safetensors in F32/F16/BF16) to GGUF. The file matches llama.cpp's convert_hf_to_gguf.py, and for quantized types convert_hf_to_gguf.py --outtype f16 followed by llama-quantize.",
+                         summary: "Convert a Hugging Face model folder (LLaMA, Mistral, SmolLM, Qwen2; safetensors in F32/F16/BF16, or bitsandbytes 4-bit NF4/FP4 and 8-bit) to GGUF. The file matches llama.cpp's convert_hf_to_gguf.py, and for quantized types convert_hf_to_gguf.py --outtype f16 followed by llama-quantize. A bitsandbytes folder is dequantized exactly as bitsandbytes does it, then written in the requested type (so a 4-bit base is re-encoded, no longer the NF4 codes themselves).",
                          specs: specs))
             return 0
         }
@@ -36,6 +36,12 @@ enum ConvertCommand {
         let summary = try converter.write(to: output)
         let seconds = Double(puna_now_ns() - start) / 1e9
         let types = summary.typeCounts.map { "\($0.count) \($0.type.name)" }.joined(separator: ", ")
+        if !converter.modelCardSkipped.isEmpty {
+            errLine("puna convert: note: README.md model card keys not written (a YAML form puna does not read, or not text): \(converter.modelCardSkipped.joined(separator: ", "))")
+        }
+        if let scheme = converter.bitsAndBytes {
+            errLine("puna convert: \(converter.dequantizedCount) \(scheme) matrices dequantized as bitsandbytes does, then encoded as \(summary.type.name)")
+        }
         errLine("puna convert: \(summary.architecture) model, \(summary.parameterCount) parameters, \(summary.tensorCount) tensors (\(types)) as \(summary.type.name); wrote \(output) (\(formatBytes(summary.fileBytes))) in \(fixed(seconds, 2)) s")
         return 0
     }

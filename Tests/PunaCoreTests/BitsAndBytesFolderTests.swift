@@ -3,19 +3,24 @@ import PunaCore
 import XCTest
 
 /// bitsandbytes folders (transformers `save_pretrained` of a 4-bit NF4 double-quant, 4-bit FP4 and
-/// 8-bit model, scripts/fixtures/make_hf_models.py) run in place: logits against transformers on the
-/// dequantized checkpoint, the PEFT adapter unmerged and merged into F16 copies, `info` and the
-/// estimate, and hostile folders refused with the file and tensor named.
+/// 8-bit model, scripts/fixtures/make_hf_models.py; a LLaMA with a SentencePiece tokenizer and a Qwen2
+/// with a byte-level BPE tokenizer.json, biases and tied embeddings) run in place: logits against
+/// transformers on the dequantized checkpoint, the PEFT adapter unmerged and merged into F16 copies,
+/// `info` and the estimate, and hostile folders refused with the file and tensor named.
 final class BitsAndBytesFolderTests: XCTestCase {
     static let root = Fixtures.root.appendingPathComponent("hf")
-    static let quantized = ["llama-nf4-dq", "llama-fp4", "llama-int8"]
+    static let quantized = ["llama-nf4-dq", "llama-fp4", "llama-int8", "qwen2-nf4-dq", "qwen2-fp4", "qwen2-int8"]
+    /// The bases the PEFT adapter lora-llama was applied to by the fixture script.
+    static let llamaQuantized = ["llama-nf4-dq", "llama-fp4", "llama-int8"]
 
     func folders() throws -> [String: [String: Any]] {
         try XCTUnwrap(Fixtures.json(Self.root.appendingPathComponent("manifest.json"))["folders"] as? [String: [String: Any]])
     }
     func path(_ name: String) -> String { Self.root.appendingPathComponent(name).path }
-    func referenceTokens() throws -> [Int32] {
-        try XCTUnwrap(Fixtures.json(Self.root.appendingPathComponent("manifest.json"))["reference_tokens"] as? [Int]).map { Int32($0) }
+    /// The folder's own reference tokens (the Qwen2 folders'), else the LLaMA ones at the top of the manifest.
+    func referenceTokens(_ folder: [String: Any] = [:]) throws -> [Int32] {
+        if let own = folder["reference_tokens"] as? [Int] { return own.map { Int32($0) } }
+        return try XCTUnwrap(Fixtures.json(Self.root.appendingPathComponent("manifest.json"))["reference_tokens"] as? [Int]).map { Int32($0) }
     }
 
     func relative(_ got: [Float], _ want: [Float]) -> Float {
@@ -28,8 +33,8 @@ final class BitsAndBytesFolderTests: XCTestCase {
     /// The project's tolerances: ≤ 5-bit weights 8e-2, 8-bit 6e-2 of max|logit|.
     func bound(_ name: String) -> Float { name.hasSuffix("int8") ? 6e-2 : 8e-2 }
 
-    func logits(_ model: LanguageModel) throws -> [Float] {
-        try model.evaluate(try referenceTokens(), cache: model.makeCache(contextLength: 64, type: .f32), allLogits: true)
+    func logits(_ model: LanguageModel, _ folder: [String: Any] = [:]) throws -> [Float] {
+        try model.evaluate(try referenceTokens(folder), cache: model.makeCache(contextLength: 64, type: .f32), allLogits: true)
     }
 
     /// Each folder against transformers' forward on the same checkpoint (its weights dequantized as
@@ -43,7 +48,8 @@ final class BitsAndBytesFolderTests: XCTestCase {
             let expected = try Fixtures.floats(Self.root.appendingPathComponent(reference["logits"] as! String))
             let model = try LanguageModel(path: path(name), options: ModelOptions(threads: 2))
             XCTAssertTrue(model.gguf.tensors.contains { $0.type.isBitsAndBytes }, name)
-            let batched = try logits(model)
+            XCTAssertEqual(model.gguf.string("tokenizer.ggml.model"), name.hasPrefix("qwen2") ? "gpt2" : "llama", name)
+            let batched = try logits(model, folder)
             let r = relative(batched, expected)
             var line = "\(name) vs transformers: \(r)"
             if let mixed = folder["reference_mixed"] as? [String: Any] {
@@ -53,14 +59,14 @@ final class BitsAndBytesFolderTests: XCTestCase {
             print(line)
             XCTAssertLessThanOrEqual(r, bound(name), name)
             // One token at a time, and one thread: the same bits.
-            let tokens = try referenceTokens()
+            let tokens = try referenceTokens(folder)
             let single = try LanguageModel(path: path(name), options: ModelOptions(threads: 1))
             let cache = try single.makeCache(contextLength: 64, type: .f32)
             var stepwise: [Float] = []
             for t in tokens { stepwise += try single.evaluate([t], cache: cache, allLogits: true) }
             XCTAssertEqual(stepwise, batched, "\(name): one token at a time on one thread differs from the batch")
             if let greedy = reference["greedy_tokens"] as? [Int] {
-                let prompt = try XCTUnwrap(Fixtures.json(Self.root.appendingPathComponent("manifest.json"))["prompt_tokens"] as? [Int]).map { Int32($0) }
+                let prompt = try XCTUnwrap((folder["prompt_tokens"] as? [Int]) ?? (Fixtures.json(Self.root.appendingPathComponent("manifest.json"))["prompt_tokens"] as? [Int])).map { Int32($0) }
                 let got = try Fixtures.greedy(model, prompt, count: greedy.count)
                 let same = zip(got, greedy).prefix { $0 == Int32($1) }.count
                 print("\(name): greedy tokens equal to transformers' for the first \(same) of \(greedy.count) (closest top-2 margin \(reference["greedy_min_top2_margin"] ?? "?"))")
@@ -73,7 +79,7 @@ final class BitsAndBytesFolderTests: XCTestCase {
     func testPEFTAdapterUnmergedAndMerged() throws {
         let lora = try XCTUnwrap(try folders()["lora-llama"])
         let refs = try XCTUnwrap(lora["references"] as? [String: [String: Any]])
-        for name in Self.quantized {
+        for name in Self.llamaQuantized {
             let expected = try Fixtures.floats(Self.root.appendingPathComponent(try XCTUnwrap(refs[name]?["logits"] as? String)))
             var results: [Float] = []
             for merge in [false, true] {

@@ -22,6 +22,8 @@ public final class BitsAndBytesWeights {
     /// Quantized bytes of each matrix (codes and scales), by GGUF name.
     public private(set) var bytes: [String: Int] = [:]
     private var descriptors: [String: UnsafeMutableRawPointer] = [:]
+    /// 4-bit matrices whose quant_state "dtype" is float16 or bfloat16 (a base loaded in that dtype).
+    private var dequantizedTypes: [String: GGMLType] = [:]
     private var owned: [UnsafeMutableRawPointer] = []
 
     /// Suffixes of a quantized weight's companion tensors (after the weight's own name, or after the
@@ -40,6 +42,16 @@ public final class BitsAndBytesWeights {
         for suffix in weightSuffixes where name.hasSuffix(".weight" + suffix) { return String(name.dropLast(suffix.count)) }
         for suffix in moduleSuffixes where name.hasSuffix(suffix) { return String(name.dropLast(suffix.count)) + ".weight" }
         return nil
+    }
+
+    /// Every companion tensor (a `parts` entry that isCompanion) must belong to one of the quantized
+    /// weights named by `owners` (Hugging Face names).
+    func checkCompanions(_ parts: [String: Part], owners: Set<String>) throws(PunaError) {
+        for (name, part) in parts where BitsAndBytesWeights.isCompanion(name) {
+            guard let owner = BitsAndBytesWeights.owner(ofCompanion: name), owners.contains(owner) else {
+                throw PunaError("\(part.path): tensor '\(clipped(name))' belongs to no \(scheme)-quantized weight of the folder")
+            }
+        }
     }
 
     init(config quantization: JSONValue, file: String) throws(PunaError) {
@@ -83,6 +95,11 @@ public final class BitsAndBytesWeights {
             : puna_bnb_int8_dequantize_rows(d.assumingMemoryBound(to: puna_bnb_int8_weight.self), Int64(cols), Int64(first), Int64(first + count), out)
         try kernelStatus(status, "dequantizing \(name)")
     }
+
+    /// The type bitsandbytes' dequantize_4bit returns a matrix's values in (its quant_state's "dtype"):
+    /// .f16 or .bf16, nil for float32 (and for 8-bit matrices, which dequantize to float32). Puna's
+    /// kernels compute with the f32 values; `puna convert` rounds them to this type, as bitsandbytes does.
+    public func dequantizedType(_ name: String) -> GGMLType? { dequantizedTypes[name] }
 
     /// A tensor of the folder: which shard file, its header entry, and its bytes.
     struct Part {
@@ -177,6 +194,11 @@ public final class BitsAndBytesWeights {
         }
         descriptors[name] = UnsafeMutableRawPointer(d)
         bytes[name] = quantizedBytes
+        switch state["dtype"]?.string {
+        case "float16": dequantizedTypes[name] = .f16
+        case "bfloat16": dequantizedTypes[name] = .bf16
+        default: break
+        }
         return GGUFTensorInfo(name: name, shape: [cols, rows], type: .bnb4, offset: weight.info.offset,
                               byteCount: weight.info.byteCount, source: weight.source)
     }

@@ -74,7 +74,16 @@ public struct ConvertSourceTensor {
     /// The tensors of a folder's safetensors files (F32, F16, BF16), read in place, in the order the
     /// converter reads them: the shards the index names (or model.safetensors), sorted, and each
     /// shard's tensors sorted by name.
-    public static func safetensors(folder: String) throws(PunaError) -> [ConvertSourceTensor] {
+    ///
+    /// With `bitsAndBytes` (a folder whose quantization_config is bitsandbytes), its quantized weights
+    /// (U8 packed 4-bit codes, I8 LLM.int8 rows) take their place in that order, each decoding through
+    /// bitsandbytes' own dequantization (puna_bnb.h: the values bitsandbytes' dequantize_4bit /
+    /// int8_vectorwise_dequant return, bit for bit: f32, rounded to f16 or bf16 when a 4-bit matrix's
+    /// quant_state names that dtype), after every size, table and quant_state was checked
+    /// as `-m FOLDER` checks them; their companion tensors (absmax, quant_map, nested_absmax,
+    /// nested_quant_map, quant_state.*, SCB, weight_format) are consumed, not listed. Unquantized
+    /// tensors (embeddings, norms, lm_head, biases) are read as in any folder.
+    public static func safetensors(folder: String, bitsAndBytes bnb: BitsAndBytesWeights? = nil) throws(PunaError) -> [ConvertSourceTensor] {
         let indexPath = folder + "/model.safetensors.index.json"
         var shards: [String] = []
         var listed: [(tensor: String, shard: String)] = []
@@ -99,10 +108,15 @@ public struct ConvertSourceTensor {
         }
         var out: [ConvertSourceTensor] = []
         var seen: [String: String] = [:]
-        for shard in shards {
+        // bitsandbytes: the quantized weights and their companions, put together once every shard is read.
+        var parts: [String: BitsAndBytesWeights.Part] = [:]
+        var quantized: [(slot: Int, name: String)] = []
+        var mapped: [SafetensorsFile] = []
+        for (shardIndex, shard) in shards.enumerated() {
             let path = folder + "/" + shard
             guard puna_path_exists(path) != 0 else { throw PunaError("\(indexPath): names shard '\(clipped(shard))', which is not in the folder") }
             let file = try SafetensorsFile(path: path)
+            mapped.append(file)
             let sorted = file.tensors.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
             for t in sorted {
                 if !listed.isEmpty {
@@ -115,6 +129,20 @@ public struct ConvertSourceTensor {
                 }
                 if let other = seen[t.name] { throw PunaError("\(path): tensor '\(clipped(t.name))' is also in \(other)") }
                 seen[t.name] = shard
+                if let bnb, BitsAndBytesWeights.isCompanion(t.name) || t.dtype == "U8" || t.dtype == "I8" {
+                    if !BitsAndBytesWeights.isCompanion(t.name) {
+                        guard t.name.hasSuffix(".weight") else {
+                            throw PunaError("\(path): tensor '\(clipped(t.name))' has dtype \(t.dtype), but only weights are \(bnb.scheme)-quantized")
+                        }
+                        // A slot in the converter's order, filled once the companions are all read.
+                        quantized.append((out.count, t.name))
+                        out.append(ConvertSourceTensor(name: t.name, shape: [], storedType: nil) { (_, _, _) throws(PunaError) in
+                            throw PunaError("internal error: bitsandbytes weight read before it was assembled")
+                        })
+                    }
+                    parts[t.name] = BitsAndBytesWeights.Part(info: t, source: shardIndex, path: path, bytes: file.data(of: t))
+                    continue
+                }
                 guard let type = t.ggmlType else {
                     throw PunaError("\(path): tensor '\(clipped(t.name))' has dtype \(clipped(t.dtype)); puna convert reads F32, F16 and BF16 weights")
                 }
@@ -133,6 +161,29 @@ public struct ConvertSourceTensor {
         }
         for entry in listed where seen[entry.tensor] == nil {
             throw PunaError("\(indexPath): tensor '\(clipped(entry.tensor))' is listed in shard '\(clipped(entry.shard))' but not there")
+        }
+        if let bnb {
+            try bnb.checkCompanions(parts, owners: Set(quantized.map { $0.name }))
+            let files = mapped   // the descriptors point into these mappings: the closures keep them alive
+            for (slot, name) in quantized {
+                // Checks the packed size, absmax, tables and quant_state against the shape (hostile folders).
+                let info = try bnb.add(weight: name, name: name, parts: parts)
+                let cols = info.rowLength, rows = info.rowCount, type = info.type, rounded = bnb.dequantizedType(name)
+                out[slot] = ConvertSourceTensor(name: name, shape: [rows, cols], storedType: nil) { (first, count, dest) throws(PunaError) in
+                    _ = files
+                    guard first >= 0, count >= 0, first <= rows - count else {
+                        throw PunaError("\(folder): rows \(first)..<\(first + count) of '\(clipped(name))' lie outside its \(rows) rows")
+                    }
+                    try bnb.dequantize(name, type: type, cols: cols, first: first, count: count, into: dest)
+                    if let rounded {
+                        // dequantize_4bit returns the quant_state's dtype: its f32 result rounded to it.
+                        let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(2 * count * cols, 2), alignment: 16)
+                        defer { scratch.deallocate() }
+                        try rounded.encode(dest, into: scratch, count: count * cols)
+                        try rounded.decode(scratch, into: dest, count: count * cols)
+                    }
+                }
+            }
         }
         return out
     }
@@ -174,13 +225,22 @@ public struct HuggingFaceConverter {
     public let folder: String
     public let architecture: String
     public let type: ConvertType
+    /// A bitsandbytes source folder's scheme ("bnb-nf4-dq", "bnb-fp4", "bnb-int8"…), nil for F32/F16/BF16 ones.
+    public private(set) var bitsAndBytes: String? = nil
+    /// How many matrices were dequantized from bitsandbytes codes (and are re-encoded in `type`).
+    public private(set) var dequantizedCount = 0
+    /// README.md model card keys that were not written: YAML this reader does not take, or not text where
+    /// text is wanted (and a README.md too large to read).
+    public private(set) var modelCardSkipped: [String] = []
     public private(set) var keys: [(String, GGUFValue)] = []
     private(set) var tensors: [PlannedTensor] = []
     private let sources: [ConvertSourceTensor]
 
     /// Plan the conversion of `folder` to `type` (nil: the converter's default, bf16 when the first
-    /// matrix is stored in bf16, else f16). `sources` replaces the folder's safetensors (a quantized
-    /// folder's decoded weights); its quantization_config is then the caller's business.
+    /// matrix is stored in bf16, else f16). A bitsandbytes folder (4-bit NF4/FP4 with or without double
+    /// quantization, 8-bit LLM.int8) is dequantized exactly as bitsandbytes dequantizes it, then encoded
+    /// in `type` like any f32 source. `sources` replaces the folder's safetensors (a quantized folder's
+    /// decoded weights); its quantization_config is then the caller's business.
     public init(folder: String, type requested: ConvertType?, sources given: [ConvertSourceTensor]? = nil) throws(PunaError) {
         self.folder = folder
         let configPath = folder + "/config.json"
@@ -194,22 +254,31 @@ public struct HuggingFaceConverter {
             throw PunaError("\(configPath): architecture '\(clipped(hfClass))' is not supported by puna convert (supported: \(known))")
         }
         architecture = arch
+        var bnb: BitsAndBytesWeights? = nil
         if given == nil, let q = config["quantization_config"], !q.isNull {
             let method = q["quant_method"]?.string ?? "?"
-            throw PunaError("\(configPath): quantization_config (quant_method '\(clipped(method))') is not supported by puna convert: it reads F32/F16/BF16 folders")
+            guard method == "bitsandbytes" else {
+                throw PunaError("\(configPath): quantization_config (quant_method '\(clipped(method))') is not supported by puna convert: it reads F32/F16/BF16 and bitsandbytes (4-bit NF4/FP4, 8-bit) folders")
+            }
+            bnb = try BitsAndBytesWeights(config: q, file: configPath)
         }
         for key in ["num_local_experts", "num_experts"] where !(config[key]?.isNull ?? true) {
             throw PunaError("\(configPath): \(key) is set: mixture-of-experts models are not supported by puna convert")
         }
         var sources: [ConvertSourceTensor]
-        if let given { sources = given } else { sources = try ConvertSourceTensor.safetensors(folder: folder) }
+        if let given { sources = given } else { sources = try ConvertSourceTensor.safetensors(folder: folder, bitsAndBytes: bnb) }
         self.sources = sources
+        bitsAndBytes = bnb?.typeName
+        dequantizedCount = bnb == nil ? 0 : sources.filter { $0.storedType == nil }.count
 
-        // The converter's default type: from the first matrix's storage.
+        // The converter's default type: from the storage of the first matrix stored as floats (bf16 → bf16,
+        // else f16). A bitsandbytes folder's quantized weights are skipped: its unquantized matrices
+        // (embeddings, lm_head) carry the dtype the model was loaded in, so an NF4 base loaded in bf16
+        // becomes bf16, one loaded in f16 or f32 becomes f16.
         var chosen = requested
         if chosen == nil {
             chosen = .f16
-            if let firstMatrix = sources.first(where: { $0.shape.count >= 2 }), firstMatrix.storedType == .bf16 { chosen = .bf16 }
+            if let firstMatrix = sources.first(where: { $0.shape.count >= 2 && $0.storedType != nil }), firstMatrix.storedType == .bf16 { chosen = .bf16 }
         }
         type = chosen!
         // Quantized files start from the converter's f16 file.
@@ -221,7 +290,9 @@ public struct HuggingFaceConverter {
 
         keys.append(("general.architecture", .string(arch)))
         keys.append(("general.type", .string("model")))
-        keys += try ConvertHyperparameters.generalKeys(folder: folder, config: config, parameters: parameters)
+        let card = ModelCardMetadata(card: ModelCard(folder: folder), parameters: parameters)
+        modelCardSkipped = card.skipped
+        keys += try ConvertHyperparameters.generalKeys(folder: folder, config: config, parameters: parameters, card: card)
         keys += hp.keys(fileType: converterFileType.fileType)
         keys.append(("general.quantization_version", .uint32(2)))
         keys += try ConvertVocab(folder: folder, arch: arch, config: config, vocabSize: hp.vocabSize).keys

@@ -161,12 +161,14 @@ struct ConvertHyperparameters {
 
     // MARK: general.*
 
-    /// general.* keys after general.type, as gguf-py's metadata heuristics make them from config.json's
-    /// _name_or_path, the folder's name, the parameter count and generation_config.json's sampling
-    /// settings. (A README.md model card's front matter — license, tags, base models — is not read.)
-    static func generalKeys(folder: String, config: JSONValue, parameters: Int) throws(PunaError) -> [(String, GGUFValue)] {
-        var name: String? = nil, organization: String? = nil, basename: String? = nil
-        var finetune: String? = nil, version: String? = nil, sizeLabel: String? = nil
+    /// general.* keys after general.type, as gguf-py's metadata heuristics make them from a README.md
+    /// model card's front matter (`card`: names, license, base models, datasets, tags, languages),
+    /// config.json's _name_or_path, the folder's name, the parameter count and generation_config.json's
+    /// sampling settings.
+    static func generalKeys(folder: String, config: JSONValue, parameters: Int, card: ModelCardMetadata = ModelCardMetadata()) throws(PunaError) -> [(String, GGUFValue)] {
+        // The model card's values first; "" is a value the card set that is not written.
+        var name = card.name, organization = card.organization, basename = card.basename
+        var finetune = card.finetune, version = card.version, sizeLabel = card.sizeLabel
         func take(_ parts: ModelIDParts) {
             if name == nil, let n = parts.fullName { name = ConvertNaming.title(n) }
             if organization == nil, let o = parts.organization { organization = ConvertNaming.title(o) }
@@ -206,12 +208,17 @@ struct ConvertHyperparameters {
                 }
             }
         }
-        keys.append(("general.name", .string(name ?? baseName(trimmed))))
-        if let version { keys.append(("general.version", .string(version))) }
-        if let organization { keys.append(("general.organization", .string(organization))) }
-        if let finetune { keys.append(("general.finetune", .string(finetune))) }
-        if let basename { keys.append(("general.basename", .string(basename))) }
-        if let sizeLabel { keys.append(("general.size_label", .string(sizeLabel))) }
+        // gguf-py writes no empty text.
+        func text(_ key: String, _ value: String?) { if let value, !value.isEmpty { keys.append((key, .string(value))) } }
+        text("general.name", name ?? baseName(trimmed))
+        text("general.author", card.author)
+        text("general.version", version)
+        text("general.organization", organization)
+        text("general.finetune", finetune)
+        text("general.basename", basename)
+        text("general.description", card.description)
+        text("general.size_label", sizeLabel)
+        keys += card.keysAfterSizeLabel()
         return keys
     }
 }

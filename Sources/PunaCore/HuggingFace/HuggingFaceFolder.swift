@@ -225,12 +225,7 @@ struct HuggingFaceFolder {
         }
         if let bnb = bitsAndBytes {
             // Every companion belongs to a quantized weight.
-            let owners = quantized.map { $0.hf }
-            for (name, part) in parts where BitsAndBytesWeights.isCompanion(name) {
-                guard let owner = BitsAndBytesWeights.owner(ofCompanion: name), owners.contains(owner) else {
-                    throw PunaError("\(part.path): tensor '\(clipped(name))' belongs to no \(bnb.scheme)-quantized weight of the folder")
-                }
-            }
+            try bnb.checkCompanions(parts, owners: Set(quantized.map { $0.hf }))
             for (hf, gguf) in quantized {
                 tensors.append(try bnb.add(weight: hf, name: gguf, parts: parts))
             }
