@@ -658,6 +658,11 @@ static T512V void bnb4v_rows(const qmm_args *a, int64_t r0, int64_t r1) {
     bnb4_planes t;
     bnb4_planes_init(&t, c.w->nested_quant_map);
     const int one = a->layout.levels == 1;
+    {  // a chunk starts cold, as in prefetch_rows: request its first PF_TILES tiles (row_bytes is 0 here)
+        const int64_t rb = a->cols / 2, end = r0 + PF_TILES * DEC_R < r1 ? r0 + PF_TILES * DEC_R : r1;
+        const uint8_t *p = c.w->packed + r0 * rb, *e = c.w->packed + end * rb;
+        for (; p < e; p += 64) _mm_prefetch((const char *)p, PF_HINT);
+    }
     int64_t r = r0;
     for (; r + (PF_TILES + 1) * DEC_R <= r1; r += DEC_R) one ? bnb4v_dec4_l1(a, &c, &t, r) : bnb4v_dec4_l2(a, &c, &t, r);
     for (; r + DEC_R <= r1; r += DEC_R) one ? bnb4v_dec4_l1_last(a, &c, &t, r) : bnb4v_dec4_l2_last(a, &c, &t, r);
