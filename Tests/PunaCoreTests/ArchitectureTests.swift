@@ -20,13 +20,6 @@ final class ArchitectureTests: XCTestCase {
         try XCTUnwrap((manifest()["reference"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
     }
 
-    func relative(_ got: [Float], _ want: [Float]) -> Float {
-        let scale = want.reduce(0) { max($0, abs($1)) }
-        var worst: Float = 0
-        for i in 0..<min(got.count, want.count) { worst = max(worst, abs(got[i] - want[i])) }
-        return got.count == want.count ? worst / scale : .infinity
-    }
-
     func testLogitsMatchTransformersOnEveryFile() throws {
         let tokens = try referenceTokens()
         var report: [String] = []
@@ -43,7 +36,7 @@ final class ArchitectureTests: XCTestCase {
                     puna_kernels_set_activation_levels(Int32(levels))
                     for cacheType in [GGMLType.f32, .f16] {
                         let logits = try model.evaluate(tokens, cache: model.makeCache(contextLength: 64, type: cacheType), allLogits: true)
-                        let r = relative(logits, expected)
+                        let r = maxRelativeDifference(logits, expected)
                         let limit: Float = type == "f16" && cacheType == .f16 ? 2e-3 : ConformanceTests.tolerance(type, activationLevels: levels)
                         report.append("\(name) \(file) cache \(cacheType.name), \(levels) activation level(s): \(r)")
                         XCTAssertLessThanOrEqual(r, limit, "\(file) with \(cacheType.name) cache, \(levels) activation level(s)")
@@ -68,7 +61,7 @@ final class ArchitectureTests: XCTestCase {
         let longInfo = entry["long_factors"] as? [String: Any] ?? [:]
         let context = try XCTUnwrap(longInfo["llama_cpp_context"] as? Int)
         let logits = try model.evaluate(try referenceTokens(), cache: model.makeCache(contextLength: context, type: .f32), allLogits: true)
-        let r = relative(logits, expected)
+        let r = maxRelativeDifference(logits, expected)
         print("phi3 long factors (cache \(context)): \(r)")
         XCTAssertLessThanOrEqual(r, 1e-3)
     }
@@ -108,7 +101,7 @@ final class ArchitectureTests: XCTestCase {
                     XCTAssertEqual(adapter.targets.count, m.config.blockCount * (lora["targets"] as! [String]).count, "\(name): \(adapter.targets)")
                     if merge { try m.mergeAdapters(AdapterSet([(adapter, 1)])) } else { m.activeAdapters = AdapterSet([(adapter, 1)]) }
                     let logits = try m.evaluate(tokens, cache: m.makeCache(contextLength: 64, type: .f32), allLogits: true)
-                    let r = relative(logits, merge ? merged : peft)
+                    let r = maxRelativeDifference(logits, merge ? merged : peft)
                     report.append("\(name) \(baseName(adapterPath)) \(merge ? "merged" : "unmerged"): \(r)")
                     XCTAssertLessThanOrEqual(r, 1e-3, "\(name) \(adapterPath) merged: \(merge)")
                     checked += 1
@@ -135,7 +128,7 @@ final class ArchitectureTests: XCTestCase {
             XCTAssertEqual(m.config.architecture, family["architecture"] as? String)
             let logits = try m.evaluate(tokens, cache: m.makeCache(contextLength: 64, type: .f32), allLogits: true)
             let merged = try Fixtures.floats(ArchitectureTests.root.appendingPathComponent(lora["merged_logits"] as! String))
-            XCTAssertLessThanOrEqual(relative(logits, merged), 1e-3, family["family"] as! String)
+            XCTAssertLessThanOrEqual(maxRelativeDifference(logits, merged), 1e-3, family["family"] as! String)
             checked += 1
         }
         XCTAssertGreaterThanOrEqual(checked, 4)
@@ -177,7 +170,7 @@ final class ArchitectureTests: XCTestCase {
                             done[i] += slice.tokens.count
                             let got = Array(logits[(row * vocab)..<((row + 1) * vocab)])
                             let want = Array(reference[i][((done[i] - 1) * vocab)..<(done[i] * vocab)])
-                            XCTAssertTrue(got == want, "\(entry["file"]!) \(cacheType.name): sequence \(i) at position \(done[i] - 1) differs by \(relative(got, want))")
+                            XCTAssertTrue(got == want, "\(entry["file"]!) \(cacheType.name): sequence \(i) at position \(done[i] - 1) differs by \(maxRelativeDifference(got, want))")
                         }
                     }
                     XCTAssertEqual(done, sequences.map { $0.count })
@@ -267,7 +260,7 @@ final class ArchitectureTests: XCTestCase {
                 var oneByOne: [Float] = []
                 for t in tokens { oneByOne += try model.evaluate([t], cache: stepCache) }
                 for (what, got) in [("full cache", whole), ("rings, steps of 7", ringed), ("rings, one token at a time", oneByOne)] {
-                    let r = relative(got, expected)
+                    let r = maxRelativeDifference(got, expected)
                     print("\(name) \(tokens.count) tokens, window \(window), \(what): \(r)")
                     XCTAssertLessThanOrEqual(r, 1e-3, "\(name) \(what)")
                 }
@@ -333,9 +326,9 @@ final class ArchitectureTests: XCTestCase {
         let cache = try ring()
         var oneByOne: [Float] = []
         for t in tokens { oneByOne += try model.evaluate([t], cache: cache) }
-        XCTAssertLessThanOrEqual(relative(stepped, full), 1e-6)
-        XCTAssertLessThanOrEqual(relative(oneByOne, full), 1e-6)
-        XCTAssertLessThanOrEqual(relative(stepped, expected), 1e-3)
+        XCTAssertLessThanOrEqual(maxRelativeDifference(stepped, full), 1e-6)
+        XCTAssertLessThanOrEqual(maxRelativeDifference(oneByOne, full), 1e-6)
+        XCTAssertLessThanOrEqual(maxRelativeDifference(stepped, expected), 1e-3)
         // A step longer than the ring holds, and a rewind past the ring's rows, are refused.
         let small = try KVCache(layers: c.blockCount, capacity: 64, kvDimension: c.kvDimension, type: .f32, ringRows: [Int](repeating: 7, count: c.blockCount))
         XCTAssertThrowsError(try model.evaluate(Array(tokens.prefix(3)), cache: small)) { e in

@@ -23,13 +23,6 @@ final class BitsAndBytesFolderTests: XCTestCase {
         return try XCTUnwrap(Fixtures.json(Self.root.appendingPathComponent("manifest.json"))["reference_tokens"] as? [Int]).map { Int32($0) }
     }
 
-    func relative(_ got: [Float], _ want: [Float]) -> Float {
-        let scale = want.reduce(0) { max($0, abs($1)) }
-        var worst: Float = 0
-        for i in 0..<min(got.count, want.count) { worst = max(worst, abs(got[i] - want[i])) }
-        return got.count == want.count ? worst / scale : .infinity
-    }
-
     /// The project's tolerances: ≤ 5-bit weights 8e-2, 8-bit 6e-2 of max|logit|.
     func bound(_ name: String) -> Float { name.hasSuffix("int8") ? 6e-2 : 8e-2 }
 
@@ -50,11 +43,11 @@ final class BitsAndBytesFolderTests: XCTestCase {
             XCTAssertTrue(model.gguf.tensors.contains { $0.type.isBitsAndBytes }, name)
             XCTAssertEqual(model.gguf.string("tokenizer.ggml.model"), name.hasPrefix("qwen2") ? "gpt2" : "llama", name)
             let batched = try logits(model, folder)
-            let r = relative(batched, expected)
+            let r = maxRelativeDifference(batched, expected)
             var line = "\(name) vs transformers: \(r)"
             if let mixed = folder["reference_mixed"] as? [String: Any] {
                 let m = try Fixtures.floats(Self.root.appendingPathComponent(mixed["logits"] as! String))
-                line += " (vs bitsandbytes' mixed int8/outlier inference: \(relative(batched, m)))"
+                line += " (vs bitsandbytes' mixed int8/outlier inference: \(maxRelativeDifference(batched, m)))"
             }
             print(line)
             XCTAssertLessThanOrEqual(r, bound(name), name)
@@ -95,7 +88,7 @@ final class BitsAndBytesFolderTests: XCTestCase {
                     model.activeAdapters = AdapterSet([(adapter, 1)])
                 }
                 let got = try logits(model)
-                let r = relative(got, expected)
+                let r = maxRelativeDifference(got, expected)
                 print("lora-llama on \(name), merged \(merge): \(r)")
                 XCTAssertLessThanOrEqual(r, bound(name), "\(name) merged: \(merge)")
                 results.append(r)

@@ -278,13 +278,6 @@ final class ConvertTests: XCTestCase {
     }
 
     /// max |got - want| / max |want|.
-    func relative(_ got: [Float], _ want: [Float]) -> Float {
-        let scale = want.reduce(0) { max($0, abs($1)) }
-        var worst: Float = 0
-        for i in 0..<min(got.count, want.count) { worst = max(worst, abs(got[i] - want[i])) }
-        return got.count == want.count ? worst / scale : .infinity
-    }
-
     /// `--type f32` writes bitsandbytes' own dequantization bit for bit: layer 0's q_proj against the dump of
     /// bitsandbytes.functional.dequantize_4bit / int8_vectorwise_dequant's output (.q_proj.dequant.bin) for the three
     /// LLaMA folders (LLaMA's Q rows regrouped per head by the converter: undone here) and qwen2-nf4-dq, whose
@@ -374,7 +367,7 @@ final class ConvertTests: XCTestCase {
             let expected = try Fixtures.floats(Self.hf.appendingPathComponent(try XCTUnwrap(reference["logits"] as? String)))
             let path = try convert(plain, "q4_0")
             defer { try? FileManager.default.removeItem(atPath: path) }
-            plainQ4[plain] = relative(try logits(path, tokens), expected)
+            plainQ4[plain] = maxRelativeDifference(try logits(path, tokens), expected)
         }
         for (folder, plain) in Self.bnbFolders {
             let entry = try XCTUnwrap(folders[folder], folder)
@@ -390,7 +383,7 @@ final class ConvertTests: XCTestCase {
                 let path = type == "f32" ? f32Path : try convert(folder, type)
                 defer { if type != "f32" { try? FileManager.default.removeItem(atPath: path) } }
                 let got = try logits(path, tokens)
-                let r = relative(got, expected)
+                let r = maxRelativeDifference(got, expected)
                 line += " \(type) \(r)"
                 if type != "q4_0" { XCTAssertLessThanOrEqual(r, bound, "\(folder) as \(type) vs transformers") }
                 guard type == "q8_0" || type == "q4_0" else { continue }
@@ -417,7 +410,7 @@ final class ConvertTests: XCTestCase {
                 }
                 let copy = try f32Copy(of: path)
                 defer { try? FileManager.default.removeItem(atPath: copy) }
-                let own = relative(got, try logits(copy, tokens))
+                let own = maxRelativeDifference(got, try logits(copy, tokens))
                 ownLine += " \(type) \(own)"
                 XCTAssertLessThanOrEqual(own, bound, "\(folder) as \(type) vs a float run on its own weights")
             }

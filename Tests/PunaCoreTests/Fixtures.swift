@@ -67,3 +67,11 @@ enum Fixtures {
         return (p.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
     }
 }
+
+/// Largest |got - want| relative to the largest |want|; infinity when the lengths differ.
+func maxRelativeDifference(_ got: [Float], _ want: [Float]) -> Float {
+    let scale = want.reduce(0) { max($0, abs($1)) }
+    var worst: Float = 0
+    for i in 0..<min(got.count, want.count) { worst = max(worst, abs(got[i] - want[i])) }
+    return got.count == want.count ? worst / scale : .infinity
+}

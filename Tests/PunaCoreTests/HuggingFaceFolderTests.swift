@@ -12,13 +12,6 @@ final class HuggingFaceFolderTests: XCTestCase {
     func folders() throws -> [String: [String: Any]] { try XCTUnwrap(manifest()["folders"] as? [String: [String: Any]]) }
     func path(_ name: String) -> String { Self.root.appendingPathComponent(name).path }
 
-    func relative(_ got: [Float], _ want: [Float]) -> Float {
-        let scale = want.reduce(0) { max($0, abs($1)) }
-        var worst: Float = 0
-        for i in 0..<min(got.count, want.count) { worst = max(worst, abs(got[i] - want[i])) }
-        return got.count == want.count ? worst / scale : .infinity
-    }
-
     func tokens(_ folder: [String: Any]) throws -> [Int32] {
         try XCTUnwrap((folder["reference_tokens"] as? [Int]) ?? (manifest()["reference_tokens"] as? [Int])).map { Int32($0) }
     }
@@ -32,7 +25,7 @@ final class HuggingFaceFolderTests: XCTestCase {
             let expected = try Fixtures.floats(Self.root.appendingPathComponent(reference["logits"] as! String))
             let model = try LanguageModel(path: path(name), options: ModelOptions(threads: 2))
             let logits = try model.evaluate(try tokens(folder), cache: model.makeCache(contextLength: 64, type: .f32), allLogits: true)
-            let r = relative(logits, expected)
+            let r = maxRelativeDifference(logits, expected)
             print("\(name): \(r)")
             XCTAssertLessThanOrEqual(r, 1e-3, name)
             if let greedy = reference["greedy_tokens"] as? [Int] {
@@ -85,7 +78,7 @@ final class HuggingFaceFolderTests: XCTestCase {
             XCTAssertEqual(adapter.targets.count, model.config.blockCount * 7)
             if merge { try model.mergeAdapters(AdapterSet([(adapter, 1)])) } else { model.activeAdapters = AdapterSet([(adapter, 1)]) }
             let logits = try model.evaluate(try tokens([:]), cache: model.makeCache(contextLength: 64, type: .f32), allLogits: true)
-            let r = relative(logits, expected)
+            let r = maxRelativeDifference(logits, expected)
             print("lora-llama on llama-f16, merged \(merge): \(r)")
             XCTAssertLessThanOrEqual(r, 1e-3, "merged: \(merge)")
         }

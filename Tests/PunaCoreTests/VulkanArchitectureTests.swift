@@ -24,18 +24,6 @@ final class ArchitectureVulkanTests: XCTestCase {
         }
     }
 
-    /// Skips (or fails, with PUNA_REQUIRE_VULKAN=1) when no usable Vulkan device is present.
-    func requireDevice() throws -> VulkanDevice {
-        var reason = "no Vulkan device supports Vulkan 1.1 compute"
-        do {
-            if let d = try VulkanDevice.all().first(where: { $0.usable }) { return d }
-        } catch {
-            reason = error.message
-        }
-        if VulkanTests.required { XCTFail("PUNA_REQUIRE_VULKAN=1 but \(reason)") }
-        throw XCTSkip("Vulkan tests skipped: \(reason) (CI installs mesa-vulkan-drivers and sets PUNA_REQUIRE_VULKAN=1)")
-    }
-
     /// The arch manifest, or a skip when the fixtures are absent (scripts/fixtures/make_arch_models.py).
     func manifest() throws -> [String: Any] {
         let url = Self.root.appendingPathComponent("manifest.json")
@@ -59,14 +47,6 @@ final class ArchitectureVulkanTests: XCTestCase {
 
     func referenceTokens() throws -> [Int32] {
         try XCTUnwrap((manifest()["reference"] as? [String: Any])?["tokens"] as? [Int]).map { Int32($0) }
-    }
-
-    /// Largest |a - b| relative to the largest |reference|; infinity when the sizes differ.
-    func relative(_ a: [Float], _ b: [Float], scale reference: [Float]) -> Float {
-        let scale = reference.reduce(0) { max($0, abs($1)) }
-        var worst: Float = 0
-        for i in 0..<min(a.count, b.count) { worst = max(worst, abs(a[i] - b[i])) }
-        return a.count == b.count && !worst.isNaN ? worst / scale : .infinity
     }
 
     /// CPU logits with the reference kernels (rows decoded to f32, as the shaders compute).

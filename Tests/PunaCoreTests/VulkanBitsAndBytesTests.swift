@@ -34,27 +34,6 @@ final class VulkanBitsAndBytesTests: XCTestCase {
         super.tearDown()
     }
 
-    /// Skips (or fails, with PUNA_REQUIRE_VULKAN=1) when no usable Vulkan device is present.
-    func requireDevice() throws -> VulkanDevice {
-        var reason = "no Vulkan device supports Vulkan 1.1 compute"
-        do {
-            if let d = try VulkanDevice.all().first(where: { $0.usable }) { return d }
-        } catch {
-            reason = error.message
-        }
-        if VulkanTests.required { XCTFail("PUNA_REQUIRE_VULKAN=1 but \(reason)") }
-        throw XCTSkip("Vulkan tests skipped: \(reason) (CI installs mesa-vulkan-drivers and sets PUNA_REQUIRE_VULKAN=1)")
-    }
-
-    /// Largest |a - b| relative to the largest |reference|.
-    func relative(_ a: [Float], _ b: [Float], scale reference: [Float]) -> Float {
-        XCTAssertEqual(a.count, b.count)
-        let scale = reference.reduce(0) { max($0, abs($1)) }
-        var worst: Float = 0
-        for i in 0..<min(a.count, b.count) { worst = max(worst, abs(a[i] - b[i])) }
-        return a.count == b.count ? worst / scale : .infinity
-    }
-
     // MARK: - the shaders against the definition
 
     /// bitsandbytes' FP4 code book, as transformers writes it in `quant_map` (the llama-fp4 fixture's).

@@ -20,30 +20,9 @@ final class VulkanTests: XCTestCase {
 
     static var required: Bool { ProcessInfo.processInfo.environment["PUNA_REQUIRE_VULKAN"] == "1" }
 
-    /// Skips (or fails, with PUNA_REQUIRE_VULKAN=1) when no usable Vulkan device is present.
-    func requireDevice() throws -> VulkanDevice {
-        var reason = "no Vulkan device supports Vulkan 1.1 compute"
-        do {
-            if let d = try VulkanDevice.all().first(where: { $0.usable }) { return d }
-        } catch {
-            reason = error.message
-        }
-        if Self.required { XCTFail("PUNA_REQUIRE_VULKAN=1 but \(reason)") }
-        throw XCTSkip("Vulkan tests skipped: \(reason) (CI installs mesa-vulkan-drivers and sets PUNA_REQUIRE_VULKAN=1)")
-    }
-
     func models() throws -> [[String: Any]] { try XCTUnwrap(Fixtures.manifest()["models"] as? [[String: Any]]) }
 
     func path(_ file: String) -> String { Fixtures.models.appendingPathComponent(file).path }
-
-    /// Largest |a - b| relative to the largest |reference|.
-    func relative(_ a: [Float], _ b: [Float], scale reference: [Float]) -> Float {
-        XCTAssertEqual(a.count, b.count)
-        let scale = reference.reduce(0) { max($0, abs($1)) }
-        var worst: Float = 0
-        for i in 0..<min(a.count, b.count) { worst = max(worst, abs(a[i] - b[i])) }
-        return worst / scale
-    }
 
     /// Logits on the CPU, with the reference kernels unless told otherwise.
     func cpuLogits(_ model: LanguageModel, _ tokens: [Int32], cacheType: GGMLType, context: Int = 64,
@@ -450,5 +429,29 @@ struct SPIRVModule {
             }
             i += count
         }
+    }
+}
+
+extension XCTestCase {
+    /// Skips (or fails, with PUNA_REQUIRE_VULKAN=1) when no usable Vulkan device is present.
+    func requireDevice() throws -> VulkanDevice {
+        var reason = "no Vulkan device supports Vulkan 1.1 compute"
+        do {
+            if let d = try VulkanDevice.all().first(where: { $0.usable }) { return d }
+        } catch {
+            reason = error.message
+        }
+        if VulkanTests.required { XCTFail("PUNA_REQUIRE_VULKAN=1 but \(reason)") }
+        throw XCTSkip("Vulkan tests skipped: \(reason) (CI installs mesa-vulkan-drivers and sets PUNA_REQUIRE_VULKAN=1)")
+    }
+
+    /// Largest |a - b| relative to the largest |reference|; infinity when the lengths differ or a
+    /// difference is NaN.
+    func relative(_ a: [Float], _ b: [Float], scale reference: [Float]) -> Float {
+        XCTAssertEqual(a.count, b.count)
+        let scale = reference.reduce(0) { max($0, abs($1)) }
+        var worst: Float = 0
+        for i in 0..<min(a.count, b.count) { worst = max(worst, abs(a[i] - b[i])) }
+        return a.count == b.count && !worst.isNaN ? worst / scale : .infinity
     }
 }

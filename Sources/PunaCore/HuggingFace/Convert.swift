@@ -84,28 +84,10 @@ public struct ConvertSourceTensor {
     /// nested_quant_map, quant_state.*, SCB, weight_format) are consumed, not listed. Unquantized
     /// tensors (embeddings, norms, lm_head, biases) are read as in any folder.
     public static func safetensors(folder: String, bitsAndBytes bnb: BitsAndBytesWeights? = nil) throws(PunaError) -> [ConvertSourceTensor] {
-        let indexPath = folder + "/model.safetensors.index.json"
-        var shards: [String] = []
-        var listed: [(tensor: String, shard: String)] = []
-        if puna_path_exists(indexPath) != 0 {
-            let index = try HuggingFaceFolder.readJSON(indexPath)
-            guard let map = index["weight_map"]?.object else { throw PunaError("\(indexPath): no weight_map object") }
-            for (tensor, value) in map {
-                guard let shard = value.string, !shard.isEmpty, !containsText(shard, "/") else {
-                    throw PunaError("\(indexPath): weight_map entry of '\(clipped(tensor))' must name a file in the folder")
-                }
-                listed.append((tensor, shard))
-                if !shards.contains(shard) { shards.append(shard) }
-            }
-            guard !shards.isEmpty else { throw PunaError("\(indexPath): weight_map is empty") }
-            shards.sort { $0.utf8.lexicographicallyPrecedes($1.utf8) }
-        } else if puna_path_exists(folder + "/model.safetensors") != 0 {
-            shards = ["model.safetensors"]
-        } else if puna_path_exists(folder + "/pytorch_model.bin") != 0 {
-            throw PunaError("\(folder): weights only as pytorch_model.bin (a pickle, which Puna does not read): save them with safe_serialization=True")
-        } else {
-            throw PunaError("\(folder): no model.safetensors or model.safetensors.index.json")
-        }
+        let index = try SafetensorsShards(folder: folder)
+        let indexPath = index.indexPath, listed = index.weightMap
+        // the converter's order: shards sorted by name
+        let shards = index.names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
         var out: [ConvertSourceTensor] = []
         var seen: [String: String] = [:]
         // bitsandbytes: the quantized weights and their companions, put together once every shard is read.
@@ -119,14 +101,7 @@ public struct ConvertSourceTensor {
             mapped.append(file)
             let sorted = file.tensors.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
             for t in sorted {
-                if !listed.isEmpty {
-                    guard let entry = listed.first(where: { $0.tensor == t.name }) else {
-                        throw PunaError("\(path): tensor '\(clipped(t.name))' is not in model.safetensors.index.json's weight_map")
-                    }
-                    guard entry.shard == shard else {
-                        throw PunaError("\(path): tensor '\(clipped(t.name))' is listed in shard '\(clipped(entry.shard))' by model.safetensors.index.json")
-                    }
-                }
+                try index.checkListed(t.name, in: shard, path: path)
                 if let other = seen[t.name] { throw PunaError("\(path): tensor '\(clipped(t.name))' is also in \(other)") }
                 seen[t.name] = shard
                 if let bnb, BitsAndBytesWeights.isCompanion(t.name) || t.dtype == "U8" || t.dtype == "I8" {

@@ -145,27 +145,8 @@ struct HuggingFaceFolder {
 
     private mutating func readTensors(arch: String, blocks: Int) throws(PunaError) {
         // The shards: those the index names, in its order, or the one model.safetensors.
-        let indexPath = path + "/model.safetensors.index.json"
-        var shardNames: [String] = []
-        var weightMap: [(tensor: String, shard: String)] = []
-        if puna_path_exists(indexPath) != 0 {
-            let index = try HuggingFaceFolder.readJSON(indexPath)
-            guard let map = index["weight_map"]?.object else { throw PunaError("\(indexPath): no weight_map object") }
-            for (tensor, value) in map {
-                guard let shard = value.string, !shard.isEmpty, !containsText(shard, "/") else {
-                    throw PunaError("\(indexPath): weight_map entry of '\(clipped(tensor))' must name a file in the folder")
-                }
-                weightMap.append((tensor, shard))
-                if !shardNames.contains(shard) { shardNames.append(shard) }
-            }
-            guard !shardNames.isEmpty else { throw PunaError("\(indexPath): weight_map is empty") }
-        } else if puna_path_exists(path + "/model.safetensors") != 0 {
-            shardNames = ["model.safetensors"]
-        } else if puna_path_exists(path + "/pytorch_model.bin") != 0 {
-            throw PunaError("\(path): weights only as pytorch_model.bin (a pickle, which Puna does not read): save them with safe_serialization=True")
-        } else {
-            throw PunaError("\(path): no model.safetensors or model.safetensors.index.json")
-        }
+        let shards = try SafetensorsShards(folder: path)
+        let indexPath = shards.indexPath, shardNames = shards.names, weightMap = shards.weightMap
         var seen: [String: String] = [:]   // GGUF name → shard it came from
         // bitsandbytes: quantized weights and their companions, put together once every shard is read.
         var parts: [String: BitsAndBytesWeights.Part] = [:]
@@ -179,14 +160,7 @@ struct HuggingFaceFolder {
             files.append(st.file)
             for t in st.tensors {
                 if t.name.hasSuffix("rotary_emb.inv_freq") { continue }   // recomputed, as every runtime does
-                if !weightMap.isEmpty {
-                    guard let listed = weightMap.first(where: { $0.tensor == t.name }) else {
-                        throw PunaError("\(shardPath): tensor '\(clipped(t.name))' is not in \(baseName(indexPath))'s weight_map")
-                    }
-                    guard listed.shard == shard else {
-                        throw PunaError("\(shardPath): tensor '\(clipped(t.name))' is listed in shard '\(clipped(listed.shard))' by \(baseName(indexPath))")
-                    }
-                }
+                try shards.checkListed(t.name, in: shard, path: shardPath)
                 if bitsAndBytes != nil, BitsAndBytesWeights.isCompanion(t.name) {
                     if parts[t.name] != nil { throw PunaError("\(shardPath): tensor '\(clipped(t.name))' is in two shards") }
                     parts[t.name] = BitsAndBytesWeights.Part(info: t, source: source, path: shardPath, bytes: st.data(of: t))
@@ -292,5 +266,51 @@ struct HuggingFaceFolder {
         set("tokenizer.ggml.add_eos_token", .bool(vocab.addEOS))
         if let prefix = vocab.addSpacePrefix { set("tokenizer.ggml.add_space_prefix", .bool(prefix)) }
         if let template = vocab.chatTemplate { set("tokenizer.chat_template", .string(template)) }
+    }
+}
+
+/// The safetensors files of a Hugging Face folder: the shards model.safetensors.index.json names, in
+/// the index's order and each once, with its tensor → shard map; or the one model.safetensors (an
+/// empty map). Weights only as pytorch_model.bin, or none at all, are errors naming the folder.
+struct SafetensorsShards {
+    let indexPath: String
+    let names: [String]
+    let weightMap: [(tensor: String, shard: String)]
+
+    init(folder: String) throws(PunaError) {
+        indexPath = folder + "/model.safetensors.index.json"
+        var names: [String] = []
+        var weightMap: [(tensor: String, shard: String)] = []
+        if puna_path_exists(indexPath) != 0 {
+            let index = try HuggingFaceFolder.readJSON(indexPath)
+            guard let map = index["weight_map"]?.object else { throw PunaError("\(indexPath): no weight_map object") }
+            for (tensor, value) in map {
+                guard let shard = value.string, !shard.isEmpty, !containsText(shard, "/") else {
+                    throw PunaError("\(indexPath): weight_map entry of '\(clipped(tensor))' must name a file in the folder")
+                }
+                weightMap.append((tensor, shard))
+                if !names.contains(shard) { names.append(shard) }
+            }
+            guard !names.isEmpty else { throw PunaError("\(indexPath): weight_map is empty") }
+        } else if puna_path_exists(folder + "/model.safetensors") != 0 {
+            names = ["model.safetensors"]
+        } else if puna_path_exists(folder + "/pytorch_model.bin") != 0 {
+            throw PunaError("\(folder): weights only as pytorch_model.bin (a pickle, which Puna does not read): save them with safe_serialization=True")
+        } else {
+            throw PunaError("\(folder): no model.safetensors or model.safetensors.index.json")
+        }
+        self.names = names
+        self.weightMap = weightMap
+    }
+
+    /// With an index: `tensor`, found in `shard` (at `path`), must be listed there.
+    func checkListed(_ tensor: String, in shard: String, path: String) throws(PunaError) {
+        guard !weightMap.isEmpty else { return }
+        guard let listed = weightMap.first(where: { $0.tensor == tensor }) else {
+            throw PunaError("\(path): tensor '\(clipped(tensor))' is not in \(baseName(indexPath))'s weight_map")
+        }
+        guard listed.shard == shard else {
+            throw PunaError("\(path): tensor '\(clipped(tensor))' is listed in shard '\(clipped(listed.shard))' by \(baseName(indexPath))")
+        }
     }
 }
