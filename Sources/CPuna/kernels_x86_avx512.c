@@ -479,6 +479,12 @@ INL void bnb_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const in
     }
 }
 
+// Decoding: group g's share of the tile PF_TILES tiles ahead (R + 1 lines: R rows x 64 bytes, rounded up).
+INL void bnb4_prefetch_group(const uint8_t *w, int64_t rb, int64_t g, const int R) {
+    const uint8_t *pf = w + PF_TILES * R * rb + g * 64 * R;
+    UNROLL for (int i = 0; i < R + 1; i++) _mm_prefetch((const char *)pf + 64 * i, PF_HINT);
+}
+
 // One group of R rows x T tokens with the row's absmax vectors am16 (blocks of 64): group k (0..7)
 // of the current 16-block chunk takes lanes 2k, 2k + 1.
 INL void bnb4_fast_group(__m512 acc[8][8], const uint8_t *w, int64_t rb, int64_t g, int k, int n, __m512i utab,
@@ -511,10 +517,7 @@ INL void bnb4_fast_tile(const qmm_args *a, const bnb4_ctx *c, int64_t r, int64_t
     for (; g0 + 8 <= nfull; g0 += 8) {
         UNROLL for (int i = 0; i < R; i++) am16[i] = bnb4_absmax16(c, (r + i) * row_blocks + 2 * g0, 16);
         UNROLL for (int k = 0; k < 8; k++) {
-            if (prefetch) {
-                const uint8_t *pf = w + PF_TILES * R * rb + (g0 + k) * 64 * R;
-                UNROLL for (int i = 0; i < R + 1; i++) _mm_prefetch((const char *)pf + 64 * i, PF_HINT);
-            }
+            if (prefetch) bnb4_prefetch_group(w, rb, g0 + k, R);
             bnb4_fast_group(acc, w, rb, g0 + k, k, 4, utab, am16, x0, tb, L, R, T, ONE);
         }
     }
@@ -616,19 +619,13 @@ INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes
             UNROLL for (int i = 0; i < R; i++) am16[i] = _mm512_load_ps(amb[i] + 2 * (s - g0));
             if (s + 8 <= nfull) {
                 UNROLL for (int k = 0; k < 8; k++) {
-                    if (prefetch) {
-                        const uint8_t *pf = w + PF_TILES * R * rb + (s + k) * 64 * R;
-                        UNROLL for (int i = 0; i < R + 1; i++) _mm_prefetch((const char *)pf + 64 * i, PF_HINT);
-                    }
+                    if (prefetch) bnb4_prefetch_group(w, rb, s + k, R);
                     bnb4_fast_group(acc, w, rb, s + k, k, 4, utab, am16, x0, tb, L, R, 1, ONE);
                 }
             } else {
                 for (int k = 0; s + k < gend; k++) {
                     const int n = s + k < nfull ? 4 : rem;
-                    if (prefetch && n == 4) {
-                        const uint8_t *pf = w + PF_TILES * R * rb + (s + k) * 64 * R;
-                        UNROLL for (int i = 0; i < R + 1; i++) _mm_prefetch((const char *)pf + 64 * i, PF_HINT);
-                    }
+                    if (prefetch && n == 4) bnb4_prefetch_group(w, rb, s + k, R);
                     bnb4_fast_group(acc, w, rb, s + k, k, n, utab, am16, x0, tb, L, R, 1, ONE);
                 }
             }
@@ -645,6 +642,7 @@ static T512V void bnb4v_dec4_l2_last(const qmm_args *a, const bnb4_ctx *c, const
 static T512V void bnb4v_dec1_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 0, 0); }
 
 static void bnb4_rows(const qmm_args *a, int64_t r0, int64_t r1);
+static T512 void prefetch_first_tiles(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1);
 
 // Decoding of double-quant NF4/FP4 in blocks of 64 takes the permute path; batches (whose tiles
 // share each gathered absmax over their tokens) and other layouts the avx512-vnni kernels.
@@ -658,11 +656,7 @@ static T512V void bnb4v_rows(const qmm_args *a, int64_t r0, int64_t r1) {
     bnb4_planes t;
     bnb4_planes_init(&t, c.w->nested_quant_map);
     const int one = a->layout.levels == 1;
-    {  // a chunk starts cold, as in prefetch_rows: request its first PF_TILES tiles (row_bytes is 0 here)
-        const int64_t rb = a->cols / 2, end = r0 + PF_TILES * DEC_R < r1 ? r0 + PF_TILES * DEC_R : r1;
-        const uint8_t *p = c.w->packed + r0 * rb, *e = c.w->packed + end * rb;
-        for (; p < e; p += 64) _mm_prefetch((const char *)p, PF_HINT);
-    }
+    prefetch_first_tiles(c.w->packed, a->cols / 2, r0, r1);  // the packed codes' rows (a->row_bytes is 0 here)
     int64_t r = r0;
     for (; r + (PF_TILES + 1) * DEC_R <= r1; r += DEC_R) one ? bnb4v_dec4_l1(a, &c, &t, r) : bnb4v_dec4_l2(a, &c, &t, r);
     for (; r + DEC_R <= r1; r += DEC_R) one ? bnb4v_dec4_l1_last(a, &c, &t, r) : bnb4v_dec4_l2_last(a, &c, &t, r);
@@ -911,11 +905,12 @@ FLOAT_TILE(bf16, load_w_bf16, 2)
 // A decoding chunk starts cold: the tiles' own prefetching covers from the third tile on, so the
 // first PF_TILES tiles are requested up front (and the last tiles prefetch nothing past the chunk,
 // which another thread may own).
-static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) {
+static T512 void prefetch_first_tiles(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1) {
     int64_t end = r0 + PF_TILES * DEC_R < r1 ? r0 + PF_TILES * DEC_R : r1;
-    const uint8_t *p = a->w + r0 * a->row_bytes, *e = a->w + end * a->row_bytes;
+    const uint8_t *p = w + r0 * row_bytes, *e = w + end * row_bytes;
     for (; p < e; p += 64) _mm_prefetch((const char *)p, PF_HINT);
 }
+static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) { prefetch_first_tiles(a->w, a->row_bytes, r0, r1); }
 
 // Tiles and rows function of one activation mode (ONE: one level); `sfx` names the variant.
 #define TILE_FNS_MODE(name, sfx, BR, BT, ONE)                                                           \
