@@ -12,6 +12,7 @@ Tensor types follow what llama-quantize produces for a LLaMA-7B:
   q4_0:   every matrix q4_0 (token_embd included), output.weight q6_K, norms f32.
   q4_k_m: every matrix q4_K, except output.weight and attn_v/ffn_down in the "more bits" layers
           (the first and last eighth of the layers, and every third one between) which are q6_K.
+  q8_0:   every matrix q8_0, output.weight included, norms f32.
 """
 import argparse
 import os
@@ -23,7 +24,7 @@ import numpy as np
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--type", choices=["q4_0", "q4_k_m"], default="q4_0")
+    p.add_argument("--type", choices=["q4_0", "q4_k_m", "q8_0"], default="q4_0")
     p.add_argument("-o", "--output", help="output path (default /work/cache/synthetic/llama-7b-synthetic-TYPE.gguf)")
     p.add_argument("--vocab", required=True, help="ggml-vocab-llama-spm.gguf (the real LLaMA vocab)")
     p.add_argument("--seed", type=int, default=7)
@@ -57,6 +58,9 @@ def random_blocks(rng, qtype, n_blocks, gguf):
     if qtype == T.Q4_0:
         # d f16 | 16 bytes of nibbles; w = d * (q - 8), q uniform in 0..15 (std ~4.6)
         blocks[:, 0:2] = f16_scales(rng, n_blocks, 0.0025, signed=True)
+    elif qtype == T.Q8_0:
+        # d f16 | 32 int8; w = d * q, q uniform in -128..127 (std ~74)
+        blocks[:, 0:2] = f16_scales(rng, n_blocks, 1.4e-4, signed=True)
     elif qtype == T.Q4_K:
         # d f16 | dmin f16 | 12 bytes of 6-bit scales and mins | 128 bytes of nibbles;
         # w = d * sc * q - dmin * m with sc, m uniform in 0..63: dmin ~ 7.5 d centres the weights.
@@ -81,8 +85,10 @@ def main():
     out = args.output or f"/work/cache/synthetic/llama-7b-synthetic-{args.type}.gguf"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
-    base = T.Q4_0 if args.type == "q4_0" else T.Q4_K
-    file_type = gguf.LlamaFileType.MOSTLY_Q4_0 if args.type == "q4_0" else gguf.LlamaFileType.MOSTLY_Q4_K_M
+    base = {"q4_0": T.Q4_0, "q4_k_m": T.Q4_K, "q8_0": T.Q8_0}[args.type]
+    file_type = {"q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[args.type]
+    output_type = T.Q8_0 if args.type == "q8_0" else T.Q6_K
 
     # (name, numpy-order shape [rows, cols] or [n], type); in evaluation order so a decode reads the
     # file front to back.
@@ -101,7 +107,7 @@ def main():
             (p + "ffn_up.weight", (FF, E), base),
             (p + "ffn_down.weight", (E, FF), T.Q6_K if more else base),
         ]
-    tensors += [("output_norm.weight", (E,), T.F32), ("output.weight", (V, E), T.Q6_K)]
+    tensors += [("output_norm.weight", (E,), T.F32), ("output.weight", (V, E), output_type)]
 
     def nbytes(shape, qtype):
         if qtype == T.F32:

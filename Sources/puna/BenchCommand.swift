@@ -25,6 +25,8 @@ enum BenchCommand {
         AdapterFlags.lora, AdapterFlags.loraScaled, AdapterFlags.mergeLoRA,
         FlagSpec(names: ["--lora-ab"], value: nil,
                  help: "with --lora: every decode repetition runs twice, without and with the adapters (order alternating), in this one process; prints both and the ratio"),
+        FlagSpec(names: ["--bandwidth"], value: nil,
+                 help: "before each decode repetition, read the weights a decode step reads once with the same threads and nothing else; prints that read rate, the decode roofline it gives and the fraction of it the decode reached"),
         FlagSpec(names: ["--seed"], value: "S", help: "seed of the token ids (default 42)"),
         FlagSpec(names: ["--no-warmup"], value: nil, help: "skip the untimed warm-up runs"),
         FlagSpec(names: ["--json"], value: nil, help: "print one JSON object instead of the table"),
@@ -125,6 +127,9 @@ enum BenchCommand {
         let adapters = model.activeAdapters
         let ab = args.has("--lora-ab")
         if ab && adapters.isEmpty { throw PunaError("flag --lora-ab needs --lora or --lora-scaled (without --merge-lora)") }
+        let probe = args.has("--bandwidth")
+        if probe && (ab || nGen == 0) { throw PunaError("flag --bandwidth needs -n > 0 and does not combine with --lora-ab") }
+        var probeNs: [Int64] = []
         if nGen > 0 && ab {
             // A/B in one process: the same mapping, cache and machine state for both, and the order
             // alternates so a drift in the machine's load does not favour either.
@@ -142,8 +147,21 @@ enum BenchCommand {
         } else if nGen > 0 {
             if warmup { _ = try decode(1) }
             var samples: [Int64] = []
-            for _ in 0..<reps { samples.append(try decode(nGen)) }
+            for _ in 0..<reps {
+                // Best of two reads, right before the decode it is compared with: the rate the
+                // memory gives now, without the first pass's cache and TLB warm-up.
+                if probe { probeNs.append(min(model.readDecodeWeights(), model.readDecodeWeights())) }
+                samples.append(try decode(nGen))
+            }
             results.append(Result(name: "tg\(nGen)", tokens: nGen, samplesNs: samples))
+        }
+        // Roofline: a decode step must read decodeBytes; at the probed rate that allows
+        // rate / decodeBytes steps per second. Fractions pair each repetition with its own probe.
+        let decodeBytes = probe ? model.decodeWeightBytes : 0
+        let readGBps = probeNs.map { Double(decodeBytes) / Double(max($0, 1)) }
+        var rooflineFractions: [Double] = []
+        if let tg = results.first(where: { $0.name.hasPrefix("tg") }), probe {
+            for (tps, gbps) in zip(tg.tokensPerSecond, readGBps) where gbps > 0 { rooflineFractions.append(tps * Double(decodeBytes) / (gbps * 1e9)) }
         }
         let pp = results.first { $0.name.hasPrefix("pp") }
         let tg = results.first { $0.name.hasPrefix("tg") }
@@ -191,6 +209,14 @@ enum BenchCommand {
                 j.key("decode_ratio_median"); j.value(median(abRatios), decimals: 4)
                 j.key("decode_ratios"); j.beginArray(); for v in abRatios { j.value(v, decimals: 4) }; j.endArray()
             }
+            if probe {
+                j.field("decode_weight_bytes", decodeBytes)
+                j.key("read_gbps_median"); j.value(median(readGBps), decimals: 3)
+                j.key("read_gbps"); j.beginArray(); for v in readGBps { j.value(v, decimals: 3) }; j.endArray()
+                j.key("roofline_tokens_per_s"); j.value(median(readGBps) * 1e9 / Double(max(decodeBytes, 1)), decimals: 3)
+                j.key("roofline_fraction_median"); j.value(median(rooflineFractions), decimals: 4)
+                j.key("roofline_fractions"); j.beginArray(); for v in rooflineFractions { j.value(v, decimals: 4) }; j.endArray()
+            }
             j.field("load_ms", Int(loadNs / 1_000_000))
             j.field("kv_cache_bytes", cache.byteCount)
             j.field("peak_rss_bytes", peakRSS)
@@ -208,6 +234,12 @@ enum BenchCommand {
         outLine("")
         if tgLoRA != nil {
             outLine("with/without adapters, per back-to-back pair: median \(fixed(median(abRatios), 3)) (\(abRatios.map { fixed($0, 3) }.joined(separator: ", ")))")
+        }
+        if probe {
+            let gbps = median(readGBps)
+            outLine("read probe: \(formatBytes(decodeBytes)) per decode step, read at \(fixed(gbps, 1)) GB/s (median; "
+                    + "\(readGBps.map { fixed($0, 1) }.joined(separator: ", "))) = roofline \(fixed(gbps * 1e9 / Double(max(decodeBytes, 1)), 2)) tok/s; "
+                    + "decode reached \(fixed(100 * median(rooflineFractions), 1)) % of it (median of per-repetition ratios)")
         }
         let adapterPaths = try AdapterFlags.requested(args).map { $0.path }
         if !adapterPaths.isEmpty {

@@ -131,6 +131,13 @@ int puna_attention_ex(puna_pool *pool, float *out, const float *q, int kv_type, 
                       const void *v_cache, int64_t kv_row_bytes, int n_tokens, int pos0, int n_heads,
                       int n_kv_heads, int head_dim, float *scratch, int n_ctx, const puna_attention_options *options);
 
+// ---- memory read probe -----------------------------------------------------------------------
+// Reads `count` byte ranges once with every pool thread, each thread taking a contiguous share of
+// every range as the matmuls split their rows, with no other work: the rate a decode step's weight
+// stream could reach at best (`puna bench --bandwidth`). Returns a value folded from every 64-byte
+// line read, so the loads cannot be optimised away. Ranges of 0 bytes are skipped.
+uint64_t puna_read_ranges(puna_pool *pool, int count, const void *const *starts, const int64_t *bytes);
+
 // ---- dispatch ------------------------------------------------------------------------------
 // Quantized weights are multiplied by the fastest kernel family the CPU runs: the activations are
 // quantized once per call to 8-bit blocks and every (row, token) dot is integer arithmetic plus a
