@@ -901,6 +901,10 @@ FLOAT_TILE(bf16, load_w_bf16, 2)
 // BLOCK_ROWS rows x all tokens, BR x BT register tiles inside.
 
 #define BLOCK_ROWS 64
+// Up to this many tokens a call is a decode step of several sequences: 4-token tiles (`_small`).
+#ifndef SMALL_BATCH
+#define SMALL_BATCH 16
+#endif
 
 // A decoding chunk starts cold: the tiles' own prefetching covers from the third tile on, so the
 // first PF_TILES tiles are requested up front (and the last tiles prefetch nothing past the chunk,
@@ -922,6 +926,33 @@ static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) { pref
     static T512 void name##sfx##_rowtail(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, BT, 0, ONE); } \
     static T512 void name##sfx##_tok1(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, 1, 0, ONE); } \
     static T512 void name##sfx##_one(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, 1, 0, ONE); } \
+    static T512 void name##sfx##_w4(const qmm_args *a, int64_t r, int64_t t, int pf) {                  \
+        if (pf) name##_tile(a, r, t, BR, 4, 1, ONE); else name##_tile(a, r, t, BR, 4, 0, ONE);       \
+    }                                                                                                   \
+    static T512 void name##sfx##_w2(const qmm_args *a, int64_t r, int64_t t, int pf) {                  \
+        if (pf) name##_tile(a, r, t, BR, 2, 1, ONE); else name##_tile(a, r, t, BR, 2, 0, ONE);       \
+    }                                                                                                   \
+    /* Small batches (decode steps of several sequences): tiles 4 tokens wide, so each block of  */   \
+    /* rows is unpacked ceil(n / 4) times (8 tokens: twice instead of 3 + 3 + 1 + 1).             */   \
+    static void name##sfx##_small(const qmm_args *a, int64_t r0, int64_t r1) {                      \
+        for (int64_t rb = r0; rb < r1; rb += BLOCK_ROWS) {                                              \
+            int64_t re = rb + BLOCK_ROWS < r1 ? rb + BLOCK_ROWS : r1;                                   \
+            for (int64_t t = 0; t < a->n_tokens;) {                                                     \
+                int64_t left = a->n_tokens - t;                                                         \
+                int width = left >= 4 ? 4 : (int)left;                                                  \
+                int64_t r = rb;                                                                         \
+                for (; r + (BR) <= re; r += (BR)) {                                                     \
+                    int pf = t == 0 && r + (PF_TILES + 1) * (BR) <= r1;                                 \
+                    if (width == 4) name##sfx##_w4(a, r, t, pf);                                        \
+                    else if (width == 3 && (BT) == 3) { if (pf) name##sfx##_fullpf(a, r, t); else name##sfx##_full(a, r, t); } \
+                    else if (width >= 2) { name##sfx##_w2(a, r, t, pf); if (width == 3) name##sfx##_tok1(a, r, t + 2); } \
+                    else name##sfx##_tok1(a, r, t);                                                     \
+                }                                                                                       \
+                for (; r < re; r++) for (int j = 0; j < width; j++) name##sfx##_one(a, r, t + j);       \
+                t += width;                                                                             \
+            }                                                                                           \
+        }                                                                                               \
+    }                                                                                                   \
     static void name##sfx##_rows(const qmm_args *a, int64_t r0, int64_t r1) {                        \
         if (a->n_tokens == 1) {                                                                         \
             int64_t r = r0;                                                                             \
@@ -931,6 +962,7 @@ static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) { pref
             for (; r < r1; r++) name##sfx##_dec1(a, r);                                                 \
             return;                                                                                     \
         }                                                                                               \
+        if (a->n_tokens <= SMALL_BATCH) { name##sfx##_small(a, r0, r1); return; }                       \
         for (int64_t rb = r0; rb < r1; rb += BLOCK_ROWS) {                                              \
             int64_t re = rb + BLOCK_ROWS < r1 ? rb + BLOCK_ROWS : r1;                                   \
             int64_t t = 0;                                                                              \

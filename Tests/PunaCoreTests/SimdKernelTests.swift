@@ -24,7 +24,9 @@ final class SimdKernelTests: XCTestCase {
                                                                   (130, 5, 11), (41, 3, 1),
                                                                   // rows long enough for AVX2's chunked batch walk (more than 8 groups of 4 blocks):
                                                                   // 4 whole-row tokens, then 8-token chunk tiles, then single-token tails
-                                                                  (70, 37, 9), (70, 37, 13), (9, 66, 21)]
+                                                                  (70, 37, 9), (70, 37, 13), (9, 66, 21),
+                                                                  // decode steps of several sequences (4-token tiles, remainders of 1, 2 and 3)
+                                                                  (70, 6, 8), (9, 4, 3), (66, 4, 16), (20, 3, 6)]
 
     override func tearDown() {
         puna_kernels_set_family(Int32(PUNA_KERNELS_AUTO.rawValue))
