@@ -150,6 +150,9 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
 #ifndef DEC_R
 #define DEC_R 4
 #endif
+#ifndef BNB4_PF_CODES
+#define BNB4_PF_CODES 1   // NF4/FP4 double-quant decode also prefetches the absmax codes' stream
+#endif
 // ---- simple quants (blocks of 32) -----------------------------------------------------------
 // A group is 4 blocks. Each type's unpack gathers the 4 x 16 low-half and high-half weight bytes of
 // a group into block order (lo, hi: byte 16k + i = weight i / 16 + i of block k), the f16 scales
@@ -610,6 +613,12 @@ INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes
     float amb[8][64] __attribute__((aligned(64)));
     __m512 acc[8][8], am16[8];
     UNROLL for (int i = 0; i < R; i++) acc[i][0] = _mm512_setzero_ps();
+    if (prefetch && BNB4_PF_CODES) {
+        // The absmax codes are a second stream (one byte per 64 weights): the tile PF_TILES ahead
+        // asks for its codes' lines too, or each tile would start on a demand miss.
+        const uint8_t *codes = c->w->absmax_codes + (r + PF_TILES * R) * row_blocks;
+        for (int64_t i = 0; i < (R * row_blocks + 63) / 64 + 1; i++) _mm_prefetch((const char *)codes + 64 * i, PF_HINT);
+    }
     for (int64_t g0 = 0; g0 < ngroups; g0 += 32) {  // 32 groups = 64 blocks
         const int64_t left = row_blocks - 2 * g0;
         const int nblk = left < 64 ? (int)left : 64;
