@@ -15,13 +15,18 @@ public struct VulkanOptions {
     public var gpuLayers: Int
     /// Keep to the baseline shader tier (as PUNA_VK_BASELINE=1 does).
     public var forceBaseline: Bool
+    /// A shader tier to force ("baseline", "subgroup", "int8"; `VulkanDevice.tierNames`); nil picks
+    /// it from PUNA_VK_TIER / PUNA_VK_BASELINE, else the best the device supports. A tier the device
+    /// lacks is an error.
+    public var tier: String?
     /// Throw when the GPU cannot be used, instead of running on the CPU with `LanguageModel.backendNote`.
     public var required: Bool
 
-    public init(device: Int = -1, gpuLayers: Int = -1, forceBaseline: Bool = false, required: Bool = false) {
+    public init(device: Int = -1, gpuLayers: Int = -1, forceBaseline: Bool = false, tier: String? = nil, required: Bool = false) {
         self.device = device
         self.gpuLayers = gpuLayers
         self.forceBaseline = forceBaseline
+        self.tier = tier
         self.required = required
     }
 }
@@ -47,8 +52,17 @@ public struct VulkanDevice {
     /// Vulkan 1.1 with a compute queue: Puna can run on it.
     public let usable: Bool
 
-    /// The shader tier Puna picks on this device unless told to keep to the baseline.
-    public var tier: String { subgroupArithmetic ? "subgroup" : "baseline" }
+    /// The shader tier Puna picks on this device when none is forced: the best it supports.
+    public let tier: String
+    /// Every tier, lowest first, with the features this device lacks for it (empty: supported).
+    public let tiers: [(name: String, missing: String)]
+    /// Whether the packed 4x8-bit signed dot product is fast on this device (not emulated).
+    public let integerDotProductAccelerated: Bool
+
+    /// The tier names, lowest first.
+    public static var tierNames: [String] {
+        (0..<Int32(PUNA_VK_TIER_COUNT.rawValue)).map { String(cString: puna_vk_tier_name($0)) }
+    }
 
     /// Every device the Vulkan loader reports. Throws with the reason when Vulkan cannot be loaded
     /// (no libvulkan, no driver, a build without Vulkan headers).
@@ -92,6 +106,15 @@ public struct VulkanDevice {
         maxWorkgroupInvocations = Int(info.max_workgroup_invocations)
         maxStorageBufferRange = Int(info.max_storage_buffer_range)
         usable = info.usable != 0
+        integerDotProductAccelerated = info.integer_dot_product_accelerated != 0
+        tier = String(cString: puna_vk_tier_name(puna_vk_best_tier(&copy)))
+        var tiers: [(name: String, missing: String)] = []
+        for t in 0..<Int32(PUNA_VK_TIER_COUNT.rawValue) {
+            var missing = [CChar](repeating: 0, count: 256)
+            _ = missing.withUnsafeMutableBufferPointer { puna_vk_tier_supported(&copy, t, $0.baseAddress, 256) }
+            tiers.append((String(cString: puna_vk_tier_name(t)), missing.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }))
+        }
+        self.tiers = tiers
     }
 }
 
@@ -104,9 +127,9 @@ public struct VulkanHeap {
 final class VulkanContext {
     let vk: OpaquePointer
 
-    init(device: Int, forceBaseline: Bool) throws(PunaError) {
+    init(device: Int, tier: Int32) throws(PunaError) {
         var message = [CChar](repeating: 0, count: 512)
-        let created = message.withUnsafeMutableBufferPointer { puna_vk_create(Int32(device), forceBaseline ? 1 : 0, $0.baseAddress, 512) }
+        let created = message.withUnsafeMutableBufferPointer { puna_vk_create(Int32(device), tier, $0.baseAddress, 512) }
         guard let created else {
             throw PunaError(message.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
         }
@@ -280,7 +303,14 @@ final class VulkanBackend {
         guard missing.isEmpty else {
             throw PunaError("vulkan: the shaders do not compute \(missing.joined(separator: ", ")) of this \(c.architecture) model yet")
         }
-        let ctx = try VulkanContext(device: options.device, forceBaseline: options.forceBaseline)
+        var requestedTier: Int32 = options.forceBaseline ? Int32(PUNA_VK_TIER_BASELINE.rawValue) : -1
+        if let name = options.tier {
+            requestedTier = puna_vk_tier_from_name(name)
+            guard requestedTier >= 0 else {
+                throw PunaError("vulkan: no shader tier '\(name)' (\(VulkanDevice.tierNames.joined(separator: ", ")))")
+            }
+        }
+        let ctx = try VulkanContext(device: options.device, tier: requestedTier)
         context = ctx
         file = m.gguf.file
         let total = c.blockCount
@@ -367,8 +397,13 @@ final class VulkanBackend {
 
         let info = puna_vk_info(ctx.vk)!.pointee
         let device = VulkanDevice(index: Int(puna_vk_device_index(ctx.vk)), info: info)
-        let tier = puna_vk_tier(ctx.vk) == Int32(PUNA_VK_TIER_SUBGROUP.rawValue) ? "subgroup" : "baseline"
+        let tier = String(cString: puna_vk_tier_name(puna_vk_tier(ctx.vk)))
         var d = "vulkan: device \(device.index) \(device.name) (\(device.type), Vulkan \(device.apiVersion)), \(tier) tier"
+        switch puna_vk_int8_fma(ctx.vk) {
+        case Int32(PUNA_VK_FMA_F64.rawValue): d += " (fma in f64)"
+        case Int32(PUNA_VK_FMA_UNFUSED.rawValue): d += " (fma not fused: int8 products within rounding of the CPU's)"
+        default: break
+        }
         d += ", subgroup \(device.subgroupSize), \(gpuLayerCount)/\(total) layers on the GPU"
         d += ", weights \(formatBytes(zeroCopyBytes)) zero-copy + \(formatBytes(copiedBytes)) copied"
         if !imported && device.type != "discrete" { d += " (no host-memory import)" }
@@ -628,7 +663,8 @@ extension LanguageModel {
 /// A SPIR-V module compiled into this binary by scripts/compile-shaders.
 public struct VulkanShader {
     public let name: String
-    /// 0: baseline (Vulkan 1.1 core only); 1: needs subgroup arithmetic.
+    /// The tier needing it (enum puna_vk_tier): 0 baseline (Vulkan 1.1 core only), 1 subgroup
+    /// arithmetic, 2 integer dot product.
     public let tier: Int
     public let words: [UInt32]
 
