@@ -1330,17 +1330,29 @@ void puna_vk_rope(puna_vk *vk, puna_vk_buffer table, puna_vk_buffer vec, uint32_
     dispatch(vk, "rope", bufs, 2, &p, sizeof p, (n_heads * rope_pairs + 63) / 64, n_tokens, 1);
 }
 
+uint64_t puna_vk_kv_row_bytes(int format, uint32_t kv_dim) {
+    switch (format) {
+    case PUNA_VK_KV_F32: return (uint64_t)kv_dim * 4;
+    case PUNA_VK_KV_F16: return kv_dim % 2 ? 0 : (uint64_t)kv_dim * 2;
+    case PUNA_VK_KV_Q8_0: return kv_dim % 32 ? 0 : (uint64_t)kv_dim / 32 * 34;
+    default: return 0;
+    }
+}
+
 void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, puna_vk_buffer k_cache, puna_vk_buffer v_cache,
-                      uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int f16, uint32_t ring_rows) {
+                      uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int format, uint32_t ring_rows) {
     if (kv_dim % 2) { set_error(vk, "kv_store: odd KV width %u", kv_dim); return; }
+    if (puna_vk_kv_row_bytes(format, kv_dim) == 0) { set_error(vk, "kv_store: format %d cannot hold rows of %u", format, kv_dim); return; }
     if (ring_rows > 0 && n_tokens > ring_rows) { set_error(vk, "kv_store: %u tokens overrun a ring of %u rows", n_tokens, ring_rows); return; }
-    struct { uint32_t n_tokens, kv_dim, pos0, f16, ring; } p = {n_tokens, kv_dim, pos0, (uint32_t)(f16 != 0), ring_rows};
+    struct { uint32_t n_tokens, kv_dim, pos0, format, ring; } p = {n_tokens, kv_dim, pos0, (uint32_t)format, ring_rows};
     puna_vk_buffer bufs[4] = {k, v, k_cache, v_cache};
-    dispatch(vk, "kv_store", bufs, 4, &p, sizeof p, (kv_dim / 2 + 63) / 64, n_tokens, 1);
+    // q8_0: one invocation per block of 32 (keys and values); else per pair of values.
+    uint32_t per_row = format == PUNA_VK_KV_Q8_0 ? kv_dim / 32 : kv_dim / 2;
+    dispatch(vk, "kv_store", bufs, 4, &p, sizeof p, (per_row + 63) / 64, n_tokens, 1);
 }
 
 void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer k_cache, puna_vk_buffer v_cache, puna_vk_buffer out,
-                       uint32_t n_tokens, uint32_t pos0, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, int f16,
+                       uint32_t n_tokens, uint32_t pos0, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, int format,
                        uint32_t window, uint32_t ring_rows) {
     if (head_dim > 256 || n_kv_heads == 0 || n_heads % n_kv_heads) {
         set_error(vk, "attention: unsupported head layout (head_dim %u, %u heads, %u KV heads)", head_dim, n_heads, n_kv_heads);
@@ -1351,8 +1363,12 @@ void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer k_cache, pu
         set_error(vk, "attention: a ring of %u rows cannot hold a window of %u over %u tokens", ring_rows, window, n_tokens);
         return;
     }
-    struct { uint32_t n_tokens, pos0, n_heads, n_kv_heads, head_dim, kv_dim, f16; float scale; uint32_t window, ring; } p = {
-        n_tokens, pos0, n_heads, n_kv_heads, head_dim, n_kv_heads * head_dim, (uint32_t)(f16 != 0),
+    if (puna_vk_kv_row_bytes(format, n_kv_heads * head_dim) == 0) {
+        set_error(vk, "attention: format %d cannot hold rows of %u", format, n_kv_heads * head_dim);
+        return;
+    }
+    struct { uint32_t n_tokens, pos0, n_heads, n_kv_heads, head_dim, kv_dim, format; float scale; uint32_t window, ring; } p = {
+        n_tokens, pos0, n_heads, n_kv_heads, head_dim, n_kv_heads * head_dim, (uint32_t)format,
         1.0f / sqrtf((float)head_dim), window, ring_rows};
     puna_vk_buffer bufs[4] = {q, k_cache, v_cache, out};
     dispatch(vk, "attention", bufs, 4, &p, sizeof p, n_heads, n_tokens, 1);

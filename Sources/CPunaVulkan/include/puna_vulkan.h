@@ -178,10 +178,15 @@ void puna_vk_rmsnorm(puna_vk *vk, puna_vk_buffer weight, puna_vk_buffer x, uint3
 // pairs (2i, 2i+1), or (i, i + rope_pairs) when neox (puna_rope_ex's two styles).
 void puna_vk_rope(puna_vk *vk, puna_vk_buffer table, puna_vk_buffer vec, uint32_t n_tokens,
                   uint32_t n_heads, uint32_t head_dim, uint32_t rope_pairs, int neox);
+// KV cache element formats: f32, f16 (packed halves), GGML q8_0 blocks (34 bytes per 32 values
+// along a layer's rows, the CPU cache's bytes; kv_dim a multiple of 32).
+enum puna_vk_kv_format { PUNA_VK_KV_F32 = 0, PUNA_VK_KV_F16 = 1, PUNA_VK_KV_Q8_0 = 2 };
+// Bytes of one cache row of kv_dim values in `format` (0 for a bad format or width).
+uint64_t puna_vk_kv_row_bytes(int format, uint32_t kv_dim);
 // Stores n_tokens rows of keys and values (kv_dim floats each) at positions pos0.. of a cache
-// layer (f16: packed halves, else f32); ring_rows > 0: position p goes to row p % ring_rows.
+// layer in `format` (enum puna_vk_kv_format); ring_rows > 0: position p goes to row p % ring_rows.
 void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, puna_vk_buffer k_cache,
-                      puna_vk_buffer v_cache, uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int f16,
+                      puna_vk_buffer v_cache, uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int format,
                       uint32_t ring_rows);
 // Causal grouped-query attention of n_tokens queries at positions pos0.. (head_dim <= 256), as
 // puna_attention_ex: window > 0 lets a token see only the last `window` positions (itself
@@ -189,7 +194,7 @@ void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, puna_vk_b
 // ring_rows >= window + n_tokens - 1).
 void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer k_cache, puna_vk_buffer v_cache,
                        puna_vk_buffer out, uint32_t n_tokens, uint32_t pos0, uint32_t n_heads,
-                       uint32_t n_kv_heads, uint32_t head_dim, int f16, uint32_t window, uint32_t ring_rows);
+                       uint32_t n_kv_heads, uint32_t head_dim, int format, uint32_t window, uint32_t ring_rows);
 // gate[i] = silu(gate[i]) * up[i] for i < n.
 void puna_vk_swiglu(puna_vk *vk, puna_vk_buffer gate, puna_vk_buffer up, uint32_t n);
 // y[t][i] += bias[i] for i < n, t < n_tokens.

@@ -170,16 +170,18 @@ final class VulkanKVCache {
     let values: [puna_vk_buffer]
     let capacity: Int
     let rows: [Int]
-    let f16: Bool
+    let format: Int32      // enum puna_vk_kv_format
 
-    init(context: VulkanContext, capacity: Int, rows: [Int], kvDimension: Int, f16: Bool) throws(PunaError) {
+    init(context: VulkanContext, capacity: Int, rows: [Int], kvDimension: Int, format: Int32) throws(PunaError) {
         self.context = context
         self.capacity = capacity
         self.rows = rows
-        self.f16 = f16
+        self.format = format
+        let rowBytes = Int(puna_vk_kv_row_bytes(format, UInt32(kvDimension)))
+        guard rowBytes > 0 else { throw PunaError("vulkan: KV cache rows of \(kvDimension) values cannot use format \(format)") }
         var k: [puna_vk_buffer] = [], v: [puna_vk_buffer] = []
         for (l, r) in rows.enumerated() {
-            let bytes = r * kvDimension * (f16 ? 2 : 4)
+            let bytes = r * rowBytes
             k.append(try context.alloc(bytes, dedicated: true, "the KV cache of layer \(l)"))
             v.append(try context.alloc(bytes, dedicated: true, "the KV cache of layer \(l)"))
         }
@@ -479,20 +481,22 @@ final class VulkanBackend {
 
     /// The GPU half of a KV cache, made (or remade) to match `cache`.
     func deviceCache(for cache: KVCache) throws(PunaError) -> VulkanKVCache {
-        // The shaders keep keys and values as f32 or f16; a q8_0 cache keeps f16 for the GPU
-        // layers (its CPU layers, with --gpu-layers, stay q8_0).
-        guard cache.type == .f16 || cache.type == .f32 || cache.type == .q8_0 else {
-            throw PunaError("vulkan: KV cache type \(cache.type.name) is not supported (use f16, f32 or q8_0)")
+        // The shaders keep keys and values as f32, f16 or q8_0, as the CPU cache does.
+        let format: Int32
+        switch cache.type {
+        case .f32: format = Int32(PUNA_VK_KV_F32.rawValue)
+        case .f16: format = Int32(PUNA_VK_KV_F16.rawValue)
+        case .q8_0: format = Int32(PUNA_VK_KV_Q8_0.rawValue)
+        default: throw PunaError("vulkan: KV cache type \(cache.type.name) is not supported (use f16, f32 or q8_0)")
         }
-        let f16 = cache.type != .f32
         let rows = (0..<gpuLayerCount).map { cache.ringRows[$0] > 0 ? cache.ringRows[$0] : cache.capacity }
         if let existing = cache.deviceCache, existing.context === context, existing.capacity == cache.capacity,
-           existing.f16 == f16, existing.rows == rows {
+           existing.format == format, existing.rows == rows {
             return existing
         }
         cache.deviceCache = nil   // free the old one first
         let made = try VulkanKVCache(context: context, capacity: cache.capacity, rows: rows,
-                                     kvDimension: cache.kvDimension, f16: f16)
+                                     kvDimension: cache.kvDimension, format: format)
         cache.deviceCache = made
         return made
     }
@@ -527,7 +531,7 @@ final class VulkanBackend {
         }
         let kv = try deviceCache(for: cache)
         let vk = context.vk
-        let f16: Int32 = kv.f16 ? 1 : 0
+        let format = kv.format
         let eps = c.rmsNormEpsilon
 
         let embeddings = context.hostFloats(input)
@@ -592,9 +596,9 @@ final class VulkanBackend {
             puna_vk_rope(vk, ropeTable, q, UInt32(n), UInt32(c.headCount), UInt32(hd), UInt32(pairs), neox)
             puna_vk_rope(vk, ropeTable, k, UInt32(n), UInt32(c.headCountKV), UInt32(hd), UInt32(pairs), neox)
             let ring = UInt32(cache.ringRows[l])
-            puna_vk_kv_store(vk, k, v, kv.keys[l], kv.values[l], UInt32(n), UInt32(kvd), UInt32(pos0), f16, ring)
+            puna_vk_kv_store(vk, k, v, kv.keys[l], kv.values[l], UInt32(n), UInt32(kvd), UInt32(pos0), format, ring)
             puna_vk_attention(vk, q, kv.keys[l], kv.values[l], att, UInt32(n), UInt32(pos0), UInt32(c.headCount),
-                              UInt32(c.headCountKV), UInt32(hd), f16, UInt32(cpuLayer.attentionWindow), ring)
+                              UInt32(c.headCountKV), UInt32(hd), format, UInt32(cpuLayer.attentionWindow), ring)
             mm(layer.o, att, 0, x, tokens: n, accumulate: true)   // x += o(att)
             lora(cpuLayer.o, att, [(x, 0, e)], tokens: n)
             // feed-forward (SwiGLU): gate and up as two matrices or two bands of one
