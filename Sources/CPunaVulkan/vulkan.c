@@ -361,7 +361,7 @@ static int probe_fma(puna_vk *vk);
 static int dispatch(puna_vk *vk, const char *name, const puna_vk_buffer *b, uint32_t n, const void *push,
                     uint32_t push_bytes, uint32_t gx, uint32_t gy, uint32_t gz);
 
-static const char *const tier_names[PUNA_VK_TIER_COUNT] = {"baseline", "subgroup", "int8"};
+static const char *const tier_names[PUNA_VK_TIER_COUNT] = {"baseline", "subgroup", "fp16", "int8"};
 
 const char *puna_vk_tier_name(int tier) { return tier >= 0 && tier < PUNA_VK_TIER_COUNT ? tier_names[tier] : NULL; }
 
@@ -379,6 +379,8 @@ int puna_vk_tier_supported(const puna_vk_device_info *info, int tier, char *miss
     NEED(info->usable, "Vulkan 1.1 compute")
     t_ = PUNA_VK_TIER_SUBGROUP;
     NEED(info->subgroup_arithmetic, "subgroup arithmetic in compute shaders")
+    t_ = PUNA_VK_TIER_FP16;
+    NEED(info->storage_buffer_16bit, "storageBuffer16BitAccess")
     t_ = PUNA_VK_TIER_INT8;
     NEED(info->integer_dot_product, "VK_KHR_shader_integer_dot_product")
 #undef NEED
@@ -402,7 +404,7 @@ static int choose_tier(const puna_vk_device_info *info, int requested, char *err
         if (env && env[0]) {
             requested = puna_vk_tier_from_name(env);
             if (requested < 0) {
-                if (err && err_len) snprintf(err, err_len, "PUNA_VK_TIER=%s is not a tier (baseline, subgroup, int8)", env);
+                if (err && err_len) snprintf(err, err_len, "PUNA_VK_TIER=%s is not a tier (baseline, subgroup, fp16, int8)", env);
                 return -1;
             }
             source = "PUNA_VK_TIER";
@@ -497,13 +499,17 @@ static int setup(puna_vk *vk) {
     const char *extensions[2];
     uint32_t n_extensions = 0;
     const void *features = NULL;
+    // Each tier's features, chained onto features2 (tiers include the ones below).
     VkPhysicalDeviceShaderIntegerDotProductFeatures dot = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES, .shaderIntegerDotProduct = VK_TRUE};
-    VkPhysicalDeviceFeatures2 features2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &dot};
+    VkPhysicalDevice16BitStorageFeatures storage16 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES, .storageBuffer16BitAccess = VK_TRUE};
+    VkPhysicalDeviceFeatures2 features2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &storage16};
+    if (vk->tier >= PUNA_VK_TIER_FP16) features = &features2;   // 16-bit storage is Vulkan 1.1 core
     if (vk->tier >= PUNA_VK_TIER_INT8) {
         extensions[n_extensions++] = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
+        storage16.pNext = &dot;
         features2.features.shaderFloat64 = vk->info.shader_float64 ? VK_TRUE : 0;   // the FMA_F64 variants
-        features = &features2;
     }
     if (vk->info.external_memory_host && !vk->discrete && !env_flag("PUNA_VK_NO_IMPORT")) {
         extensions[n_extensions++] = VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME;
@@ -1281,6 +1287,8 @@ void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, const float *code_t
     char name[32];
     int tiled = n_tokens > 1;
     snprintf(name, sizeof name, "%s_%s", tiled ? "matmul" : "matvec", suffix);
+    // fp16 tier: F16 rows read as f16vec4, so they must start 8-byte aligned in the binding.
+    int half_rows = !tiled && type == PUNA_TYPE_F16 && vk->tier >= PUNA_VK_TIER_FP16 && row_bytes % 8 == 0;
     for (uint64_t r0 = 0; r0 < rows; r0 += rows_per_part) {
         uint32_t n_rows = (uint32_t)(rows - r0 < rows_per_part ? rows - r0 : rows_per_part);
         puna_vk_buffer part = w;
@@ -1289,6 +1297,8 @@ void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, const float *code_t
         binding wb;
         if (bind_buffer(vk, part, &wb) != 0) return;
         puna_vk_buffer bufs[3] = {part, x, y};
+        if (half_rows && wb.residual % 8 == 0) snprintf(name, sizeof name, "matvec_f16_h");
+        else if (!tiled) snprintf(name, sizeof name, "matvec_%s", suffix);
         if (!tiled) {
             uint32_t groups = (n_rows + 1) / 2;   // 2 rows per workgroup (specialization constant 1)
             uint32_t gx = groups < 65535 ? groups : 65535, gy = (groups + gx - 1) / gx;

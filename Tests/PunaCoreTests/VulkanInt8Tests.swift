@@ -137,9 +137,55 @@ final class VulkanInt8Tests: XCTestCase {
         print("Vulkan int8 tier (fma mode \(fma)) vs the CPU default kernels:\n" + report.joined(separator: "\n"))
     }
 
+    /// The fp16 tier's F16 matrix x vector (weights loaded as halves, f32 arithmetic): the subgroup
+    /// tier's bits, so within float rounding of the CPU's F16 kernel, with activations inside and
+    /// far outside the f16 range; a band of rows gives the whole product's rows.
+    func testFP16TierF16MatrixTimesVector() throws {
+        let device = try requireDevice()
+        guard VulkanTests.Tier.available(device).contains(.fp16) else {
+            if VulkanTests.required && device.storageBuffer16Bit { XCTFail("the fp16 tier is missing") }
+            throw XCTSkip("the device lacks 16-bit storage")
+        }
+        let fp16 = try context(Int32(PUNA_VK_TIER_FP16.rawValue)), sub = try context(Int32(PUNA_VK_TIER_SUBGROUP.rawValue))
+        defer { puna_vk_destroy(fp16); puna_vk_destroy(sub) }
+        let pool = puna_pool_create(2)!
+        defer { puna_pool_destroy(pool) }
+        let rows = 45, cols = 1024
+        let t = Int32(PUNA_TYPE_F16.rawValue)
+        var rng = KernelTests.Rng(state: 0xF16)
+        let w = weights(PUNA_TYPE_F16, rows: rows, cols: cols, rng: &rng)
+        var report: [String] = []
+        for (label, scale) in [("activations within f16", Float(4)), ("activations past f16", Float(4e5))] {
+            let x = rng.floats(cols, scale)
+            var cpu = [Float](repeating: .nan, count: rows)
+            let rc = w.withUnsafeBytes { wb in
+                cpu.withUnsafeMutableBufferPointer { puna_matmul(pool, t, wb.baseAddress, Int64(rows), Int64(cols), x, 1, $0.baseAddress) }
+            }
+            XCTAssertEqual(rc, 0)
+            var results: [[Float]] = []
+            for ctx in [fp16, sub] {
+                var buffer = puna_vk_buffer(), y = puna_vk_buffer()
+                var gpuType: Int32 = -1, zeroCopy: Int32 = -1
+                XCTAssertEqual(w.withUnsafeBytes { puna_vk_upload_matrix(ctx, t, $0.baseAddress, Int64(rows), Int64(cols), &buffer, &gpuType, &zeroCopy) }, 0, error(ctx))
+                XCTAssertEqual(puna_vk_alloc(ctx, UInt64(rows * 4), Int32(PUNA_VK_MEMORY_HOST.rawValue), 0, &y), 0, error(ctx))
+                results.append(try gpuProduct(ctx, t, buffer, cols: cols, first: 0, count: rows, x, tokens: 1, into: y))
+                if ctx == fp16 {
+                    let band = try gpuProduct(ctx, t, buffer, cols: cols, first: 3, count: 37, x, tokens: 1, into: y)
+                    XCTAssertEqual(band, Array(results[0][3..<40]), label)
+                }
+            }
+            let d = relative(results[0], cpu, scale: cpu), dSub = relative(results[1], cpu, scale: cpu)
+            report.append("\(label): fp16 tier \(d), subgroup tier \(dSub)")
+            XCTAssertTrue(results[0].allSatisfy { $0.isFinite }, label)
+            XCTAssertLessThanOrEqual(d, 1e-5, label)
+            XCTAssertEqual(results[0].map { $0.bitPattern }, results[1].map { $0.bitPattern }, "\(label): fp16 vs subgroup tier")
+        }
+        print("Vulkan fp16 tier, F16 matrix x vector vs the CPU, max|diff|/max|y|:\n" + report.joined(separator: "\n"))
+    }
+
     /// Tier names, support checks with what is missing, forcing through PUNA_VK_TIER, refusals.
     func testTiersAreChosenForcedAndRefused() throws {
-        XCTAssertEqual((0..<Int32(PUNA_VK_TIER_COUNT.rawValue)).map { String(cString: puna_vk_tier_name($0)) }, ["baseline", "subgroup", "int8"])
+        XCTAssertEqual((0..<Int32(PUNA_VK_TIER_COUNT.rawValue)).map { String(cString: puna_vk_tier_name($0)) }, ["baseline", "subgroup", "fp16", "int8"])
         XCTAssertNil(puna_vk_tier_name(Int32(PUNA_VK_TIER_COUNT.rawValue)))
         XCTAssertEqual(puna_vk_tier_from_name("int8"), Int32(PUNA_VK_TIER_INT8.rawValue))
         XCTAssertEqual(puna_vk_tier_from_name("fast"), -1)
@@ -148,11 +194,14 @@ final class VulkanInt8Tests: XCTestCase {
         info.subgroup_arithmetic = 1
         var missing = [CChar](repeating: 0, count: 256)
         XCTAssertEqual(puna_vk_tier_supported(&info, Int32(PUNA_VK_TIER_INT8.rawValue), &missing, 256), 0)
-        XCTAssertEqual(String(cString: missing), "VK_KHR_shader_integer_dot_product")
+        XCTAssertEqual(String(cString: missing), "storageBuffer16BitAccess, VK_KHR_shader_integer_dot_product")
         XCTAssertEqual(puna_vk_best_tier(&info), Int32(PUNA_VK_TIER_SUBGROUP.rawValue))
+        info.storage_buffer_16bit = 1
+        XCTAssertEqual(puna_vk_best_tier(&info), Int32(PUNA_VK_TIER_FP16.rawValue))
         info.subgroup_arithmetic = 0
         XCTAssertEqual(puna_vk_tier_supported(&info, Int32(PUNA_VK_TIER_INT8.rawValue), &missing, 256), 0)
         XCTAssertEqual(String(cString: missing), "subgroup arithmetic in compute shaders, VK_KHR_shader_integer_dot_product")
+        XCTAssertEqual(puna_vk_best_tier(&info), Int32(PUNA_VK_TIER_BASELINE.rawValue))
         info.integer_dot_product = 1
         info.subgroup_arithmetic = 1
         XCTAssertEqual(puna_vk_tier_supported(&info, Int32(PUNA_VK_TIER_INT8.rawValue), &missing, 256), 1)

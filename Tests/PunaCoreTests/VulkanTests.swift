@@ -17,7 +17,7 @@ import XCTest
 final class VulkanTests: XCTestCase {
     /// The shader tiers (include/puna_vulkan.h), lowest first; tests run every one the device has.
     enum Tier: String, CaseIterable {
-        case baseline, subgroup, int8
+        case baseline, subgroup, fp16, int8
         var index: Int32 { Int32(Self.allCases.firstIndex(of: self)!) }
         /// The int8 tier computes quantized matmuls as the CPU's default kernels do (activations
         /// quantized to 8 bits), so the CPU figures it is held to are those kernels'; the others
@@ -94,10 +94,16 @@ final class VulkanTests: XCTestCase {
                 XCTAssertTrue(module.capabilities.isSubset(of: [SPIRVModule.capabilityShader, 61, 63]),
                               "\(s.name) (subgroup tier) declares \(module.capabilities)")
                 if module.capabilities.contains(63) { subgroupCapabilitySeen = true }
+            } else if s.tier == 2 {
+                // fp16: 16-bit storage (no Float16 arithmetic), nothing else new.
+                XCTAssertTrue(module.capabilities.isSubset(of: [SPIRVModule.capabilityShader, 61, 63, 4433]),
+                              "\(s.name) (fp16 tier) declares \(module.capabilities)")
+                XCTAssertTrue(module.capabilities.contains(4433), s.name)
+                XCTAssertEqual(module.extensions, [], s.name)
             } else {
                 // int8: the packed 4x8 dot product (DotProductInput4x8BitPacked, DotProduct) and
                 // nothing the tier does not enable (no Int8/Float16 arithmetic, no 8/16-bit storage).
-                XCTAssertEqual(s.tier, 2, s.name)
+                XCTAssertEqual(s.tier, 3, s.name)
                 // The _f64 variants compute fma in double (Float64) where the driver's fma() is not fused.
                 let float64: Set<UInt32> = s.name.hasSuffix("_f64") ? [10] : []
                 XCTAssertTrue(module.capabilities.isSubset(of: Set([SPIRVModule.capabilityShader, 61, 63, 6018, 6019]).union(float64)),
@@ -230,6 +236,15 @@ final class VulkanTests: XCTestCase {
                 XCTAssertLessThanOrEqual(vsCPUf16, limit, "\(file) \(tier) f16 cache")
                 XCTAssertLessThanOrEqual(vsFast, fastTolerance, "\(file) \(tier) vs the CPU's default kernels")
                 XCTAssertLessThanOrEqual(vsTransformers, tier.cpuReferenceKernels ? tolerance : fastTolerance, "\(file) \(tier) vs transformers")
+                if tier == .fp16 && type == "f16" {
+                    // Token by token: the matrix x vector shader, where the fp16 tier loads halves.
+                    let cache = try gpu.makeCache(contextLength: 64, type: .f32)
+                    var stepped: [Float] = []
+                    for t in tokens { stepped += try gpu.evaluate([t], cache: cache) }
+                    let d = relative(stepped, cpuF32, scale: cpuF32)
+                    report.append("\(file) fp16 token by token: vs CPU \(d)")
+                    XCTAssertLessThanOrEqual(d, tolerance, "\(file) fp16 token by token")
+                }
             }
         }
         print("Vulkan logits, max|diff|/max|logit|:\n" + report.joined(separator: "\n"))

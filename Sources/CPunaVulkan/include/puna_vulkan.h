@@ -65,15 +65,20 @@ typedef struct puna_vk puna_vk;
 // same name; the rest come from below):
 //   baseline  Vulkan 1.1 core only;
 //   subgroup  + subgroup arithmetic in compute shaders (reductions);
+//   fp16      + storageBuffer16BitAccess: F16 weights in the matrix x vector shader are read as
+//             halves, the arithmetic stays f32 (the subgroup tier's sums, bit for bit; f16
+//             products were measured past the F16 tolerance);
 //   int8      + VK_KHR_shader_integer_dot_product: quantized weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 //             Q4_K, Q5_K, Q6_K) multiply activations quantized on the GPU to 8-bit blocks as the
 //             CPU kernels quantize them (kernels_internal.h, one level), with the same integer
 //             sums and float steps, so the products are the CPU kernels' bits on drivers with
 //             correctly rounded division and fused fma. Other types keep the subgroup shaders, and
 //             so do all types while the process asks for two activation levels.
-enum puna_vk_tier { PUNA_VK_TIER_BASELINE = 0, PUNA_VK_TIER_SUBGROUP = 1, PUNA_VK_TIER_INT8 = 2, PUNA_VK_TIER_COUNT = 3 };
+enum puna_vk_tier {
+    PUNA_VK_TIER_BASELINE = 0, PUNA_VK_TIER_SUBGROUP = 1, PUNA_VK_TIER_FP16 = 2, PUNA_VK_TIER_INT8 = 3, PUNA_VK_TIER_COUNT = 4
+};
 
-// "baseline", "subgroup", "int8"; NULL outside the enum.
+// "baseline", "subgroup", "fp16", "int8"; NULL outside the enum.
 const char *puna_vk_tier_name(int tier);
 // The tier named `name`, or -1.
 int puna_vk_tier_from_name(const char *name);
@@ -84,7 +89,7 @@ int puna_vk_tier_supported(const puna_vk_device_info *info, int tier, char *miss
 int puna_vk_best_tier(const puna_vk_device_info *info);
 
 // device_index < 0 picks the best usable device (discrete, then integrated, virtual, CPU).
-// tier < 0 picks the tier from the environment: PUNA_VK_TIER=baseline|subgroup|int8, else
+// tier < 0 picks the tier from the environment: PUNA_VK_TIER=baseline|subgroup|fp16|int8, else
 // PUNA_VK_BASELINE=1 for baseline, else the best the device supports; tier >= 0 forces that tier.
 // A forced tier the device lacks, or an unknown PUNA_VK_TIER, fails with the reason.
 // NULL on failure with the reason in err.
