@@ -391,7 +391,12 @@ int puna_vk_tier_supported(const puna_vk_device_info *info, int tier, char *miss
 
 int puna_vk_best_tier(const puna_vk_device_info *info) {
     int best = PUNA_VK_TIER_BASELINE;
-    for (int t = 1; t < PUNA_VK_TIER_COUNT; t++) if (puna_vk_tier_supported(info, t, NULL, 0)) best = t;
+    for (int t = 1; t < PUNA_VK_TIER_COUNT; t++) {
+        // An emulated dot product (lavapipe's) makes the int8 tier slower than the float shaders;
+        // it stays available when forced.
+        if (t == PUNA_VK_TIER_INT8 && !info->integer_dot_product_accelerated) continue;
+        if (puna_vk_tier_supported(info, t, NULL, 0)) best = t;
+    }
     return best;
 }
 

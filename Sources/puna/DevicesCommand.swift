@@ -74,9 +74,13 @@ enum DevicesCommand {
             let dot = d.integerDotProduct ? (d.integerDotProductAccelerated ? "yes (accelerated)" : "yes (not accelerated)") : "no"
             outLine("   fp16 \(yes(d.shaderFloat16)), int8 \(yes(d.shaderInt8)), int dot \(dot), 16-bit storage \(yes(d.storageBuffer16Bit)), 8-bit storage \(yes(d.storageBuffer8Bit)), host-memory import \(yes(d.externalMemoryHost))")
             for t in d.tiers {
-                outLine("   tier \(t.name): " + (t.missing.isEmpty ? "available" : "needs \(t.missing)"))
+                var line = t.missing.isEmpty ? "available" : "needs \(t.missing)"
+                if t.missing.isEmpty && t.name == "int8" && !d.integerDotProductAccelerated {
+                    line += " (not picked by default: the driver emulates the dot product)"
+                }
+                outLine("   tier \(t.name): " + line)
             }
-            outLine("   Puna shader tier: \(d.tier) (the highest available; PUNA_VK_TIER=\(VulkanDevice.tierNames.joined(separator: "|")) forces one)")
+            outLine("   Puna shader tier: \(d.tier) (PUNA_VK_TIER=\(VulkanDevice.tierNames.joined(separator: "|")) forces one)")
         }
         return 0
     }

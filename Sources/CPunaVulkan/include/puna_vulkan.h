@@ -85,12 +85,13 @@ int puna_vk_tier_from_name(const char *name);
 // 1 when the device has every feature `tier` needs; else 0 with the missing ones, comma-separated,
 // in `missing` (may be NULL).
 int puna_vk_tier_supported(const puna_vk_device_info *info, int tier, char *missing, size_t missing_len);
-// The highest tier the device supports (what puna_vk_create picks when nothing is forced).
+// The highest tier the device supports, int8 only where the packed 4x8 dot product is
+// accelerated (what puna_vk_create picks when nothing is forced).
 int puna_vk_best_tier(const puna_vk_device_info *info);
 
 // device_index < 0 picks the best usable device (discrete, then integrated, virtual, CPU).
 // tier < 0 picks the tier from the environment: PUNA_VK_TIER=baseline|subgroup|fp16|int8, else
-// PUNA_VK_BASELINE=1 for baseline, else the best the device supports; tier >= 0 forces that tier.
+// PUNA_VK_BASELINE=1 for baseline, else puna_vk_best_tier; tier >= 0 forces that tier.
 // A forced tier the device lacks, or an unknown PUNA_VK_TIER, fails with the reason.
 // NULL on failure with the reason in err.
 puna_vk *puna_vk_create(int device_index, int tier, char *err, size_t err_len);

@@ -52,7 +52,8 @@ public struct VulkanDevice {
     /// Vulkan 1.1 with a compute queue: Puna can run on it.
     public let usable: Bool
 
-    /// The shader tier Puna picks on this device when none is forced: the best it supports.
+    /// The shader tier Puna picks on this device when none is forced: the best it supports (int8
+    /// only with an accelerated dot product).
     public let tier: String
     /// Every tier, lowest first, with the features this device lacks for it (empty: supported).
     public let tiers: [(name: String, missing: String)]
