@@ -16,7 +16,7 @@ layout(std430, binding = 3) writeonly buffer Out { float o[]; };
 
 layout(push_constant) uniform Params {
     uint n_tokens, pos0, n_heads, n_kv_heads;
-    uint head_dim, kv_dim, f16;
+    uint head_dim, kv_dim, format;   // format: 0 f32, 1 f16, 2 q8_0 (enum puna_vk_kv_format)
     float scale;   // 1 / sqrt(head_dim)
     uint window;   // 0: every position; > 0: the last `window` positions
     uint ring;     // 0: row = position; > 0: row = position % ring
@@ -28,8 +28,22 @@ shared float qs[MAX_HEAD_DIM];
 shared float probs[WORKGROUP_SIZE];
 shared float red[WORKGROUP_SIZE];
 
-float key(uint e) { return p.f16 != 0u ? unpackHalf2x16(kc[e >> 1])[e & 1u] : uintBitsToFloat(kc[e]); }
-float value(uint e) { return p.f16 != 0u ? unpackHalf2x16(vc[e >> 1])[e & 1u] : uintBitsToFloat(vc[e]); }
+// q8_0: element e of a layer is block e / 32 (34 bytes: f16 d, then 32 int8) at offset e % 32.
+uint cache_half(uint word, uint byte_offset) { return (byte_offset & 2u) != 0u ? (word >> 16) : (word & 0xffffu); }
+float key(uint e) {
+    if (p.format == 1u) return unpackHalf2x16(kc[e >> 1])[e & 1u];
+    if (p.format == 0u) return uintBitsToFloat(kc[e]);
+    uint o = 34u * (e >> 5), qo = o + 2u + (e & 31u);
+    float d = unpackHalf2x16(cache_half(kc[o >> 2], o)).x;
+    return d * float(bitfieldExtract(int(kc[qo >> 2]), int((qo & 3u) * 8u), 8));
+}
+float value(uint e) {
+    if (p.format == 1u) return unpackHalf2x16(vc[e >> 1])[e & 1u];
+    if (p.format == 0u) return uintBitsToFloat(vc[e]);
+    uint o = 34u * (e >> 5), qo = o + 2u + (e & 31u);
+    float d = unpackHalf2x16(cache_half(vc[o >> 2], o)).x;
+    return d * float(bitfieldExtract(int(vc[qo >> 2]), int((qo & 3u) * 8u), 8));
+}
 uint row(uint pos) { return p.ring > 0u ? pos % p.ring : pos; }
 
 void main() {

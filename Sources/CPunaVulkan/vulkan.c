@@ -14,6 +14,7 @@
 #include "bnb_layout.h"
 #include "generated/shaders.h"
 #include "puna_bnb.h"
+#include "puna_kernels.h"
 #include "puna_quants.h"
 #include "vk_api.h"
 
@@ -124,7 +125,7 @@ static void query_device(VkPhysicalDevice pd, puna_vk_device_info *info) {
     if (ext) p_vkEnumerateDeviceExtensionProperties(pd, NULL, &n_ext, ext);
     else n_ext = 0;
     uint32_t version = VK_API_VERSION_MINOR(props.apiVersion) + 100 * VK_API_VERSION_MAJOR(props.apiVersion);
-    int v12 = version >= 102, v13 = version >= 103;
+    int v12 = version >= 102;
     info->external_memory_host = has_extension(ext, n_ext, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
 
     // Everything below needs the 1.1 queries; a 1.0 device is listed but not usable.
@@ -159,13 +160,23 @@ static void query_device(VkPhysicalDevice pd, puna_vk_device_info *info) {
     void **tail = &storage16.pNext;
     if (v12 || has_extension(ext, n_ext, VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME)) { *tail = &f16i8; tail = &f16i8.pNext; }
     if (v12 || has_extension(ext, n_ext, VK_KHR_8BIT_STORAGE_EXTENSION_NAME)) { *tail = &storage8; tail = &storage8.pNext; }
-    if (v13 || has_extension(ext, n_ext, VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME)) { *tail = &dot; tail = &dot.pNext; }
+    // The instance asks for Vulkan 1.1, so 1.2/1.3 features are only enabled through their extensions.
+    int dot_ext = has_extension(ext, n_ext, VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME);
+    if (dot_ext) { *tail = &dot; tail = &dot.pNext; }
     p_vkGetPhysicalDeviceFeatures2(pd, &features);
+    if (dot_ext) {
+        VkPhysicalDeviceShaderIntegerDotProductProperties dot_props = {
+            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_PROPERTIES};
+        VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &dot_props};
+        p_vkGetPhysicalDeviceProperties2(pd, &p2);
+        info->integer_dot_product_accelerated = dot_props.integerDotProduct4x8BitPackedSignedAccelerated;
+    }
     info->storage_buffer_16bit = storage16.storageBuffer16BitAccess;
     info->shader_float16 = f16i8.shaderFloat16;
     info->shader_int8 = f16i8.shaderInt8;
+    info->shader_float64 = features.features.shaderFloat64;
     info->storage_buffer_8bit = storage8.storageBuffer8BitAccess;
-    info->integer_dot_product = dot.shaderIntegerDotProduct;
+    info->integer_dot_product = dot_ext && dot.shaderIntegerDotProduct;
     free(ext);
 }
 
@@ -260,6 +271,7 @@ struct puna_vk {
     PUNA_VK_DEVICE_FUNCS(DECLARE)
     PFN_vkGetMemoryHostPointerPropertiesEXT vkGetMemoryHostPointerPropertiesEXT;
     int index, tier, discrete, import_enabled;
+    int fma_mode;            // enum puna_vk_fma, or -1 below the int8 tier
     puna_vk_device_info info;
     VkPhysicalDevice physical;
     VkPhysicalDeviceMemoryProperties memory_props;
@@ -283,6 +295,12 @@ struct puna_vk {
     uint64_t timeout_ns;
     int hung;                // a submission outlived the timeout: the device may still be using memory
     int recording;
+    // int8 tier: quantized activations of the matmul being recorded, and scratch buffers outgrown
+    // while recording (the commands may still name them), freed at the next begin.
+    puna_vk_buffer act;
+    int act_live;
+    puna_vk_buffer retired[8];
+    uint32_t retired_count;
     char error[512];
 };
 #undef DECLARE
@@ -318,6 +336,7 @@ static void mark_hung(puna_vk *vk) {
 int puna_vk_device_index(const puna_vk *vk) { return vk->index; }
 const puna_vk_device_info *puna_vk_info(const puna_vk *vk) { return &vk->info; }
 int puna_vk_tier(const puna_vk *vk) { return vk->tier; }
+int puna_vk_int8_fma(const puna_vk *vk) { return vk->fma_mode; }
 const char *puna_vk_error(const puna_vk *vk) { return vk->error; }
 int puna_vk_hung(const puna_vk *vk) { return vk->hung; }
 uint64_t puna_vk_max_binding_bytes(const puna_vk *vk) { return vk->info.max_storage_buffer_range; }
@@ -338,8 +357,79 @@ static int device_rank(int type) {
 }
 
 static int setup(puna_vk *vk);
+static int probe_fma(puna_vk *vk);
+static int dispatch(puna_vk *vk, const char *name, const puna_vk_buffer *b, uint32_t n, const void *push,
+                    uint32_t push_bytes, uint32_t gx, uint32_t gy, uint32_t gz);
 
-puna_vk *puna_vk_create(int device_index, int force_baseline, char *err, size_t err_len) {
+static const char *const tier_names[PUNA_VK_TIER_COUNT] = {"baseline", "subgroup", "fp16", "int8"};
+
+const char *puna_vk_tier_name(int tier) { return tier >= 0 && tier < PUNA_VK_TIER_COUNT ? tier_names[tier] : NULL; }
+
+int puna_vk_tier_from_name(const char *name) {
+    for (int t = 0; name && t < PUNA_VK_TIER_COUNT; t++) if (strcmp(name, tier_names[t]) == 0) return t;
+    return -1;
+}
+
+int puna_vk_tier_supported(const puna_vk_device_info *info, int tier, char *missing, size_t missing_len) {
+    char list[256] = "";
+    size_t used = 0;
+#define NEED(cond, what) if (tier >= t_ && !(cond)) used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", used ? ", " : "", what); \
+    if (used >= sizeof list) used = sizeof list - 1;
+    int t_ = PUNA_VK_TIER_BASELINE;
+    NEED(info->usable, "Vulkan 1.1 compute")
+    t_ = PUNA_VK_TIER_SUBGROUP;
+    NEED(info->subgroup_arithmetic, "subgroup arithmetic in compute shaders")
+    t_ = PUNA_VK_TIER_FP16;
+    NEED(info->storage_buffer_16bit, "storageBuffer16BitAccess")
+    t_ = PUNA_VK_TIER_INT8;
+    NEED(info->integer_dot_product, "VK_KHR_shader_integer_dot_product")
+#undef NEED
+    if (tier < 0 || tier >= PUNA_VK_TIER_COUNT) snprintf(list, sizeof list, "a tier numbered %d", tier);
+    if (missing && missing_len) snprintf(missing, missing_len, "%s", list);
+    return list[0] == 0;
+}
+
+int puna_vk_best_tier(const puna_vk_device_info *info) {
+    int best = PUNA_VK_TIER_BASELINE;
+    for (int t = 1; t < PUNA_VK_TIER_COUNT; t++) {
+        // An emulated dot product (lavapipe's) makes the int8 tier slower than the float shaders;
+        // it stays available when forced.
+        if (t == PUNA_VK_TIER_INT8 && !info->integer_dot_product_accelerated) continue;
+        if (puna_vk_tier_supported(info, t, NULL, 0)) best = t;
+    }
+    return best;
+}
+
+// The tier a context gets: forced (argument, then PUNA_VK_TIER, then PUNA_VK_BASELINE=1) or the
+// best the device has. -1 with the reason in err.
+static int choose_tier(const puna_vk_device_info *info, int requested, char *err, size_t err_len) {
+    const char *source = "the requested tier";
+    if (requested < 0) {
+        const char *env = getenv("PUNA_VK_TIER");
+        if (env && env[0]) {
+            requested = puna_vk_tier_from_name(env);
+            if (requested < 0) {
+                if (err && err_len) snprintf(err, err_len, "PUNA_VK_TIER=%s is not a tier (baseline, subgroup, fp16, int8)", env);
+                return -1;
+            }
+            source = "PUNA_VK_TIER";
+        } else if (env_flag("PUNA_VK_BASELINE")) {
+            return PUNA_VK_TIER_BASELINE;
+        } else {
+            return puna_vk_best_tier(info);
+        }
+    }
+    char missing[256];
+    if (!puna_vk_tier_supported(info, requested, missing, sizeof missing)) {
+        if (err && err_len)
+            snprintf(err, err_len, "%s %s needs %s, which %s lacks", source,
+                     puna_vk_tier_name(requested) ? puna_vk_tier_name(requested) : "?", missing, info->name);
+        return -1;
+    }
+    return requested;
+}
+
+puna_vk *puna_vk_create(int device_index, int requested_tier, char *err, size_t err_len) {
     if (!puna_vk_load()) {
         if (err && err_len) snprintf(err, err_len, "Vulkan is not available: %s", g_load_error);
         return NULL;
@@ -365,6 +455,8 @@ puna_vk *puna_vk_create(int device_index, int force_baseline, char *err, size_t 
         if (err && err_len) snprintf(err, err_len, "Vulkan device %d (%s) lacks Vulkan 1.1 compute", device_index, g_info[device_index].name);
         return NULL;
     }
+    int tier = choose_tier(&g_info[device_index], requested_tier, err, err_len);
+    if (tier < 0) return NULL;
     puna_vk *vk = calloc(1, sizeof *vk);
     if (!vk) {
         if (err && err_len) snprintf(err, err_len, "out of memory");
@@ -376,12 +468,12 @@ puna_vk *puna_vk_create(int device_index, int force_baseline, char *err, size_t 
     // PUNA_VK_STAGING=1 takes the discrete-GPU memory path anywhere (device memory never mapped,
     // uploads through the staging buffer, no import), so CI exercises it on lavapipe.
     vk->discrete = vk->info.type == PUNA_VK_DEVICE_DISCRETE || env_flag("PUNA_VK_STAGING");
-    vk->tier = (!force_baseline && !env_flag("PUNA_VK_BASELINE") && vk->info.subgroup_arithmetic)
-                   ? PUNA_VK_TIER_SUBGROUP : PUNA_VK_TIER_BASELINE;
+    vk->tier = tier;
     const char *timeout = getenv("PUNA_VK_TIMEOUT_S");
     double seconds = timeout ? atof(timeout) : 0;
     vk->timeout_ns = (uint64_t)((seconds > 0 ? seconds : 600.0) * 1e9);
-    if (setup(vk) != 0) {
+    vk->fma_mode = -1;
+    if (setup(vk) != 0 || (vk->tier >= PUNA_VK_TIER_INT8 && probe_fma(vk) != 0)) {
         if (err && err_len) snprintf(err, err_len, "Vulkan device %d (%s): %s", device_index, vk->info.name, vk->error);
         puna_vk_destroy(vk);
         return NULL;
@@ -409,8 +501,21 @@ static int setup(puna_vk *vk) {
         if (q[i].queueFlags & VK_QUEUE_COMPUTE_BIT) family = i;
 
     // Zero-copy import only where the GPU reads system memory at full speed (not over PCIe).
-    const char *extensions[1];
+    const char *extensions[2];
     uint32_t n_extensions = 0;
+    const void *features = NULL;
+    // Each tier's features, chained onto features2 (tiers include the ones below).
+    VkPhysicalDeviceShaderIntegerDotProductFeatures dot = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES, .shaderIntegerDotProduct = VK_TRUE};
+    VkPhysicalDevice16BitStorageFeatures storage16 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES, .storageBuffer16BitAccess = VK_TRUE};
+    VkPhysicalDeviceFeatures2 features2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &storage16};
+    if (vk->tier >= PUNA_VK_TIER_FP16) features = &features2;   // 16-bit storage is Vulkan 1.1 core
+    if (vk->tier >= PUNA_VK_TIER_INT8) {
+        extensions[n_extensions++] = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
+        storage16.pNext = &dot;
+        features2.features.shaderFloat64 = vk->info.shader_float64 ? VK_TRUE : 0;   // the FMA_F64 variants
+    }
     if (vk->info.external_memory_host && !vk->discrete && !env_flag("PUNA_VK_NO_IMPORT")) {
         extensions[n_extensions++] = VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME;
         vk->import_enabled = 1;
@@ -423,7 +528,7 @@ static int setup(puna_vk *vk) {
     float priority = 1.0f;
     VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = family,
                                    .queueCount = 1, .pQueuePriorities = &priority};
-    VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .queueCreateInfoCount = 1,
+    VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .pNext = features, .queueCreateInfoCount = 1,
                               .pQueueCreateInfos = &qci, .enabledExtensionCount = n_extensions,
                               .ppEnabledExtensionNames = extensions};
     CHECK(vk, p_vkCreateDevice(vk->physical, &dci, NULL, &vk->device), "vkCreateDevice");
@@ -463,6 +568,24 @@ static int setup(puna_vk *vk) {
                                        .pPushConstantRanges = &push};
     CHECK(vk, vk->vkCreatePipelineLayout(vk->device, &plci, NULL, &vk->pipeline_layout), "vkCreatePipelineLayout");
     if (puna_vk_alloc(vk, STAGING_BYTES, PUNA_VK_MEMORY_HOST, 1, &vk->staging) != 0) return -1;
+    return 0;
+}
+
+// Whether fma() is fused on this driver: 1 + 2^-12 squared is 1 + 2^-11 + 2^-24, whose last term
+// a separately rounded product drops (a tie, to even), so fma(a, a, -1) is 2^-11 + 2^-24 only when
+// fused. The inputs come from a buffer so no compiler folds them.
+static int probe_fma(puna_vk *vk) {
+    puna_vk_buffer b;
+    if (puna_vk_alloc(vk, 16, PUNA_VK_MEMORY_HOST, 0, &b) != 0) return -1;
+    float *v = puna_vk_host_pointer(vk, b);
+    if (!v) { set_error(vk, "fma probe: host buffer not mapped"); return -1; }
+    const float a = 1.0f + 0x1p-12f;
+    v[0] = a; v[1] = a; v[2] = -1.0f; v[3] = 0.0f;
+    uint32_t unused = 0;
+    if (puna_vk_begin(vk) != 0 || dispatch(vk, "fma_probe", &b, 1, &unused, sizeof unused, 1, 1, 1) != 0 || puna_vk_submit(vk) != 0)
+        return -1;
+    if (v[3] == 0x1p-11f + 0x1p-24f) vk->fma_mode = PUNA_VK_FMA_FUSED;
+    else vk->fma_mode = vk->info.shader_float64 ? PUNA_VK_FMA_F64 : PUNA_VK_FMA_UNFUSED;
     return 0;
 }
 
@@ -994,6 +1117,8 @@ static VkDescriptorSet get_set(puna_vk *vk, const binding *b, uint32_t n) {
 // ---- recording -----------------------------------------------------------------------------------
 int puna_vk_begin(puna_vk *vk) {
     if (vk->error[0]) return -1;
+    for (uint32_t i = 0; i < vk->retired_count; i++) puna_vk_free(vk, vk->retired[i]);
+    vk->retired_count = 0;
     VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
                                    .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
     CHECK(vk, vk->vkResetCommandBuffer(vk->cmd, 0), "vkResetCommandBuffer");
@@ -1088,6 +1213,64 @@ static const char *type_suffix(int type) {
     }
 }
 
+// Whether the int8 tier serves this weight type now: K-quants take activation blocks of 256, the
+// simple quants blocks of 32 (0: not served).
+static uint32_t int8_block(const puna_vk *vk, int type) {
+    if (vk->tier < PUNA_VK_TIER_INT8 || puna_kernels_activation_levels() != 1) return 0;
+    switch (type) {
+    case PUNA_TYPE_Q4_0: case PUNA_TYPE_Q4_1: case PUNA_TYPE_Q5_0: case PUNA_TYPE_Q5_1: case PUNA_TYPE_Q8_0: return 32;
+    case PUNA_TYPE_Q4_K: case PUNA_TYPE_Q5_K: case PUNA_TYPE_Q6_K: return 256;
+    default: return 0;
+    }
+}
+
+// The int8 tier's matmul: quantize x on the GPU (quantize_q8), then the integer block dots
+// (matvec_dot_*), one token per grid layer as the matvec shaders. Returns 1 when it recorded the
+// matmul (or set an error), 0 to leave it to the float shaders.
+static int int8_matmul(puna_vk *vk, int type, const char *suffix, puna_vk_buffer w, uint32_t rows, uint32_t cols,
+                       uint64_t row_bytes, uint64_t rows_per_part, puna_vk_buffer x, uint32_t x_offset, puna_vk_buffer y,
+                       uint32_t y_offset, uint32_t n_tokens, float alpha, int accumulate) {
+    uint32_t block = int8_block(vk, type);
+    if (block == 0 || cols % block != 0) return 0;
+    if (n_tokens > 65535) { set_error(vk, "matmul: %u tokens in one dispatch (at most 65535)", n_tokens); return 1; }
+    // Per token: the 8-bit values, 4 to a word, then one f32 scale per block.
+    uint32_t stride = cols / 4 + cols / block;
+    uint64_t need = (uint64_t)stride * 4 * n_tokens;
+    if (!vk->act_live || vk->act.size < need) {
+        if (vk->act_live) {
+            if (vk->retired_count == sizeof vk->retired / sizeof vk->retired[0]) { set_error(vk, "matmul: activation scratch regrown too often"); return 1; }
+            vk->retired[vk->retired_count++] = vk->act;
+        }
+        uint64_t bytes = vk->act_live && 2 * vk->act.size > need ? 2 * vk->act.size : need;
+        vk->act_live = 0;
+        if (puna_vk_alloc(vk, bytes, PUNA_VK_MEMORY_DEVICE, 1, &vk->act) != 0) return 1;
+        vk->act_live = 1;
+    }
+    puna_vk_buffer act = vk->act;
+    act.size = need;
+    struct { uint32_t cols, x_off, x_stride, block, stride; } q = {cols, x_offset, cols, block, stride};
+    puna_vk_buffer qbufs[2] = {x, act};
+    if (dispatch(vk, "quantize_q8", qbufs, 2, &q, sizeof q, (cols / 4 + 63) / 64, n_tokens, 1) != 0) return 1;
+    char name[32];
+    snprintf(name, sizeof name, "matvec_dot_%s%s", suffix, vk->fma_mode == PUNA_VK_FMA_F64 ? "_f64" : "");
+    for (uint64_t r0 = 0; r0 < rows; r0 += rows_per_part) {
+        uint32_t n_rows = (uint32_t)(rows - r0 < rows_per_part ? rows - r0 : rows_per_part);
+        puna_vk_buffer part = w;
+        part.offset += r0 * row_bytes;
+        part.size = n_rows * row_bytes;
+        binding wb;
+        if (bind_buffer(vk, part, &wb) != 0) return 1;
+        uint32_t groups = (n_rows + 3) / 4;   // 4 rows per workgroup
+        uint32_t gx = groups < 65535 ? groups : 65535, gy = (groups + gx - 1) / gx;
+        struct { uint32_t rows, cols, row_bytes, w_off, a_stride, y_off, y_stride, groups_x, accumulate; float alpha; } p = {
+            n_rows, cols, (uint32_t)row_bytes, wb.residual, stride, y_offset + (uint32_t)r0, rows, gx,
+            (uint32_t)(accumulate != 0), alpha};
+        puna_vk_buffer bufs[3] = {part, act, y};
+        if (dispatch(vk, name, bufs, 3, &p, sizeof p, gx, gy, n_tokens) != 0) return 1;
+    }
+    return 1;
+}
+
 void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, const float *code_table, uint32_t rows, uint32_t cols,
                     puna_vk_buffer x, uint32_t x_offset, puna_vk_buffer y, uint32_t y_offset, uint32_t n_tokens,
                     float alpha, int accumulate) {
@@ -1103,9 +1286,14 @@ void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, const float *code_t
     uint64_t limit = vk->info.max_storage_buffer_range - vk->min_offset_alignment - 4;
     uint64_t rows_per_part = limit / row_bytes;
     if (rows_per_part == 0) { set_error(vk, "matmul: one row exceeds maxStorageBufferRange"); return; }
+    if (int8_matmul(vk, type, suffix, w, rows, cols, row_bytes, rows_per_part, x, x_offset, y, y_offset, n_tokens, alpha,
+                    accumulate))
+        return;
     char name[32];
     int tiled = n_tokens > 1;
     snprintf(name, sizeof name, "%s_%s", tiled ? "matmul" : "matvec", suffix);
+    // fp16 tier: F16 rows read as f16vec4, so they must start 8-byte aligned in the binding.
+    int half_rows = !tiled && type == PUNA_TYPE_F16 && vk->tier >= PUNA_VK_TIER_FP16 && row_bytes % 8 == 0;
     for (uint64_t r0 = 0; r0 < rows; r0 += rows_per_part) {
         uint32_t n_rows = (uint32_t)(rows - r0 < rows_per_part ? rows - r0 : rows_per_part);
         puna_vk_buffer part = w;
@@ -1114,6 +1302,8 @@ void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, const float *code_t
         binding wb;
         if (bind_buffer(vk, part, &wb) != 0) return;
         puna_vk_buffer bufs[3] = {part, x, y};
+        if (half_rows && wb.residual % 8 == 0) snprintf(name, sizeof name, "matvec_f16_h");
+        else if (!tiled) snprintf(name, sizeof name, "matvec_%s", suffix);
         if (!tiled) {
             uint32_t groups = (n_rows + 1) / 2;   // 2 rows per workgroup (specialization constant 1)
             uint32_t gx = groups < 65535 ? groups : 65535, gy = (groups + gx - 1) / gx;
@@ -1155,17 +1345,29 @@ void puna_vk_rope(puna_vk *vk, puna_vk_buffer table, puna_vk_buffer vec, uint32_
     dispatch(vk, "rope", bufs, 2, &p, sizeof p, (n_heads * rope_pairs + 63) / 64, n_tokens, 1);
 }
 
+uint64_t puna_vk_kv_row_bytes(int format, uint32_t kv_dim) {
+    switch (format) {
+    case PUNA_VK_KV_F32: return (uint64_t)kv_dim * 4;
+    case PUNA_VK_KV_F16: return kv_dim % 2 ? 0 : (uint64_t)kv_dim * 2;
+    case PUNA_VK_KV_Q8_0: return kv_dim % 32 ? 0 : (uint64_t)kv_dim / 32 * 34;
+    default: return 0;
+    }
+}
+
 void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, puna_vk_buffer k_cache, puna_vk_buffer v_cache,
-                      uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int f16, uint32_t ring_rows) {
+                      uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int format, uint32_t ring_rows) {
     if (kv_dim % 2) { set_error(vk, "kv_store: odd KV width %u", kv_dim); return; }
+    if (puna_vk_kv_row_bytes(format, kv_dim) == 0) { set_error(vk, "kv_store: format %d cannot hold rows of %u", format, kv_dim); return; }
     if (ring_rows > 0 && n_tokens > ring_rows) { set_error(vk, "kv_store: %u tokens overrun a ring of %u rows", n_tokens, ring_rows); return; }
-    struct { uint32_t n_tokens, kv_dim, pos0, f16, ring; } p = {n_tokens, kv_dim, pos0, (uint32_t)(f16 != 0), ring_rows};
+    struct { uint32_t n_tokens, kv_dim, pos0, format, ring; } p = {n_tokens, kv_dim, pos0, (uint32_t)format, ring_rows};
     puna_vk_buffer bufs[4] = {k, v, k_cache, v_cache};
-    dispatch(vk, "kv_store", bufs, 4, &p, sizeof p, (kv_dim / 2 + 63) / 64, n_tokens, 1);
+    // q8_0: one invocation per block of 32 (keys and values); else per pair of values.
+    uint32_t per_row = format == PUNA_VK_KV_Q8_0 ? kv_dim / 32 : kv_dim / 2;
+    dispatch(vk, "kv_store", bufs, 4, &p, sizeof p, (per_row + 63) / 64, n_tokens, 1);
 }
 
 void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer k_cache, puna_vk_buffer v_cache, puna_vk_buffer out,
-                       uint32_t n_tokens, uint32_t pos0, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, int f16,
+                       uint32_t n_tokens, uint32_t pos0, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, int format,
                        uint32_t window, uint32_t ring_rows) {
     if (head_dim > 256 || n_kv_heads == 0 || n_heads % n_kv_heads) {
         set_error(vk, "attention: unsupported head layout (head_dim %u, %u heads, %u KV heads)", head_dim, n_heads, n_kv_heads);
@@ -1176,8 +1378,12 @@ void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer k_cache, pu
         set_error(vk, "attention: a ring of %u rows cannot hold a window of %u over %u tokens", ring_rows, window, n_tokens);
         return;
     }
-    struct { uint32_t n_tokens, pos0, n_heads, n_kv_heads, head_dim, kv_dim, f16; float scale; uint32_t window, ring; } p = {
-        n_tokens, pos0, n_heads, n_kv_heads, head_dim, n_kv_heads * head_dim, (uint32_t)(f16 != 0),
+    if (puna_vk_kv_row_bytes(format, n_kv_heads * head_dim) == 0) {
+        set_error(vk, "attention: format %d cannot hold rows of %u", format, n_kv_heads * head_dim);
+        return;
+    }
+    struct { uint32_t n_tokens, pos0, n_heads, n_kv_heads, head_dim, kv_dim, format; float scale; uint32_t window, ring; } p = {
+        n_tokens, pos0, n_heads, n_kv_heads, head_dim, n_kv_heads * head_dim, (uint32_t)format,
         1.0f / sqrtf((float)head_dim), window, ring_rows};
     puna_vk_buffer bufs[4] = {q, k_cache, v_cache, out};
     dispatch(vk, "attention", bufs, 4, &p, sizeof p, n_heads, n_tokens, 1);

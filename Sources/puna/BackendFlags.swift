@@ -27,8 +27,5 @@ enum BackendFlags {
         if args.command == "batch" { throw PunaError("flag --backend: 'puna batch' runs on the CPU only for now") }
         try model.useVulkan(VulkanOptions(device: device ?? -1, gpuLayers: layers ?? -1))
         if let note = model.backendNote { errLine("puna: \(note)") }
-        if model.usesVulkan, args.string("-ctk")?.lowercased() == "q8_0" {
-            errLine("puna: note: the GPU layers keep f16 keys and values (the shaders have no q8_0 cache)")
-        }
     }
 }

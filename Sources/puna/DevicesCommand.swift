@@ -30,6 +30,14 @@ enum DevicesCommand {
                 j.field("api_version", d.apiVersion)
                 j.field("usable", d.usable)
                 j.field("tier", d.tier)
+                j.key("tiers")
+                j.beginArray()
+                for t in d.tiers {
+                    j.beginObject(); j.field("name", t.name); j.field("supported", t.missing.isEmpty)
+                    if !t.missing.isEmpty { j.field("missing", t.missing) }
+                    j.endObject()
+                }
+                j.endArray()
                 j.key("heaps")
                 j.beginArray()
                 for h in d.heaps {
@@ -41,6 +49,7 @@ enum DevicesCommand {
                 j.field("shader_float16", d.shaderFloat16)
                 j.field("shader_int8", d.shaderInt8)
                 j.field("integer_dot_product", d.integerDotProduct)
+                j.field("integer_dot_product_accelerated", d.integerDotProductAccelerated)
                 j.field("storage_buffer_16bit", d.storageBuffer16Bit)
                 j.field("storage_buffer_8bit", d.storageBuffer8Bit)
                 j.field("external_memory_host", d.externalMemoryHost)
@@ -62,8 +71,16 @@ enum DevicesCommand {
             for h in d.heaps { heaps.append(formatBytes(h.bytes) + (h.deviceLocal ? " device-local" : " host")) }
             outLine("   memory heaps: \(heaps.joined(separator: ", "))")
             outLine("   subgroup size \(d.subgroupSize), subgroup arithmetic \(yes(d.subgroupArithmetic)), shared memory \(formatBytes(d.sharedMemoryBytes)), max workgroup \(d.maxWorkgroupInvocations)")
-            outLine("   fp16 \(yes(d.shaderFloat16)), int8 \(yes(d.shaderInt8)), int dot \(yes(d.integerDotProduct)), 16-bit storage \(yes(d.storageBuffer16Bit)), 8-bit storage \(yes(d.storageBuffer8Bit)), host-memory import \(yes(d.externalMemoryHost))")
-            outLine("   Puna shader tier: \(d.tier)\(d.tier == "subgroup" ? " (PUNA_VK_BASELINE=1 forces baseline)" : "")")
+            let dot = d.integerDotProduct ? (d.integerDotProductAccelerated ? "yes (accelerated)" : "yes (not accelerated)") : "no"
+            outLine("   fp16 \(yes(d.shaderFloat16)), int8 \(yes(d.shaderInt8)), int dot \(dot), 16-bit storage \(yes(d.storageBuffer16Bit)), 8-bit storage \(yes(d.storageBuffer8Bit)), host-memory import \(yes(d.externalMemoryHost))")
+            for t in d.tiers {
+                var line = t.missing.isEmpty ? "available" : "needs \(t.missing)"
+                if t.missing.isEmpty && t.name == "int8" && !d.integerDotProductAccelerated {
+                    line += " (not picked by default: the driver emulates the dot product)"
+                }
+                outLine("   tier \(t.name): " + line)
+            }
+            outLine("   Puna shader tier: \(d.tier) (PUNA_VK_TIER=\(VulkanDevice.tierNames.joined(separator: "|")) forces one)")
         }
         return 0
     }

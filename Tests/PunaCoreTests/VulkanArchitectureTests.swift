@@ -50,8 +50,8 @@ final class ArchitectureVulkanTests: XCTestCase {
     }
 
     /// CPU logits with the reference kernels (rows decoded to f32, as the shaders compute).
-    func cpuLogits(_ model: LanguageModel, _ tokens: [Int32], cache: KVCache) throws -> [Float] {
-        puna_kernels_set_reference_only(1)
+    func cpuLogits(_ model: LanguageModel, _ tokens: [Int32], cache: KVCache, referenceKernels: Bool = true) throws -> [Float] {
+        puna_kernels_set_reference_only(referenceKernels ? 1 : 0)
         defer { puna_kernels_set_reference_only(0) }
         return try model.evaluate(tokens, cache: cache, allLogits: true)
     }
@@ -62,11 +62,10 @@ final class ArchitectureVulkanTests: XCTestCase {
         if !adapters.isEmpty {
             model.activeAdapters = AdapterSet(try adapters.map { (try LoRAAdapter.load(path: $0, for: model), Float(1)) })
         }
-        try model.useVulkan(VulkanOptions(gpuLayers: gpuLayers, forceBaseline: tier == .baseline, required: true))
+        try model.useVulkan(VulkanOptions(gpuLayers: gpuLayers, tier: tier.rawValue, required: true))
         XCTAssertTrue(model.usesVulkan, file)
         let note = try XCTUnwrap(model.backendNote)
-        let expected = tier == .subgroup && device.subgroupArithmetic ? "subgroup tier" : "baseline tier"
-        XCTAssertTrue(note.contains(expected), note)
+        XCTAssertTrue(note.contains(", \(tier.rawValue) tier"), note)
         return model
     }
 
@@ -92,19 +91,27 @@ final class ArchitectureVulkanTests: XCTestCase {
                 let limit = Self.tolerance(type)
                 let expected = try Fixtures.floats(Self.root.appendingPathComponent(entry["logits"] as! String))
                 let cpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
-                var cpuLogits: [GGMLType: [Float]] = [:]
+                let quantized = type != "f32" && type != "f16"
+                // Per cache type: the reference kernels' logits, and the default kernels' (int8 tier).
+                var cpuLogits: [GGMLType: [Float]] = [:], cpuFast: [GGMLType: [Float]] = [:]
                 for cacheType in [GGMLType.f32, .f16] {
                     cpuLogits[cacheType] = try self.cpuLogits(cpu, tokens, cache: cpu.makeCache(contextLength: 64, type: cacheType))
+                    if quantized {
+                        cpuFast[cacheType] = try self.cpuLogits(cpu, tokens, cache: cpu.makeCache(contextLength: 64, type: cacheType),
+                                                                referenceKernels: false)
+                    }
                 }
-                for tier in Tier.allCases {
+                for tier in Tier.available(device) {
                     let gpu = try gpuModel(file, tier, device: device)
+                    let int8 = quantized && !tier.cpuReferenceKernels
                     for cacheType in [GGMLType.f32, .f16] {
                         let logits = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: cacheType), allLogits: true)
-                        let reference = cpuLogits[cacheType]!
+                        let reference = (int8 ? cpuFast : cpuLogits)[cacheType]!
                         let vsCPU = relative(logits, reference, scale: reference)
                         let vsTransformers = relative(logits, expected, scale: expected)
-                        report.append("\(name) \(file) \(tier.rawValue) \(cacheType.name) cache: vs CPU \(vsCPU), vs transformers \(vsTransformers)")
-                        XCTAssertLessThanOrEqual(vsCPU, limit, "\(file) \(tier) \(cacheType.name) cache vs CPU")
+                        report.append("\(name) \(file) \(tier.rawValue) \(cacheType.name) cache: vs CPU \(int8 ? "default" : "reference") kernels "
+                                      + "\(vsCPU), vs transformers \(vsTransformers)")
+                        XCTAssertLessThanOrEqual(vsCPU, int8 ? VulkanTests.int8Tolerance : limit, "\(file) \(tier) \(cacheType.name) cache vs CPU")
                         XCTAssertLessThanOrEqual(vsTransformers, limit, "\(file) \(tier) \(cacheType.name) cache vs transformers")
                     }
                 }
@@ -131,7 +138,7 @@ final class ArchitectureVulkanTests: XCTestCase {
         let short = try Fixtures.floats(Self.root.appendingPathComponent(entry["logits"] as! String))
         let cpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
         let cpuLong = try cpuLogits(cpu, tokens, cache: cpu.makeCache(contextLength: context, type: .f32))
-        for tier in Tier.allCases {
+        for tier in Tier.available(device) {
             let gpu = try gpuModel(file, tier, device: device)
             let logits = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: context, type: .f32), allLogits: true)
             let vsCPU = relative(logits, cpuLong, scale: cpuLong), vsTransformers = relative(logits, expected, scale: expected)
@@ -155,7 +162,7 @@ final class ArchitectureVulkanTests: XCTestCase {
                 let cpu = try LanguageModel(path: path(file), options: ModelOptions(threads: 2))
                 let cpuTokens = try greedy(cpu, prompt, count: 32, reference: true)
                 XCTAssertEqual(cpuTokens, expected, "\(file): CPU vs transformers")
-                for tier in Tier.allCases {
+                for tier in Tier.available(device) {
                     let gpu = try gpuModel(file, tier, device: device)
                     XCTAssertEqual(try greedy(gpu, prompt, count: 32), cpuTokens, "\(file) \(tier)")
                 }
@@ -187,7 +194,7 @@ final class ArchitectureVulkanTests: XCTestCase {
                 let cpu = try LanguageModel(path: path(base), options: ModelOptions(threads: 2))
                 cpu.activeAdapters = AdapterSet([(try LoRAAdapter.load(path: adapter, for: cpu), 1)])
                 let cpuAdapted = try cpuLogits(cpu, tokens, cache: cpu.makeCache(contextLength: 64, type: .f32))
-                for tier in Tier.allCases {
+                for tier in Tier.available(device) {
                     let gpu = try gpuModel(base, tier, device: device, adapters: [adapter])
                     let logits = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: .f32), allLogits: true)
                     let vsCPU = relative(logits, cpuAdapted, scale: cpuAdapted), vsPEFT = relative(logits, peft, scale: peft)
@@ -238,7 +245,7 @@ final class ArchitectureVulkanTests: XCTestCase {
         }
         let cpuLong = try cpuLogits(cpu, long, cache: ring())
         XCTAssertLessThanOrEqual(relative(Array(cpuLong.prefix(full.count)), full, scale: full), 1e-5)
-        for tier in Tier.allCases {
+        for tier in Tier.available(device) {
             let gpu = try gpuModel(file, tier, device: device, batchSize: 3)
             let stepped = try gpu.evaluate(long, cache: ring(), allLogits: true)
             let d = relative(stepped, cpuLong, scale: cpuLong)
@@ -268,7 +275,7 @@ final class ArchitectureVulkanTests: XCTestCase {
     /// A window wider than the attention shader's chunk of 64 positions over a ring that wraps
     /// inside a chunk: the Mistral file rewritten with a window of 70, 200 tokens in steps of 16.
     func testWideSlidingWindowOverAWrappingRing() throws {
-        _ = try requireDevice()
+        let device = try requireDevice()
         guard let mistral = try families().first(where: { $0["family"] as? String == "mistral" }),
               let entry = (mistral["files"] as! [[String: Any]]).first(where: { $0["type"] as? String == "q8_0" }) else {
             throw XCTSkip("no mistral fixture")
@@ -295,15 +302,19 @@ final class ArchitectureVulkanTests: XCTestCase {
         let cpuRing = try cpuLogits(cpu, tokens, cache: ring())
         let cpuFull = try cpuLogits(cpu, tokens, cache: cpu.makeCache(contextLength: 256, type: .f16))
         XCTAssertLessThanOrEqual(relative(cpuRing, cpuFull, scale: cpuFull), 1e-6)
-        for tier in Tier.allCases {
+        let cpuFastRing = try cpuLogits(cpu, tokens, cache: ring(), referenceKernels: false)
+        let cpuFastFull = try cpuLogits(cpu, tokens, cache: cpu.makeCache(contextLength: 256, type: .f16), referenceKernels: false)
+        for tier in Tier.available(device) {
             let gpu = try LanguageModel(path: file, options: ModelOptions(threads: 2, batchSize: 16))
-            try gpu.useVulkan(VulkanOptions(forceBaseline: tier == .baseline, required: true))
+            try gpu.useVulkan(VulkanOptions(tier: tier.rawValue, required: true))
             let ringed = try gpu.evaluate(tokens, cache: ring(), allLogits: true)
             let whole = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 256, type: .f16), allLogits: true)
-            let d = relative(ringed, cpuRing, scale: cpuRing), dFull = relative(whole, cpuFull, scale: cpuFull)
+            let (refRing, refFull) = tier.cpuReferenceKernels ? (cpuRing, cpuFull) : (cpuFastRing, cpuFastFull)
+            let d = relative(ringed, refRing, scale: refRing), dFull = relative(whole, refFull, scale: refFull)
             print("window 70 over a ring of 90 rows, 200 tokens in steps of 16, \(tier.rawValue): vs CPU \(d) (full cache \(dFull))")
-            XCTAssertLessThanOrEqual(d, 2e-3, "\(tier)")
-            XCTAssertLessThanOrEqual(dFull, 2e-3, "\(tier) full cache")
+            let limit: Float = tier.cpuReferenceKernels ? 2e-3 : VulkanTests.int8Tolerance
+            XCTAssertLessThanOrEqual(d, limit, "\(tier)")
+            XCTAssertLessThanOrEqual(dFull, limit, "\(tier) full cache")
         }
     }
 

@@ -14,7 +14,7 @@ import XCTest
 ///   transformers and the CPU, 16 greedy tokens equal to the CPU's, the PEFT adapter trained on
 ///   each base unmerged against PEFT, and `puna run --backend vulkan` on a folder.
 final class VulkanBitsAndBytesTests: XCTestCase {
-    enum Tier: String, CaseIterable { case baseline, subgroup }
+    typealias Tier = VulkanTests.Tier
 
     static let bnb4 = Int32(PUNA_TYPE_BNB4)
     static let int8 = Int32(PUNA_TYPE_BNB_INT8)
@@ -75,10 +75,9 @@ final class VulkanBitsAndBytesTests: XCTestCase {
     /// A context of one tier; fails the test when it cannot be made or has another tier.
     func context(_ tier: Tier, device: VulkanDevice) throws -> OpaquePointer {
         var message = [CChar](repeating: 0, count: 512)
-        let vk = message.withUnsafeMutableBufferPointer { puna_vk_create(-1, tier == .baseline ? 1 : 0, $0.baseAddress, 512) }
+        let vk = message.withUnsafeMutableBufferPointer { puna_vk_create(-1, tier.index, $0.baseAddress, 512) }
         guard let vk else { throw PunaError(message.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }) }
-        let expected = tier == .subgroup && device.subgroupArithmetic ? PUNA_VK_TIER_SUBGROUP : PUNA_VK_TIER_BASELINE
-        XCTAssertEqual(puna_vk_tier(vk), Int32(expected.rawValue), "\(tier)")
+        XCTAssertEqual(puna_vk_tier(vk), tier.index, "\(tier)")
         return vk
     }
 
@@ -115,7 +114,7 @@ final class VulkanBitsAndBytesTests: XCTestCase {
         let pool = puna_pool_create(1)!
         defer { puna_pool_destroy(pool) }
         var report: [String] = []
-        for tier in Tier.allCases {
+        for tier in Tier.available(device) {
             let vk = try context(tier, device: device)
             defer { puna_vk_destroy(vk) }
             var rng = KernelTests.Rng(state: 0xB17_5A4D)
@@ -234,12 +233,12 @@ final class VulkanBitsAndBytesTests: XCTestCase {
                           + "default kernels vs transformers \(relative(cpuFast, expected, scale: expected)); with the adapter vs PEFT "
                           + "\(relative(cpuAdapted, peft, scale: peft))")
 
-            for tier in Tier.allCases {
+            for tier in Tier.available(device) {
                 let gpu = try LanguageModel(path: path(name), options: ModelOptions(threads: 2))
-                try gpu.useVulkan(VulkanOptions(forceBaseline: tier == .baseline, required: true))
+                try gpu.useVulkan(VulkanOptions(tier: tier.rawValue, required: true))
                 XCTAssertTrue(gpu.usesVulkan, name)
                 let note = try XCTUnwrap(gpu.backendNote)
-                XCTAssertTrue(note.contains(tier == .subgroup && device.subgroupArithmetic ? "subgroup tier" : "baseline tier"), note)
+                XCTAssertTrue(note.contains(", \(tier.rawValue) tier"), note)
                 XCTAssertTrue(note.contains("2/2 layers on the GPU"), note)
                 let gpuF32 = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: .f32), allLogits: true)
                 let gpuF16 = try gpu.evaluate(tokens, cache: gpu.makeCache(contextLength: 64, type: .f16), allLogits: true)

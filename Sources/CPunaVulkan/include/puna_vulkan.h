@@ -41,7 +41,9 @@ typedef struct {
     int heap_device_local[PUNA_VK_MAX_HEAPS];
     uint32_t subgroup_size;
     int subgroup_arithmetic;         // subgroup arithmetic ops in compute shaders
-    int shader_float16, shader_int8, integer_dot_product;
+    int shader_float16, shader_int8, shader_float64;
+    int integer_dot_product;         // VK_KHR_shader_integer_dot_product listed and its feature on
+    int integer_dot_product_accelerated;  // the packed signed 4x8 form is fast (not emulated)
     int storage_buffer_16bit, storage_buffer_8bit;
     int external_memory_host;        // VK_EXT_external_memory_host
     uint32_t max_shared_memory, max_workgroup_invocations, max_push_constants;
@@ -59,16 +61,50 @@ const char *puna_vk_device_type_name(int type);
 // ---- context -----------------------------------------------------------------------------------
 typedef struct puna_vk puna_vk;
 
-enum puna_vk_tier { PUNA_VK_TIER_BASELINE = 0, PUNA_VK_TIER_SUBGROUP = 1 };
+// Shader tiers, each including the ones below it (a tier's shaders replace the lower tier's of the
+// same name; the rest come from below):
+//   baseline  Vulkan 1.1 core only;
+//   subgroup  + subgroup arithmetic in compute shaders (reductions);
+//   fp16      + storageBuffer16BitAccess: F16 weights in the matrix x vector shader are read as
+//             halves, the arithmetic stays f32 (the subgroup tier's sums, bit for bit; f16
+//             products were measured past the F16 tolerance);
+//   int8      + VK_KHR_shader_integer_dot_product: quantized weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+//             Q4_K, Q5_K, Q6_K) multiply activations quantized on the GPU to 8-bit blocks as the
+//             CPU kernels quantize them (kernels_internal.h, one level), with the same integer
+//             sums and float steps, so the products are the CPU kernels' bits on drivers with
+//             correctly rounded division and fused fma. Other types keep the subgroup shaders, and
+//             so do all types while the process asks for two activation levels.
+enum puna_vk_tier {
+    PUNA_VK_TIER_BASELINE = 0, PUNA_VK_TIER_SUBGROUP = 1, PUNA_VK_TIER_FP16 = 2, PUNA_VK_TIER_INT8 = 3, PUNA_VK_TIER_COUNT = 4
+};
+
+// "baseline", "subgroup", "fp16", "int8"; NULL outside the enum.
+const char *puna_vk_tier_name(int tier);
+// The tier named `name`, or -1.
+int puna_vk_tier_from_name(const char *name);
+// 1 when the device has every feature `tier` needs; else 0 with the missing ones, comma-separated,
+// in `missing` (may be NULL).
+int puna_vk_tier_supported(const puna_vk_device_info *info, int tier, char *missing, size_t missing_len);
+// The highest tier the device supports, int8 only where the packed 4x8 dot product is
+// accelerated (what puna_vk_create picks when nothing is forced).
+int puna_vk_best_tier(const puna_vk_device_info *info);
 
 // device_index < 0 picks the best usable device (discrete, then integrated, virtual, CPU).
-// force_baseline (or PUNA_VK_BASELINE=1 in the environment) keeps to the baseline tier.
+// tier < 0 picks the tier from the environment: PUNA_VK_TIER=baseline|subgroup|fp16|int8, else
+// PUNA_VK_BASELINE=1 for baseline, else puna_vk_best_tier; tier >= 0 forces that tier.
+// A forced tier the device lacks, or an unknown PUNA_VK_TIER, fails with the reason.
 // NULL on failure with the reason in err.
-puna_vk *puna_vk_create(int device_index, int force_baseline, char *err, size_t err_len);
+puna_vk *puna_vk_create(int device_index, int tier, char *err, size_t err_len);
 void puna_vk_destroy(puna_vk *vk);
 int puna_vk_device_index(const puna_vk *vk);
 const puna_vk_device_info *puna_vk_info(const puna_vk *vk);
 int puna_vk_tier(const puna_vk *vk);
+// How the int8 tier's shaders get the CPU's fused fmaf (a probe at creation checks whether fma()
+// is fused on this driver): PUNA_VK_FMA_FUSED, PUNA_VK_FMA_F64 (not fused: computed in double,
+// which needs shaderFloat64), PUNA_VK_FMA_UNFUSED (neither: results within f32 rounding of the
+// CPU's, not its bits); -1 below the int8 tier.
+enum puna_vk_fma { PUNA_VK_FMA_UNFUSED = 0, PUNA_VK_FMA_FUSED = 1, PUNA_VK_FMA_F64 = 2 };
+int puna_vk_int8_fma(const puna_vk *vk);
 // The first error since creation ("" when none). Ops record errors here; submit returns them.
 const char *puna_vk_error(const puna_vk *vk);
 // 1 after a submission outlived the timeout. The device may still read the buffers then, so
@@ -148,10 +184,15 @@ void puna_vk_rmsnorm(puna_vk *vk, puna_vk_buffer weight, puna_vk_buffer x, uint3
 // pairs (2i, 2i+1), or (i, i + rope_pairs) when neox (puna_rope_ex's two styles).
 void puna_vk_rope(puna_vk *vk, puna_vk_buffer table, puna_vk_buffer vec, uint32_t n_tokens,
                   uint32_t n_heads, uint32_t head_dim, uint32_t rope_pairs, int neox);
+// KV cache element formats: f32, f16 (packed halves), GGML q8_0 blocks (34 bytes per 32 values
+// along a layer's rows, the CPU cache's bytes; kv_dim a multiple of 32).
+enum puna_vk_kv_format { PUNA_VK_KV_F32 = 0, PUNA_VK_KV_F16 = 1, PUNA_VK_KV_Q8_0 = 2 };
+// Bytes of one cache row of kv_dim values in `format` (0 for a bad format or width).
+uint64_t puna_vk_kv_row_bytes(int format, uint32_t kv_dim);
 // Stores n_tokens rows of keys and values (kv_dim floats each) at positions pos0.. of a cache
-// layer (f16: packed halves, else f32); ring_rows > 0: position p goes to row p % ring_rows.
+// layer in `format` (enum puna_vk_kv_format); ring_rows > 0: position p goes to row p % ring_rows.
 void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, puna_vk_buffer k_cache,
-                      puna_vk_buffer v_cache, uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int f16,
+                      puna_vk_buffer v_cache, uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int format,
                       uint32_t ring_rows);
 // Causal grouped-query attention of n_tokens queries at positions pos0.. (head_dim <= 256), as
 // puna_attention_ex: window > 0 lets a token see only the last `window` positions (itself
@@ -159,7 +200,7 @@ void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, puna_vk_b
 // ring_rows >= window + n_tokens - 1).
 void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer k_cache, puna_vk_buffer v_cache,
                        puna_vk_buffer out, uint32_t n_tokens, uint32_t pos0, uint32_t n_heads,
-                       uint32_t n_kv_heads, uint32_t head_dim, int f16, uint32_t window, uint32_t ring_rows);
+                       uint32_t n_kv_heads, uint32_t head_dim, int format, uint32_t window, uint32_t ring_rows);
 // gate[i] = silu(gate[i]) * up[i] for i < n.
 void puna_vk_swiglu(puna_vk *vk, puna_vk_buffer gate, puna_vk_buffer up, uint32_t n);
 // y[t][i] += bias[i] for i < n, t < n_tokens.

@@ -15,13 +15,18 @@ public struct VulkanOptions {
     public var gpuLayers: Int
     /// Keep to the baseline shader tier (as PUNA_VK_BASELINE=1 does).
     public var forceBaseline: Bool
+    /// A shader tier to force ("baseline", "subgroup", "int8"; `VulkanDevice.tierNames`); nil picks
+    /// it from PUNA_VK_TIER / PUNA_VK_BASELINE, else the best the device supports. A tier the device
+    /// lacks is an error.
+    public var tier: String?
     /// Throw when the GPU cannot be used, instead of running on the CPU with `LanguageModel.backendNote`.
     public var required: Bool
 
-    public init(device: Int = -1, gpuLayers: Int = -1, forceBaseline: Bool = false, required: Bool = false) {
+    public init(device: Int = -1, gpuLayers: Int = -1, forceBaseline: Bool = false, tier: String? = nil, required: Bool = false) {
         self.device = device
         self.gpuLayers = gpuLayers
         self.forceBaseline = forceBaseline
+        self.tier = tier
         self.required = required
     }
 }
@@ -47,8 +52,18 @@ public struct VulkanDevice {
     /// Vulkan 1.1 with a compute queue: Puna can run on it.
     public let usable: Bool
 
-    /// The shader tier Puna picks on this device unless told to keep to the baseline.
-    public var tier: String { subgroupArithmetic ? "subgroup" : "baseline" }
+    /// The shader tier Puna picks on this device when none is forced: the best it supports (int8
+    /// only with an accelerated dot product).
+    public let tier: String
+    /// Every tier, lowest first, with the features this device lacks for it (empty: supported).
+    public let tiers: [(name: String, missing: String)]
+    /// Whether the packed 4x8-bit signed dot product is fast on this device (not emulated).
+    public let integerDotProductAccelerated: Bool
+
+    /// The tier names, lowest first.
+    public static var tierNames: [String] {
+        (0..<Int32(PUNA_VK_TIER_COUNT.rawValue)).map { String(cString: puna_vk_tier_name($0)) }
+    }
 
     /// Every device the Vulkan loader reports. Throws with the reason when Vulkan cannot be loaded
     /// (no libvulkan, no driver, a build without Vulkan headers).
@@ -92,6 +107,15 @@ public struct VulkanDevice {
         maxWorkgroupInvocations = Int(info.max_workgroup_invocations)
         maxStorageBufferRange = Int(info.max_storage_buffer_range)
         usable = info.usable != 0
+        integerDotProductAccelerated = info.integer_dot_product_accelerated != 0
+        tier = String(cString: puna_vk_tier_name(puna_vk_best_tier(&copy)))
+        var tiers: [(name: String, missing: String)] = []
+        for t in 0..<Int32(PUNA_VK_TIER_COUNT.rawValue) {
+            var missing = [CChar](repeating: 0, count: 256)
+            _ = missing.withUnsafeMutableBufferPointer { puna_vk_tier_supported(&copy, t, $0.baseAddress, 256) }
+            tiers.append((String(cString: puna_vk_tier_name(t)), missing.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }))
+        }
+        self.tiers = tiers
     }
 }
 
@@ -104,9 +128,9 @@ public struct VulkanHeap {
 final class VulkanContext {
     let vk: OpaquePointer
 
-    init(device: Int, forceBaseline: Bool) throws(PunaError) {
+    init(device: Int, tier: Int32) throws(PunaError) {
         var message = [CChar](repeating: 0, count: 512)
-        let created = message.withUnsafeMutableBufferPointer { puna_vk_create(Int32(device), forceBaseline ? 1 : 0, $0.baseAddress, 512) }
+        let created = message.withUnsafeMutableBufferPointer { puna_vk_create(Int32(device), tier, $0.baseAddress, 512) }
         guard let created else {
             throw PunaError(message.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
         }
@@ -147,16 +171,18 @@ final class VulkanKVCache {
     let values: [puna_vk_buffer]
     let capacity: Int
     let rows: [Int]
-    let f16: Bool
+    let format: Int32      // enum puna_vk_kv_format
 
-    init(context: VulkanContext, capacity: Int, rows: [Int], kvDimension: Int, f16: Bool) throws(PunaError) {
+    init(context: VulkanContext, capacity: Int, rows: [Int], kvDimension: Int, format: Int32) throws(PunaError) {
         self.context = context
         self.capacity = capacity
         self.rows = rows
-        self.f16 = f16
+        self.format = format
+        let rowBytes = Int(puna_vk_kv_row_bytes(format, UInt32(kvDimension)))
+        guard rowBytes > 0 else { throw PunaError("vulkan: KV cache rows of \(kvDimension) values cannot use format \(format)") }
         var k: [puna_vk_buffer] = [], v: [puna_vk_buffer] = []
         for (l, r) in rows.enumerated() {
-            let bytes = r * kvDimension * (f16 ? 2 : 4)
+            let bytes = r * rowBytes
             k.append(try context.alloc(bytes, dedicated: true, "the KV cache of layer \(l)"))
             v.append(try context.alloc(bytes, dedicated: true, "the KV cache of layer \(l)"))
         }
@@ -280,7 +306,14 @@ final class VulkanBackend {
         guard missing.isEmpty else {
             throw PunaError("vulkan: the shaders do not compute \(missing.joined(separator: ", ")) of this \(c.architecture) model yet")
         }
-        let ctx = try VulkanContext(device: options.device, forceBaseline: options.forceBaseline)
+        var requestedTier: Int32 = options.forceBaseline ? Int32(PUNA_VK_TIER_BASELINE.rawValue) : -1
+        if let name = options.tier {
+            requestedTier = puna_vk_tier_from_name(name)
+            guard requestedTier >= 0 else {
+                throw PunaError("vulkan: no shader tier '\(name)' (\(VulkanDevice.tierNames.joined(separator: ", ")))")
+            }
+        }
+        let ctx = try VulkanContext(device: options.device, tier: requestedTier)
         context = ctx
         file = m.gguf.file
         let total = c.blockCount
@@ -367,8 +400,13 @@ final class VulkanBackend {
 
         let info = puna_vk_info(ctx.vk)!.pointee
         let device = VulkanDevice(index: Int(puna_vk_device_index(ctx.vk)), info: info)
-        let tier = puna_vk_tier(ctx.vk) == Int32(PUNA_VK_TIER_SUBGROUP.rawValue) ? "subgroup" : "baseline"
+        let tier = String(cString: puna_vk_tier_name(puna_vk_tier(ctx.vk)))
         var d = "vulkan: device \(device.index) \(device.name) (\(device.type), Vulkan \(device.apiVersion)), \(tier) tier"
+        switch puna_vk_int8_fma(ctx.vk) {
+        case Int32(PUNA_VK_FMA_F64.rawValue): d += " (fma in f64)"
+        case Int32(PUNA_VK_FMA_UNFUSED.rawValue): d += " (fma not fused: int8 products within rounding of the CPU's)"
+        default: break
+        }
         d += ", subgroup \(device.subgroupSize), \(gpuLayerCount)/\(total) layers on the GPU"
         d += ", weights \(formatBytes(zeroCopyBytes)) zero-copy + \(formatBytes(copiedBytes)) copied"
         if !imported && device.type != "discrete" { d += " (no host-memory import)" }
@@ -444,20 +482,22 @@ final class VulkanBackend {
 
     /// The GPU half of a KV cache, made (or remade) to match `cache`.
     func deviceCache(for cache: KVCache) throws(PunaError) -> VulkanKVCache {
-        // The shaders keep keys and values as f32 or f16; a q8_0 cache keeps f16 for the GPU
-        // layers (its CPU layers, with --gpu-layers, stay q8_0).
-        guard cache.type == .f16 || cache.type == .f32 || cache.type == .q8_0 else {
-            throw PunaError("vulkan: KV cache type \(cache.type.name) is not supported (use f16, f32 or q8_0)")
+        // The shaders keep keys and values as f32, f16 or q8_0, as the CPU cache does.
+        let format: Int32
+        switch cache.type {
+        case .f32: format = Int32(PUNA_VK_KV_F32.rawValue)
+        case .f16: format = Int32(PUNA_VK_KV_F16.rawValue)
+        case .q8_0: format = Int32(PUNA_VK_KV_Q8_0.rawValue)
+        default: throw PunaError("vulkan: KV cache type \(cache.type.name) is not supported (use f16, f32 or q8_0)")
         }
-        let f16 = cache.type != .f32
         let rows = (0..<gpuLayerCount).map { cache.ringRows[$0] > 0 ? cache.ringRows[$0] : cache.capacity }
         if let existing = cache.deviceCache, existing.context === context, existing.capacity == cache.capacity,
-           existing.f16 == f16, existing.rows == rows {
+           existing.format == format, existing.rows == rows {
             return existing
         }
         cache.deviceCache = nil   // free the old one first
         let made = try VulkanKVCache(context: context, capacity: cache.capacity, rows: rows,
-                                     kvDimension: cache.kvDimension, f16: f16)
+                                     kvDimension: cache.kvDimension, format: format)
         cache.deviceCache = made
         return made
     }
@@ -492,7 +532,7 @@ final class VulkanBackend {
         }
         let kv = try deviceCache(for: cache)
         let vk = context.vk
-        let f16: Int32 = kv.f16 ? 1 : 0
+        let format = kv.format
         let eps = c.rmsNormEpsilon
 
         let embeddings = context.hostFloats(input)
@@ -557,9 +597,9 @@ final class VulkanBackend {
             puna_vk_rope(vk, ropeTable, q, UInt32(n), UInt32(c.headCount), UInt32(hd), UInt32(pairs), neox)
             puna_vk_rope(vk, ropeTable, k, UInt32(n), UInt32(c.headCountKV), UInt32(hd), UInt32(pairs), neox)
             let ring = UInt32(cache.ringRows[l])
-            puna_vk_kv_store(vk, k, v, kv.keys[l], kv.values[l], UInt32(n), UInt32(kvd), UInt32(pos0), f16, ring)
+            puna_vk_kv_store(vk, k, v, kv.keys[l], kv.values[l], UInt32(n), UInt32(kvd), UInt32(pos0), format, ring)
             puna_vk_attention(vk, q, kv.keys[l], kv.values[l], att, UInt32(n), UInt32(pos0), UInt32(c.headCount),
-                              UInt32(c.headCountKV), UInt32(hd), f16, UInt32(cpuLayer.attentionWindow), ring)
+                              UInt32(c.headCountKV), UInt32(hd), format, UInt32(cpuLayer.attentionWindow), ring)
             mm(layer.o, att, 0, x, tokens: n, accumulate: true)   // x += o(att)
             lora(cpuLayer.o, att, [(x, 0, e)], tokens: n)
             // feed-forward (SwiGLU): gate and up as two matrices or two bands of one
@@ -628,7 +668,8 @@ extension LanguageModel {
 /// A SPIR-V module compiled into this binary by scripts/compile-shaders.
 public struct VulkanShader {
     public let name: String
-    /// 0: baseline (Vulkan 1.1 core only); 1: needs subgroup arithmetic.
+    /// The tier needing it (enum puna_vk_tier): 0 baseline (Vulkan 1.1 core only), 1 subgroup
+    /// arithmetic, 2 integer dot product.
     public let tier: Int
     public let words: [UInt32]
 
