@@ -153,6 +153,23 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
 #ifndef BNB4_PF_CODES
 #define BNB4_PF_CODES 1   // NF4/FP4 double-quant decode also prefetches the absmax codes' stream
 #endif
+// Rows per decode tile of the simple quants, chosen per core once: Zen 4 (AMD family 0x19 with
+// AVX-512, whose 512-bit units are double-pumped) streams one row at a time fastest, since a row is
+// then one sequential read; Zen 5 measured 4 rows best (BENCHMARKS.md, issue 23).
+#include <cpuid.h>
+static int simple_decode_one_row(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        unsigned a = 0, b = 0, c = 0, d = 0, fam = 0;
+        if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541 /* "Auth" */ && __get_cpuid(1, &a, &b, &c, &d)) {
+            fam = (a >> 8) & 0xf;
+            if (fam == 0xf) fam += (a >> 20) & 0xff;
+        }
+        cached = fam == 0x19;
+    }
+    return cached;
+}
+
 // ---- simple quants (blocks of 32) -----------------------------------------------------------
 // A group is 4 blocks. Each type's unpack gathers the 4 x 16 low-half and high-half weight bytes of
 // a group into block order (lo, hi: byte 16k + i = weight i / 16 + i of block k), the f16 scales
@@ -765,6 +782,93 @@ INL void k_pair(const kblock *w, const uint8_t *x, const act_layout *L, int64_t 
     *mb = q6 ? _mm512_setzero_si512() : _mm512_mullo_epi32(_mm512_load_si512(x + L->aux_off + 64 * b), w->msc);
 }
 
+// ---- K-quants with one activation level --------------------------------------------------------
+// With one level X = 256 q1, so A = 256 A1 with A1 = sum_s sc_s sum_{i in s} c_i q1_i, and
+// (float)A = 256 (float)A1 exactly: the int8 codes meet the int8 q1 directly (vpmaddubsw, no
+// saturation: 2 * 63 * 127 < 2^15), the pair sums meet the sub-block scales (vpdpwssd), and A1 fits
+// int32 (|A1| <= 256 * 128 * 63 * 127 for Q6_K's unsigned codes). Half the multiplies of the int16
+// path and no per-row widening of the weights. B (the mins) is the same integer as before.
+
+typedef struct {
+    __m512i c[4];   // unsigned codes of weights 64v .. 64v + 63, natural order
+    __m512i s[4];   // int16: the scale of each word's two weights
+    __m512i msc;    // Q4_K/Q5_K: int32 m_s at lanes 2s, 2s + 1; Q6_K: int32 sc of each 16 (the -32 offset)
+    float d, dmin;
+} kcodes;
+
+INL void unpack1_q45_K(const uint8_t *p, int q5, kcodes *k) {
+    k->d = _cvtsh_ss(kq_load16(p));
+    k->dmin = _cvtsh_ss(kq_load16(p + 2));
+    uint32_t u0 = kq_load32(p + 4), u1 = kq_load32(p + 8), u2 = kq_load32(p + 12);
+    uint64_t sc = ((uint64_t)((u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)) << 32) | (u0 & 0x3f3f3f3f);
+    uint64_t mn = ((uint64_t)(((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)) << 32) | (u1 & 0x3f3f3f3f);
+    __m512i sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((int64_t)sc)));
+    __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((int64_t)mn));
+    k->msc = _mm512_cvtepi16_epi32(_mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16)));
+    const __m512i m4 = _mm512_set1_epi8(0x0f), one = _mm512_set1_epi8(0x01);
+    const uint8_t *qs = p + (q5 ? 48 : 16);
+    // word w of vector v holds weights of sub-block 2v + w / 16
+    const __m512i half = _mm512_set_epi16(1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512i qh = q5 ? bcast32(p + 16) : _mm512_setzero_si512();
+    UNROLL for (int h = 0; h < 2; h++) {
+        // low nibbles: sub-blocks 4h (bytes 0-31), 4h + 2 (32-63); high nibbles: 4h + 1, 4h + 3
+        __m512i v = _mm512_loadu_si512(qs + 64 * h);
+        __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        if (q5) {
+            // bit s of qh[l] is bit 4 of weight l of sub-block s; word shifts, then one bit per byte
+            __m512i sl = _mm512_add_epi16(_mm512_set1_epi16((short)(4 * h)), _mm512_slli_epi16(half, 1));
+            __m512i hl = _mm512_and_si512(_mm512_srlv_epi16(qh, sl), one);
+            __m512i hh = _mm512_and_si512(_mm512_srlv_epi16(qh, _mm512_add_epi16(sl, _mm512_set1_epi16(1))), one);
+            lo = _mm512_or_si512(lo, _mm512_slli_epi16(hl, 4));
+            hi = _mm512_or_si512(hi, _mm512_slli_epi16(hh, 4));
+        }
+        k->c[2 * h] = _mm512_shuffle_i64x2(lo, hi, _MM_SHUFFLE(1, 0, 1, 0));
+        k->c[2 * h + 1] = _mm512_shuffle_i64x2(lo, hi, _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    UNROLL for (int v = 0; v < 4; v++) k->s[v] = _mm512_permutexvar_epi16(_mm512_add_epi16(half, _mm512_set1_epi16((short)(2 * v))), sc16);
+}
+
+INL void unpack1_q6_K(const uint8_t *p, kcodes *k) {
+    k->d = _cvtsh_ss(kq_load16(p + 208));
+    k->dmin = 0;
+    __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
+    k->msc = _mm512_cvtepi16_epi32(sc16);
+    const __m512i sh_a = _mm512_set_epi16(2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03);
+    UNROLL for (int h = 0; h < 2; h++) {
+        __m512i ql = _mm512_loadu_si512(p + 64 * h);
+        __m512i qh = bcast32(p + 128 + 32 * h);
+        __m512i h01 = _mm512_and_si512(_mm512_srlv_epi16(qh, sh_a), m2);
+        __m512i h23 = _mm512_and_si512(_mm512_srlv_epi16(qh, _mm512_add_epi16(sh_a, _mm512_set1_epi16(4))), m2);
+        k->c[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16(h01, 4));
+        k->c[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_slli_epi16(h23, 4));
+    }
+    // word w of vector v holds weights of sub-block (of 16) 4v + w / 8
+    const __m512i quarter = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2,
+                                             1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    UNROLL for (int v = 0; v < 4; v++)
+        k->s[v] = _mm512_permutexvar_epi16(_mm512_add_epi16(quarter, _mm512_set1_epi16((short)(4 * v))), _mm512_castsi256_si512(sc16));
+}
+
+// A1's 16 int32 lanes and B's lanes (Q4_K/Q5_K) of one (row, token) pair.
+INL void k_pair1(const kcodes *w, const uint8_t *x, const act_layout *L, int64_t b, int q6, __m512i *ia, __m512i *mb) {
+    const uint8_t *xq = x + L->qs_off + ACT256_STRIDE * b;
+    const __m512i bs = _mm512_load_si512(x + L->aux_off + 64 * b);
+    __m512i acc = _mm512_setzero_si512();
+    UNROLL for (int v = 0; v < 4; v++)
+        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(w->c[v], _mm512_load_si512(xq + 64 * v)), w->s[v]);
+    if (q6) {
+        // codes are c - 32: take 32 sc_s sum q1 = sc_s bsum_s / 8 back (bsums are 256 sum q1 here)
+        *ia = _mm512_sub_epi32(acc, _mm512_srai_epi32(_mm512_mullo_epi32(bs, w->msc), 3));
+        *mb = _mm512_setzero_si512();
+    } else {
+        *ia = acc;
+        *mb = _mm512_mullo_epi32(bs, w->msc);
+    }
+}
+
 // Sums of 4 vectors of 16 int32 lanes, in int64 (exact whatever the lanes hold).
 INL __m256i sum4_epi64(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
 #define WIDEN(v) _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)))
@@ -789,7 +893,8 @@ INL __m128i sum4_epi32(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
 
 // R rows x T tokens (R * T <= 16); pair p = i * T + j lives in lane p % 4 of acc[p / 4]. Groups of 4
 // pairs are reduced as soon as they are complete: across the rows when T = 1, per row otherwise.
-INL void k_tile_impl(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, int type) {
+INL void k_tile_impl(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, int type,
+                      const int ONE) {
     const act_layout *L = &a->layout;
     const int q6 = type == PUNA_TYPE_Q6_K;
     const int64_t bytes = type == PUNA_TYPE_Q4_K ? 144 : type == PUNA_TYPE_Q5_K ? 176 : 210;
@@ -807,15 +912,22 @@ INL void k_tile_impl(const qmm_args *a, int64_t r, int64_t t, const int R, const
         float dd[16], dm[16];
         UNROLL for (int i = 0; i < R; i++) {
             kblock kb;
-            if (q6) unpack_q6_K(w + i * rb + bytes * b, &kb);
-            else unpack_q45_K(w + i * rb + bytes * b, type == PUNA_TYPE_Q5_K, &kb);
+            kcodes kc;
+            if (ONE) {
+                if (q6) unpack1_q6_K(w + i * rb + bytes * b, &kc);
+                else unpack1_q45_K(w + i * rb + bytes * b, type == PUNA_TYPE_Q5_K, &kc);
+            } else {
+                if (q6) unpack_q6_K(w + i * rb + bytes * b, &kb);
+                else unpack_q45_K(w + i * rb + bytes * b, type == PUNA_TYPE_Q5_K, &kb);
+            }
             UNROLL for (int j = 0; j < T; j++) {
                 const int p = i * T + j;
                 const uint8_t *x = x0 + j * tb;
                 const float dx = ((const float *)(x + L->d_off))[b];
-                k_pair(&kb, x, L, b, q6, &ia[p], &mb[p]);
-                dd[p] = kb.d * dx;
-                dm[p] = kb.dmin * dx;
+                if (ONE) k_pair1(&kc, x, L, b, q6, &ia[p], &mb[p]);
+                else k_pair(&kb, x, L, b, q6, &ia[p], &mb[p]);
+                dd[p] = (ONE ? kc.d : kb.d) * dx;
+                dm[p] = (ONE ? kc.dmin : kb.dmin) * dx;
                 if (p % 4 == 3 || p == P - 1) {
                     const int g = p / 4, first = 4 * g;
                     const __m512i z = _mm512_setzero_si512();
@@ -824,7 +936,9 @@ INL void k_tile_impl(const qmm_args *a, int64_t r, int64_t t, const int R, const
                         v[k] = first + k <= p ? ia[first + k] : z;
                         m[k] = first + k <= p ? mb[first + k] : z;
                     }
-                    __m128 Af = _mm256_cvtepi64_ps(sum4_epi64(v[0], v[1], v[2], v[3]));
+                    // one level: (float)(256 A1) = 256 (float)A1, exactly
+                    __m128 Af = ONE ? _mm_mul_ps(_mm_cvtepi32_ps(sum4_epi32(v[0], v[1], v[2], v[3])), _mm_set1_ps(256.0f))
+                                    : _mm256_cvtepi64_ps(sum4_epi64(v[0], v[1], v[2], v[3]));
                     float ddv[4], dmv[4];
                     UNROLL for (int k = 0; k < 4; k++) {
                         ddv[k] = first + k <= p ? dd[first + k] : 0.0f;
@@ -848,16 +962,13 @@ INL void k_tile_impl(const qmm_args *a, int64_t r, int64_t t, const int R, const
 }
 
 INL void q4_K_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE) {
-    (void)ONE;
-    k_tile_impl(a, r, t, R, T, prefetch, PUNA_TYPE_Q4_K);
+    k_tile_impl(a, r, t, R, T, prefetch, PUNA_TYPE_Q4_K, ONE);
 }
 INL void q5_K_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE) {
-    (void)ONE;
-    k_tile_impl(a, r, t, R, T, prefetch, PUNA_TYPE_Q5_K);
+    k_tile_impl(a, r, t, R, T, prefetch, PUNA_TYPE_Q5_K, ONE);
 }
 INL void q6_K_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE) {
-    (void)ONE;
-    k_tile_impl(a, r, t, R, T, prefetch, PUNA_TYPE_Q6_K);
+    k_tile_impl(a, r, t, R, T, prefetch, PUNA_TYPE_Q6_K, ONE);
 }
 
 // ---- float weights ------------------------------------------------------------------------------
@@ -926,8 +1037,10 @@ static T512 void prefetch_first_tiles(const uint8_t *w, int64_t row_bytes, int64
 static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) { prefetch_first_tiles(a->w, a->row_bytes, r0, r1); }
 
 // Tiles and rows function of one activation mode (ONE: one level); `sfx` names the variant.
-#define TILE_FNS_MODE(name, sfx, BR, BT, ONE)                                                           \
+#define TILE_FNS_MODE(name, sfx, BR, BT, ONE) TILE_FNS_MODE_D(name, sfx, BR, BT, ONE, 0)
+#define TILE_FNS_MODE_D(name, sfx, BR, BT, ONE, ONE_ROW_OK)                                             \
     static T512 void name##sfx##_dec4(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 1, ONE); } \
+    static T512 void name##sfx##_dec1pf(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, 1, 1, 1, ONE); } \
     static T512 void name##sfx##_dec4_last(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 0, ONE); } \
     static T512 void name##sfx##_dec1(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, 1, 1, 0, ONE); } \
     static T512 void name##sfx##_full(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, BT, 0, ONE); } \
@@ -966,6 +1079,11 @@ static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) { pref
         if (a->n_tokens == 1) {                                                                         \
             int64_t r = r0;                                                                             \
             prefetch_rows(a, r0, r1);                                                                   \
+            if ((ONE_ROW_OK) && simple_decode_one_row()) {                                              \
+                for (; r + PF_TILES + 1 <= r1; r++) name##sfx##_dec1pf(a, r);                           \
+                for (; r < r1; r++) name##sfx##_dec1(a, r);                                             \
+                return;                                                                                 \
+            }                                                                                           \
             for (; r + (PF_TILES + 1) * DEC_R <= r1; r += DEC_R) name##sfx##_dec4(a, r);                \
             for (; r + DEC_R <= r1; r += DEC_R) name##sfx##_dec4_last(a, r);                            \
             for (; r < r1; r++) name##sfx##_dec1(a, r);                                                 \
@@ -991,7 +1109,7 @@ static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) { pref
         }                                                                                               \
     }
 
-// Types without a one-level shortcut (K-quants read X as int16; float types take f32 activations).
+// Types without a one-level shortcut (float types take f32 activations).
 #define TILE_FNS(name, BR, BT) TILE_FNS_MODE(name, , BR, BT, 0)
 
 // Simple quants: a two-level and a one-level variant, picked by the activation layout.
@@ -1001,24 +1119,25 @@ static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) { pref
 #ifndef ONE_BT
 #define ONE_BT 3
 #endif
-#define SIMPLE_TILE_FNS(name, BR, BT)                                                                   \
-    TILE_FNS_MODE(name, _l2, BR, BT, 0)                                                                 \
-    TILE_FNS_MODE(name, _l1, ONE_BR, ONE_BT, 1)                                                         \
+#define SIMPLE_TILE_FNS_RT(name, BR, BT, BR1, BT1, ONE_ROW_OK)                                          \
+    TILE_FNS_MODE_D(name, _l2, BR, BT, 0, ONE_ROW_OK)                                                   \
+    TILE_FNS_MODE_D(name, _l1, BR1, BT1, 1, ONE_ROW_OK)                                                 \
     static void name##_rows(const qmm_args *a, int64_t r0, int64_t r1) {                              \
         if (a->layout.levels == 1) name##_l1_rows(a, r0, r1);                                           \
         else name##_l2_rows(a, r0, r1);                                                                 \
     }
+#define SIMPLE_TILE_FNS(name, BR, BT) SIMPLE_TILE_FNS_RT(name, BR, BT, ONE_BR, ONE_BT, 1)
 
 SIMPLE_TILE_FNS(q4_0, 4, 3)
 SIMPLE_TILE_FNS(q4_1, 4, 3)
 SIMPLE_TILE_FNS(q5_0, 4, 3)
 SIMPLE_TILE_FNS(q5_1, 4, 3)
 SIMPLE_TILE_FNS(q8_0, 4, 3)
-SIMPLE_TILE_FNS(bnb4, 4, 3)
-SIMPLE_TILE_FNS(bnb8, 4, 3)
-TILE_FNS(q4_K, 2, 4)
-TILE_FNS(q5_K, 2, 4)
-TILE_FNS(q6_K, 2, 4)
+SIMPLE_TILE_FNS_RT(bnb4, 4, 3, ONE_BR, ONE_BT, 0)
+SIMPLE_TILE_FNS_RT(bnb8, 4, 3, ONE_BR, ONE_BT, 0)
+SIMPLE_TILE_FNS_RT(q4_K, 2, 4, 2, 4, 0)
+SIMPLE_TILE_FNS_RT(q5_K, 2, 4, 2, 4, 0)
+SIMPLE_TILE_FNS_RT(q6_K, 2, 4, 2, 4, 0)
 TILE_FNS(f32, 4, 4)
 TILE_FNS(f16, 4, 4)
 TILE_FNS(bf16, 4, 4)
