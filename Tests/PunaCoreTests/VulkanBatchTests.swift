@@ -341,4 +341,44 @@ final class VulkanBatchTests: XCTestCase {
         XCTAssertEqual(serial, gpu, "--parallel 1 -b 4 vs --parallel 3 on the GPU")
         print("puna batch on Vulkan (\(device.tier) tier): \(gpu.count) records as on the CPU")
     }
+
+    /// `puna serve --backend vulkan`: concurrent greedy completions (base and adapter, so they
+    /// share steps) are `puna run`'s texts on the CPU (kernels as above).
+    func testPunaServeOnVulkanMatchesPunaRun() throws {
+        let device = try requireDevice()
+        let requests: [(model: String, prompt: String)] = [("fortune-llama-q8_0", "The secret of happiness"), ("qa", "Who said that?"),
+                                                           ("fortune-llama-q8_0", "A computer is"), ("qa", "The secret of happiness")]
+        if device.tier != "int8" { setenv("PUNA_KERNELS", "reference", 1) }
+        var expected: [String] = []
+        for r in requests {
+            let (status, out, err) = try Fixtures.runPuna(["run", "-m", ServeTests.base, "-p", r.prompt, "-n", "24", "--temp", "0",
+                                                           "--template", "raw", "-t", "2"] + (r.model == "qa" ? ["--lora", ServeTests.adapter] : []))
+            XCTAssertEqual(status, 0, err)
+            expected.append(String(out.dropLast(out.hasSuffix("\n") ? 1 : 0)))   // puna run adds a newline
+        }
+        unsetenv("PUNA_KERNELS")
+        let server = try ServeTests.Server(["--backend", "vulkan"], parallel: 3)
+        var clients: [(Process, Pipe)] = []
+        for r in requests {
+            let body = String(decoding: try JSONSerialization.data(withJSONObject: ["model": r.model, "prompt": r.prompt, "max_tokens": 24,
+                                                                                    "temperature": 0] as [String: Any]), as: UTF8.self)
+            let p = Process(), out = Pipe()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+            p.arguments = ["-s", "--max-time", "120", "-H", "Content-Type: application/json", "-d", body,
+                           "http://127.0.0.1:\(server.port)/v1/completions"]
+            p.standardOutput = out
+            try p.run()
+            clients.append((p, out))
+        }
+        for (i, (p, out)) in clients.enumerated() {
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            let json = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any], String(decoding: data, as: UTF8.self))
+            let text = try XCTUnwrap((json["choices"] as? [[String: Any]])?.first?["text"] as? String, "\(json)")
+            XCTAssertEqual(text, expected[i], "request \(i) (\(requests[i].model))")
+        }
+        XCTAssertEqual(server.stop(), 0)
+        XCTAssertTrue(server.stderr.contains("vulkan: device"), server.stderr)
+        XCTAssertFalse(server.stderr.contains("running on the CPU"), server.stderr)
+    }
 }
