@@ -10,7 +10,8 @@ import XCTest
 /// and on the CPU (VulkanTests' tolerances), greedy tokens equal; a sequence's logits do not depend
 /// on what shares its steps or how its prompt is chunked (bit for bit); a step is GPU submissions
 /// (`vulkanSubmissions`: one per up-to-batch rows, none when the model fell back to the CPU); mixed
-/// adapter sets, mixed cache types, partial offload; and `puna batch --backend vulkan`.
+/// adapter sets, mixed cache types, partial offload; `puna batch` and `puna serve` with
+/// `--backend vulkan`.
 final class VulkanBatchTests: XCTestCase {
     typealias Tier = VulkanTests.Tier
 
