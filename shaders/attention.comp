@@ -6,7 +6,8 @@
 // rows (position q in row q % ring), as puna_attention_ex computes it on the CPU. Positions are
 // visited in chunks of WORKGROUP_SIZE with an online softmax (running max, rescaled sums), so
 // shared memory stays small for any context length: q (head_dim <= 256) plus two chunk arrays.
-// Requires WORKGROUP_SIZE == 64 (4 output dimensions per invocation).
+// Requires WORKGROUP_SIZE == 64 (4 output dimensions per invocation). The queries and the output
+// start q_off / o_off floats into their buffers (one sequence's rows of a batched step).
 #include "common.glsl"
 
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
@@ -20,6 +21,7 @@ layout(push_constant) uniform Params {
     float scale;   // 1 / sqrt(head_dim)
     uint window;   // 0: every position; > 0: the last `window` positions
     uint ring;     // 0: row = position; > 0: row = position % ring
+    uint q_off, o_off;
 } p;
 
 const uint MAX_HEAD_DIM = 256u;
@@ -50,7 +52,7 @@ void main() {
     uint h = gl_WorkGroupID.x, t = gl_WorkGroupID.y, lid = gl_LocalInvocationID.x;
     uint kvh = h / (p.n_heads / p.n_kv_heads);
     uint qb = (t * p.n_heads + h) * p.head_dim;
-    for (uint i = lid; i < p.head_dim; i += WORKGROUP_SIZE) qs[i] = q[qb + i];
+    for (uint i = lid; i < p.head_dim; i += WORKGROUP_SIZE) qs[i] = q[p.q_off + qb + i];
     barrier();
 
     uint npos = p.pos0 + t + 1u;
@@ -108,6 +110,6 @@ void main() {
     float total = red[0];
     for (uint d = 0u; d < DIMS; d++) {
         uint dim = lid + d * WORKGROUP_SIZE;
-        if (dim < p.head_dim) o[qb + dim] = acc[d] / total;
+        if (dim < p.head_dim) o[p.o_off + qb + dim] = acc[d] / total;
     }
 }

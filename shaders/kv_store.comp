@@ -5,6 +5,7 @@
 // CPU's cache encodes them (Sources/CPuna/quants.c: d = amax / 127, q = x / d rounded half away
 // from zero, d stored as f16 rounded to nearest even), so the bytes are the CPU cache's for the
 // same keys. A layer that keeps a ring of rows (sliding window) stores position q in row q % ring.
+// The new rows start `src_off` floats into K and V (one sequence's rows of a batched step).
 #include "common.glsl"
 
 layout(std430, binding = 0) readonly buffer K { float k[]; };
@@ -15,6 +16,7 @@ layout(std430, binding = 3) buffer VC { uint vc[]; };
 layout(push_constant) uniform Params {
     uint n_tokens, kv_dim, pos0, format;   // format: 0 f32, 1 f16, 2 q8_0 (enum puna_vk_kv_format)
     uint ring;   // 0: one row per position; > 0: rows in the ring
+    uint src_off;   // floats before the first new row in K and V
 } p;
 
 // f32 to f16 bits, round to nearest even, for finite v >= 0 (a q8_0 scale): subnormal results
@@ -72,13 +74,13 @@ void main() {
     if (p.format == 2u) {
         uint nb = p.kv_dim / 32u;
         if (i >= nb) return;
-        uint src = t * p.kv_dim + 32u * i, b = row * nb + i;
+        uint src = p.src_off + t * p.kv_dim + 32u * i, b = row * nb + i;
         STORE_Q8_0(k, kc, src, b)
         STORE_Q8_0(v, vc, src, b)
         return;
     }
     if (2u * i >= p.kv_dim) return;
-    uint src = t * p.kv_dim + 2u * i;
+    uint src = p.src_off + t * p.kv_dim + 2u * i;
     if (p.format == 1u) {
         uint dst = (row * p.kv_dim) / 2u + i;
         kc[dst] = packHalf2x16(vec2(k[src], k[src + 1u]));

@@ -1273,7 +1273,8 @@ static int int8_matmul(puna_vk *vk, int type, const char *suffix, puna_vk_buffer
 
 void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, const float *code_table, uint32_t rows, uint32_t cols,
                     puna_vk_buffer x, uint32_t x_offset, puna_vk_buffer y, uint32_t y_offset, uint32_t n_tokens,
-                    float alpha, int accumulate) {
+                    float alpha, int flags) {
+    int accumulate = (flags & PUNA_VK_MATMUL_ACCUMULATE) != 0;
     const char *suffix = type_suffix(type);
     if (!suffix) { set_error(vk, "matmul: no shader for weight type %d", type); return; }
     if (type == PUNA_TYPE_BNB4 && !code_table) { set_error(vk, "matmul: 4-bit bitsandbytes weights need their code table"); return; }
@@ -1290,7 +1291,8 @@ void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, const float *code_t
                     accumulate))
         return;
     char name[32];
-    int tiled = n_tokens > 1;
+    // (The int8 tier above is row-independent already: one token per grid layer for any count.)
+    int tiled = n_tokens > 1 || (flags & PUNA_VK_MATMUL_ROW_INDEPENDENT) != 0;
     snprintf(name, sizeof name, "%s_%s", tiled ? "matmul" : "matvec", suffix);
     // fp16 tier: F16 rows read as f16vec4, so they must start 8-byte aligned in the binding.
     int half_rows = !tiled && type == PUNA_TYPE_F16 && vk->tier >= PUNA_VK_TIER_FP16 && row_bytes % 8 == 0;
@@ -1354,21 +1356,21 @@ uint64_t puna_vk_kv_row_bytes(int format, uint32_t kv_dim) {
     }
 }
 
-void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, puna_vk_buffer k_cache, puna_vk_buffer v_cache,
-                      uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int format, uint32_t ring_rows) {
+void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, uint32_t kv_offset, puna_vk_buffer k_cache,
+                      puna_vk_buffer v_cache, uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int format, uint32_t ring_rows) {
     if (kv_dim % 2) { set_error(vk, "kv_store: odd KV width %u", kv_dim); return; }
     if (puna_vk_kv_row_bytes(format, kv_dim) == 0) { set_error(vk, "kv_store: format %d cannot hold rows of %u", format, kv_dim); return; }
     if (ring_rows > 0 && n_tokens > ring_rows) { set_error(vk, "kv_store: %u tokens overrun a ring of %u rows", n_tokens, ring_rows); return; }
-    struct { uint32_t n_tokens, kv_dim, pos0, format, ring; } p = {n_tokens, kv_dim, pos0, (uint32_t)format, ring_rows};
+    struct { uint32_t n_tokens, kv_dim, pos0, format, ring, src_off; } p = {n_tokens, kv_dim, pos0, (uint32_t)format, ring_rows, kv_offset};
     puna_vk_buffer bufs[4] = {k, v, k_cache, v_cache};
     // q8_0: one invocation per block of 32 (keys and values); else per pair of values.
     uint32_t per_row = format == PUNA_VK_KV_Q8_0 ? kv_dim / 32 : kv_dim / 2;
     dispatch(vk, "kv_store", bufs, 4, &p, sizeof p, (per_row + 63) / 64, n_tokens, 1);
 }
 
-void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer k_cache, puna_vk_buffer v_cache, puna_vk_buffer out,
-                       uint32_t n_tokens, uint32_t pos0, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, int format,
-                       uint32_t window, uint32_t ring_rows) {
+void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, uint32_t q_offset, puna_vk_buffer k_cache, puna_vk_buffer v_cache,
+                       puna_vk_buffer out, uint32_t out_offset, uint32_t n_tokens, uint32_t pos0, uint32_t n_heads,
+                       uint32_t n_kv_heads, uint32_t head_dim, int format, uint32_t window, uint32_t ring_rows) {
     if (head_dim > 256 || n_kv_heads == 0 || n_heads % n_kv_heads) {
         set_error(vk, "attention: unsupported head layout (head_dim %u, %u heads, %u KV heads)", head_dim, n_heads, n_kv_heads);
         return;
@@ -1382,9 +1384,9 @@ void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer k_cache, pu
         set_error(vk, "attention: format %d cannot hold rows of %u", format, n_kv_heads * head_dim);
         return;
     }
-    struct { uint32_t n_tokens, pos0, n_heads, n_kv_heads, head_dim, kv_dim, format; float scale; uint32_t window, ring; } p = {
+    struct { uint32_t n_tokens, pos0, n_heads, n_kv_heads, head_dim, kv_dim, format; float scale; uint32_t window, ring, q_off, o_off; } p = {
         n_tokens, pos0, n_heads, n_kv_heads, head_dim, n_kv_heads * head_dim, (uint32_t)format,
-        1.0f / sqrtf((float)head_dim), window, ring_rows};
+        1.0f / sqrtf((float)head_dim), window, ring_rows, q_offset, out_offset};
     puna_vk_buffer bufs[4] = {q, k_cache, v_cache, out};
     dispatch(vk, "attention", bufs, 4, &p, sizeof p, n_heads, n_tokens, 1);
 }

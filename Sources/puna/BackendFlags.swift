@@ -24,7 +24,6 @@ enum BackendFlags {
         default:
             throw PunaError("flag --backend: unknown backend '\(name)' (choose cpu or vulkan)")
         }
-        if args.command == "batch" { throw PunaError("flag --backend: 'puna batch' runs on the CPU only for now") }
         try model.useVulkan(VulkanOptions(device: device ?? -1, gpuLayers: layers ?? -1))
         if let note = model.backendNote { errLine("puna: \(note)") }
     }

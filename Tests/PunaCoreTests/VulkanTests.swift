@@ -182,7 +182,7 @@ final class VulkanTests: XCTestCase {
                 inputs.append(b)
             }
             XCTAssertEqual(puna_vk_begin(vk), 0, err())
-            puna_vk_kv_store(vk, inputs[0], inputs[1], caches[0], caches[1], UInt32(tokens), UInt32(kvDim), UInt32(pos0),
+            puna_vk_kv_store(vk, inputs[0], inputs[1], 0, caches[0], caches[1], UInt32(tokens), UInt32(kvDim), UInt32(pos0),
                              Int32(PUNA_VK_KV_Q8_0.rawValue), UInt32(ring))
             XCTAssertEqual(puna_vk_submit(vk), 0, err())
             for c in 0..<2 {
@@ -197,7 +197,7 @@ final class VulkanTests: XCTestCase {
         }
         // A width the format cannot hold is an error, not a partial write.
         XCTAssertEqual(puna_vk_begin(vk), 0, err())
-        puna_vk_kv_store(vk, caches[0], caches[1], caches[0], caches[1], 1, 80, 0, Int32(PUNA_VK_KV_Q8_0.rawValue), 0)
+        puna_vk_kv_store(vk, caches[0], caches[1], 0, caches[0], caches[1], 1, 80, 0, Int32(PUNA_VK_KV_Q8_0.rawValue), 0)
         XCTAssertNotEqual(puna_vk_submit(vk), 0)
         XCTAssertTrue(err().contains("cannot hold rows of 80"), err())
     }

@@ -168,13 +168,18 @@ int puna_vk_submit(puna_vk *vk);
 
 void puna_vk_copy(puna_vk *vk, puna_vk_buffer src, uint64_t src_offset_bytes, puna_vk_buffer dst,
                   uint64_t dst_offset_bytes, uint64_t bytes);
-// y[t][r] = alpha * W[r] . x[t] (+ y[t][r] when accumulate) for t < n_tokens, r < rows. W is a
-// matrix from puna_vk_upload_matrix (gpu_type) or any buffer holding rows of that type.
-// code_table: for PUNA_TYPE_BNB4 the matrix's 16-entry quant_map (its descriptor's), sent with the
-// dispatch; ignored (may be NULL) for every other type.
+// puna_vk_matmul's flags: ACCUMULATE adds the product to y; ROW_INDEPENDENT computes one token
+// with the tiled shader too (by default one token takes the matrix x vector shader, whose sums run
+// in another order), so each token's row is the same bits however many tokens share the dispatch:
+// a sequence of a batched step then gets the logits it gets in any other step composition.
+enum puna_vk_matmul_flags { PUNA_VK_MATMUL_ACCUMULATE = 1, PUNA_VK_MATMUL_ROW_INDEPENDENT = 2 };
+// y[t][r] = alpha * W[r] . x[t] (+ y[t][r] with PUNA_VK_MATMUL_ACCUMULATE) for t < n_tokens,
+// r < rows. W is a matrix from puna_vk_upload_matrix (gpu_type) or any buffer holding rows of that
+// type. code_table: for PUNA_TYPE_BNB4 the matrix's 16-entry quant_map (its descriptor's), sent
+// with the dispatch; ignored (may be NULL) for every other type.
 void puna_vk_matmul(puna_vk *vk, int gpu_type, puna_vk_buffer w, const float *code_table, uint32_t rows,
                     uint32_t cols, puna_vk_buffer x, uint32_t x_offset, puna_vk_buffer y, uint32_t y_offset,
-                    uint32_t n_tokens, float alpha, int accumulate);
+                    uint32_t n_tokens, float alpha, int flags);
 // out[t] = rmsnorm(x[t]) * weight over n floats per row, for n_tokens rows (tokens, or heads of
 // tokens for per-head norms; x and out may be the same buffer).
 void puna_vk_rmsnorm(puna_vk *vk, puna_vk_buffer weight, puna_vk_buffer x, uint32_t x_offset,
@@ -189,17 +194,19 @@ void puna_vk_rope(puna_vk *vk, puna_vk_buffer table, puna_vk_buffer vec, uint32_
 enum puna_vk_kv_format { PUNA_VK_KV_F32 = 0, PUNA_VK_KV_F16 = 1, PUNA_VK_KV_Q8_0 = 2 };
 // Bytes of one cache row of kv_dim values in `format` (0 for a bad format or width).
 uint64_t puna_vk_kv_row_bytes(int format, uint32_t kv_dim);
-// Stores n_tokens rows of keys and values (kv_dim floats each) at positions pos0.. of a cache
-// layer in `format` (enum puna_vk_kv_format); ring_rows > 0: position p goes to row p % ring_rows.
-void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, puna_vk_buffer k_cache,
+// Stores n_tokens rows of keys and values (kv_dim floats each, from kv_offset floats into k and v)
+// at positions pos0.. of a cache layer in `format` (enum puna_vk_kv_format); ring_rows > 0:
+// position p goes to row p % ring_rows.
+void puna_vk_kv_store(puna_vk *vk, puna_vk_buffer k, puna_vk_buffer v, uint32_t kv_offset, puna_vk_buffer k_cache,
                       puna_vk_buffer v_cache, uint32_t n_tokens, uint32_t kv_dim, uint32_t pos0, int format,
                       uint32_t ring_rows);
 // Causal grouped-query attention of n_tokens queries at positions pos0.. (head_dim <= 256), as
 // puna_attention_ex: window > 0 lets a token see only the last `window` positions (itself
 // included); ring_rows > 0 reads position p from row p % ring_rows (needs window > 0 and
-// ring_rows >= window + n_tokens - 1).
-void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, puna_vk_buffer k_cache, puna_vk_buffer v_cache,
-                       puna_vk_buffer out, uint32_t n_tokens, uint32_t pos0, uint32_t n_heads,
+// ring_rows >= window + n_tokens - 1). The queries start q_offset floats into q, the output
+// out_offset floats into out (rows of n_heads * head_dim floats): one sequence of a batched step.
+void puna_vk_attention(puna_vk *vk, puna_vk_buffer q, uint32_t q_offset, puna_vk_buffer k_cache, puna_vk_buffer v_cache,
+                       puna_vk_buffer out, uint32_t out_offset, uint32_t n_tokens, uint32_t pos0, uint32_t n_heads,
                        uint32_t n_kv_heads, uint32_t head_dim, int format, uint32_t window, uint32_t ring_rows);
 // gate[i] = silu(gate[i]) * up[i] for i < n.
 void puna_vk_swiglu(puna_vk *vk, puna_vk_buffer gate, puna_vk_buffer up, uint32_t n);

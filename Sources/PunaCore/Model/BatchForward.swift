@@ -27,7 +27,10 @@ extension LanguageModel {
     /// Returns the logits of the last token of each slice that wants them, [wanted][n_vocab] in
     /// slice order. A row's arithmetic does not depend on the other rows of the step (the matmul
     /// contract in puna_kernels.h), so a sequence gets the same logits, bit for bit, as from
-    /// `evaluate` on its own.
+    /// `evaluate` on its own. On a Vulkan device (`useVulkan`) the step runs there, with each
+    /// sequence's keys and values in its cache's GPU half; there too a row's bits do not depend on
+    /// the other rows, and they stay within float rounding of `evaluate`'s (whose one-token steps
+    /// take the matrix × vector shaders).
     public func evaluateBatch(_ slices: [BatchSlice]) throws(PunaError) -> [Float] {
         try validateBatch(slices)
         let wanted = slices.reduce(0) { $0 + ($1.wantsLogits ? 1 : 0) }
@@ -62,6 +65,8 @@ extension LanguageModel {
 
     /// The step itself (inputs already validated). Writes the wanted logits rows to `logits`.
     func forwardBatch(_ slices: [BatchSlice], logits: UnsafeMutablePointer<Float>) throws(PunaError) {
+        // The GPU layers' keys and values live on the device: every step of these caches runs there.
+        if let vulkan { return try vulkan.forwardBatch(self, slices, logits: logits) }
         let e = config.embeddingLength
         // Row ranges of each sequence in the stacked matrix.
         var sequences: [SequenceRows] = []

@@ -264,6 +264,10 @@ final class VulkanBackend {
     var loraScratch: puna_vk_buffer? = nil    // A·x of a batch
     var loraScratchFloats = 0
 
+    /// Queue submissions of the forward pass so far (one per `step`): how a caller can tell its
+    /// work ran on the GPU.
+    private(set) var submissions = 0
+
     /// The parts of a model's architecture the shaders do not compute (empty: the whole model can
     /// run on the GPU). A model with any of them runs on the CPU, with this in `backendNote`.
     /// Computed: RoPE in both pairings over all or the first rope_dims dims of a head, with
@@ -415,7 +419,7 @@ final class VulkanBackend {
 
     /// Uploads the factors of every active pair that updates a GPU matrix (before recording: an
     /// upload may run a transfer) and sizes the scratch for A·x.
-    private func prepareAdapters(_ m: LanguageModel, _ adapters: AdapterSet, tokens: Int) throws(PunaError) {
+    private func prepareAdapters(_ m: LanguageModel, _ adapters: AdapterSet) throws(PunaError) {
         var targets: [Linear] = []
         for l in m.layers.prefix(gpuLayerCount) { targets += l.matrices }
         if output != nil { targets.append(m.output) }
@@ -511,8 +515,10 @@ final class VulkanBackend {
             let isLast = start + n == tokens.count
             let vocab = m.config.vocabSize
             let destination: UnsafeMutablePointer<Float>? = logits.flatMap { allLogits ? $0 + start * vocab : (isLast ? $0 : nil) }
+            let rows = destination == nil ? [] : (allLogits ? Array(0..<n) : [n - 1])
             do throws(PunaError) {
-                try forwardBatch(m, Array(tokens[start..<start + n]), cache: cache, logits: destination, allLogits: allLogits)
+                try step(m, [BatchSlice(cache: cache, tokens: Array(tokens[start..<start + n]), wantsLogits: !rows.isEmpty)],
+                         outputRows: rows, logits: destination, rowIndependent: false)
             } catch {
                 return error
             }
@@ -521,67 +527,166 @@ final class VulkanBackend {
         return nil
     }
 
-    private func forwardBatch(_ m: LanguageModel, _ tokens: [Int32], cache: KVCache, logits: UnsafeMutablePointer<Float>?,
-                              allLogits: Bool) throws(PunaError) {
-        let c = m.config
-        let n = tokens.count, e = c.embeddingLength, kvd = c.kvDimension, ff = c.feedForwardLength, vocab = c.vocabSize
-        let hd = c.headDimension, pairs = c.ropeDimensionCount / 2
-        let pos0 = cache.count
-        guard cache.layers == c.blockCount, cache.kvDimension == kvd else {
-            throw PunaError("vulkan: this KV cache was not made by this model (use model.makeCache)")
+    /// LanguageModel.forwardBatch on the GPU: the slices' rows stacked as the CPU stacks them, one
+    /// submission per step of at most maxBatch rows (a slice that does not fit what is left of a
+    /// step continues in the next, as a prompt continues in the next chunk). Writes the logits of
+    /// the last row of each slice that wants them to `logits`, [wanted][n_vocab] in slice order.
+    /// The products run row-independent, so a sequence's logits do not depend on what shares its
+    /// steps or how its prompt is chunked (BatchScheduler's determinism).
+    func forwardBatch(_ m: LanguageModel, _ slices: [BatchSlice], logits: UnsafeMutablePointer<Float>) throws(PunaError) {
+        var steps: [[BatchSlice]] = [[]]
+        var rows = 0
+        for s in slices {
+            var done = 0
+            while done < s.tokens.count {
+                if rows == maxBatch {
+                    steps.append([])
+                    rows = 0
+                }
+                let n = min(maxBatch - rows, s.tokens.count - done)
+                let last = done + n == s.tokens.count
+                steps[steps.count - 1].append(BatchSlice(cache: s.cache, tokens: Array(s.tokens[done..<done + n]),
+                                                         wantsLogits: s.wantsLogits && last, adapters: s.adapters))
+                done += n
+                rows += n
+            }
         }
-        let kv = try deviceCache(for: cache)
+        var written = 0
+        for slicesOfStep in steps where !slicesOfStep.isEmpty {
+            var outputRows: [Int] = []
+            var row = 0
+            for s in slicesOfStep {
+                row += s.tokens.count
+                if s.wantsLogits { outputRows.append(row - 1) }
+            }
+            try step(m, slicesOfStep, outputRows: outputRows, logits: logits + written * m.config.vocabSize, rowIndependent: true)
+            written += outputRows.count
+        }
+    }
+
+    /// One sequence's rows in a step: `count` rows from `firstRow` of the stacked matrix, at the
+    /// positions after the `cache.count` already there, its GPU layers' keys and values in `device`.
+    struct StepSequence {
+        let cache: KVCache
+        let device: VulkanKVCache
+        let firstRow: Int
+        let count: Int
+    }
+
+    /// Consecutive rows of a step with one adapter set (sequences with the same adapters).
+    struct AdapterRun {
+        let adapters: AdapterSet
+        let firstRow: Int
+        var count: Int
+    }
+
+    /// Runs of the rows that have adapters: rowAdapters[r] is row r's set; nil = none on any row.
+    static func adapterRuns(_ rowAdapters: [AdapterSet]?) -> [AdapterRun] {
+        guard let rowAdapters else { return [] }
+        var runs: [AdapterRun] = []
+        for (r, set) in rowAdapters.enumerated() where !set.isEmpty {
+            if let last = runs.last, last.firstRow + last.count == r, last.adapters.isSame(as: set) {
+                runs[runs.count - 1].count += 1
+            } else {
+                runs.append(AdapterRun(adapters: set, firstRow: r, count: 1))
+            }
+        }
+        return runs
+    }
+
+    /// One command buffer over `slices` (at most maxBatch rows in all, each cache at most once,
+    /// validated as LanguageModel.validateBatch does): every weight matrix once over all stacked
+    /// rows; RoPE from each row's own position; the KV store and attention per sequence over its
+    /// rows and its own cache; logits of `outputRows` (indices into the stacked rows) to `logits`.
+    private func step(_ m: LanguageModel, _ slices: [BatchSlice], outputRows: [Int], logits: UnsafeMutablePointer<Float>?,
+                      rowIndependent: Bool) throws(PunaError) {
+        let c = m.config
+        let e = c.embeddingLength, qd = c.queryDimension, kvd = c.kvDimension, ff = c.feedForwardLength, vocab = c.vocabSize
+        let hd = c.headDimension, pairs = c.ropeDimensionCount / 2
+        var sequences: [StepSequence] = []
+        var tokens: [Int32] = []
+        for s in slices {
+            guard s.cache.layers == c.blockCount, s.cache.kvDimension == kvd else {
+                throw PunaError("vulkan: this KV cache was not made by this model (use model.makeCache)")
+            }
+            sequences.append(StepSequence(cache: s.cache, device: try deviceCache(for: s.cache), firstRow: tokens.count, count: s.tokens.count))
+            tokens += s.tokens
+        }
+        let n = tokens.count
+        guard n > 0, n <= maxBatch, outputRows.count <= n else { throw PunaError("internal error: a GPU step of \(n) rows") }
+        // Adapters of every row, as the CPU's forwardBatch gives them (nil when no row has any).
+        var rowAdapters: [AdapterSet]? = nil
+        if slices.contains(where: { !($0.adapters ?? m.activeAdapters).isEmpty }) {
+            var all: [AdapterSet] = []
+            for s in slices { all += [AdapterSet](repeating: s.adapters ?? m.activeAdapters, count: s.tokens.count) }
+            rowAdapters = all
+        }
+        let outputAdapters = rowAdapters.map { all in outputRows.map { all[$0] } }
+        let runs = VulkanBackend.adapterRuns(rowAdapters)
+        let outputRuns = VulkanBackend.adapterRuns(outputAdapters)
+        var prepared: [AdapterSet] = []
+        for run in runs where !prepared.contains(where: { $0.isSame(as: run.adapters) }) {
+            try prepareAdapters(m, run.adapters)
+            prepared.append(run.adapters)
+        }
         let vk = context.vk
-        let format = kv.format
         let eps = c.rmsNormEpsilon
+        let matmulFlags = rowIndependent ? Int32(PUNA_VK_MATMUL_ROW_INDEPENDENT.rawValue) : 0
 
         let embeddings = context.hostFloats(input)
         for (t, token) in tokens.enumerated() { m.tokenEmbedding.decodeRow(Int(token), into: embeddings + t * e) }
-        try m.addEmbeddingAdapterDeltas(tokens, into: embeddings, adapters: nil)   // embedding LoRA, on the CPU
-        let adapters = m.activeAdapters
-        if !adapters.isEmpty { try prepareAdapters(m, adapters, tokens: n) }
-        // One (cos, sin) table for every layer (unsupportedFeatures refuses layers that differ), with
-        // the factors for this cache's length (LongRoPE: short or long) and the attention factor.
+        try m.addEmbeddingAdapterDeltas(tokens, into: embeddings, adapters: rowAdapters)   // embedding LoRA, on the CPU
+        // (cos, sin) of every row at its sequence's position: one table for every layer
+        // (unsupportedFeatures refuses layers that differ), with the factors for the sequence's
+        // cache length (LongRoPE: short or long) and the attention factor.
         if let layer = m.layers.first {
-            let factors = layer.ropeScaled ? m.ropeFactors(context: cache.capacity) : nil
-            withOptionalBuffer(factors) {
-                puna_vk_rope_table(context.hostFloats(ropeTable), Int32(n), Int32(pos0), Int32(c.ropeDimensionCount), layer.ropeFreqBase,
-                                   $0, c.ropeAttentionFactor)
+            let table = context.hostFloats(ropeTable)
+            for s in sequences {
+                let factors = layer.ropeScaled ? m.ropeFactors(context: s.cache.capacity) : nil
+                withOptionalBuffer(factors) {
+                    puna_vk_rope_table(table + s.firstRow * pairs * 2, Int32(s.count), Int32(s.cache.count), Int32(c.ropeDimensionCount),
+                                       layer.ropeFreqBase, $0, c.ropeAttentionFactor)
+                }
             }
         }
         let neox: Int32 = c.ropeStyle == .halves ? 1 : 0
 
-        func mm(_ w: VulkanMatrix, _ input: puna_vk_buffer, _ inputOffset: Int, _ out: puna_vk_buffer, tokens: Int, accumulate: Bool,
-                alpha: Float = 1) {
+        func mm(_ w: VulkanMatrix, _ input: puna_vk_buffer, _ inputOffset: Int, _ out: puna_vk_buffer, _ outputOffset: Int = 0,
+                tokens: Int, accumulate: Bool, alpha: Float = 1) {
+            let flags = matmulFlags | (accumulate ? Int32(PUNA_VK_MATMUL_ACCUMULATE.rawValue) : 0)
             withOptionalBuffer(w.codeTable) {
-                puna_vk_matmul(vk, w.type, w.buffer, $0, UInt32(w.rows), UInt32(w.cols), input, UInt32(inputOffset), out, 0,
-                               UInt32(tokens), alpha, accumulate ? 1 : 0)
+                puna_vk_matmul(vk, w.type, w.buffer, $0, UInt32(w.rows), UInt32(w.cols), input, UInt32(inputOffset), out,
+                               UInt32(outputOffset), UInt32(tokens), alpha, flags)
             }
         }
-        // out += s·B(A·input) for every pair of the active adapters that updates `target`: A·input
-        // once, then each band of B's rows into the buffer that holds those rows of the target's output.
-        func lora(_ target: Linear, _ input: puna_vk_buffer, _ bands: [(out: puna_vk_buffer, firstRow: Int, rows: Int)], tokens: Int) {
-            guard !adapters.isEmpty, let scratch = loraScratch else { return }
-            for (w, scale) in adapters.parts(for: target.name) where w.kind == .linear {
-                guard let pair = loraPairs[ObjectIdentifier(w)] else { continue }
-                mm(pair.a, input, 0, scratch, tokens: tokens, accumulate: false)
-                for band in bands {
-                    let b = band.rows == pair.b.rows ? pair.b : pair.b.rows(band.firstRow, band.rows)
-                    mm(b, scratch, 0, band.out, tokens: tokens, accumulate: true, alpha: scale)
+        // out += s·B(A·input) for every pair that updates `target` in each run's adapter set, over
+        // that run's rows: A·input once, then each band of B's rows into the buffer that holds
+        // those rows of the target's output ([rows][band rows]).
+        func lora(_ target: Linear, _ input: puna_vk_buffer, _ bands: [(out: puna_vk_buffer, firstRow: Int, rows: Int)],
+                  runs: [AdapterRun]) {
+            guard let scratch = loraScratch else { return }
+            for run in runs {
+                for (w, scale) in run.adapters.parts(for: target.name) where w.kind == .linear {
+                    guard let pair = loraPairs[ObjectIdentifier(w)] else { continue }
+                    mm(pair.a, input, run.firstRow * pair.a.cols, scratch, tokens: run.count, accumulate: false)
+                    for band in bands {
+                        let b = band.rows == pair.b.rows ? pair.b : pair.b.rows(band.firstRow, band.rows)
+                        mm(b, scratch, 0, band.out, run.firstRow * band.rows, tokens: run.count, accumulate: true, alpha: scale)
+                    }
                 }
             }
         }
         // outs[i] = parts[i](input) (+ LoRA) (+ bias), in Linear.forward's order.
-        func project(_ parts: [Projection], _ input: puna_vk_buffer, into outs: [puna_vk_buffer], tokens: Int) {
-            for (p, out) in zip(parts, outs) { mm(p.matrix, input, 0, out, tokens: tokens, accumulate: false) }
+        func project(_ parts: [Projection], _ input: puna_vk_buffer, into outs: [puna_vk_buffer]) {
+            for (p, out) in zip(parts, outs) { mm(p.matrix, input, 0, out, tokens: n, accumulate: false) }
             var targets: [ObjectIdentifier] = []
             for p in parts where !targets.contains(ObjectIdentifier(p.target)) {
                 targets.append(ObjectIdentifier(p.target))
                 let bands = zip(parts, outs).filter { $0.0.target === p.target }.map { (out: $0.1, firstRow: $0.0.firstRow, rows: $0.0.matrix.rows) }
-                lora(p.target, input, bands, tokens: tokens)
+                lora(p.target, input, bands, runs: runs)
             }
             for (p, out) in zip(parts, outs) {
-                if let bias = p.bias { puna_vk_bias(vk, bias, out, UInt32(p.matrix.rows), UInt32(tokens)) }
+                if let bias = p.bias { puna_vk_bias(vk, bias, out, UInt32(p.matrix.rows), UInt32(n)) }
             }
         }
 
@@ -589,62 +694,80 @@ final class VulkanBackend {
         puna_vk_copy(vk, input, 0, x, 0, UInt64(n * e * 4))
         for (l, layer) in layers.enumerated() {
             let cpuLayer = m.layers[l]
-            // attention: Q, K, V (three matrices or bands of one), per-head norms, RoPE, the cache
+            // attention: Q, K, V (three matrices or bands of one), per-head norms, RoPE over all rows
             puna_vk_rmsnorm(vk, layer.attentionNorm, x, 0, xb, 0, UInt32(e), UInt32(n), eps)
-            project(layer.qkv, xb, into: [q, k, v], tokens: n)
+            project(layer.qkv, xb, into: [q, k, v])
             if let norm = layer.queryNorm { puna_vk_rmsnorm(vk, norm, q, 0, q, 0, UInt32(hd), UInt32(n * c.headCount), eps) }
             if let norm = layer.keyNorm { puna_vk_rmsnorm(vk, norm, k, 0, k, 0, UInt32(hd), UInt32(n * c.headCountKV), eps) }
             puna_vk_rope(vk, ropeTable, q, UInt32(n), UInt32(c.headCount), UInt32(hd), UInt32(pairs), neox)
             puna_vk_rope(vk, ropeTable, k, UInt32(n), UInt32(c.headCountKV), UInt32(hd), UInt32(pairs), neox)
-            let ring = UInt32(cache.ringRows[l])
-            puna_vk_kv_store(vk, k, v, kv.keys[l], kv.values[l], UInt32(n), UInt32(kvd), UInt32(pos0), format, ring)
-            puna_vk_attention(vk, q, kv.keys[l], kv.values[l], att, UInt32(n), UInt32(pos0), UInt32(c.headCount),
-                              UInt32(c.headCountKV), UInt32(hd), format, UInt32(cpuLayer.attentionWindow), ring)
+            // the cache and attention: each sequence over its own rows and cache
+            for s in sequences {
+                let ring = UInt32(s.cache.ringRows[l]), pos0 = UInt32(s.cache.count), format = s.device.format
+                puna_vk_kv_store(vk, k, v, UInt32(s.firstRow * kvd), s.device.keys[l], s.device.values[l], UInt32(s.count), UInt32(kvd),
+                                 pos0, format, ring)
+                puna_vk_attention(vk, q, UInt32(s.firstRow * qd), s.device.keys[l], s.device.values[l], att, UInt32(s.firstRow * qd),
+                                  UInt32(s.count), pos0, UInt32(c.headCount), UInt32(c.headCountKV), UInt32(hd), format,
+                                  UInt32(cpuLayer.attentionWindow), ring)
+            }
             mm(layer.o, att, 0, x, tokens: n, accumulate: true)   // x += o(att)
-            lora(cpuLayer.o, att, [(x, 0, e)], tokens: n)
+            lora(cpuLayer.o, att, [(x, 0, e)], runs: runs)
             // feed-forward (SwiGLU): gate and up as two matrices or two bands of one
             puna_vk_rmsnorm(vk, layer.ffnNorm, x, 0, xb, 0, UInt32(e), UInt32(n), eps)
-            project(layer.gateUp, xb, into: [gate, up], tokens: n)
+            project(layer.gateUp, xb, into: [gate, up])
             puna_vk_swiglu(vk, gate, up, UInt32(n * ff))
             mm(layer.down, gate, 0, x, tokens: n, accumulate: true)   // x += down(…)
-            lora(cpuLayer.down, gate, [(x, 0, e)], tokens: n)
+            lora(cpuLayer.down, gate, [(x, 0, e)], runs: runs)
         }
-        let first = allLogits ? 0 : n - 1
+        let wanted = outputRows.count
         if let output, let outputNorm {
-            if logits != nil {
-                puna_vk_rmsnorm(vk, outputNorm, x, UInt32(first * e), xb, 0, UInt32(e), UInt32(n - first), eps)
-                mm(output, xb, 0, self.logits, tokens: n - first, accumulate: false)
-                lora(m.output, xb, [(self.logits, 0, vocab)], tokens: n - first)
-                puna_vk_copy(vk, self.logits, 0, readback, 0, UInt64((n - first) * vocab * 4))
+            if wanted > 0 {
+                // The wanted rows, normed, gathered into xb ([wanted][e]): one dispatch per run of
+                // consecutive rows, so the output matrix is read once for all of them.
+                var i = 0
+                while i < wanted {
+                    var j = i + 1
+                    while j < wanted && outputRows[j] == outputRows[j - 1] + 1 { j += 1 }
+                    puna_vk_rmsnorm(vk, outputNorm, x, UInt32(outputRows[i] * e), xb, UInt32(i * e), UInt32(e), UInt32(j - i), eps)
+                    i = j
+                }
+                mm(output, xb, 0, self.logits, tokens: wanted, accumulate: false)
+                lora(m.output, xb, [(self.logits, 0, vocab)], runs: outputRuns)
+                puna_vk_copy(vk, self.logits, 0, readback, 0, UInt64(wanted * vocab * 4))
             }
         } else {
             puna_vk_copy(vk, x, 0, readback, 0, UInt64(n * e * 4))
         }
         guard puna_vk_submit(vk) == 0 else { throw context.fail("running the model") }
-        // The CPU cache's record of the positions written (its sliding-window rings refuse rewinds
-        // past what they keep from it).
-        cache.noteWritten(upTo: pos0 + n)
+        submissions += 1
+        // The CPU caches' record of the positions written (their sliding-window rings refuse
+        // rewinds past what they keep from it).
+        for s in sequences { s.cache.noteWritten(upTo: s.cache.count + s.count) }
 
         if output != nil {
-            cache.count = pos0 + n
-            if let logits { logits.update(from: context.hostFloats(readback), count: (n - first) * vocab) }
+            for s in sequences { s.cache.count += s.count }
+            if let logits, wanted > 0 { logits.update(from: context.hostFloats(readback), count: wanted * vocab) }
             return
         }
-        // Partial offload: the remaining layers and the output on the CPU, as LanguageModel.forward.
-        // (The CPU cache keeps room for every layer; the GPU layers' rows are never touched, so
+        // Partial offload: the remaining layers and the output on the CPU, as LanguageModel.forwardBatch.
+        // (The CPU caches keep room for every layer; the GPU layers' rows are never touched, so
         // those pages are never backed by memory.)
         let xs = Buffer(n * e)
         xs.p.update(from: context.hostFloats(readback), count: n * e)
-        try m.forwardLayers(xs, rows: n, sequences: [LanguageModel.SequenceRows(cache: cache, firstRow: 0, count: n)],
-                            layers: gpuLayerCount..<m.layers.count, adapters: nil)
-        cache.count = pos0 + n
-        if let logits { try m.forwardOutput(xs, rows: allLogits ? Array(0..<n) : [n - 1], logits: logits, adapters: nil) }
+        let cpuSequences = sequences.map { LanguageModel.SequenceRows(cache: $0.cache, firstRow: $0.firstRow, count: $0.count) }
+        try m.forwardLayers(xs, rows: n, sequences: cpuSequences, layers: gpuLayerCount..<m.layers.count, adapters: rowAdapters)
+        for s in sequences { s.cache.count += s.count }
+        if let logits, wanted > 0 { try m.forwardOutput(xs, rows: outputRows, logits: logits, adapters: outputAdapters) }
     }
 }
 
 extension LanguageModel {
     /// Whether the forward pass runs on a Vulkan device (useVulkan succeeded).
     public var usesVulkan: Bool { vulkan != nil }
+
+    /// Queue submissions of forward passes on the Vulkan device so far (0 on the CPU): one per
+    /// `evaluate` chunk and per batched step of up to the backend's batch of rows.
+    public var vulkanSubmissions: Int { vulkan?.submissions ?? 0 }
 
     /// Runs the forward pass on a Vulkan device from now on (`evaluate`, and so `Generator`).
     /// Call it after adapters are merged: weights are uploaded here. A cache's GPU layers keep their
