@@ -709,18 +709,24 @@ typedef struct {
 
 INL __m512i bcast32(const uint8_t *p) { return _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p)); }
 
-// Q4_K/Q5_K: {d, dmin, scales[12], (qh[32]), qs[128]}; sub-blocks 2c, 2c + 1 are the low and high
-// nibbles of qs[32c .. 32c + 31]; bit 4 of weight l of sub-block s (Q5_K) is bit s of qh[l].
-INL void unpack_q45_K(const uint8_t *p, int q5, kblock *k) {
-    k->d = _cvtsh_ss(kq_load16(p));
-    k->dmin = _cvtsh_ss(kq_load16(p + 2));
+// Q4_K/Q5_K header: d, dmin, the eight 6-bit scales as int16 in the low 128 bits, and the mins as
+// int32 at lanes 2s, 2s + 1 (msc).
+INL __m512i q45_K_header(const uint8_t *p, float *d, float *dmin, __m512i *msc) {
+    *d = _cvtsh_ss(kq_load16(p));
+    *dmin = _cvtsh_ss(kq_load16(p + 2));
     uint32_t u0 = kq_load32(p + 4), u1 = kq_load32(p + 8), u2 = kq_load32(p + 12);
     uint64_t sc = ((uint64_t)((u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)) << 32) | (u0 & 0x3f3f3f3f);
     uint64_t mn = ((uint64_t)(((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)) << 32) | (u1 & 0x3f3f3f3f);
-    // (vpermw broadcasts of the scales measured 1.3x faster here than broadcast loads from a stack copy)
-    __m512i sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((int64_t)sc)));
     __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((int64_t)mn));
-    k->msc = _mm512_cvtepi16_epi32(_mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16)));
+    *msc = _mm512_cvtepi16_epi32(_mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16)));
+    return _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((int64_t)sc)));
+}
+
+// Q4_K/Q5_K: {d, dmin, scales[12], (qh[32]), qs[128]}; sub-blocks 2c, 2c + 1 are the low and high
+// nibbles of qs[32c .. 32c + 31]; bit 4 of weight l of sub-block s (Q5_K) is bit s of qh[l].
+INL void unpack_q45_K(const uint8_t *p, int q5, kblock *k) {
+    // (vpermw broadcasts of the scales measured 1.3x faster here than broadcast loads from a stack copy)
+    __m512i sc16 = q45_K_header(p, &k->d, &k->dmin, &k->msc);
     const __m512i m4 = _mm512_set1_epi16(0x0f);
     const uint8_t *qs = p + (q5 ? 48 : 16);
     __m512i hbits = q5 ? _mm512_slli_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + 16))), 4)
@@ -797,14 +803,7 @@ typedef struct {
 } kcodes;
 
 INL void unpack1_q45_K(const uint8_t *p, int q5, kcodes *k) {
-    k->d = _cvtsh_ss(kq_load16(p));
-    k->dmin = _cvtsh_ss(kq_load16(p + 2));
-    uint32_t u0 = kq_load32(p + 4), u1 = kq_load32(p + 8), u2 = kq_load32(p + 12);
-    uint64_t sc = ((uint64_t)((u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)) << 32) | (u0 & 0x3f3f3f3f);
-    uint64_t mn = ((uint64_t)(((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)) << 32) | (u1 & 0x3f3f3f3f);
-    __m512i sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((int64_t)sc)));
-    __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((int64_t)mn));
-    k->msc = _mm512_cvtepi16_epi32(_mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16)));
+    __m512i sc16 = q45_K_header(p, &k->d, &k->dmin, &k->msc);
     const __m512i m4 = _mm512_set1_epi8(0x0f), one = _mm512_set1_epi8(0x01);
     const uint8_t *qs = p + (q5 ? 48 : 16);
     // word w of vector v holds weights of sub-block 2v + w / 16
