@@ -302,12 +302,12 @@ final class VulkanBatchTests: XCTestCase {
         let prompts = ["A computer is", "The best way to", "Never", "Who wrote the book about time?", "In the morning the cat",
                        "What is a fortune cookie?"]
         for (i, p) in prompts.enumerated() {
-            var r: [String: Any] = ["id": "r\(i)", "prompt": p, "max_tokens": 20 + 3 * i, "temperature": 0]
+            var r: [String: Any] = ["id": "r\(i)", "prompt": p, "max_tokens": 8 + 2 * i, "temperature": 0]
             if i % 3 == 0 { r["adapter"] = "qa"; r["template"] = "guanaco" }
             lines.append(String(decoding: try JSONSerialization.data(withJSONObject: r, options: [.sortedKeys]), as: UTF8.self))
         }
         for i in 0..<2 {   // sampled: compared GPU against GPU only
-            let r: [String: Any] = ["id": "s\(i)", "prompt": "Fortune says", "max_tokens": 16, "temperature": 0.8, "seed": 7 + i]
+            let r: [String: Any] = ["id": "s\(i)", "prompt": "Fortune says", "max_tokens": 10, "temperature": 0.8, "seed": 7 + i]
             lines.append(String(decoding: try JSONSerialization.data(withJSONObject: r, options: [.sortedKeys]), as: UTF8.self))
         }
         let input = dir.appendingPathComponent("in.jsonl")
