@@ -172,7 +172,6 @@ final class VulkanKVCache {
     let capacity: Int
     let rows: [Int]
     let format: Int32      // enum puna_vk_kv_format
-
     init(context: VulkanContext, capacity: Int, rows: [Int], kvDimension: Int, format: Int32) throws(PunaError) {
         self.context = context
         self.capacity = capacity
@@ -768,6 +767,13 @@ extension LanguageModel {
     /// Queue submissions of forward passes on the Vulkan device so far (0 on the CPU): one per
     /// `evaluate` chunk and per batched step of up to the backend's batch of rows.
     public var vulkanSubmissions: Int { vulkan?.submissions ?? 0 }
+
+    /// Dispatches recorded so far with the shader variants whose name starts with `prefix`
+    /// ("matmul1_", "matmul_", "matvec_", …; 0 on the CPU): which shaders a step took.
+    public func vulkanDispatches(_ prefix: String) -> Int {
+        guard let vulkan else { return 0 }
+        return Int(puna_vk_dispatches(vulkan.context.vk, prefix))
+    }
 
     /// Runs the forward pass on a Vulkan device from now on (`evaluate`, and so `Generator`).
     /// Call it after adapters are merged: weights are uploaded here. A cache's GPU layers keep their
