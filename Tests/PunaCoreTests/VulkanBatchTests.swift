@@ -343,6 +343,54 @@ final class VulkanBatchTests: XCTestCase {
         }
     }
 
+    // MARK: - memory estimate
+
+    /// `puna batch` / `puna serve --backend vulkan --parallel N`: the estimate counts each
+    /// sequence's device KV cache (what VulkanKVCache really allocates, times N), the host caches
+    /// only the CPU layers' rows (the GPU layers' host rows are never written), and the total grows
+    /// with N; with --gpu-layers 1 of 2, half the rows on each side. The CLI's refusal names it.
+    func testMemoryEstimateCountsEverySequencesDeviceCache() throws {
+        _ = try requireDevice()
+        let file = "tiny-gqa-q4_k_m.gguf"
+        for gpuLayers in [-1, 1] {
+            let gpu = try gpuModel(file, .baseline, batch: 8, gpuLayers: gpuLayers)
+            let layers = gpu.config.blockCount
+            let onGPU = gpuLayers < 0 ? layers : gpuLayers
+            for type in [GGMLType.f16, .q8_0] {
+                let cache = try gpu.makeCache(contextLength: 64, type: type)
+                XCTAssertEqual(cache.deviceByteCount, 0, "no device cache before the first step")
+                _ = try gpu.evaluateBatch([BatchSlice(cache: cache, tokens: [1, 450, 496], wantsLogits: true)])
+                let device = cache.deviceByteCount
+                XCTAssertEqual(device, cache.byteCount * onGPU / layers, "\(type.name), \(onGPU)/\(layers) layers on the GPU")
+                var last = 0
+                for n in [1, 2, 5] {
+                    let e = gpu.memoryEstimate(context: 64, keyType: type, sequences: n)
+                    XCTAssertEqual(e.bytes("gpu_kv_cache"), n * device, "\(type.name) --parallel \(n)")
+                    XCTAssertEqual(e.bytes("kv_cache"), n * (cache.byteCount - device), "\(type.name) --parallel \(n)")
+                    XCTAssertGreaterThan(e.totalBytes, last, "\(type.name): the estimate grows with --parallel")
+                    last = e.totalBytes
+                }
+            }
+        }
+        // The same file on the CPU: no device item, every row on the host.
+        let cpu = try LanguageModel(path: Self.path(file), options: ModelOptions(threads: 2, batchSize: 8))
+        let cache = try cpu.makeCache(contextLength: 64, type: .f16)
+        let e = cpu.memoryEstimate(context: 64, keyType: .f16, sequences: 3)
+        XCTAssertEqual(e.bytes("gpu_kv_cache"), 0)
+        XCTAssertEqual(e.bytes("kv_cache"), 3 * cache.byteCount)
+
+        // The CLI: puna batch --backend vulkan --parallel 64 over a small budget lists the device caches.
+        let input = dir.appendingPathComponent("mem.jsonl")
+        try "{\"id\":\"a\",\"prompt\":\"hello\",\"max_tokens\":2}\n".write(to: input, atomically: true, encoding: .utf8)
+        let (status, _, err) = try Fixtures.runPuna(["batch", "-m", Self.path("tiny-mha-q8_0.gguf"), "-i", input.path, "-o",
+                                                     dir.appendingPathComponent("out.jsonl").path, "-c", "2048", "--parallel", "64",
+                                                     "--mem", "40M", "--backend", "vulkan"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(err.contains("KV cache on the Vulkan device ("), err)
+        XCTAssertTrue(err.contains("layers, 64 sequences; device memory is host memory)"), err)
+        XCTAssertTrue(err.contains("--parallel 64"), err)
+    }
+
     // MARK: - puna batch
 
     /// `puna batch --backend vulkan` on the demo model (some records with its LoRA adapter, so

@@ -172,6 +172,9 @@ final class VulkanKVCache {
     let capacity: Int
     let rows: [Int]
     let format: Int32      // enum puna_vk_kv_format
+    /// Bytes of the keys and values of every layer here.
+    let byteCount: Int
+
     init(context: VulkanContext, capacity: Int, rows: [Int], kvDimension: Int, format: Int32) throws(PunaError) {
         self.context = context
         self.capacity = capacity
@@ -187,6 +190,7 @@ final class VulkanKVCache {
         }
         keys = k
         values = v
+        byteCount = 2 * rows.reduce(0, +) * rowBytes
     }
 
     deinit {
@@ -220,6 +224,9 @@ final class VulkanBackend {
     let context: VulkanContext
     let file: MappedFile          // imported memory points into this mapping: keep it alive
     let gpuLayerCount: Int
+    /// Whether device memory is host RAM (every device type but a discrete GPU): what the memory
+    /// estimate counts the device's KV caches against.
+    let sharesHostMemory: Bool
     let maxBatch: Int
     let description: String
 
@@ -403,6 +410,7 @@ final class VulkanBackend {
 
         let info = puna_vk_info(ctx.vk)!.pointee
         let device = VulkanDevice(index: Int(puna_vk_device_index(ctx.vk)), info: info)
+        sharesHostMemory = device.type != "discrete"
         let tier = String(cString: puna_vk_tier_name(puna_vk_tier(ctx.vk)))
         var d = "vulkan: device \(device.index) \(device.name) (\(device.type), Vulkan \(device.apiVersion)), \(tier) tier"
         switch puna_vk_int8_fma(ctx.vk) {
