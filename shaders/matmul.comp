@@ -21,6 +21,44 @@ layout(push_constant, std430) uniform Params {
 } p;
 
 const uint TILE = 32u;
+
+#ifdef ONE_TOKEN
+// One token per grid row (gl_WorkGroupID.y), 64 rows per workgroup, one row per invocation: the
+// tiled variant's arithmetic for each output — the same weights and inputs staged in 32-column
+// tiles (zeros past cols), summed over k in the same order, acc += w * x — so the same bits, without
+// computing 31 idle token columns. The host takes it for single-token steps that must match the
+// tiled shader bit for bit (PUNA_VK_MATMUL_ROW_INDEPENDENT).
+const uint ROWS1 = 64u;
+shared float wt[ROWS1][TILE + 1u];  // [row][k]
+shared float xt[TILE];
+
+void main() {
+    // Requires WORKGROUP_SIZE == 64 (the host specializes it so).
+    dequant_init(p.code_table);
+    uint lid = gl_LocalInvocationID.x;
+    uint row0 = gl_WorkGroupID.x * ROWS1, t = gl_WorkGroupID.y;
+    float acc = 0.0;
+    for (uint k = 0u; k < p.cols; k += TILE) {
+        for (uint c = lid; c < ROWS1 * 4u; c += 64u) {
+            uint r = c >> 2, kk = (c & 3u) * 8u;
+            vec4 lo = vec4(0.0), hi = vec4(0.0);
+            if (row0 + r < p.rows && k + kk < p.cols) dequant8(p.w_off + (row0 + r) * p.row_bytes, k + kk, lo, hi);
+            wt[r][kk] = lo.x; wt[r][kk + 1u] = lo.y; wt[r][kk + 2u] = lo.z; wt[r][kk + 3u] = lo.w;
+            wt[r][kk + 4u] = hi.x; wt[r][kk + 5u] = hi.y; wt[r][kk + 6u] = hi.z; wt[r][kk + 7u] = hi.w;
+        }
+        if (lid < TILE) xt[lid] = t < p.n_tokens && k + lid < p.cols ? x[p.x_off + t * p.x_stride + k + lid] : 0.0;
+        barrier();
+        for (uint kk = 0u; kk < TILE; kk++) acc += wt[lid][kk] * xt[kk];
+        barrier();
+    }
+    uint r = row0 + lid;
+    if (r < p.rows && t < p.n_tokens) {
+        uint yi = p.y_off + t * p.y_stride + r;
+        float v = p.alpha * acc;
+        y[yi] = p.accumulate != 0u ? y[yi] + v : v;
+    }
+}
+#else
 shared float wt[TILE][TILE + 1u];   // [row][k]; +1 breaks bank conflicts on column reads
 shared float xt[TILE][TILE + 1u];   // [token][k]
 
@@ -67,3 +105,4 @@ void main() {
         }
     }
 }
+#endif

@@ -257,6 +257,7 @@ typedef struct {
 typedef struct {
     const char *name;        // variant name in the SPIR-V table
     VkPipeline pipeline;
+    uint64_t dispatches;     // recorded so far (puna_vk_dispatches)
 } pipeline_entry;
 
 typedef struct {
@@ -978,7 +979,7 @@ int puna_vk_upload_matrix(puna_vk *vk, int type, const void *data, int64_t rows,
 // baseline. Specialization: constant 0 = workgroup size, 1 = rows per workgroup (matvec).
 static VkPipeline get_pipeline(puna_vk *vk, const char *name) {
     for (uint32_t i = 0; i < vk->pipeline_count; i++)
-        if (strcmp(vk->pipelines[i].name, name) == 0) return vk->pipelines[i].pipeline;
+        if (strcmp(vk->pipelines[i].name, name) == 0) { vk->pipelines[i].dispatches++; return vk->pipelines[i].pipeline; }
     const puna_vk_spirv *chosen = NULL;
     for (size_t i = 0; i < PUNA_VK_SPIRV_COUNT; i++) {
         const puna_vk_spirv *s = &puna_vk_spirv_table[i];
@@ -1007,8 +1008,16 @@ static VkPipeline get_pipeline(puna_vk *vk, const char *name) {
     r = vk->vkCreateComputePipelines(vk->device, VK_NULL_HANDLE, 1, &cpci, NULL, &pipeline);
     vk->vkDestroyShaderModule(vk->device, module, NULL);
     if (r != VK_SUCCESS) { set_error(vk, "vkCreateComputePipelines(%s) failed (VkResult %d)", name, (int)r); return VK_NULL_HANDLE; }
-    vk->pipelines[vk->pipeline_count++] = (pipeline_entry){.name = chosen->name, .pipeline = pipeline};
+    vk->pipelines[vk->pipeline_count++] = (pipeline_entry){.name = chosen->name, .pipeline = pipeline, .dispatches = 1};
     return pipeline;
+}
+
+uint64_t puna_vk_dispatches(const puna_vk *vk, const char *prefix) {
+    uint64_t n = 0;
+    size_t len = strlen(prefix);
+    for (uint32_t i = 0; i < vk->pipeline_count; i++)
+        if (strncmp(vk->pipelines[i].name, prefix, len) == 0) n += vk->pipelines[i].dispatches;
+    return n;
 }
 
 typedef struct {
@@ -1293,7 +1302,10 @@ void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, const float *code_t
     char name[32];
     // (The int8 tier above is row-independent already: one token per grid layer for any count.)
     int tiled = n_tokens > 1 || (flags & PUNA_VK_MATMUL_ROW_INDEPENDENT) != 0;
-    snprintf(name, sizeof name, "%s_%s", tiled ? "matmul" : "matvec", suffix);
+    // One token that must get the tiled shader's bits: its one-token variant (matmul1_*, the same
+    // sums without the 31 idle token columns of a 32 x 32 tile).
+    int one_token = tiled && n_tokens == 1;
+    snprintf(name, sizeof name, "%s_%s", one_token ? "matmul1" : tiled ? "matmul" : "matvec", suffix);
     // fp16 tier: F16 rows read as f16vec4, so they must start 8-byte aligned in the binding.
     int half_rows = !tiled && type == PUNA_TYPE_F16 && vk->tier >= PUNA_VK_TIER_FP16 && row_bytes % 8 == 0;
     for (uint64_t r0 = 0; r0 < rows; r0 += rows_per_part) {
@@ -1321,7 +1333,9 @@ void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, const float *code_t
                 (uint32_t)(accumulate != 0), alpha, {0}};
             memcpy(p.table, table, sizeof table);
             _Static_assert(sizeof p <= PUSH_BYTES, "matmul push constants");
-            if (dispatch(vk, name, bufs, 3, &p, sizeof p, (n_rows + 31) / 32, (n_tokens + 31) / 32, 1) != 0) return;
+            if (one_token) {
+                if (dispatch(vk, name, bufs, 3, &p, sizeof p, (n_rows + 63) / 64, n_tokens, 1) != 0) return;
+            } else if (dispatch(vk, name, bufs, 3, &p, sizeof p, (n_rows + 31) / 32, (n_tokens + 31) / 32, 1) != 0) return;
         }
     }
 }

@@ -168,6 +168,7 @@ enum BatchCommand {
                                                             defaultContext: context, defaultType: nil)
         var settings = MemoryEstimate.Settings(context: context, keyType: key, valueType: value, batch: model.batchSize,
                                                threads: model.threads, sequences: parallel)
+        model.applyBackend(to: &settings)   // --backend vulkan: each sequence's KV rows on the device
         var seen: [LoRAAdapter] = []
         for set in [model.activeAdapters] + adapters {
             for e in set.entries where !seen.contains(where: { $0 === e.adapter }) { seen.append(e.adapter) }

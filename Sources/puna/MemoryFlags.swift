@@ -114,6 +114,7 @@ enum MemoryFlags {
         var settings = MemoryEstimate.Settings(context: context, keyType: key, valueType: value, batch: model.batchSize,
                                                threads: model.threads, logitRows: logitRows)
         settings.adapters = model.activeAdapters.entries.map { MemoryEstimate.AdapterFootprint($0.adapter) }
+        model.applyBackend(to: &settings)
         try check(estimate, settings: settings, budget: try budget(args, board: board), stage: "before allocating the KV cache") { t in
             MemoryEstimate.llama(gguf: model.gguf, config: model.config, settings: t)
         }

@@ -288,6 +288,109 @@ final class VulkanBatchTests: XCTestCase {
         XCTAssertEqual(gpu.vulkanSubmissions, 0)
     }
 
+    /// A step of one row (a sequence decoding alone in a batched step) takes the tiled shader's
+    /// one-token variant (matmul1: the tiled sums without the 31 idle token columns of a 32 × 32
+    /// tile), never the tiled shader itself; the same sequence's row in a two-row step (the tiled
+    /// shader) gets the same logits bit for bit, with and without an adapter (LoRA's B pass has
+    /// rank columns, not a whole 32-column tile), in every tier. `evaluate`'s one-token steps keep
+    /// the matrix × vector shader.
+    func testSingleRowStepsTakeTheOneTokenTiledShader() throws {
+        let device = try requireDevice()
+        let lora = Fixtures.root.appendingPathComponent("lora")
+        for file in ["tiny-gqa-f32.gguf", "tiny-mha-f16.gguf", "tiny-gqa-q4_0.gguf"] {
+            for tier in Tier.available(device) {
+                let gpu = try gpuModel(file, tier, batch: 8)
+                var sets: [AdapterSet?] = [nil]
+                if file.hasPrefix("tiny-gqa") {
+                    sets.append(AdapterSet([(try LoRAAdapter.load(path: lora.appendingPathComponent("gqa-all").path, for: gpu), 1)]))
+                }
+                // The float matrix × vector shaders (matvec_dot_* are the int8 tier's, for any row count).
+                func matvec() -> Int { gpu.vulkanDispatches("matvec_") - gpu.vulkanDispatches("matvec_dot_") }
+                for set in sets {
+                    let label = "\(file) \(tier)\(set == nil ? "" : " with an adapter")"
+                    let a = try gpu.makeCache(contextLength: 64, type: .f32), b = try gpu.makeCache(contextLength: 64, type: .f32)
+                    let other = try gpu.makeCache(contextLength: 64, type: .f32)
+                    let prompt: [Int32] = [1, 450, 496, 173]
+                    for c in [a, b, other] { _ = try gpu.evaluateBatch([BatchSlice(cache: c, tokens: prompt, wantsLogits: false, adapters: set)]) }
+                    // Sequence a alone: one row.
+                    let (one, tiled, vector) = (gpu.vulkanDispatches("matmul1_"), gpu.vulkanDispatches("matmul_"), matvec())
+                    let alone = try gpu.evaluateBatch([BatchSlice(cache: a, tokens: [306], wantsLogits: true, adapters: set)])
+                    // Quantized weights in the int8 tier take the integer dot products for any row count.
+                    let floatMatmuls = tier != .int8 || Self.weightType(file).hasPrefix("f")
+                    if floatMatmuls { XCTAssertGreaterThan(gpu.vulkanDispatches("matmul1_"), one, "\(label): one-row step without matmul1") }
+                    XCTAssertEqual(gpu.vulkanDispatches("matmul_"), tiled, "\(label): a one-row step took the 32 x 32 tiled shader")
+                    XCTAssertEqual(matvec(), vector, "\(label): a one-row step took the matrix x vector shader")
+                    // The same row next to another sequence's: a two-row step, the tiled shader.
+                    let tiledBefore = gpu.vulkanDispatches("matmul_")
+                    let pair = try gpu.evaluateBatch([BatchSlice(cache: b, tokens: [306], wantsLogits: true, adapters: set),
+                                                      BatchSlice(cache: other, tokens: [27], wantsLogits: true, adapters: set)])
+                    if floatMatmuls { XCTAssertGreaterThan(gpu.vulkanDispatches("matmul_"), tiledBefore, label) }
+                    let vocab = gpu.config.vocabSize
+                    XCTAssertEqual(alone.count, vocab)
+                    XCTAssertTrue(alone == Array(pair[0..<vocab]), "\(label): one-row step vs the same row in a two-row step differ")
+                    XCTAssertFalse(alone == Array(pair[vocab..<2 * vocab]), "\(label): the two sequences' logits should differ")
+                    // evaluate's decode keeps the matrix × vector path.
+                    let before = gpu.vulkanDispatches("matvec_")
+                    let onePath = gpu.vulkanDispatches("matmul1_")
+                    let saved = gpu.activeAdapters
+                    if let set { gpu.activeAdapters = set }
+                    _ = try gpu.evaluate([27], cache: a)
+                    gpu.activeAdapters = saved
+                    XCTAssertGreaterThan(gpu.vulkanDispatches("matvec_"), before, label)
+                    XCTAssertEqual(gpu.vulkanDispatches("matmul1_"), onePath, "\(label): evaluate's decode took matmul1")
+                }
+            }
+        }
+    }
+
+    // MARK: - memory estimate
+
+    /// `puna batch` / `puna serve --backend vulkan --parallel N`: the estimate counts each
+    /// sequence's device KV cache (what VulkanKVCache really allocates, times N), the host caches
+    /// only the CPU layers' rows (the GPU layers' host rows are never written), and the total grows
+    /// with N; with --gpu-layers 1 of 2, half the rows on each side. The CLI's refusal names it.
+    func testMemoryEstimateCountsEverySequencesDeviceCache() throws {
+        _ = try requireDevice()
+        let file = "tiny-gqa-q4_k_m.gguf"
+        for gpuLayers in [-1, 1] {
+            let gpu = try gpuModel(file, .baseline, batch: 8, gpuLayers: gpuLayers)
+            let layers = gpu.config.blockCount
+            let onGPU = gpuLayers < 0 ? layers : gpuLayers
+            for type in [GGMLType.f16, .q8_0] {
+                let cache = try gpu.makeCache(contextLength: 64, type: type)
+                XCTAssertEqual(cache.deviceByteCount, 0, "no device cache before the first step")
+                _ = try gpu.evaluateBatch([BatchSlice(cache: cache, tokens: [1, 450, 496], wantsLogits: true)])
+                let device = cache.deviceByteCount
+                XCTAssertEqual(device, cache.byteCount * onGPU / layers, "\(type.name), \(onGPU)/\(layers) layers on the GPU")
+                var last = 0
+                for n in [1, 2, 5] {
+                    let e = gpu.memoryEstimate(context: 64, keyType: type, sequences: n)
+                    XCTAssertEqual(e.bytes("gpu_kv_cache"), n * device, "\(type.name) --parallel \(n)")
+                    XCTAssertEqual(e.bytes("kv_cache"), n * (cache.byteCount - device), "\(type.name) --parallel \(n)")
+                    XCTAssertGreaterThan(e.totalBytes, last, "\(type.name): the estimate grows with --parallel")
+                    last = e.totalBytes
+                }
+            }
+        }
+        // The same file on the CPU: no device item, every row on the host.
+        let cpu = try LanguageModel(path: Self.path(file), options: ModelOptions(threads: 2, batchSize: 8))
+        let cache = try cpu.makeCache(contextLength: 64, type: .f16)
+        let e = cpu.memoryEstimate(context: 64, keyType: .f16, sequences: 3)
+        XCTAssertEqual(e.bytes("gpu_kv_cache"), 0)
+        XCTAssertEqual(e.bytes("kv_cache"), 3 * cache.byteCount)
+
+        // The CLI: puna batch --backend vulkan --parallel 64 over a small budget lists the device caches.
+        let input = dir.appendingPathComponent("mem.jsonl")
+        try "{\"id\":\"a\",\"prompt\":\"hello\",\"max_tokens\":2}\n".write(to: input, atomically: true, encoding: .utf8)
+        let (status, _, err) = try Fixtures.runPuna(["batch", "-m", Self.path("tiny-mha-q8_0.gguf"), "-i", input.path, "-o",
+                                                     dir.appendingPathComponent("out.jsonl").path, "-c", "2048", "--parallel", "64",
+                                                     "--mem", "40M", "--backend", "vulkan"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(err.contains("KV cache on the Vulkan device ("), err)
+        XCTAssertTrue(err.contains("layers, 64 sequences; device memory is host memory)"), err)
+        XCTAssertTrue(err.contains("--parallel 64"), err)
+    }
+
     // MARK: - puna batch
 
     /// `puna batch --backend vulkan` on the demo model (some records with its LoRA adapter, so

@@ -105,6 +105,9 @@ int puna_vk_tier(const puna_vk *vk);
 // CPU's, not its bits); -1 below the int8 tier.
 enum puna_vk_fma { PUNA_VK_FMA_UNFUSED = 0, PUNA_VK_FMA_FUSED = 1, PUNA_VK_FMA_F64 = 2 };
 int puna_vk_int8_fma(const puna_vk *vk);
+// Dispatches recorded so far with the shader variants whose name starts with `prefix` (e.g.
+// "matmul1_" or "matvec_"): how tests tell which path a step took.
+uint64_t puna_vk_dispatches(const puna_vk *vk, const char *prefix);
 // The first error since creation ("" when none). Ops record errors here; submit returns them.
 const char *puna_vk_error(const puna_vk *vk);
 // 1 after a submission outlived the timeout. The device may still read the buffers then, so
@@ -169,9 +172,10 @@ int puna_vk_submit(puna_vk *vk);
 void puna_vk_copy(puna_vk *vk, puna_vk_buffer src, uint64_t src_offset_bytes, puna_vk_buffer dst,
                   uint64_t dst_offset_bytes, uint64_t bytes);
 // puna_vk_matmul's flags: ACCUMULATE adds the product to y; ROW_INDEPENDENT computes one token
-// with the tiled shader too (by default one token takes the matrix x vector shader, whose sums run
-// in another order), so each token's row is the same bits however many tokens share the dispatch:
-// a sequence of a batched step then gets the logits it gets in any other step composition.
+// with the tiled shader's sums too (its one-token variant, matmul1; by default one token takes the
+// matrix x vector shader, whose sums run in another order), so each token's row is the same bits
+// however many tokens share the dispatch: a sequence of a batched step then gets the logits it gets
+// in any other step composition.
 enum puna_vk_matmul_flags { PUNA_VK_MATMUL_ACCUMULATE = 1, PUNA_VK_MATMUL_ROW_INDEPENDENT = 2 };
 // y[t][r] = alpha * W[r] . x[t] (+ y[t][r] with PUNA_VK_MATMUL_ACCUMULATE) for t < n_tokens,
 // r < rows. W is a matrix from puna_vk_upload_matrix (gpu_type) or any buffer holding rows of that

@@ -79,6 +79,13 @@ public struct MemoryEstimate {
         public var adapters: [AdapterFootprint]
         /// Fold the adapters into the weights at load (`--merge-lora`) instead of applying them per token.
         public var mergeAdapters: Bool
+        /// Layers whose keys and values live on a Vulkan device (`useVulkan`; 0 on the CPU): every
+        /// sequence's cache gets its own device copy of their rows (VulkanKVCache), and their rows
+        /// in the host cache are allocated but never written (so never resident).
+        public var gpuLayers: Int = 0
+        /// Whether that device's memory is the host's RAM (an integrated GPU, lavapipe): then the
+        /// device caches count against the budget; a discrete GPU's are in its own memory.
+        public var gpuMemoryIsHost: Bool = true
 
         public init(context: Int, keyType: GGMLType = .f16, valueType: GGMLType? = nil, batch: Int = 256, threads: Int = 1,
                     sequences: Int = 1, logitRows: Int = 1, adapters: [AdapterFootprint] = [], mergeAdapters: Bool = false) {
@@ -261,11 +268,22 @@ public struct MemoryEstimate {
         let valueRow = s.valueType.rowBytes(kvd) ?? product(kvd, 2)
         // Local (sliding-window) layers keep a ring of rows instead of the whole context.
         let rows = c.kvRowsTotal(context: s.context, step: s.batch)
-        let kvBytes = product(s.sequences, rows, sum(keyRow, valueRow))
+        // Layers on a Vulkan device keep their rows in device buffers, one set per sequence
+        // (VulkanKVCache: the host cache's rows and format); the host cache's rows of those layers
+        // are never written.
+        let gpuLayers = min(max(s.gpuLayers, 0), c.blockCount)
+        var gpuRows = 0
+        for l in 0..<gpuLayers { gpuRows = sum(gpuRows, c.kvRows(layer: l, context: s.context, step: s.batch)) }
+        let kvBytes = product(s.sequences, rows - gpuRows, sum(keyRow, valueRow))
         let types = s.keyType == s.valueType ? s.keyType.name : "K \(s.keyType.name) + V \(s.valueType.name)"
         let seqs = s.sequences > 1 ? ", \(s.sequences) sequences" : ""
         let rings = c.localLayerCount > 0 ? ", sliding-window layers keep \(c.kvRingRows(context: s.context, step: s.batch) ?? s.context) rows each" : ""
-        e.add("kv_cache", "KV cache (\(types), \(s.context) positions\(seqs)\(rings))", kvBytes)
+        let onHost = gpuLayers > 0 ? ", the \(c.blockCount - gpuLayers) CPU layers" : ""
+        e.add("kv_cache", "KV cache (\(types), \(s.context) positions\(seqs)\(rings)\(onHost))", kvBytes)
+        if gpuLayers > 0 && s.gpuMemoryIsHost {
+            e.add("gpu_kv_cache", "KV cache on the Vulkan device (\(gpuLayers) layers\(seqs); device memory is host memory)",
+                  product(s.sequences, gpuRows, sum(keyRow, valueRow)))
+        }
 
         // 3. activations of one forward step of n tokens (LanguageModel.forwardLayers): x, xb
         // [n][embd]; q, att [n][q_dim]; k, v [n][kvd]; gate, up [n][ff]; a fused matrix's output
@@ -493,6 +511,13 @@ extension LanguageModel {
         return bytes
     }
 
+    /// Sets the settings' GPU fields from the backend this model runs on (`useVulkan`): how many
+    /// layers keep their KV rows on the device, and whether its memory is the host's.
+    public func applyBackend(to settings: inout MemoryEstimate.Settings) {
+        settings.gpuLayers = vulkan?.gpuLayerCount ?? 0
+        settings.gpuMemoryIsHost = vulkan?.sharesHostMemory ?? true
+    }
+
     /// The estimate for this loaded model with its adapters (active or merged), a KV cache of
     /// `context` positions and the model's thread count and batch size.
     public func memoryEstimate(context: Int, keyType: GGMLType = .f16, valueType: GGMLType? = nil,
@@ -500,6 +525,7 @@ extension LanguageModel {
         var settings = MemoryEstimate.Settings(context: context, keyType: keyType, valueType: valueType, batch: batchSize,
                                                threads: threads, sequences: sequences, logitRows: logitRows)
         settings.adapters = activeAdapters.entries.map { MemoryEstimate.AdapterFootprint($0.adapter) }
+        applyBackend(to: &settings)
         var estimate = MemoryEstimate.llama(gguf: gguf, config: config, settings: settings)
         let merged = mergedWeightBytes
         if merged > 0 {

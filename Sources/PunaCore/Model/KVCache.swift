@@ -73,6 +73,10 @@ public final class KVCache {
     /// Bytes held by K and V together.
     public var byteCount: Int { 2 * totalRows * rowBytes }
 
+    /// Bytes of the keys and values its Vulkan device holds (its GPU layers'; 0 before the first
+    /// step on a Vulkan model).
+    public var deviceByteCount: Int { deviceCache?.byteCount ?? 0 }
+
     /// Forget positions from `position` on (e.g. to rewind a chat turn). On layers with a ring,
     /// rows older than the ring are gone: evaluating past a rewind that needs them fails (see
     /// `checkCanContinue`), it never computes with the wrong rows.

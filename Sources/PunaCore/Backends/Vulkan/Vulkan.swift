@@ -172,6 +172,8 @@ final class VulkanKVCache {
     let capacity: Int
     let rows: [Int]
     let format: Int32      // enum puna_vk_kv_format
+    /// Bytes of the keys and values of every layer here.
+    let byteCount: Int
 
     init(context: VulkanContext, capacity: Int, rows: [Int], kvDimension: Int, format: Int32) throws(PunaError) {
         self.context = context
@@ -188,6 +190,7 @@ final class VulkanKVCache {
         }
         keys = k
         values = v
+        byteCount = 2 * rows.reduce(0, +) * rowBytes
     }
 
     deinit {
@@ -221,6 +224,9 @@ final class VulkanBackend {
     let context: VulkanContext
     let file: MappedFile          // imported memory points into this mapping: keep it alive
     let gpuLayerCount: Int
+    /// Whether device memory is host RAM (every device type but a discrete GPU): what the memory
+    /// estimate counts the device's KV caches against.
+    let sharesHostMemory: Bool
     let maxBatch: Int
     let description: String
 
@@ -404,6 +410,7 @@ final class VulkanBackend {
 
         let info = puna_vk_info(ctx.vk)!.pointee
         let device = VulkanDevice(index: Int(puna_vk_device_index(ctx.vk)), info: info)
+        sharesHostMemory = device.type != "discrete"
         let tier = String(cString: puna_vk_tier_name(puna_vk_tier(ctx.vk)))
         var d = "vulkan: device \(device.index) \(device.name) (\(device.type), Vulkan \(device.apiVersion)), \(tier) tier"
         switch puna_vk_int8_fma(ctx.vk) {
@@ -768,6 +775,13 @@ extension LanguageModel {
     /// Queue submissions of forward passes on the Vulkan device so far (0 on the CPU): one per
     /// `evaluate` chunk and per batched step of up to the backend's batch of rows.
     public var vulkanSubmissions: Int { vulkan?.submissions ?? 0 }
+
+    /// Dispatches recorded so far with the shader variants whose name starts with `prefix`
+    /// ("matmul1_", "matmul_", "matvec_", …; 0 on the CPU): which shaders a step took.
+    public func vulkanDispatches(_ prefix: String) -> Int {
+        guard let vulkan else { return 0 }
+        return Int(puna_vk_dispatches(vulkan.context.vk, prefix))
+    }
 
     /// Runs the forward pass on a Vulkan device from now on (`evaluate`, and so `Generator`).
     /// Call it after adapters are merged: weights are uploaded here. A cache's GPU layers keep their
