@@ -62,7 +62,8 @@ final class BnbKernelTests: XCTestCase {
         }
     }
 
-    enum Kind: CaseIterable { case nf4DoubleQuant, nf4, oddMapDoubleQuant, int8 }
+    /// smallNestDoubleQuant: nested blocks of 4, so every 8 consecutive blocks span two or three.
+    enum Kind: CaseIterable { case nf4DoubleQuant, nf4, oddMapDoubleQuant, smallNestDoubleQuant, int8 }
 
     /// Random weights of a kind: every 4-bit code and int8 value (-128 included) occurs.
     func randomWeights(_ kind: Kind, rows: Int, cols: Int, blocksize: Int, rng: inout Rng) -> Weights {
@@ -88,7 +89,7 @@ final class BnbKernelTests: XCTestCase {
         if kind == .nf4 {
             d.absmax = UnsafePointer(w.copy((0..<blocks).map { b in 0.01 + abs(rng.float()) * Float(1 + b % 3) }))
         } else {
-            let nested = kind == .oddMapDoubleQuant ? 3 : 256  // not a power of two: the division path
+            let nested = kind == .oddMapDoubleQuant ? 3 : kind == .smallNestDoubleQuant ? 4 : 256  // 3: the division path
             let nn = (blocks + nested - 1) / nested
             d.absmax_codes = UnsafePointer(w.copy((0..<blocks).map { _ in UInt8(truncatingIfNeeded: rng.next()) }))
             d.nested_quant_map = UnsafePointer(w.copy((0..<256).map { _ in rng.float() }))
@@ -267,6 +268,7 @@ final class BnbKernelTests: XCTestCase {
     static let shapes: [(rows: Int, cols: Int, tokens: Int, blocksize: Int)] = [
         (1, 64, 1, 64), (5, 128, 3, 64), (13, 192, 1, 64), (17, 320, 9, 64), (33, 64, 2, 32), (7, 256, 5, 128),
         (64, 96, 4, 32), (9, 448, 1, 64), (130, 128, 11, 64), (41, 1216, 1, 64), (70, 1216, 13, 64),
+        (9, 512, 1, 64), (23, 2048, 1, 64),  // decode of blocksize 64: whole 8-block chunks, no tail
     ]
 
     func testFamiliesEqualScalarBits() {
