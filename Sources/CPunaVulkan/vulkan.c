@@ -979,7 +979,7 @@ int puna_vk_upload_matrix(puna_vk *vk, int type, const void *data, int64_t rows,
 // baseline. Specialization: constant 0 = workgroup size, 1 = rows per workgroup (matvec).
 static VkPipeline get_pipeline(puna_vk *vk, const char *name) {
     for (uint32_t i = 0; i < vk->pipeline_count; i++)
-        if (strcmp(vk->pipelines[i].name, name) == 0) { vk->pipelines[i].dispatches++; return vk->pipelines[i].pipeline; }
+        if (strcmp(vk->pipelines[i].name, name) == 0) return vk->pipelines[i].pipeline;
     const puna_vk_spirv *chosen = NULL;
     for (size_t i = 0; i < PUNA_VK_SPIRV_COUNT; i++) {
         const puna_vk_spirv *s = &puna_vk_spirv_table[i];
@@ -1008,7 +1008,7 @@ static VkPipeline get_pipeline(puna_vk *vk, const char *name) {
     r = vk->vkCreateComputePipelines(vk->device, VK_NULL_HANDLE, 1, &cpci, NULL, &pipeline);
     vk->vkDestroyShaderModule(vk->device, module, NULL);
     if (r != VK_SUCCESS) { set_error(vk, "vkCreateComputePipelines(%s) failed (VkResult %d)", name, (int)r); return VK_NULL_HANDLE; }
-    vk->pipelines[vk->pipeline_count++] = (pipeline_entry){.name = chosen->name, .pipeline = pipeline, .dispatches = 1};
+    vk->pipelines[vk->pipeline_count++] = (pipeline_entry){.name = chosen->name, .pipeline = pipeline};
     return pipeline;
 }
 
@@ -1190,6 +1190,8 @@ static int dispatch(puna_vk *vk, const char *name, const puna_vk_buffer *b, uint
     vk->vkCmdPushConstants(vk->cmd, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_bytes, push);
     vk->vkCmdDispatch(vk->cmd, gx, gy, gz);
     barrier(vk);
+    for (uint32_t i = 0; i < vk->pipeline_count; i++)
+        if (vk->pipelines[i].pipeline == pipeline) { vk->pipelines[i].dispatches++; break; }
     return 0;
 }
 
@@ -1333,9 +1335,10 @@ void puna_vk_matmul(puna_vk *vk, int type, puna_vk_buffer w, const float *code_t
                 (uint32_t)(accumulate != 0), alpha, {0}};
             memcpy(p.table, table, sizeof table);
             _Static_assert(sizeof p <= PUSH_BYTES, "matmul push constants");
-            if (one_token) {
-                if (dispatch(vk, name, bufs, 3, &p, sizeof p, (n_rows + 63) / 64, n_tokens, 1) != 0) return;
-            } else if (dispatch(vk, name, bufs, 3, &p, sizeof p, (n_rows + 31) / 32, (n_tokens + 31) / 32, 1) != 0) return;
+            // matmul1 covers 64 rows of its one token per workgroup; matmul a 32 x 32 tile.
+            uint32_t gx = one_token ? (n_rows + 63) / 64 : (n_rows + 31) / 32;
+            uint32_t gy = one_token ? 1 : (n_tokens + 31) / 32;
+            if (dispatch(vk, name, bufs, 3, &p, sizeof p, gx, gy, 1) != 0) return;
         }
     }
 }
