@@ -164,9 +164,14 @@ final class VulkanBatchTests: XCTestCase {
             XCTFail("no architecture fixtures (Tests/Fixtures/arch)")
         }
         var report: [String] = []
-        for file in files {
-            // The architectures' own parts are the same ops in every float tier: the lowest and int8.
-            let tiers = Tier.available(device).filter { !file.hasPrefix("arch/") || $0 == .baseline || $0 == .int8 }
+        let available = Tier.available(device)
+        for (k, file) in files.enumerated() {
+            // Batching is the same code in every tier (each tier's ops per weight type and architecture
+            // are VulkanTests' and VulkanArchitectureTests'): two tiers per tiny file, rotating so each
+            // tier meets two weight types, and the baseline or int8 tier per architecture.
+            let tiers = file.hasPrefix("arch/")
+                ? [k % 2 == 0 ? Tier.baseline : Tier.int8].filter(available.contains)
+                : available.enumerated().filter { [k % available.count, (k + 2) % available.count].contains($0.offset) }.map(\.element)
             let cpu = try LanguageModel(path: Self.path(file), options: ModelOptions(threads: 2))
             let prompts = Self.prompts(vocab: cpu.config.vocabSize)
             // Mixed cache types where the KV rows are whole q8_0 blocks.
