@@ -30,9 +30,10 @@
 #ifndef AV_DEC_R
 #define AV_DEC_R 4
 #endif
-#ifndef AV_BNB_DEC_R   // rows per 4-bit bitsandbytes decode tile (blocksize 64)
+#ifndef AV_BNB_DEC_R   // rows per 4-bit bitsandbytes decode tile (blocksize 64), 1..4
 #define AV_BNB_DEC_R 2
 #endif
+_Static_assert(AV_BNB_DEC_R >= 1 && AV_BNB_DEC_R <= 4, "AV_BNB_DEC_R: 1 to 4 rows (the tile's accumulators and scales)");
 #ifndef AV_PF_TILES
 #define AV_PF_TILES 2
 #endif
@@ -871,7 +872,7 @@ AV_INL void AV_NAME(bnb4_dec64_half)(__m256 *acc, const uint8_t *w, int64_t rb, 
                 "vmulps %[dx], %[t1], %[t1]\n\t"
                 "vfmadd231ps %[t2], %[t1], %[acc]"
                 : [acc] "+x"(acc[2 * i + h]), [t0] "=&x"(t0), [t1] "=&x"(t1), [t2] "=&x"(t2)
-                : [w] "m"(*(const __m256i *)(w + i * rb + g * 64 + h * 32)), [tab] "x"(tab), [m4] "x"(m4), [ones] "x"(ones),
+                : [w] "m"(*(const __m256i_u *)(w + i * rb + g * 64 + h * 32)), [tab] "x"(tab), [m4] "x"(m4), [ones] "x"(ones),
                   [axl] "x"(axl), [axh] "x"(axh), [xl] "m"(*(const __m256i *)xq), [xh] "m"(*(const __m256i *)(xq + 64)),
                   [am] "m"(am[8 * i]), [dx] "m"(*(const __m256 *)(x + o.d + 32 * h)));
     }
