@@ -806,6 +806,11 @@ AV_INL void AV_NAME(bnb_tile)(const qmm_args *a, int bits, int64_t r, int64_t t,
     }
 }
 
+// Requests `bytes` from p on, a cache line at a time: the first tiles of a decoding chunk.
+AV_INL void AV_NAME(prefetch_bytes)(const uint8_t *p, int64_t bytes) {
+    for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch((const char *)p + off, AV_PF_HINT);
+}
+
 // Decoding 4-bit weights of blocksize 64 (QLoRA's): half h of group g is exactly bnb block
 // 2g + h of its row, so a half's scale is one broadcast from am[]. The absmax of 8 blocks at a time
 // are decoded as one vector from scalar table lookups (on Zen 3 faster than a gather of the
@@ -947,10 +952,8 @@ static AV_TARGET void AV_NAME(rows_bnb4_dec64)(const qmm_args *a, int64_t r0, in
 #else
     const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)c.T));
 #endif
-    const int64_t rb = a->cols / 2;
-    const uint8_t *p = c.w->packed + r0 * rb;
     const int64_t ahead = AV_PF_TILES * AV_BNB_DEC_R < r1 - r0 ? AV_PF_TILES * AV_BNB_DEC_R : r1 - r0;
-    for (int64_t off = 0; off < ahead * rb; off += 64) _mm_prefetch((const char *)p + off, AV_PF_HINT);
+    AV_NAME(prefetch_bytes)(c.w->packed + r0 * (a->cols / 2), ahead * (a->cols / 2));   // as prefetch_rows
     int64_t r = r0;
     for (; r + (AV_PF_TILES + 1) * AV_BNB_DEC_R <= r1; r += AV_BNB_DEC_R) AV_NAME(bnb4_dec64_pf)(a, &c, tab, r);
     for (; r + AV_BNB_DEC_R <= r1; r += AV_BNB_DEC_R) AV_NAME(bnb4_dec64_last)(a, &c, tab, r);
@@ -963,8 +966,7 @@ static AV_TARGET void AV_NAME(rows_bnb4_dec64)(const qmm_args *a, int64_t r0, in
 // prefetching covers the rest, and the last tiles prefetch nothing past the chunk.
 static AV_TARGET void AV_NAME(prefetch_rows)(const qmm_args *a, int64_t r0, int64_t r1) {
     int64_t end = r0 + AV_PF_TILES * AV_DEC_R < r1 ? r0 + AV_PF_TILES * AV_DEC_R : r1;
-    const uint8_t *p = a->w + r0 * a->row_bytes, *e = a->w + end * a->row_bytes;
-    for (; p < e; p += 64) _mm_prefetch((const char *)p, AV_PF_HINT);
+    AV_NAME(prefetch_bytes)(a->w + r0 * a->row_bytes, (end - r0) * a->row_bytes);
 }
 
 // No chunked walk (K-quants): a null chunk function.

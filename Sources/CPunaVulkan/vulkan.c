@@ -975,27 +975,27 @@ int puna_vk_upload_matrix(puna_vk *vk, int type, const void *data, int64_t rows,
 }
 
 // ---- pipelines and descriptor sets ---------------------------------------------------------------
-// The pipeline for a shader name: the subgroup variant on that tier when one exists, else the
-// baseline. Specialization: constant 0 = workgroup size, 1 = rows per workgroup (matvec).
-static VkPipeline get_pipeline(puna_vk *vk, const char *name) {
+// The pipeline entry for a shader name (made on first use): the subgroup variant on that tier when
+// one exists, else the baseline. Specialization: constant 0 = workgroup size, 1 = rows per workgroup (matvec).
+static pipeline_entry *get_pipeline(puna_vk *vk, const char *name) {
     for (uint32_t i = 0; i < vk->pipeline_count; i++)
-        if (strcmp(vk->pipelines[i].name, name) == 0) return vk->pipelines[i].pipeline;
+        if (strcmp(vk->pipelines[i].name, name) == 0) return &vk->pipelines[i];
     const puna_vk_spirv *chosen = NULL;
     for (size_t i = 0; i < PUNA_VK_SPIRV_COUNT; i++) {
         const puna_vk_spirv *s = &puna_vk_spirv_table[i];
         if (strcmp(s->name, name) != 0 || s->tier > vk->tier) continue;
         if (!chosen || s->tier > chosen->tier) chosen = s;
     }
-    if (!chosen) { set_error(vk, "no shader named %s", name); return VK_NULL_HANDLE; }
+    if (!chosen) { set_error(vk, "no shader named %s", name); return NULL; }
     if (vk->pipeline_count == sizeof vk->pipelines / sizeof vk->pipelines[0]) {
         set_error(vk, "%s: too many pipelines", name);
-        return VK_NULL_HANDLE;
+        return NULL;
     }
     VkShaderModuleCreateInfo smci = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
                                      .codeSize = chosen->words * 4u, .pCode = chosen->code};
     VkShaderModule module;
     VkResult r = vk->vkCreateShaderModule(vk->device, &smci, NULL, &module);
-    if (r != VK_SUCCESS) { set_error(vk, "vkCreateShaderModule(%s) failed (VkResult %d)", name, (int)r); return VK_NULL_HANDLE; }
+    if (r != VK_SUCCESS) { set_error(vk, "vkCreateShaderModule(%s) failed (VkResult %d)", name, (int)r); return NULL; }
     uint32_t spec[2] = {64, 2};
     VkSpecializationMapEntry entries[2] = {{.constantID = 0, .offset = 0, .size = 4}, {.constantID = 1, .offset = 4, .size = 4}};
     VkSpecializationInfo si = {.mapEntryCount = 2, .pMapEntries = entries, .dataSize = sizeof spec, .pData = spec};
@@ -1007,9 +1007,9 @@ static VkPipeline get_pipeline(puna_vk *vk, const char *name) {
     VkPipeline pipeline = VK_NULL_HANDLE;
     r = vk->vkCreateComputePipelines(vk->device, VK_NULL_HANDLE, 1, &cpci, NULL, &pipeline);
     vk->vkDestroyShaderModule(vk->device, module, NULL);
-    if (r != VK_SUCCESS) { set_error(vk, "vkCreateComputePipelines(%s) failed (VkResult %d)", name, (int)r); return VK_NULL_HANDLE; }
-    vk->pipelines[vk->pipeline_count++] = (pipeline_entry){.name = chosen->name, .pipeline = pipeline};
-    return pipeline;
+    if (r != VK_SUCCESS) { set_error(vk, "vkCreateComputePipelines(%s) failed (VkResult %d)", name, (int)r); return NULL; }
+    vk->pipelines[vk->pipeline_count] = (pipeline_entry){.name = chosen->name, .pipeline = pipeline};
+    return &vk->pipelines[vk->pipeline_count++];
 }
 
 uint64_t puna_vk_dispatches(const puna_vk *vk, const char *prefix) {
@@ -1177,21 +1177,20 @@ static int dispatch(puna_vk *vk, const char *name, const puna_vk_buffer *b, uint
     if (!vk->recording) { set_error(vk, "%s recorded outside begin/submit", name); return -1; }
     if (vk->error[0]) return -1;
     if (gx == 0 || gy == 0 || gz == 0) return 0;
-    VkPipeline pipeline = get_pipeline(vk, name);
-    if (pipeline == VK_NULL_HANDLE) return -1;
+    pipeline_entry *entry = get_pipeline(vk, name);
+    if (!entry) return -1;
     binding bind[BINDINGS];
     for (uint32_t i = 0; i < n; i++) if (bind_buffer(vk, b[i], &bind[i]) != 0) return -1;
     for (uint32_t i = 1; i < n; i++)
         if (bind[i].residual) { set_error(vk, "%s: misaligned activation buffer", name); return -1; }
     VkDescriptorSet set = get_set(vk, bind, n);
     if (set == VK_NULL_HANDLE) return -1;
-    vk->vkCmdBindPipeline(vk->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipeline);
+    vk->vkCmdBindPipeline(vk->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, entry->pipeline);
     vk->vkCmdBindDescriptorSets(vk->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, vk->pipeline_layout, 0, 1, &set, 0, NULL);
     vk->vkCmdPushConstants(vk->cmd, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_bytes, push);
     vk->vkCmdDispatch(vk->cmd, gx, gy, gz);
     barrier(vk);
-    for (uint32_t i = 0; i < vk->pipeline_count; i++)
-        if (vk->pipelines[i].pipeline == pipeline) { vk->pipelines[i].dispatches++; break; }
+    entry->dispatches++;
     return 0;
 }
 
