@@ -33,6 +33,10 @@
 #ifndef AV_BNB_DEC_R   // rows per 4-bit bitsandbytes decode tile (blocksize 64), 1..4
 #define AV_BNB_DEC_R 2
 #endif
+#ifndef AV_BNB_BT   // tokens per 4-bit bitsandbytes batch tile (blocksize 64), 1..4
+#define AV_BNB_BT 4
+#endif
+_Static_assert(AV_BNB_BT >= 1 && AV_BNB_BT <= 4, "AV_BNB_BT: 1 to 4 tokens (the tile's accumulators)");
 _Static_assert(AV_BNB_DEC_R >= 1 && AV_BNB_DEC_R <= 4, "AV_BNB_DEC_R: 1 to 4 rows (the tile's accumulators and scales)");
 #ifndef AV_PF_TILES
 #define AV_PF_TILES 2
@@ -944,6 +948,13 @@ static int AV_NAME(bnb4_dec64_fits)(const qmm_args *a) {
     return !w->absmax_codes || bnb_log2(w->nested_blocksize) >= 0;
 }
 
+// Batches: the same with more than one token (the batch tile has no unsigned-table variant).
+static int AV_NAME(bnb4_b64_fits)(const qmm_args *a) {
+    const puna_bnb4_weight *w = (const puna_bnb4_weight *)(const void *)a->w;
+    if (a->n_tokens < 2 || a->layout.levels != 1 || w->blocksize != 64 || a->cols % 64 != 0) return 0;
+    return !w->absmax_codes || bnb_log2(w->nested_blocksize) >= 0;
+}
+
 static AV_TARGET void AV_NAME(rows_bnb4_dec64)(const qmm_args *a, int64_t r0, int64_t r1) {
     bnb4_ctx c;
     bnb4_ctx_init(&c, (const puna_bnb4_weight *)(const void *)a->w);
@@ -958,6 +969,73 @@ static AV_TARGET void AV_NAME(rows_bnb4_dec64)(const qmm_args *a, int64_t r0, in
     for (; r + (AV_PF_TILES + 1) * AV_BNB_DEC_R <= r1; r += AV_BNB_DEC_R) AV_NAME(bnb4_dec64_pf)(a, &c, tab, r);
     for (; r + AV_BNB_DEC_R <= r1; r += AV_BNB_DEC_R) AV_NAME(bnb4_dec64_last)(a, &c, tab, r);
     for (; r < r1; r++) AV_NAME(bnb4_dec64_one)(a, &c, tab, r);
+}
+
+// Batches of 4-bit weights with blocksize 64 on one activation level: each half of a row is looked
+// up once (w and |w|) for T tokens, which take w's sign onto x (the generic tile's products); the
+// scales come 8 blocks at a time as in decoding.
+AV_INL void AV_NAME(bnb4_b64_half)(__m256 *acc, __m256i v, __m256i tab, const float *am, const uint8_t *x0, int64_t tb,
+                                   AV_NAME(goff) o, int h, const int T) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i even = _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+    const __m256i odd = _mm256_shuffle_epi8(tab, _mm256_and_si256(v, m4));
+    const __m256i lo = _mm256_unpacklo_epi8(even, odd), hi = _mm256_unpackhi_epi8(even, odd);
+    const __m256i alo = _mm256_abs_epi8(lo), ahi = _mm256_abs_epi8(hi);
+    const __m256 s = _mm256_broadcast_ss(am);
+    AV_UNROLL for (int j = 0; j < T; j++) {
+        const uint8_t *x = x0 + j * tb;
+        const __m256i xl = _mm256_sign_epi8(_mm256_load_si256((const __m256i *)(x + o.q + 32 * h)), lo);
+        const __m256i xh = _mm256_sign_epi8(_mm256_load_si256((const __m256i *)(x + o.q + 32 * h + 64)), hi);
+        const __m256i ia = AV_NAME(lane_sums)(_mm256_setzero_si256(), alo, xl, ahi, xh, 1);
+        const __m256 dx = _mm256_load_ps((const float *)(x + o.d + 32 * h));
+        acc[2 * j + h] = _mm256_fmadd_ps(_mm256_mul_ps(s, dx), _mm256_cvtepi32_ps(ia), acc[2 * j + h]);
+    }
+}
+
+AV_INL void AV_NAME(bnb4_b64_tile)(const qmm_args *a, const bnb4_ctx *c, __m256i tab, int64_t r, int64_t t, const int T) {
+    const int64_t cols = a->cols, nh = cols / 64, tb = a->layout.token_bytes;
+    const uint8_t *w = c->w->packed + r * (cols / 2), *x0 = a->act + t * tb;
+    __m256 acc[2 * 4];
+    AV_UNROLL for (int k = 0; k < 2 * T; k++) acc[k] = _mm256_setzero_ps();
+    _Alignas(32) float am[8];
+    for (int64_t g = 0; 2 * g + 1 < nh; g++) {
+        const int64_t q = 2 * g;
+        if ((g & 3) == 0) {
+            if (q + 8 <= nh) AV_NAME(bnb4_absmax8)(c, r * nh + q, am);
+            else for (int64_t k = 0; q + k < nh; k++) am[k] = bnb4_absmax(c, r * nh + q + k);
+        }
+        const AV_NAME(goff) o = AV_NAME(group_offsets)(&a->layout, g);
+        const __m256i v0 = _mm256_loadu_si256((const __m256i *)(w + 32 * q)), v1 = _mm256_loadu_si256((const __m256i *)(w + 32 * q + 32));
+        AV_NAME(bnb4_b64_half)(acc, v0, tab, am + (q & 7), x0, tb, o, 0, T);
+        AV_NAME(bnb4_b64_half)(acc, v1, tab, am + (q & 7) + 1, x0, tb, o, 1, T);
+    }
+    if (nh & 1) {   // a last group with one half
+        am[0] = bnb4_absmax(c, r * nh + nh - 1);
+        const AV_NAME(goff) o = AV_NAME(group_offsets)(&a->layout, nh / 2);
+        AV_NAME(bnb4_b64_half)(acc, _mm256_loadu_si256((const __m256i *)(w + 32 * (nh - 1))), tab, am, x0, tb, o, 0, T);
+    }
+    AV_UNROLL for (int j = 0; j < T; j++) a->y[(t + j) * a->rows + r] = AV_NAME(reduce16)(acc[2 * j], acc[2 * j + 1]) * c->mscale;
+}
+
+static AV_TARGET void AV_NAME(bnb4_b64_full)(const qmm_args *a, const bnb4_ctx *c, __m256i tab, int64_t r, int64_t t) {
+    AV_NAME(bnb4_b64_tile)(a, c, tab, r, t, AV_BNB_BT);
+}
+static AV_TARGET void AV_NAME(bnb4_b64_one)(const qmm_args *a, const bnb4_ctx *c, __m256i tab, int64_t r, int64_t t) {
+    AV_NAME(bnb4_b64_tile)(a, c, tab, r, t, 1);
+}
+
+static AV_TARGET void AV_NAME(rows_bnb4_b64)(const qmm_args *a, int64_t r0, int64_t r1) {
+    bnb4_ctx c;
+    bnb4_ctx_init(&c, (const puna_bnb4_weight *)(const void *)a->w);
+    const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)c.T));
+    for (int64_t rb = r0; rb < r1; rb += AV_BLOCK_ROWS) {
+        const int64_t re = rb + AV_BLOCK_ROWS < r1 ? rb + AV_BLOCK_ROWS : r1;
+        int64_t t = 0;
+        for (; t + AV_BNB_BT <= a->n_tokens; t += AV_BNB_BT)
+            for (int64_t r = rb; r < re; r++) AV_NAME(bnb4_b64_full)(a, &c, tab, r, t);
+        for (; t < a->n_tokens; t++)
+            for (int64_t r = rb; r < re; r++) AV_NAME(bnb4_b64_one)(a, &c, tab, r, t);
+    }
 }
 
 // ---- row drivers --------------------------------------------------------------------------------
@@ -1100,6 +1178,7 @@ AV_KQ(rows_q6_K, PUNA_TYPE_Q6_K)
     AV_ROWS(name##_l2, AV_NAME(name##_t2), 2, 2, AV_NAME_no_chunk_fn, 1)                                       \
     static void AV_NAME(name)(const qmm_args *a, int64_t r0, int64_t r1) {                                    \
         if ((BITS) == 4 && AV_NAME(bnb4_dec64_fits)(a)) AV_NAME(rows_bnb4_dec64)(a, r0, r1);                   \
+        else if ((BITS) == 4 && !AV_VNNI && AV_NAME(bnb4_b64_fits)(a)) AV_NAME(rows_bnb4_b64)(a, r0, r1);     \
         else if (a->layout.levels == 1) AV_NAME(name##_l1)(a, r0, r1);                                         \
         else AV_NAME(name##_l2)(a, r0, r1);                                                                    \
     }
