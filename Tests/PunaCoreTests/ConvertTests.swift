@@ -1,5 +1,5 @@
 import Foundation
-@testable import PunaCore
+@_spi(Testing) import PunaCore
 import XCTest
 
 /// `puna convert` against llama.cpp's own tools: every output of convert_hf_to_gguf.py (f32, f16, bf16,

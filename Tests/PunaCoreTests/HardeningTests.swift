@@ -1,6 +1,6 @@
 import CPuna
 import Foundation
-@testable import PunaCore
+@_spi(Testing) import PunaCore
 import XCTest
 
 /// The findings of the fuzz campaign and the newcomer/embedder reports (issue 22), each reproduced:

@@ -1,6 +1,6 @@
 import CPuna
 import Foundation
-@testable import PunaCore
+@_spi(Testing) import PunaCore
 import XCTest
 
 /// LoRA adapters against transformers + PEFT (scripts/fixtures/make_lora.py): PEFT folders and GGUF

@@ -1,5 +1,5 @@
 import Foundation
-@testable import PunaCore
+@_spi(Testing) import PunaCore
 import XCTest
 
 /// The memory estimate against what Puna really allocates, the --mem budget and its refusal, and a

@@ -322,7 +322,7 @@ public struct HuggingFaceConverter {
 
     /// Output row r of a head of size d comes from source row (r odd ? d/2 : 0) + r/2 of that head:
     /// the two rotary halves are interleaved into pairs.
-    static func headPairOrder(rows: Int, heads: Int) -> [Int] {
+    @_spi(Testing) public static func headPairOrder(rows: Int, heads: Int) -> [Int] {
         let headSize = rows / heads, half = headSize / 2
         var order = [Int](repeating: 0, count: rows)
         for h in 0..<heads {

@@ -12,7 +12,7 @@ import CPuna
 // traps or fails: a card that cannot be read is left out, and `skipped` says so.
 
 /// A value of the model card: what YAML 1.1 (PyYAML's safe_load) makes of it, as far as the keys need.
-enum ModelCardValue {
+@_spi(Testing) public enum ModelCardValue {
     case null
     case string(String)
     /// A boolean, number or date: not text, so not written.
@@ -20,14 +20,14 @@ enum ModelCardValue {
     case list([ModelCardValue])
     case map([(key: String, value: ModelCardValue)])
 
-    var string: String? { if case .string(let s) = self { return s }; return nil }
+    @_spi(Testing) public var string: String? { if case .string(let s) = self { return s }; return nil }
 }
 
-struct ModelCard {
+@_spi(Testing) public struct ModelCard {
     /// Top-level keys in order, the last of a repeated key winning (as PyYAML does).
-    private(set) var entries: [(key: String, value: ModelCardValue)] = []
+    @_spi(Testing) public private(set) var entries: [(key: String, value: ModelCardValue)] = []
     /// Keys used by the metadata whose values were not read (an unsupported YAML form, or not text).
-    private(set) var skipped: [String] = []
+    @_spi(Testing) public private(set) var skipped: [String] = []
     /// Card keys gguf-py's metadata heuristics read.
     static let used: Set<String> = [
         "name", "author", "version", "organization", "description", "finetune", "basename", "size_label", "url", "doi",
@@ -55,7 +55,7 @@ struct ModelCard {
         read(text)
     }
 
-    init(markdown text: [UInt8]) { read(text) }
+    @_spi(Testing) public init(markdown text: [UInt8]) { read(text) }
 
     private mutating func read(_ text: [UInt8]) {
         // Lines as Python's str.splitlines() cuts them at \n, \r\n and \r.
@@ -89,7 +89,7 @@ struct ModelCard {
         parse(yaml)
     }
 
-    subscript(key: String) -> ModelCardValue? { entries.last(where: { $0.key == key })?.value }
+    @_spi(Testing) public subscript(key: String) -> ModelCardValue? { entries.last(where: { $0.key == key })?.value }
     func has(_ key: String) -> Bool { entries.contains { $0.key == key } }
 
     // MARK: YAML, the part model cards use
@@ -484,22 +484,24 @@ struct ModelCard {
 
 /// The general.* values gguf-py's metadata heuristics take from a model card (before the ones from
 /// config.json's _name_or_path and the folder's name), and the keys they become, in gguf-py's order.
-struct ModelCardMetadata {
+@_spi(Testing) public struct ModelCardMetadata {
     /// nil: not set; "": set by the card but not written (empty, or not text).
-    var name: String? = nil, author: String? = nil, version: String? = nil, organization: String? = nil
-    var description: String? = nil, finetune: String? = nil, basename: String? = nil, sizeLabel: String? = nil
+    @_spi(Testing) public var name: String? = nil, author: String? = nil, version: String? = nil
+    var organization: String? = nil
+    @_spi(Testing) public var description: String? = nil
+    var finetune: String? = nil, basename: String? = nil, sizeLabel: String? = nil
     var sourceURL: String? = nil, sourceDOI: String? = nil, sourceUUID: String? = nil, sourceRepoURL: String? = nil
-    var license: String? = nil, licenseName: String? = nil, licenseLink: String? = nil
-    var baseModels: [[(key: String, value: String)]]? = nil
+    @_spi(Testing) public var license: String? = nil, licenseName: String? = nil, licenseLink: String? = nil
+    @_spi(Testing) public var baseModels: [[(key: String, value: String)]]? = nil
     var datasets: [[(key: String, value: String)]]? = nil
-    var tags: [String]? = nil
-    var languages: [String]? = nil
+    @_spi(Testing) public var tags: [String]? = nil
+    @_spi(Testing) public var languages: [String]? = nil
     /// Card keys whose values were not text where text is wanted, so not written.
-    var skipped: [String] = []
+    @_spi(Testing) public var skipped: [String] = []
 
     init() {}
 
-    init(card: ModelCard, parameters: Int) {
+    @_spi(Testing) public init(card: ModelCard, parameters: Int) {
         var notText = card.skipped
         // A card key sets a field that is still unset: text as it is; null leaves it unset; anything else
         // (a number, a list) sets it to nothing written (gguf-py would fail on it).
@@ -623,7 +625,7 @@ struct ModelCardMetadata {
     static let fields = ["name", "author", "version", "organization", "description", "url", "doi", "uuid", "repo_url"]
 
     /// The keys after general.size_label, in gguf-py's order; empty texts and empty lists are not written.
-    func keysAfterSizeLabel() -> [(String, GGUFValue)] {
+    @_spi(Testing) public func keysAfterSizeLabel() -> [(String, GGUFValue)] {
         var keys: [(String, GGUFValue)] = []
         func text(_ key: String, _ value: String?) { if let value, !value.isEmpty { keys.append((key, .string(value))) } }
         text("general.license", license)

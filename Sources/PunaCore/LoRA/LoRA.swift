@@ -39,7 +39,7 @@ struct LoRAMatrix {
 }
 
 /// The two factors of one adapter for one base matrix.
-final class LoRAWeights {
+@_spi(Testing) public final class LoRAWeights {
     enum Kind { case linear, embedding }
 
     /// GGUF name of the base tensor ("blk.0.attn_q.weight", "output.weight", "token_embd.weight").
@@ -55,7 +55,7 @@ final class LoRAWeights {
     /// α/r (α/√r with rsLoRA) for this pair.
     let scale: Float
     /// B's row i updates base row outputRows[i] (Q/K rotary reordering, BLOOM's QKV regrouping); nil = same row.
-    let outputRows: [Int]?
+    @_spi(Testing) public let outputRows: [Int]?
     /// Names of the two tensors in the adapter file, for messages.
     let sourceA: String
     let sourceB: String
@@ -160,7 +160,7 @@ public final class LoRAAdapter {
     /// Whether the adapter was checked against a base model (shapes, layers, Q/K reordering).
     public let isBound: Bool
 
-    let weights: [String: LoRAWeights]
+    @_spi(Testing) public let weights: [String: LoRAWeights]
     // The mapped files the factors point into, kept alive with the adapter.
     private let safetensors: SafetensorsFile?
     private let ggufFile: GGUFFile?
@@ -871,7 +871,7 @@ extension LanguageModel {
 
     /// Add the embedding adapters' rows for `tokens` into x ([n][n_embd]); `adapters[t]` selects
     /// the set of token t (nil: the active set for all).
-    func addEmbeddingAdapterDeltas(_ tokens: [Int32], into x: UnsafeMutablePointer<Float>, adapters: [AdapterSet]?) throws(PunaError) {
+    @_spi(Testing) public func addEmbeddingAdapterDeltas(_ tokens: [Int32], into x: UnsafeMutablePointer<Float>, adapters: [AdapterSet]?) throws(PunaError) {
         let groups = adapterGroups(target: "token_embd.weight", nTokens: tokens.count, adapters: adapters, state: adapterState)
         let e = config.embeddingLength
         for g in groups where g.weights.kind == .embedding {

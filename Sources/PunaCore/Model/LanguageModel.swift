@@ -27,13 +27,14 @@ public final class LanguageModel {
 
     let tokenEmbedding: Linear       // [vocab][n_embd]
     let tokenEmbeddingNorm: Norm?    // [n_embd]: LayerNorm right after the embedding (BLOOM)
-    let layers: [Layer]
+    // @_spi(Testing): reachable from the test target without @testable, so the release test run reuses the release build.
+    @_spi(Testing) public let layers: [Layer]
     let outputNorm: Norm             // [n_embd]
     let alibiSlopes: [Float]?        // [n_heads] (BLOOM)
-    let output: Linear               // [vocab][n_embd], reading the embedding's bytes when tied
+    @_spi(Testing) public let output: Linear  // [vocab][n_embd], reading the embedding's bytes when tied
     let ropeFactors: [Float]?        // [rope_dims/2]: rope_freqs.weight (Llama 3.1+), or linear scaling
     let longRoPEFactors: (short: [Float], long: [Float])?   // [rope_dims/2] each (Phi-3's LongRoPE)
-    let pool: OpaquePointer
+    @_spi(Testing) public let pool: OpaquePointer
     let adapterState: AdapterState   // active LoRA adapters, shared with every Linear (LoRA.swift)
     var vulkan: VulkanBackend? = nil      // set by useVulkan: the forward pass runs on a Vulkan device (Vulkan.swift)
     /// What setting up the requested backend had to say: the Vulkan device in use, or why the
@@ -42,9 +43,9 @@ public final class LanguageModel {
 
     /// One transformer block. Which of the optional parts a layer has is its architecture's choice
     /// (Architectures/); the forward pass below handles every combination.
-    struct Layer {
+    @_spi(Testing) public struct Layer {
         let attentionNorm: Norm              // [n_embd]
-        let q: Linear?                       // [q_dim][n_embd] (+ bias [q_dim])
+        @_spi(Testing) public let q: Linear?  // [q_dim][n_embd] (+ bias [q_dim])
         let k: Linear?                       // [kv_dim][n_embd] (+ bias)
         let v: Linear?                       // [kv_dim][n_embd] (+ bias)
         let qkv: Linear?                     // [q_dim + 2 kv_dim][n_embd]: Q, K, V in one (instead of q, k, v)
@@ -55,7 +56,7 @@ public final class LanguageModel {
         let ffnNorm: Norm                    // [n_embd]
         let gate: Linear?                    // [n_ff][n_embd]; nil when up holds gate and up, or without gate (BLOOM)
         let up: Linear                       // [n_ff][n_embd], or [2 n_ff][n_embd]: gate rows, then up rows
-        let down: Linear                     // [n_embd][n_ff]
+        @_spi(Testing) public let down: Linear  // [n_embd][n_ff]
         let ffnPostNorm: Norm?               // [n_embd]
         let attentionWindow: Int             // 0, or the sliding window of a local layer
         let ropeFreqBase: Float              // this layer's RoPE base (Gemma 3's local layers have their own)

@@ -4,12 +4,12 @@ import CPuna
 /// row-major as GGUF stores it (ne[0] = cols), with its bias when the file has one. `forward`
 /// computes y = W·x (+ the active LoRA updates) (+ b) for a batch of tokens: the one entry every
 /// matrix of the model goes through.
-final class Linear {
-    let name: String
+@_spi(Testing) public final class Linear {
+    @_spi(Testing) public let name: String
     /// Changes only when adapters are merged into an F16 copy of a bitsandbytes matrix.
     var type: GGMLType
-    let rows: Int
-    let cols: Int
+    @_spi(Testing) public let rows: Int
+    @_spi(Testing) public let cols: Int
     /// The mapped tensor, or `ownedWeights` once adapters were merged into it (Merge.swift).
     var weights: UnsafeRawPointer
     /// [rows], added after the product and the adapters' updates (Qwen2's Q/K/V).
@@ -20,7 +20,7 @@ final class Linear {
     /// This matrix's pairs of the active set, ready for the LoRA kernel (LoRA.swift).
     var adapterCache: LinearAdapterCache? = nil
 
-    init(name: String, type: GGMLType, rows: Int, cols: Int, weights: UnsafeRawPointer, bias: [Float]? = nil) {
+    @_spi(Testing) public init(name: String, type: GGMLType, rows: Int, cols: Int, weights: UnsafeRawPointer, bias: [Float]? = nil) {
         self.name = name
         self.bias = bias
         self.type = type
@@ -36,8 +36,8 @@ final class Linear {
 
     /// y[t][0..<rows] = W · x[t][0..<cols] for t < nTokens, plus the LoRA adapters' updates: the
     /// model's active set for every row when `adapters` is nil, else adapters[t] for row t.
-    func forward(_ pool: OpaquePointer, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, nTokens: Int,
-                 adapters: [AdapterSet]? = nil) throws(PunaError) {
+    @_spi(Testing) public func forward(_ pool: OpaquePointer, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, nTokens: Int,
+                                       adapters: [AdapterSet]? = nil) throws(PunaError) {
         // One token with active adapters: product and deltas in one pool run (LoRA.swift).
         if adapters == nil && nTokens == 1 && adapterState != nil && Linear.forwardOneTokenWithAdapters([self], pool, x, [y]) {
             addBias(y, nTokens: 1)
