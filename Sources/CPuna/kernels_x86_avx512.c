@@ -150,14 +150,20 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
 #ifndef DEC_R
 #define DEC_R 4
 #endif
+#ifndef BNB4_DEC_ONE_ROW
+#define BNB4_DEC_ONE_ROW -1  // NF4/FP4 double-quant decode: -1 one row where the simple quants take one, 0 DEC_R rows, 1 one row
+#endif
 #ifndef BNB4_PF_CODES
 #define BNB4_PF_CODES 1   // NF4/FP4 double-quant decode also prefetches the absmax codes' stream
 #endif
-// Rows per decode tile of the simple quants, chosen per core once: Zen 4 (AMD family 0x19 with
-// AVX-512, whose 512-bit units are double-pumped) streams one row at a time fastest, since a row is
-// then one sequential read; Zen 5 measured 4 rows best (BENCHMARKS.md, issue 23).
+// Rows per decode tile of the simple quants and of double-quant NF4/FP4, chosen per core once: Zen 4
+// (AMD family 0x19 with AVX-512, whose 512-bit units are double-pumped) streams one row at a time
+// fastest, since a row is then one sequential read; Zen 5 measured 4 rows best (BENCHMARKS.md, issue 23).
 #include <cpuid.h>
 static int simple_decode_one_row(void) {
+#ifdef SIMPLE_DEC_ONE_ROW  // tuning experiments: 1 or 0 whatever the core
+    return SIMPLE_DEC_ONE_ROW;
+#endif
     static int cached = -1;
     if (cached < 0) {
         unsigned a = 0, b = 0, c = 0, d = 0, fam = 0;
@@ -618,11 +624,35 @@ INLV void bnb4_absmax64(const bnb4_ctx *c, const bnb4_planes *t, int64_t b0, int
     }
 }
 
+// unpack_bnb4 with byte permutes: vpermb reads 6 index bits and utab holds the 16 entries 4 times,
+// so the nibble needs no mask (bits 4-5 pick a copy; a word shift's spill from the next byte lands
+// there too): 3 instructions fewer per group. Same bytes as unpack_bnb4.
+INLV void unpack_bnb4v(const uint8_t *p, int n, __m512i utab, sgroup *g) {
+    __m512i v = n == 4 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(span_mask(16 * n, 0), p);
+    __m512i even = _mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), utab);
+    __m512i odd = _mm512_permutexvar_epi8(v, utab);
+    g->lo = _mm512_unpacklo_epi8(even, odd);
+    g->hi = _mm512_unpackhi_epi8(even, odd);
+}
+
+// bnb4_fast_group with unpack_bnb4v.
+INLV void bnb4v_fast_group(__m512 acc[8][8], const uint8_t *w, int64_t rb, int64_t g, int k, int n, __m512i utab,
+                           const __m512 *am16, const uint8_t *x0, const act_layout *L, const int R, const int ONE) {
+    const __m512i idx = _mm512_set_epi32(2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1,
+                                         2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k);
+    UNROLL for (int i = 0; i < R; i++) {
+        sgroup wg;
+        unpack_bnb4v(w + i * rb + 64 * g, n, utab, &wg);
+        wg.dw = _mm512_permutexvar_ps(idx, am16[i]);
+        acc[i][0] = simple_step(acc[i][0], &wg, x0, L, g, STEP_AUX_INT, ONE);
+    }
+}
+
 // R rows x 1 token, blocks of 64, double quant with a power-of-two nested block size >= 64.
 INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r, const int R, int prefetch,
                          const int ONE) {
     const act_layout *L = &a->layout;
-    const int64_t cols = a->cols, nb = cols / 32, nfull = nb / 4, tb = L->token_bytes, rb = cols / 2;
+    const int64_t cols = a->cols, nb = cols / 32, nfull = nb / 4, rb = cols / 2;
     const int64_t row_blocks = cols / 64, ngroups = nfull + (nb % 4 ? 1 : 0);
     const int rem = (int)(nb % 4);
     const __m512i utab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)c->U));
@@ -646,13 +676,13 @@ INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes
             if (s + 8 <= nfull) {
                 UNROLL for (int k = 0; k < 8; k++) {
                     if (prefetch) bnb4_prefetch_group(w, rb, s + k, R);
-                    bnb4_fast_group(acc, w, rb, s + k, k, 4, utab, am16, x0, tb, L, R, 1, ONE);
+                    bnb4v_fast_group(acc, w, rb, s + k, k, 4, utab, am16, x0, L, R, ONE);
                 }
             } else {
                 for (int k = 0; s + k < gend; k++) {
                     const int n = s + k < nfull ? 4 : rem;
                     if (prefetch && n == 4) bnb4_prefetch_group(w, rb, s + k, R);
-                    bnb4_fast_group(acc, w, rb, s + k, k, n, utab, am16, x0, tb, L, R, 1, ONE);
+                    bnb4v_fast_group(acc, w, rb, s + k, k, n, utab, am16, x0, L, R, ONE);
                 }
             }
         }
@@ -663,6 +693,8 @@ INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes
 static T512V void bnb4v_dec4_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 1, 1); }
 static T512V void bnb4v_dec4_l1_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 0, 1); }
 static T512V void bnb4v_dec1_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 0, 1); }
+static T512V void bnb4v_dec1pf_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 1, 1); }
+static T512V void bnb4v_dec1pf_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 1, 0); }
 static T512V void bnb4v_dec4_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 1, 0); }
 static T512V void bnb4v_dec4_l2_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 0, 0); }
 static T512V void bnb4v_dec1_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 0, 0); }
@@ -684,6 +716,11 @@ static T512V void bnb4v_rows(const qmm_args *a, int64_t r0, int64_t r1) {
     const int one = a->layout.levels == 1;
     prefetch_first_tiles(c.w->packed, a->cols / 2, r0, r1);  // the packed codes' rows (a->row_bytes is 0 here)
     int64_t r = r0;
+    if (BNB4_DEC_ONE_ROW < 0 ? simple_decode_one_row() : BNB4_DEC_ONE_ROW) {
+        for (; r + PF_TILES + 1 <= r1; r++) one ? bnb4v_dec1pf_l1(a, &c, &t, r) : bnb4v_dec1pf_l2(a, &c, &t, r);
+        for (; r < r1; r++) one ? bnb4v_dec1_l1(a, &c, &t, r) : bnb4v_dec1_l2(a, &c, &t, r);
+        return;
+    }
     for (; r + (PF_TILES + 1) * DEC_R <= r1; r += DEC_R) one ? bnb4v_dec4_l1(a, &c, &t, r) : bnb4v_dec4_l2(a, &c, &t, r);
     for (; r + DEC_R <= r1; r += DEC_R) one ? bnb4v_dec4_l1_last(a, &c, &t, r) : bnb4v_dec4_l2_last(a, &c, &t, r);
     for (; r < r1; r++) one ? bnb4v_dec1_l1(a, &c, &t, r) : bnb4v_dec1_l2(a, &c, &t, r);
