@@ -747,16 +747,26 @@ typedef struct {
 INL __m512i bcast32(const uint8_t *p) { return _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p)); }
 
 // Q4_K/Q5_K header: d, dmin, the eight 6-bit scales as int16 in the low 128 bits, and the mins as
-// int32 at lanes 2s, 2s + 1 (msc).
+// int32 at lanes 2s, 2s + 1 (msc). The 12 scale bytes q[0..11] (bytes 4..15 of the block) are
+// unpacked as kq_scale_min does, 16 at a time: byte j of the result is scale j, byte 8 + j min j;
+// the low bits come from q[j] / q[j + 4] (scales) and q[j + 4] / q[j + 4] >> 4 (mins), the top two
+// bits of scale and min j >= 4 from bits 6-7 of q[j - 4] and q[j].
 INL __m512i q45_K_header(const uint8_t *p, float *d, float *dmin, __m512i *msc) {
-    *d = _cvtsh_ss(kq_load16(p));
-    *dmin = _cvtsh_ss(kq_load16(p + 2));
-    uint32_t u0 = kq_load32(p + 4), u1 = kq_load32(p + 8), u2 = kq_load32(p + 12);
-    uint64_t sc = ((uint64_t)((u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)) << 32) | (u0 & 0x3f3f3f3f);
-    uint64_t mn = ((uint64_t)(((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)) << 32) | (u1 & 0x3f3f3f3f);
-    __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((int64_t)mn));
-    *msc = _mm512_cvtepi16_epi32(_mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16)));
-    return _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((int64_t)sc)));
+    const __m128i v = _mm_loadu_si128((const __m128i *)p);
+    const __m128 dd = _mm_cvtph_ps(v);
+    *d = _mm_cvtss_f32(dd);
+    *dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));
+    const __m128i low_src = _mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m128i top_src = _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11);
+    const __m128i low_mask = _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15);
+    __m128i lo = _mm_shuffle_epi8(v, low_src);
+    lo = _mm_mask_blend_epi8((__mmask16)0xf000, lo, _mm_srli_epi16(lo, 4));  // mins 4..7: the high nibble
+    lo = _mm_and_si128(lo, low_mask);
+    const __m128i top = _mm_srli_epi16(_mm_and_si128(_mm_shuffle_epi8(v, top_src), _mm_set1_epi8((char)0xc0)), 2);
+    const __m128i sm = _mm_or_si128(lo, top);
+    const __m128i min_pairs = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    *msc = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(sm, min_pairs));
+    return _mm512_castsi128_si512(_mm_cvtepu8_epi16(sm));
 }
 
 // Q4_K/Q5_K: {d, dmin, scales[12], (qh[32]), qs[128]}; sub-blocks 2c, 2c + 1 are the low and high
@@ -892,9 +902,13 @@ INL void unpack1_q6_K(const uint8_t *p, kcodes *k) {
 INL void k_pair1(const kcodes *w, const uint8_t *x, const act_layout *L, int64_t b, int q6, __m512i *ia, __m512i *mb) {
     const uint8_t *xq = x + L->qs_off + ACT256_STRIDE * b;
     const __m512i bs = _mm512_load_si512(x + L->aux_off + 64 * b);
-    __m512i acc = _mm512_setzero_si512();
-    UNROLL for (int v = 0; v < 4; v++)
-        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(w->c[v], _mm512_load_si512(xq + 64 * v)), w->s[v]);
+    // two chains of two: the pair's latency, not the multiplies, bounds a decode step
+    __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+    UNROLL for (int v = 0; v < 4; v += 2) {
+        acc0 = _mm512_dpwssd_epi32(acc0, _mm512_maddubs_epi16(w->c[v], _mm512_load_si512(xq + 64 * v)), w->s[v]);
+        acc1 = _mm512_dpwssd_epi32(acc1, _mm512_maddubs_epi16(w->c[v + 1], _mm512_load_si512(xq + 64 * v + 64)), w->s[v + 1]);
+    }
+    const __m512i acc = _mm512_add_epi32(acc0, acc1);
     if (q6) {
         // codes are c - 32: take 32 sc_s sum q1 = sc_s bsum_s / 8 back (bsums are 256 sum q1 here)
         *ia = _mm512_sub_epi32(acc, _mm512_srai_epi32(_mm512_mullo_epi32(bs, w->msc), 3));
