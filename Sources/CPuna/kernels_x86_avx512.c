@@ -512,19 +512,23 @@ INL void bnb4_prefetch_group(const uint8_t *w, int64_t rb, int64_t g, const int 
 }
 
 // One group of R rows x T tokens with the row's absmax vectors am16 (blocks of 64): group k (0..7)
-// of the current 16-block chunk takes lanes 2k, 2k + 1.
-INL void bnb4_fast_group(__m512 acc[8][8], const uint8_t *w, int64_t rb, int64_t g, int k, int n, __m512i utab,
-                         const __m512 *am16, const uint8_t *x0, int64_t tb, const act_layout *L, const int R, const int T,
-                         const int ONE) {
-    const __m512i idx = _mm512_set_epi32(2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1,
-                                         2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k);
-    UNROLL for (int i = 0; i < R; i++) {
-        sgroup wg;
-        unpack_bnb4(w + i * rb + 64 * g, n, utab, &wg);
-        wg.dw = _mm512_permutexvar_ps(idx, am16[i]);
-        UNROLL for (int j = 0; j < T; j++) acc[i][j] = simple_step(acc[i][j], &wg, x0 + j * tb, L, g, STEP_AUX_INT, ONE);
+// of the current 16-block chunk takes lanes 2k, 2k + 1. Defined once per unpack (and its target).
+#define BNB4_FAST_GROUP(name, ATTRS, UNPACK)                                                                   \
+    ATTRS void name(__m512 acc[8][8], const uint8_t *w, int64_t rb, int64_t g, int k, int n, __m512i utab,    \
+                    const __m512 *am16, const uint8_t *x0, int64_t tb, const act_layout *L, const int R,      \
+                    const int T, const int ONE) {                                                             \
+        const __m512i idx = _mm512_set_epi32(2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, \
+                                             2 * k + 1, 2 * k + 1, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k,   \
+                                             2 * k, 2 * k);                                                    \
+        UNROLL for (int i = 0; i < R; i++) {                                                                   \
+            sgroup wg;                                                                                         \
+            UNPACK(w + i * rb + 64 * g, n, utab, &wg);                                                         \
+            wg.dw = _mm512_permutexvar_ps(idx, am16[i]);                                                       \
+            UNROLL for (int j = 0; j < T; j++)                                                                 \
+                acc[i][j] = simple_step(acc[i][j], &wg, x0 + j * tb, L, g, STEP_AUX_INT, ONE);                 \
+        }                                                                                                      \
     }
-}
+BNB4_FAST_GROUP(bnb4_fast_group, INL, unpack_bnb4)
 
 // 4-bit rows in blocks of 64 (what transformers writes) with a power-of-two nested block size:
 // each row's absmax comes 16 blocks (8 groups) at a time, and the 8 groups of a chunk are unrolled
@@ -635,18 +639,7 @@ INLV void unpack_bnb4v(const uint8_t *p, int n, __m512i utab, sgroup *g) {
     g->hi = _mm512_unpackhi_epi8(even, odd);
 }
 
-// bnb4_fast_group with unpack_bnb4v.
-INLV void bnb4v_fast_group(__m512 acc[8][8], const uint8_t *w, int64_t rb, int64_t g, int k, int n, __m512i utab,
-                           const __m512 *am16, const uint8_t *x0, const act_layout *L, const int R, const int ONE) {
-    const __m512i idx = _mm512_set_epi32(2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1,
-                                         2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k);
-    UNROLL for (int i = 0; i < R; i++) {
-        sgroup wg;
-        unpack_bnb4v(w + i * rb + 64 * g, n, utab, &wg);
-        wg.dw = _mm512_permutexvar_ps(idx, am16[i]);
-        acc[i][0] = simple_step(acc[i][0], &wg, x0, L, g, STEP_AUX_INT, ONE);
-    }
-}
+BNB4_FAST_GROUP(bnb4v_fast_group, INLV, unpack_bnb4v)
 
 // R rows x 1 token, blocks of 64, double quant with a power-of-two nested block size >= 64.
 INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r, const int R, int prefetch,
@@ -676,13 +669,13 @@ INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes
             if (s + 8 <= nfull) {
                 UNROLL for (int k = 0; k < 8; k++) {
                     if (prefetch) bnb4_prefetch_group(w, rb, s + k, R);
-                    bnb4v_fast_group(acc, w, rb, s + k, k, 4, utab, am16, x0, L, R, ONE);
+                    bnb4v_fast_group(acc, w, rb, s + k, k, 4, utab, am16, x0, 0, L, R, 1, ONE);
                 }
             } else {
                 for (int k = 0; s + k < gend; k++) {
                     const int n = s + k < nfull ? 4 : rem;
                     if (prefetch && n == 4) bnb4_prefetch_group(w, rb, s + k, R);
-                    bnb4v_fast_group(acc, w, rb, s + k, k, n, utab, am16, x0, L, R, ONE);
+                    bnb4v_fast_group(acc, w, rb, s + k, k, n, utab, am16, x0, 0, L, R, 1, ONE);
                 }
             }
         }
