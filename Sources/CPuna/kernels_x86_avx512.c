@@ -630,7 +630,7 @@ INLV void bnb4_absmax64(const bnb4_ctx *c, const bnb4_planes *t, int64_t b0, int
 
 // unpack_bnb4 with byte permutes: vpermb reads 6 index bits and utab holds the 16 entries 4 times,
 // so the nibble needs no mask (bits 4-5 pick a copy; a word shift's spill from the next byte lands
-// there too): 3 instructions fewer per group. Same bytes as unpack_bnb4.
+// there too): two instructions (the masks) fewer per group. Same bytes as unpack_bnb4.
 INLV void unpack_bnb4v(const uint8_t *p, int n, __m512i utab, sgroup *g) {
     __m512i v = n == 4 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(span_mask(16 * n, 0), p);
     __m512i even = _mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), utab);
