@@ -140,12 +140,13 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
 
 // Decode tuning (overridable with -D for experiments): rows per decode tile, how many tiles ahead
 // to prefetch, and the prefetch hint. On the 2-core Zen 5 development machine 4 rows beat 2 and 8,
-// and 2 tiles ahead beat 1 and 4 (none at all halved the bandwidth); the hint made no difference.
+// and 2 tiles ahead beat 1 and 4 (none at all halved the bandwidth); the hint made no difference
+// there, and on Zen 4 prefetching into L2 (T1) streams the K-quants faster than into L1 (BENCHMARKS.md).
 #ifndef PF_TILES
 #define PF_TILES 2
 #endif
 #ifndef PF_HINT
-#define PF_HINT _MM_HINT_T0
+#define PF_HINT _MM_HINT_T1
 #endif
 #ifndef DEC_R
 #define DEC_R 4
@@ -744,7 +745,7 @@ INL __m512i bcast32(const uint8_t *p) { return _mm512_broadcast_i64x4(_mm256_loa
 // unpacked as kq_scale_min does, 16 at a time: byte j of the result is scale j, byte 8 + j min j;
 // the low bits of scale j are q[j] & 63 (j < 4) or q[j + 4] & 15, of min j q[j + 4] & 63 (j < 4) or
 // q[j + 4] >> 4, and the top two bits of scale and min j >= 4 are bits 6-7 of q[j - 4] and q[j].
-INL __m512i q45_K_header(const uint8_t *p, float *d, float *dmin, __m512i *msc) {
+INL __m128i q45_K_header_bytes(const uint8_t *p, float *d, float *dmin) {
     const __m128i v = _mm_loadu_si128((const __m128i *)p);
     const __m128 dd = _mm_cvtph_ps(v);
     *d = _mm_cvtss_f32(dd);
@@ -756,7 +757,11 @@ INL __m512i q45_K_header(const uint8_t *p, float *d, float *dmin, __m512i *msc) 
     lo = _mm_mask_blend_epi8((__mmask16)0xf000, lo, _mm_srli_epi16(lo, 4));  // mins 4..7: the high nibble
     lo = _mm_and_si128(lo, low_mask);
     const __m128i top = _mm_srli_epi16(_mm_and_si128(_mm_shuffle_epi8(v, top_src), _mm_set1_epi8((char)0xc0)), 2);
-    const __m128i sm = _mm_or_si128(lo, top);
+    return _mm_or_si128(lo, top);
+}
+
+INL __m512i q45_K_header(const uint8_t *p, float *d, float *dmin, __m512i *msc) {
+    const __m128i sm = q45_K_header_bytes(p, d, dmin);
     const __m128i min_pairs = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
     *msc = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(sm, min_pairs));
     return _mm512_castsi128_si512(_mm_cvtepu8_epi16(sm));
@@ -836,17 +841,21 @@ INL void k_pair(const kblock *w, const uint8_t *x, const act_layout *L, int64_t 
 // path and no per-row widening of the weights. B (the mins) is the same integer as before.
 
 typedef struct {
-    __m512i c[4];   // unsigned codes of weights 64v .. 64v + 63, natural order
+    __m512i c[4];   // unsigned codes: Q6_K weights 64v .. 64v + 63; Q4_K/Q5_K see unpack1_q45_K
     __m512i s[4];   // int16: the scale of each word's two weights
-    __m512i msc;    // Q4_K/Q5_K: int32 m_s at lanes 2s, 2s + 1; Q6_K: int32 sc of each 16 (the -32 offset)
+    __m512i msc;    // Q6_K: int16 sc_s of each 16 at word s (for the -32 offset)
+    __m128i mins;   // Q4_K/Q5_K: int16 m_s at word s
     float d, dmin;
 } kcodes;
 
 INL void unpack1_q45_K(const uint8_t *p, int q5, kcodes *k) {
-    __m512i sc16 = q45_K_header(p, &k->d, &k->dmin, &k->msc);
+    const __m128i sm = q45_K_header_bytes(p, &k->d, &k->dmin);
+    k->mins = _mm_unpackhi_epi8(sm, _mm_setzero_si128());
+    const __m512i sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(sm));
     const __m512i m4 = _mm512_set1_epi8(0x0f), one = _mm512_set1_epi8(0x01);
     const uint8_t *qs = p + (q5 ? 48 : 16);
-    // word w of vector v holds weights of sub-block 2v + w / 16
+    // word w of vector v holds weights of sub-block 4 (v / 2) + (v & 1) + 2 (w / 16): the nibbles
+    // stay where they are and the activations are paired to match (k_pair1), once per tile
     const __m512i half = _mm512_set_epi16(1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
                                           0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
     __m512i qh = q5 ? bcast32(p + 16) : _mm512_setzero_si512();
@@ -862,27 +871,28 @@ INL void unpack1_q45_K(const uint8_t *p, int q5, kcodes *k) {
             lo = _mm512_or_si512(lo, _mm512_slli_epi16(hl, 4));
             hi = _mm512_or_si512(hi, _mm512_slli_epi16(hh, 4));
         }
-        k->c[2 * h] = _mm512_shuffle_i64x2(lo, hi, _MM_SHUFFLE(1, 0, 1, 0));
-        k->c[2 * h + 1] = _mm512_shuffle_i64x2(lo, hi, _MM_SHUFFLE(3, 2, 3, 2));
+        k->c[2 * h] = lo;
+        k->c[2 * h + 1] = hi;
     }
-    UNROLL for (int v = 0; v < 4; v++) k->s[v] = _mm512_permutexvar_epi16(_mm512_add_epi16(half, _mm512_set1_epi16((short)(2 * v))), sc16);
+    UNROLL for (int v = 0; v < 4; v++)
+        k->s[v] = _mm512_permutexvar_epi16(_mm512_add_epi16(_mm512_slli_epi16(half, 1), _mm512_set1_epi16((short)(4 * (v / 2) + (v & 1)))), sc16);
 }
 
 INL void unpack1_q6_K(const uint8_t *p, kcodes *k) {
     k->d = _cvtsh_ss(kq_load16(p + 208));
     k->dmin = 0;
     __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
-    k->msc = _mm512_cvtepi16_epi32(sc16);
-    const __m512i sh_a = _mm512_set_epi16(2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
-                                          0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03);
+    k->msc = _mm512_zextsi256_si512(sc16);
+    // top bits 2s..2s+1 of qh moved to bits 4-5 of each byte by one word shift (left 4 / 2 for
+    // quarters 0 / 1, right 0 / 2 for 2 / 3: no bit that crosses a byte survives the mask 0x30)
+    const __m512i sh_r = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const __m512i sh_l = _mm512_sub_epi16(_mm512_set1_epi16(4), sh_r);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
     UNROLL for (int h = 0; h < 2; h++) {
         __m512i ql = _mm512_loadu_si512(p + 64 * h);
         __m512i qh = bcast32(p + 128 + 32 * h);
-        __m512i h01 = _mm512_and_si512(_mm512_srlv_epi16(qh, sh_a), m2);
-        __m512i h23 = _mm512_and_si512(_mm512_srlv_epi16(qh, _mm512_add_epi16(sh_a, _mm512_set1_epi16(4))), m2);
-        k->c[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16(h01, 4));
-        k->c[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_slli_epi16(h23, 4));
+        k->c[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi16(qh, sh_l), m30));
+        k->c[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(_mm512_srlv_epi16(qh, sh_r), m30));
     }
     // word w of vector v holds weights of sub-block (of 16) 4v + w / 8
     const __m512i quarter = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2,
@@ -898,17 +908,28 @@ INL void k_pair1(const kcodes *w, const uint8_t *x, const act_layout *L, int64_t
     // two chains of two: half the dependent latency per pair (measured a few % faster on Zen 4)
     __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
     UNROLL for (int v = 0; v < 4; v += 2) {
-        acc0 = _mm512_dpwssd_epi32(acc0, _mm512_maddubs_epi16(w->c[v], _mm512_load_si512(xq + 64 * v)), w->s[v]);
-        acc1 = _mm512_dpwssd_epi32(acc1, _mm512_maddubs_epi16(w->c[v + 1], _mm512_load_si512(xq + 64 * v + 64)), w->s[v + 1]);
+        __m512i x0 = _mm512_load_si512(xq + 64 * v), x1 = _mm512_load_si512(xq + 64 * v + 64);
+        if (!q6) {
+            __m512i xl = _mm512_shuffle_i64x2(x0, x1, _MM_SHUFFLE(1, 0, 1, 0));
+            x1 = _mm512_shuffle_i64x2(x0, x1, _MM_SHUFFLE(3, 2, 3, 2));
+            x0 = xl;
+        }
+        acc0 = _mm512_dpwssd_epi32(acc0, _mm512_maddubs_epi16(w->c[v], x0), w->s[v]);
+        acc1 = _mm512_dpwssd_epi32(acc1, _mm512_maddubs_epi16(w->c[v + 1], x1), w->s[v + 1]);
     }
     const __m512i acc = _mm512_add_epi32(acc0, acc1);
     if (q6) {
-        // codes are c - 32: take 32 sc_s sum q1 = sc_s bsum_s / 8 back (bsums are 256 sum q1 here)
-        *ia = _mm512_sub_epi32(acc, _mm512_srai_epi32(_mm512_mullo_epi32(bs, w->msc), 3));
+        // codes are c - 32: take 32 sc_s (sum of q1 over s) back; bsum_s is 256 times that sum,
+        // which fits int16 as sc_s does
+        const __m256i sums = _mm512_cvtepi32_epi16(_mm512_srai_epi32(bs, 8));
+        const __m256i corr = _mm256_madd_epi16(_mm512_castsi512_si256(w->msc), sums);
+        *ia = _mm512_sub_epi32(acc, _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
         *mb = _mm512_setzero_si512();
     } else {
         *ia = acc;
-        *mb = _mm512_mullo_epi32(bs, w->msc);
+        // one level: bsums are 256 * (sums of q1 over 16); their pairs / 256 fit int16
+        const __m512i pairs = _mm512_srai_epi32(_mm512_add_epi32(bs, _mm512_srli_epi64(bs, 32)), 8);
+        *mb = _mm512_castsi128_si512(_mm_madd_epi16(w->mins, _mm512_cvtepi64_epi16(pairs)));
     }
 }
 
@@ -923,6 +944,13 @@ INL __m256i sum4_epi64(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
                                  _mm512_shuffle_i64x2(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
     s = _mm512_add_epi64(_mm512_shuffle_i64x2(s, s, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i64x2(s, s, _MM_SHUFFLE(3, 1, 3, 1)));
     return _mm512_castsi512_si256(s);
+}
+
+// Sums of 4 vectors of 4 int32 lanes whose totals fit int32.
+INL __m128i sum4_epi32_x4(__m128i v0, __m128i v1, __m128i v2, __m128i v3) {
+    const __m128i t01 = _mm_add_epi32(_mm_unpacklo_epi32(v0, v1), _mm_unpackhi_epi32(v0, v1));
+    const __m128i t23 = _mm_add_epi32(_mm_unpacklo_epi32(v2, v3), _mm_unpackhi_epi32(v2, v3));
+    return _mm_add_epi32(_mm_unpacklo_epi64(t01, t23), _mm_unpackhi_epi64(t01, t23));
 }
 
 // Sums of 4 vectors of 16 int32 lanes whose totals fit int32 (B).
@@ -988,7 +1016,13 @@ INL void k_tile_impl(const qmm_args *a, int64_t r, int64_t t, const int R, const
                         dmv[k] = first + k <= p ? dm[first + k] : 0.0f;
                     }
                     acc[g] = _mm_fmadd_ps(_mm_loadu_ps(ddv), Af, acc[g]);
-                    if (!q6) {
+                    if (!q6 && ONE) {
+                        // B = 256 B1 with B1 in 4 int32 lanes per pair: (float)B = 256 (float)B1
+                        const __m128i B1 = sum4_epi32_x4(_mm512_castsi512_si128(m[0]), _mm512_castsi512_si128(m[1]),
+                                                         _mm512_castsi512_si128(m[2]), _mm512_castsi512_si128(m[3]));
+                        __m128 Bf = _mm_mul_ps(_mm_cvtepi32_ps(B1), _mm_set1_ps(256.0f));
+                        acc[g] = _mm_fnmadd_ps(_mm_loadu_ps(dmv), Bf, acc[g]);
+                    } else if (!q6) {
                         __m128 Bf = _mm_cvtepi32_ps(sum4_epi32(m[0], m[1], m[2], m[3]));
                         acc[g] = _mm_fnmadd_ps(_mm_loadu_ps(dmv), Bf, acc[g]);
                     }
