@@ -843,7 +843,7 @@ INL void k_pair(const kblock *w, const uint8_t *x, const act_layout *L, int64_t 
 typedef struct {
     __m512i c[4];   // unsigned codes: Q6_K weights 64v .. 64v + 63; Q4_K/Q5_K see unpack1_q45_K
     __m512i s[4];   // int16: the scale of each word's two weights
-    __m512i msc;    // Q6_K: int16 sc_s of each 16 at word s (for the -32 offset)
+    __m256i sc6;    // Q6_K: int16 sc_s of each 16 at word s (for the -32 offset)
     __m128i mins;   // Q4_K/Q5_K: int16 m_s at word s
     float d, dmin;
 } kcodes;
@@ -882,7 +882,7 @@ INL void unpack1_q6_K(const uint8_t *p, kcodes *k) {
     k->d = _cvtsh_ss(kq_load16(p + 208));
     k->dmin = 0;
     __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
-    k->msc = _mm512_zextsi256_si512(sc16);
+    k->sc6 = sc16;
     // top bits 2s..2s+1 of qh moved to bits 4-5 of each byte by one word shift (left 4 / 2 for
     // quarters 0 / 1, right 0 / 2 for 2 / 3: no bit that crosses a byte survives the mask 0x30)
     const __m512i sh_r = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
@@ -922,7 +922,7 @@ INL void k_pair1(const kcodes *w, const uint8_t *x, const act_layout *L, int64_t
         // codes are c - 32: take 32 sc_s (sum of q1 over s) back; bsum_s is 256 times that sum,
         // which fits int16 as sc_s does
         const __m256i sums = _mm512_cvtepi32_epi16(_mm512_srai_epi32(bs, 8));
-        const __m256i corr = _mm256_madd_epi16(_mm512_castsi512_si256(w->msc), sums);
+        const __m256i corr = _mm256_madd_epi16(w->sc6, sums);
         *ia = _mm512_sub_epi32(acc, _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
         *mb = _mm512_setzero_si512();
     } else {
@@ -1016,14 +1016,13 @@ INL void k_tile_impl(const qmm_args *a, int64_t r, int64_t t, const int R, const
                         dmv[k] = first + k <= p ? dm[first + k] : 0.0f;
                     }
                     acc[g] = _mm_fmadd_ps(_mm_loadu_ps(ddv), Af, acc[g]);
-                    if (!q6 && ONE) {
-                        // B = 256 B1 with B1 in 4 int32 lanes per pair: (float)B = 256 (float)B1
-                        const __m128i B1 = sum4_epi32_x4(_mm512_castsi512_si128(m[0]), _mm512_castsi512_si128(m[1]),
-                                                         _mm512_castsi512_si128(m[2]), _mm512_castsi512_si128(m[3]));
-                        __m128 Bf = _mm_mul_ps(_mm_cvtepi32_ps(B1), _mm_set1_ps(256.0f));
-                        acc[g] = _mm_fnmadd_ps(_mm_loadu_ps(dmv), Bf, acc[g]);
-                    } else if (!q6) {
-                        __m128 Bf = _mm_cvtepi32_ps(sum4_epi32(m[0], m[1], m[2], m[3]));
+                    if (!q6) {
+                        // one level: B = 256 B1, B1 in 4 int32 lanes per pair, and (float)B = 256 (float)B1
+                        __m128 Bf = ONE ? _mm_mul_ps(_mm_cvtepi32_ps(sum4_epi32_x4(
+                                                         _mm512_castsi512_si128(m[0]), _mm512_castsi512_si128(m[1]),
+                                                         _mm512_castsi512_si128(m[2]), _mm512_castsi512_si128(m[3]))),
+                                                     _mm_set1_ps(256.0f))
+                                        : _mm_cvtepi32_ps(sum4_epi32(m[0], m[1], m[2], m[3]));
                         acc[g] = _mm_fnmadd_ps(_mm_loadu_ps(dmv), Bf, acc[g]);
                     }
                 }
