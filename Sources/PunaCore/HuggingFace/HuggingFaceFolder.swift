@@ -200,6 +200,13 @@ struct HuggingFaceFolder {
         if let bnb = bitsAndBytes {
             // Every companion belongs to a quantized weight.
             try bnb.checkCompanions(parts, owners: Set(quantized.map { $0.hf }))
+            // add() reads the small companions (quant_state, tables, nested absmax, SCB), which lie
+            // between the packed weights: from a cold page cache each would be its own synchronous
+            // page fault, hundreds in a row, so all of them are asked for at once first.
+            let small = parts.values.filter { $0.info.byteCount <= 1 << 16 && BitsAndBytesWeights.isCompanion($0.info.name) }
+            for p in small.sorted(by: { ($0.source, $0.info.offset) < ($1.source, $1.info.offset) }) {
+                files[p.source].advise(offset: p.info.offset, count: p.info.byteCount, .willNeed)
+            }
             for (hf, gguf) in quantized {
                 tensors.append(try bnb.add(weight: hf, name: gguf, parts: parts))
             }
