@@ -11,6 +11,26 @@ final class MemoryTests: XCTestCase {
     func model(_ name: String) -> String { Fixtures.models.appendingPathComponent(name).path }
     func adapter(_ name: String) -> String { Self.loraDir.appendingPathComponent(name).path }
 
+    /// A Hugging Face folder is read ahead in a few requests per shard: every tensor the model reads
+    /// lies inside one, and an embedding read one row at a time (untied output head) in none; a
+    /// tied one is read ahead like the rest.
+    func testFolderReadAheadCoversTheWeightsButAnUntiedEmbedding() throws {
+        for (name, tied) in [("llama-nf4-dq", false), ("qwen2-nf4-dq", true), ("llama-f16", false)] {
+            let model = try LanguageModel(path: Fixtures.root.appendingPathComponent("hf/\(name)").path, options: ModelOptions(threads: 1))
+            let ranges = model.folderReadAheadRanges()
+            XCTAssertLessThanOrEqual(ranges.count, 2 * model.gguf.files.count, name)
+            for t in model.gguf.tensors {
+                let inside = ranges.contains { $0.source == t.source && $0.start <= t.offset && t.offset + t.byteCount <= $0.end }
+                let touched = ranges.contains { $0.source == t.source && $0.start < t.offset + t.byteCount && t.offset < $0.end }
+                if t.name == "token_embd.weight" && !tied {
+                    XCTAssertFalse(touched, "\(name): the embedding is read ahead")
+                } else {
+                    XCTAssertTrue(inside, "\(name): \(t.name) is not read ahead")
+                }
+            }
+        }
+    }
+
     func testParseSize() {
         let g = 1 << 30
         XCTAssertEqual(MemoryEstimate.parseSize("4.5G"), g * 9 / 2)

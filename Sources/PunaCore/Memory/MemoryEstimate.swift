@@ -556,8 +556,11 @@ extension LanguageModel {
     /// next token), RANDOM would turn re-reads of evicted weights into single-page reads.
     func adviseForLoading() {
         guard gguf.files.count == 1 else {
-            // A Hugging Face folder: tensor by tensor (the embedding read one row at a time).
-            for t in gguf.tensors { gguf.advise(t, t.name == "token_embd.weight" && gguf.tensorInfo("output.weight") != nil ? .random : .willNeed) }
+            // A Hugging Face folder: a request per tensor cost ~2 ms each, so a few per shard.
+            for r in folderReadAheadRanges() {
+                gguf.files[r.source].advise(offset: gguf.dataOffsets[r.source] + r.start, count: r.end - r.start, .willNeed)
+            }
+            if gguf.tensorInfo("output.weight") != nil, let e = gguf.tensorInfo("token_embd.weight") { gguf.advise(e, .random) }
             return
         }
         let file = gguf.file
@@ -570,6 +573,22 @@ extension LanguageModel {
         if start > gguf.dataOffset { file.advise(offset: gguf.dataOffset, count: start - gguf.dataOffset, .willNeed) }
         if end < dataEnd { file.advise(offset: end, count: dataEnd - end, .willNeed) }
         file.advise(offset: start, count: embedding.byteCount, .random)
+    }
+
+    /// What adviseForLoading reads ahead in a Hugging Face folder, as tensor offsets per shard:
+    /// each shard from its first tensor to its last (the bitsandbytes companions between them
+    /// included: they are read too), less the token embedding when it is read one row at a time.
+    @_spi(Testing) public func folderReadAheadRanges() -> [(source: Int, start: Int, end: Int)] {
+        let embedding = gguf.tensorInfo("output.weight") != nil ? gguf.tensorInfo("token_embd.weight") : nil
+        var ranges: [(source: Int, start: Int, end: Int)] = []
+        for source in gguf.files.indices {
+            let inShard = gguf.tensors.filter { $0.source == source && $0.name != embedding?.name }
+            guard let lo = inShard.map({ $0.offset }).min(), let hi = inShard.map({ $0.offset + $0.byteCount }).max() else { continue }
+            var pieces = [(lo, hi)]
+            if let e = embedding, e.source == source { pieces = [(lo, min(hi, e.offset)), (max(lo, e.offset + e.byteCount), hi)] }
+            for (start, end) in pieces where end > start { ranges.append((source, start, end)) }
+        }
+        return ranges
     }
 
     /// After a merge: the mapped bytes of the replaced matrices are never read again, so their
