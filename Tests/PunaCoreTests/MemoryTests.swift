@@ -11,21 +11,26 @@ final class MemoryTests: XCTestCase {
     func model(_ name: String) -> String { Fixtures.models.appendingPathComponent(name).path }
     func adapter(_ name: String) -> String { Self.loraDir.appendingPathComponent(name).path }
 
-    /// A Hugging Face folder is read ahead in a few requests per shard: every tensor the model reads
-    /// lies inside one, and an embedding read one row at a time (untied output head) in none; a
-    /// tied one is read ahead like the rest.
-    func testFolderReadAheadCoversTheWeightsButAnUntiedEmbedding() throws {
-        for (name, tied) in [("llama-nf4-dq", false), ("qwen2-nf4-dq", true), ("llama-f16", false)] {
-            let model = try LanguageModel(path: Fixtures.root.appendingPathComponent("hf/\(name)").path, options: ModelOptions(threads: 1))
-            let ranges = model.folderReadAheadRanges()
-            XCTAssertLessThanOrEqual(ranges.count, 2 * model.gguf.files.count, name)
+    /// A model is read ahead in a few requests per file (GGUF, or Hugging Face shard): every tensor
+    /// the model reads lies inside one, and an embedding read one row at a time (untied output head)
+    /// in none; a tied one is read ahead like the rest.
+    func testReadAheadCoversTheWeightsButAnUntiedEmbedding() throws {
+        let hf = Fixtures.root.appendingPathComponent("hf")
+        let cases = [(hf.appendingPathComponent("llama-nf4-dq").path, false), (hf.appendingPathComponent("qwen2-nf4-dq").path, true),
+                     (hf.appendingPathComponent("llama-f16").path, false), (model("tiny-mha-q4_0.gguf"), false),
+                     (model("tiny-tied-f16.gguf"), true)]
+        for (path, tied) in cases {
+            let model = try LanguageModel(path: path, options: ModelOptions(threads: 1))
+            XCTAssertEqual(model.gguf.tensorInfo("output.weight") == nil, tied, path)
+            let ranges = model.readAheadRanges()
+            XCTAssertLessThanOrEqual(ranges.count, 2 * model.gguf.files.count, path)
             for t in model.gguf.tensors {
                 let inside = ranges.contains { $0.source == t.source && $0.start <= t.offset && t.offset + t.byteCount <= $0.end }
                 let touched = ranges.contains { $0.source == t.source && $0.start < t.offset + t.byteCount && t.offset < $0.end }
                 if t.name == "token_embd.weight" && !tied {
-                    XCTAssertFalse(touched, "\(name): the embedding is read ahead")
+                    XCTAssertFalse(touched, "\(path): the embedding is read ahead")
                 } else {
-                    XCTAssertTrue(inside, "\(name): \(t.name) is not read ahead")
+                    XCTAssertTrue(inside, "\(path): \(t.name) is not read ahead")
                 }
             }
         }

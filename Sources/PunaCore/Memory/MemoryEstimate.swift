@@ -548,42 +548,34 @@ extension LanguageModel {
 // MARK: - mmap discipline
 
 extension LanguageModel {
-    /// madvise at load. The matrices are read front to back on every token: WILLNEED starts
-    /// reading them all now, in large requests. The token embedding is read one row per token, so
-    /// it gets RANDOM instead (no read-ahead around a row, no pages charged for rows never used),
-    /// unless the output head shares its bytes. During generation the hints stay as they are:
+    /// madvise at load. The matrices are read front to back on every token: WILLNEED asks the
+    /// kernel to start reading them, one request per file or shard (a request per tensor cost
+    /// ~2 ms each on a 7B folder). The token embedding is read one row per token, so it gets
+    /// RANDOM instead (no read-ahead around a row, no pages charged for rows never used), unless
+    /// the output head shares its bytes. During generation the hints stay as they are:
     /// SEQUENTIAL would let the kernel drop pages right after use (they are needed again for the
     /// next token), RANDOM would turn re-reads of evicted weights into single-page reads.
     func adviseForLoading() {
-        guard gguf.files.count == 1 else {
-            // A Hugging Face folder: a request per tensor cost ~2 ms each, so a few per shard.
-            for r in folderReadAheadRanges() {
-                gguf.files[r.source].advise(offset: gguf.dataOffsets[r.source] + r.start, count: r.end - r.start, .willNeed)
-            }
-            if gguf.tensorInfo("output.weight") != nil, let e = gguf.tensorInfo("token_embd.weight") { gguf.advise(e, .random) }
-            return
+        for r in readAheadRanges() {
+            gguf.files[r.source].advise(offset: gguf.dataOffsets[r.source] + r.start, count: r.end - r.start, .willNeed)
         }
-        let file = gguf.file
-        let dataEnd = file.count
-        guard let embedding = gguf.tensorInfo("token_embd.weight"), gguf.tensorInfo("output.weight") != nil else {
-            file.advise(offset: gguf.dataOffset, count: dataEnd - gguf.dataOffset, .willNeed)
-            return
-        }
-        let start = gguf.dataOffset + embedding.offset, end = start + embedding.byteCount
-        if start > gguf.dataOffset { file.advise(offset: gguf.dataOffset, count: start - gguf.dataOffset, .willNeed) }
-        if end < dataEnd { file.advise(offset: end, count: dataEnd - end, .willNeed) }
-        file.advise(offset: start, count: embedding.byteCount, .random)
+        if let e = rowReadEmbedding { gguf.advise(e, .random) }
     }
 
-    /// What adviseForLoading reads ahead in a Hugging Face folder, as tensor offsets per shard:
-    /// each shard from its first tensor to its last (the bitsandbytes companions between them
-    /// included: they are read too), less the token embedding when it is read one row at a time.
-    @_spi(Testing) public func folderReadAheadRanges() -> [(source: Int, start: Int, end: Int)] {
-        let embedding = gguf.tensorInfo("output.weight") != nil ? gguf.tensorInfo("token_embd.weight") : nil
+    /// The token embedding when it is read one row per token (the output head has its own tensor).
+    var rowReadEmbedding: GGUFTensorInfo? {
+        gguf.tensorInfo("output.weight") != nil ? gguf.tensorInfo("token_embd.weight") : nil
+    }
+
+    /// What adviseForLoading reads ahead, as tensor offsets per file: each file (GGUF, or shard of a
+    /// Hugging Face folder) from its first tensor to its last (bitsandbytes companions between them
+    /// included: they are read too), less rowReadEmbedding.
+    @_spi(Testing) public func readAheadRanges() -> [(source: Int, start: Int, end: Int)] {
+        let embedding = rowReadEmbedding
         var ranges: [(source: Int, start: Int, end: Int)] = []
         for source in gguf.files.indices {
-            let inShard = gguf.tensors.filter { $0.source == source && $0.name != embedding?.name }
-            guard let lo = inShard.map({ $0.offset }).min(), let hi = inShard.map({ $0.offset + $0.byteCount }).max() else { continue }
+            let inFile = gguf.tensors.filter { $0.source == source && $0.name != embedding?.name }
+            guard let lo = inFile.map({ $0.offset }).min(), let hi = inFile.map({ $0.offset + $0.byteCount }).max() else { continue }
             var pieces = [(lo, hi)]
             if let e = embedding, e.source == source { pieces = [(lo, min(hi, e.offset)), (max(lo, e.offset + e.byteCount), hi)] }
             for (start, end) in pieces where end > start { ranges.append((source, start, end)) }
