@@ -642,18 +642,19 @@ INLV void unpack_bnb4v(const uint8_t *p, int n, __m512i utab, sgroup *g) {
 
 BNB4_FAST_GROUP(bnb4v_fast_group, INLV, unpack_bnb4v)
 
-// R rows x 1 token, blocks of 64, double quant with a power-of-two nested block size >= 64.
-INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r, const int R, int prefetch,
-                         const int ONE) {
+// R rows x T tokens from token t0, blocks of 64, double quant with a power-of-two nested block size
+// >= 64: each row's absmax 64 blocks at a time (no gathers, which cost batches a quarter of their time).
+INLV void bnb4v_tile_impl(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r, int64_t t0, const int R,
+                          const int T, int prefetch, const int ONE) {
     const act_layout *L = &a->layout;
-    const int64_t cols = a->cols, nb = cols / 32, nfull = nb / 4, rb = cols / 2;
+    const int64_t cols = a->cols, nb = cols / 32, nfull = nb / 4, rb = cols / 2, tb = L->token_bytes;
     const int64_t row_blocks = cols / 64, ngroups = nfull + (nb % 4 ? 1 : 0);
     const int rem = (int)(nb % 4);
     const __m512i utab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)c->U));
-    const uint8_t *w = c->w->packed + r * rb, *x0 = a->act;
+    const uint8_t *w = c->w->packed + r * rb, *x0 = a->act + t0 * tb;
     float amb[8][64] __attribute__((aligned(64)));
     __m512 acc[8][8], am16[8];
-    UNROLL for (int i = 0; i < R; i++) acc[i][0] = _mm512_setzero_ps();
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < T; j++) acc[i][j] = _mm512_setzero_ps();
     if (prefetch && BNB4_PF_CODES) {
         // The absmax codes are a second stream (one byte per 64 weights): the tile PF_TILES ahead
         // asks for its codes' lines too, or each tile would start on a demand miss.
@@ -670,18 +671,24 @@ INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes
             if (s + 8 <= nfull) {
                 UNROLL for (int k = 0; k < 8; k++) {
                     if (prefetch) bnb4_prefetch_group(w, rb, s + k, R);
-                    bnb4v_fast_group(acc, w, rb, s + k, k, 4, utab, am16, x0, 0, L, R, 1, ONE);
+                    bnb4v_fast_group(acc, w, rb, s + k, k, 4, utab, am16, x0, tb, L, R, T, ONE);
                 }
             } else {
                 for (int k = 0; s + k < gend; k++) {
                     const int n = s + k < nfull ? 4 : rem;
                     if (prefetch && n == 4) bnb4_prefetch_group(w, rb, s + k, R);
-                    bnb4v_fast_group(acc, w, rb, s + k, k, n, utab, am16, x0, 0, L, R, 1, ONE);
+                    bnb4v_fast_group(acc, w, rb, s + k, k, n, utab, am16, x0, tb, L, R, T, ONE);
                 }
             }
         }
     }
-    UNROLL for (int i = 0; i < R; i++) a->y[r + i] = reduce16(acc[i][0]) * c->mscale;
+    UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < T; j++)
+        a->y[(t0 + j) * a->rows + r + i] = reduce16(acc[i][j]) * c->mscale;
+}
+
+INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r, const int R, int prefetch,
+                         const int ONE) {
+    bnb4v_tile_impl(a, c, t, r, 0, R, 1, prefetch, ONE);
 }
 
 static T512V void bnb4v_dec4_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 1, 1); }
@@ -694,15 +701,34 @@ static T512V void bnb4v_dec4_l2_last(const qmm_args *a, const bnb4_ctx *c, const
 static T512V void bnb4v_dec1_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 0, 0); }
 
 static void bnb4_rows(const qmm_args *a, int64_t r0, int64_t r1);
+static void bnb4vb_rows(const qmm_args *a, int64_t r0, int64_t r1);
 static T512 void prefetch_first_tiles(const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1);
 
-// Decoding of double-quant NF4/FP4 in blocks of 64 takes the permute path; batches (whose tiles
-// share each gathered absmax over their tokens) and other layouts the avx512-vnni kernels.
+// Whether a descriptor takes the permute path: blocks of 64, double quant, nested blocks a power of two >= 64.
+INL int bnb4v_layout(const bnb4_ctx *c) { return c->blk_shift == 6 && c->w->absmax_codes && c->nest_shift >= 6; }
+
+// Batches: the tiles of TILE_FNS take no context, so bnb4v_rows builds the planes of the call's
+// weight in this thread's copy before it hands the rows to them (about a microsecond per call).
+static __thread bnb4_planes bnb4v_thread_planes __attribute__((aligned(64)));
+
+INLV void bnb4vb_tile(const qmm_args *a, int64_t r, int64_t t, const int R, const int T, int prefetch, const int ONE) {
+    bnb4_ctx c;
+    bnb4_ctx_init512(&c, (const puna_bnb4_weight *)(const void *)a->w);
+    bnb4v_tile_impl(a, &c, &bnb4v_thread_planes, r, t, R, T, prefetch, ONE);
+}
+
+// Double-quant NF4/FP4 in blocks of 64 takes the permute path, decoding here and batches in the
+// bnb4vb tiles; other layouts the avx512-vnni kernels.
 static T512V void bnb4v_rows(const qmm_args *a, int64_t r0, int64_t r1) {
     bnb4_ctx c;
     bnb4_ctx_init512(&c, (const puna_bnb4_weight *)(const void *)a->w);
-    if (a->n_tokens != 1 || c.blk_shift != 6 || !c.w->absmax_codes || c.nest_shift < 6) {
+    if (!bnb4v_layout(&c)) {
         bnb4_rows(a, r0, r1);
+        return;
+    }
+    if (a->n_tokens != 1) {
+        bnb4_planes_init(&bnb4v_thread_planes, c.w->nested_quant_map);
+        bnb4vb_rows(a, r0, r1);
         return;
     }
     bnb4_planes t;
@@ -1113,21 +1139,23 @@ static T512 void prefetch_first_tiles(const uint8_t *w, int64_t row_bytes, int64
 static T512 void prefetch_rows(const qmm_args *a, int64_t r0, int64_t r1) { prefetch_first_tiles(a->w, a->row_bytes, r0, r1); }
 
 // Tiles and rows function of one activation mode (ONE: one level); `sfx` names the variant.
+// The tiles' target attributes (the avx512-vbmi tiles redefine it around their instantiation).
+#define TILE_TARGET T512
 #define TILE_FNS_MODE(name, sfx, BR, BT, ONE) TILE_FNS_MODE_D(name, sfx, BR, BT, ONE, 0)
 #define TILE_FNS_MODE_D(name, sfx, BR, BT, ONE, ONE_ROW_OK)                                             \
-    static T512 void name##sfx##_dec4(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 1, ONE); } \
-    static T512 void name##sfx##_dec1pf(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, 1, 1, 1, ONE); } \
-    static T512 void name##sfx##_dec4_last(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 0, ONE); } \
-    static T512 void name##sfx##_dec1(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, 1, 1, 0, ONE); } \
-    static T512 void name##sfx##_full(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, BT, 0, ONE); } \
-    static T512 void name##sfx##_fullpf(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, BT, 1, ONE); } \
-    static T512 void name##sfx##_rowtail(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, BT, 0, ONE); } \
-    static T512 void name##sfx##_tok1(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, 1, 0, ONE); } \
-    static T512 void name##sfx##_one(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, 1, 0, ONE); } \
-    static T512 void name##sfx##_w4(const qmm_args *a, int64_t r, int64_t t, int pf) {                  \
+    static TILE_TARGET void name##sfx##_dec4(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 1, ONE); } \
+    static TILE_TARGET void name##sfx##_dec1pf(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, 1, 1, 1, ONE); } \
+    static TILE_TARGET void name##sfx##_dec4_last(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, DEC_R, 1, 0, ONE); } \
+    static TILE_TARGET void name##sfx##_dec1(const qmm_args *a, int64_t r) { name##_tile(a, r, 0, 1, 1, 0, ONE); } \
+    static TILE_TARGET void name##sfx##_full(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, BT, 0, ONE); } \
+    static TILE_TARGET void name##sfx##_fullpf(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, BT, 1, ONE); } \
+    static TILE_TARGET void name##sfx##_rowtail(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, BT, 0, ONE); } \
+    static TILE_TARGET void name##sfx##_tok1(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, BR, 1, 0, ONE); } \
+    static TILE_TARGET void name##sfx##_one(const qmm_args *a, int64_t r, int64_t t) { name##_tile(a, r, t, 1, 1, 0, ONE); } \
+    static TILE_TARGET void name##sfx##_w4(const qmm_args *a, int64_t r, int64_t t, int pf) {                  \
         if (pf) name##_tile(a, r, t, BR, 4, 1, ONE); else name##_tile(a, r, t, BR, 4, 0, ONE);       \
     }                                                                                                   \
-    static T512 void name##sfx##_w2(const qmm_args *a, int64_t r, int64_t t, int pf) {                  \
+    static TILE_TARGET void name##sfx##_w2(const qmm_args *a, int64_t r, int64_t t, int pf) {                  \
         if (pf) name##_tile(a, r, t, BR, 2, 1, ONE); else name##_tile(a, r, t, BR, 2, 0, ONE);       \
     }                                                                                                   \
     /* Small batches (decode steps of several sequences): tiles 4 tokens wide, so each block of  */   \
@@ -1211,6 +1239,11 @@ SIMPLE_TILE_FNS(q5_1, 4, 3)
 SIMPLE_TILE_FNS(q8_0, 4, 3)
 SIMPLE_TILE_FNS_RT(bnb4, 4, 3, ONE_BR, ONE_BT, 0)
 SIMPLE_TILE_FNS_RT(bnb8, 4, 3, ONE_BR, ONE_BT, 0)
+#undef TILE_TARGET
+#define TILE_TARGET T512V
+SIMPLE_TILE_FNS_RT(bnb4vb, 4, 3, ONE_BR, ONE_BT, 0)
+#undef TILE_TARGET
+#define TILE_TARGET T512
 SIMPLE_TILE_FNS_RT(q4_K, 2, 4, 2, 4, 0)
 SIMPLE_TILE_FNS_RT(q5_K, 2, 4, 2, 4, 0)
 SIMPLE_TILE_FNS_RT(q6_K, 2, 4, 2, 4, 0)

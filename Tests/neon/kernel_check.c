@@ -262,7 +262,9 @@ static void check_bnb(puna_pool **pools, int n_pools, int family) {
     static const int64_t shapes[][4] = { {1, 64, 1, 64}, {5, 128, 3, 64}, {13, 192, 1, 64}, {17, 320, 9, 64},
                                          {33, 64, 2, 32}, {7, 256, 5, 128}, {64, 96, 4, 32}, {9, 448, 1, 64},
                                          {9, 1088, 3, 64}, {6, 2048, 1, 64}, {13, 11008, 1, 64}, {5, 4160, 2, 64},
-                                         {11, 2048, 7, 64}, {3, 192, 6, 64} };
+                                         {11, 2048, 7, 64}, {3, 192, 6, 64},
+                                         // more tokens than a small batch: full tiles, row and token tails
+                                         {18, 320, 19, 64}, {70, 2112, 17, 64}, {5, 4160, 20, 64} };
     for (int kind = 0; kind < 4; kind++)
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             int64_t rows = shapes[s][0], cols = shapes[s][1], n = shapes[s][2], bs = shapes[s][3];
