@@ -643,8 +643,8 @@ INLV void unpack_bnb4v(const uint8_t *p, int n, __m512i utab, sgroup *g) {
 BNB4_FAST_GROUP(bnb4v_fast_group, INLV, unpack_bnb4v)
 
 // R rows x T tokens from token t0 for batches, as bnb4v_dec_tile below does one token (which keeps
-// its own copy: folded into this one, the decode loops lost ~3 % to register allocation): each
-// row's absmax 64 blocks at a time, no gathers (which cost batches a quarter of their time).
+// its own copy: folded into this one, the decode loops came out slower, BENCHMARKS.md): each row's
+// absmax 64 blocks at a time from the planes, no gathers.
 INLV void bnb4v_tile_impl(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r, int64_t t0, const int R,
                           const int T, int prefetch, const int ONE) {
     const act_layout *L = &a->layout;
