@@ -152,7 +152,10 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
 #define DEC_R 4
 #endif
 #ifndef BNB4_DEC_ONE_ROW
-#define BNB4_DEC_ONE_ROW -1  // NF4/FP4 double-quant decode: -1 one row where the simple quants take one, 0 DEC_R rows, 1 one row
+#define BNB4_DEC_ONE_ROW -1  // NF4/FP4 double-quant decode: -1 BNB4_STREAM_R rows where the simple quants take one, 0 DEC_R rows, 1 BNB4_STREAM_R rows
+#endif
+#ifndef BNB4_STREAM_R
+#define BNB4_STREAM_R 2      // rows per NF4/FP4 decode tile where the simple quants stream one row
 #endif
 #ifndef BNB4_PF_CODES
 #define BNB4_PF_CODES 1   // NF4/FP4 double-quant decode also prefetches the absmax codes' stream
@@ -733,8 +736,10 @@ INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes
 static T512V void bnb4v_dec4_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 1, 1); }
 static T512V void bnb4v_dec4_l1_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 0, 1); }
 static T512V void bnb4v_dec1_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 0, 1); }
-static T512V void bnb4v_dec1pf_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 1, 1); }
-static T512V void bnb4v_dec1pf_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 1, 0); }
+static T512V void bnb4v_decs_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, BNB4_STREAM_R, 1, 1); }
+static T512V void bnb4v_decs_l1_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, BNB4_STREAM_R, 0, 1); }
+static T512V void bnb4v_decs_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, BNB4_STREAM_R, 1, 0); }
+static T512V void bnb4v_decs_l2_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, BNB4_STREAM_R, 0, 0); }
 static T512V void bnb4v_dec4_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 1, 0); }
 static T512V void bnb4v_dec4_l2_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 0, 0); }
 static T512V void bnb4v_dec1_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 0, 0); }
@@ -781,7 +786,11 @@ static T512V void bnb4v_rows(const qmm_args *a, int64_t r0, int64_t r1) {
     prefetch_first_tiles(c.w->packed, a->cols / 2, r0, r1);  // the packed codes' rows (a->row_bytes is 0 here)
     int64_t r = r0;
     if (BNB4_DEC_ONE_ROW < 0 ? simple_decode_one_row() : BNB4_DEC_ONE_ROW) {
-        for (; r + PF_TILES + 1 <= r1; r++) one ? bnb4v_dec1pf_l1(a, &c, &t, r) : bnb4v_dec1pf_l2(a, &c, &t, r);
+        // Where one row streams fastest for the simple quants, NF4 takes two: the second row shares the
+        // activation loads, and the table lookups leave NF4 short of compute with one (BENCHMARKS.md).
+        const int64_t sr = BNB4_STREAM_R;
+        for (; r + (PF_TILES + 1) * sr <= r1; r += sr) one ? bnb4v_decs_l1(a, &c, &t, r) : bnb4v_decs_l2(a, &c, &t, r);
+        for (; r + sr <= r1; r += sr) one ? bnb4v_decs_l1_last(a, &c, &t, r) : bnb4v_decs_l2_last(a, &c, &t, r);
         for (; r < r1; r++) one ? bnb4v_dec1_l1(a, &c, &t, r) : bnb4v_dec1_l2(a, &c, &t, r);
         return;
     }
