@@ -160,9 +160,10 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
 #ifndef BNB4_PF_CODES
 #define BNB4_PF_CODES 1   // NF4/FP4 double-quant decode also prefetches the absmax codes' stream
 #endif
-// Rows per decode tile of the simple quants and of double-quant NF4/FP4, chosen per core once: Zen 4
-// (AMD family 0x19 with AVX-512, whose 512-bit units are double-pumped) streams one row at a time
-// fastest, since a row is then one sequential read; Zen 5 measured 4 rows best (BENCHMARKS.md, issue 23).
+// Rows per decode tile of the simple quants, chosen per core once: Zen 4 (AMD family 0x19 with AVX-512,
+// whose 512-bit units are double-pumped) streams one row at a time fastest, since a row is then one
+// sequential read (double-quant NF4/FP4 takes BNB4_STREAM_R rows there); Zen 5 measured 4 rows best
+// (BENCHMARKS.md, issue 23).
 #include <cpuid.h>
 static int simple_decode_one_row(void) {
 #ifdef SIMPLE_DEC_ONE_ROW  // tuning experiments: 1 or 0 whatever the core
