@@ -646,9 +646,8 @@ INLV void unpack_bnb4v(const uint8_t *p, int n, __m512i utab, sgroup *g) {
 
 BNB4_FAST_GROUP(bnb4v_fast_group, INLV, unpack_bnb4v)
 
-// R rows x T tokens from token t0 for batches, as bnb4v_dec_tile below does one token (which keeps
-// its own copy: folded into this one, the decode loops came out slower, BENCHMARKS.md): each row's
-// absmax 64 blocks at a time from the planes, no gathers.
+// R rows x T tokens from token t0, decoding (T = 1) and batches: each row's absmax 64 blocks at a
+// time from the planes, no gathers.
 INLV void bnb4v_tile_impl(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r, int64_t t0, const int R,
                           const int T, int prefetch, const int ONE) {
     const act_layout *L = &a->layout;
@@ -691,59 +690,17 @@ INLV void bnb4v_tile_impl(const qmm_args *a, const bnb4_ctx *c, const bnb4_plane
         a->y[(t0 + j) * a->rows + r + i] = reduce16(acc[i][j]) * c->mscale;
 }
 
-
-// R rows x 1 token, blocks of 64, double quant with a power-of-two nested block size >= 64.
-INLV void bnb4v_dec_tile(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r, const int R, int prefetch,
-                         const int ONE) {
-    const act_layout *L = &a->layout;
-    const int64_t cols = a->cols, nb = cols / 32, nfull = nb / 4, rb = cols / 2;
-    const int64_t row_blocks = cols / 64, ngroups = nfull + (nb % 4 ? 1 : 0);
-    const int rem = (int)(nb % 4);
-    const __m512i utab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)c->U));
-    const uint8_t *w = c->w->packed + r * rb, *x0 = a->act;
-    float amb[8][64] __attribute__((aligned(64)));
-    __m512 acc[8][8], am16[8];
-    UNROLL for (int i = 0; i < R; i++) acc[i][0] = _mm512_setzero_ps();
-    if (prefetch && BNB4_PF_CODES) {
-        // The absmax codes are a second stream (one byte per 64 weights): the tile PF_TILES ahead
-        // asks for its codes' lines too, or each tile would start on a demand miss.
-        const uint8_t *codes = c->w->absmax_codes + (r + PF_TILES * R) * row_blocks;
-        for (int64_t i = 0; i < (R * row_blocks + 63) / 64 + 1; i++) _mm_prefetch((const char *)codes + 64 * i, PF_HINT);
-    }
-    for (int64_t g0 = 0; g0 < ngroups; g0 += 32) {  // 32 groups = 64 blocks
-        const int64_t left = row_blocks - 2 * g0;
-        const int nblk = left < 64 ? (int)left : 64;
-        UNROLL for (int i = 0; i < R; i++) bnb4_absmax64(c, t, (r + i) * row_blocks + 2 * g0, nblk, amb[i]);
-        const int64_t gend = g0 + 32 < ngroups ? g0 + 32 : ngroups;
-        for (int64_t s = g0; s < gend; s += 8) {  // 8 groups share one am16 per row
-            UNROLL for (int i = 0; i < R; i++) am16[i] = _mm512_load_ps(amb[i] + 2 * (s - g0));
-            if (s + 8 <= nfull) {
-                UNROLL for (int k = 0; k < 8; k++) {
-                    if (prefetch) bnb4_prefetch_group(w, rb, s + k, R);
-                    bnb4v_fast_group(acc, w, rb, s + k, k, 4, utab, am16, x0, 0, L, R, 1, ONE);
-                }
-            } else {
-                for (int k = 0; s + k < gend; k++) {
-                    const int n = s + k < nfull ? 4 : rem;
-                    if (prefetch && n == 4) bnb4_prefetch_group(w, rb, s + k, R);
-                    bnb4v_fast_group(acc, w, rb, s + k, k, n, utab, am16, x0, 0, L, R, 1, ONE);
-                }
-            }
-        }
-    }
-    UNROLL for (int i = 0; i < R; i++) a->y[r + i] = reduce16(acc[i][0]) * c->mscale;
-}
-
-static T512V void bnb4v_dec4_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 1, 1); }
-static T512V void bnb4v_dec4_l1_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 0, 1); }
-static T512V void bnb4v_dec1_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 0, 1); }
-static T512V void bnb4v_decs_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, BNB4_STREAM_R, 1, 1); }
-static T512V void bnb4v_decs_l1_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, BNB4_STREAM_R, 0, 1); }
-static T512V void bnb4v_decs_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, BNB4_STREAM_R, 1, 0); }
-static T512V void bnb4v_decs_l2_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, BNB4_STREAM_R, 0, 0); }
-static T512V void bnb4v_dec4_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 1, 0); }
-static T512V void bnb4v_dec4_l2_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, DEC_R, 0, 0); }
-static T512V void bnb4v_dec1_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_dec_tile(a, c, t, r, 1, 0, 0); }
+// Decode tiles: R rows x 1 token.
+static T512V void bnb4v_dec4_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_tile_impl(a, c, t, r, 0, DEC_R, 1, 1, 1); }
+static T512V void bnb4v_dec4_l1_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_tile_impl(a, c, t, r, 0, DEC_R, 1, 0, 1); }
+static T512V void bnb4v_dec1_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_tile_impl(a, c, t, r, 0, 1, 1, 0, 1); }
+static T512V void bnb4v_decs_l1(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_tile_impl(a, c, t, r, 0, BNB4_STREAM_R, 1, 1, 1); }
+static T512V void bnb4v_decs_l1_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_tile_impl(a, c, t, r, 0, BNB4_STREAM_R, 1, 0, 1); }
+static T512V void bnb4v_decs_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_tile_impl(a, c, t, r, 0, BNB4_STREAM_R, 1, 1, 0); }
+static T512V void bnb4v_decs_l2_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_tile_impl(a, c, t, r, 0, BNB4_STREAM_R, 1, 0, 0); }
+static T512V void bnb4v_dec4_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_tile_impl(a, c, t, r, 0, DEC_R, 1, 1, 0); }
+static T512V void bnb4v_dec4_l2_last(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_tile_impl(a, c, t, r, 0, DEC_R, 1, 0, 0); }
+static T512V void bnb4v_dec1_l2(const qmm_args *a, const bnb4_ctx *c, const bnb4_planes *t, int64_t r) { bnb4v_tile_impl(a, c, t, r, 0, 1, 1, 0, 0); }
 
 static void bnb4_rows(const qmm_args *a, int64_t r0, int64_t r1);
 static void bnb4vb_rows(const qmm_args *a, int64_t r0, int64_t r1);
