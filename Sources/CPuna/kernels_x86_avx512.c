@@ -151,8 +151,8 @@ static T512 void quantize_avx512(const float *x, int64_t cols, const act_layout 
 #ifndef DEC_R
 #define DEC_R 4
 #endif
-#ifndef BNB4_DEC_ONE_ROW
-#define BNB4_DEC_ONE_ROW -1  // NF4/FP4 double-quant decode: -1 BNB4_STREAM_R rows where the simple quants take one, 0 DEC_R rows, 1 BNB4_STREAM_R rows
+#ifndef BNB4_DEC_STREAM
+#define BNB4_DEC_STREAM -1  // NF4/FP4 double-quant decode: -1 BNB4_STREAM_R rows where the simple quants take one, 0 DEC_R rows, 1 BNB4_STREAM_R rows
 #endif
 #ifndef BNB4_STREAM_R
 #define BNB4_STREAM_R 2      // rows per NF4/FP4 decode tile where the simple quants stream one row
@@ -743,7 +743,7 @@ static T512V void bnb4v_rows(const qmm_args *a, int64_t r0, int64_t r1) {
     const int one = a->layout.levels == 1;
     prefetch_first_tiles(c.w->packed, a->cols / 2, r0, r1);  // the packed codes' rows (a->row_bytes is 0 here)
     int64_t r = r0;
-    if (BNB4_DEC_ONE_ROW < 0 ? simple_decode_one_row() : BNB4_DEC_ONE_ROW) {
+    if (BNB4_DEC_STREAM < 0 ? simple_decode_one_row() : BNB4_DEC_STREAM) {
         // Where one row streams fastest for the simple quants, NF4 takes two: the second row shares the
         // activation loads, and the table lookups leave NF4 short of compute with one (BENCHMARKS.md).
         const int64_t sr = BNB4_STREAM_R;
